@@ -1,0 +1,137 @@
+"""One typed settings object for the whole platform.
+
+Sources, highest priority first: keyword arguments, environment variables ``TSMETA_*``,
+a TOML file (``TSMETA_CONFIG=path``, else ``./tsmeta.toml`` when present), the defaults
+below. Paths left unset derive from ``data_dir`` so a single variable relocates everything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings", "FREQ_ALIASES", "normalise_freq"]
+
+# Accepted spellings of the two supported frequencies -> canonical ("h" or "d").
+FREQ_ALIASES = {
+    "h": "h", "1h": "h", "hour": "h", "hourly": "h", "H": "h",
+    "d": "d", "1d": "d", "day": "d", "daily": "d", "D": "d",
+}  # fmt: skip
+
+
+def normalise_freq(freq: str) -> Literal["h", "d"]:
+    """Canonical frequency code, or a ValueError naming the accepted spellings."""
+    try:
+        return FREQ_ALIASES[str(freq).strip()]  # type: ignore[return-value]
+    except KeyError:
+        raise ValueError(
+            f"frequency {freq!r} is not supported: expected 'h' (hourly) or 'd' (daily)"
+        ) from None
+
+
+def _toml_path() -> Path | None:
+    explicit = os.environ.get("TSMETA_CONFIG")
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"TSMETA_CONFIG points at {p}, which is not a file: fix the path or unset it"
+            )
+        return p
+    local = Path("tsmeta.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TSMETA_", extra="forbid")
+
+    data_dir: Path = Path("tsmeta-data")  # root of everything the embedded setup writes
+    dataset_path: Path | None = None  # partitioned Parquet dataset; default data_dir/dataset
+    database_url: str | None = None  # default: sqlite file data_dir/tsmeta.db
+    model_dir: Path | None = None  # meta-model store; default data_dir/models
+    ray_address: str | None = None  # None -> start a local Ray; "auto" or ray://… for a cluster
+
+    freq: Literal["h", "d"] = "h"
+    # K, horizon and candidate periods default by frequency: hourly K=24, H=24, {24, 168};
+    # daily K=28, H=1, {7}. One night scores one day (H points).
+    k: int | None = Field(None, ge=2)  # support points each series adapts from
+    horizon: int | None = Field(None, ge=1)  # points scored per night
+    history_days: int | None = Field(None, ge=2)  # days read for profiling/lags: 14 h, 70 d
+
+    candidate_periods: list[int] | None = None
+    min_acf: float = 0.3  # autocorrelation a period needs before it is accepted
+
+    # meta-learning
+    hidden: int = 40  # MLP width, as in the MAML paper's regression network
+    inner_steps: int = Field(5, ge=1)  # gradient steps of nightly adaptation
+    inner_lr: float = Field(0.1, gt=0)  # step size of those steps (normalised units)
+    meta_batch: int = Field(32, ge=1)  # tasks per outer step
+    meta_steps: int = Field(300, ge=1)  # outer steps per cluster
+    meta_lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+    # scoring
+    false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data
+    chunk_series: int = Field(8192, ge=1)  # series per batched adaptation chunk
+
+    @field_validator("freq", mode="before")
+    @classmethod
+    def _freq(cls, v: str) -> str:
+        return normalise_freq(v)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if self.dataset_path is None:
+            self.dataset_path = self.data_dir / "dataset"
+        if self.model_dir is None:
+            self.model_dir = self.data_dir / "models"
+        hourly = self.freq == "h"
+        if self.k is None:
+            self.k = 24 if hourly else 28
+        if self.horizon is None:
+            self.horizon = 24 if hourly else 1
+        if self.history_days is None:
+            self.history_days = 14 if hourly else 70
+        if self.candidate_periods is None:
+            self.candidate_periods = [24, 168] if hourly else [7]
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{(self.data_dir / 'tsmeta.db').as_posix()}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_path()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @property
+    def period_default(self) -> int:
+        """Phase period used by series with no detected period."""
+        return 24 if self.freq == "h" else 7
+
+    @property
+    def steps_per_day(self) -> int:
+        return 24 if self.freq == "h" else 1
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env/TOML with explicit overrides on top (None values ignored)."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,163 @@
+"""The Panel: a dense block of many series on one regular time grid.
+
+Built from a validated long frame by a scatter (row index x step index), not a pivot:
+``values[row, step] = value``. Memory is ``n_series * n_steps * 5`` bytes (float32 values
+and a bool mask), so callers bound it by building panels for chunks of series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from tsmeta.config import normalise_freq
+
+__all__ = ["Panel", "build_panel", "iter_panel_chunks", "freq_timedelta", "steps_since_epoch"]
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def freq_timedelta(freq: str) -> timedelta:
+    return timedelta(hours=1) if normalise_freq(freq) == "h" else timedelta(days=1)
+
+
+def steps_since_epoch(ts: datetime, freq: str) -> int:
+    """Index of ``ts`` on the global grid of ``freq`` (used for phase features)."""
+    naive = ts.replace(tzinfo=None)
+    return int((naive - _EPOCH) // freq_timedelta(freq))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """``values`` float32 (n_series, n_steps), ``mask`` bool (observed), ``series_ids``.
+
+    ``start`` is the (naive, UTC) timestamp of step 0; ``values`` is NaN where ``mask`` is
+    False so that a forgotten mask shows up as NaN instead of as a silent zero.
+    """
+
+    values: np.ndarray
+    mask: np.ndarray
+    series_ids: np.ndarray
+    start: datetime
+    freq: str
+
+    def __post_init__(self) -> None:
+        if self.values.shape != self.mask.shape or self.values.ndim != 2:
+            raise ValueError(
+                f"values {self.values.shape} and mask {self.mask.shape} must be equal 2-D shapes"
+            )
+        if len(self.series_ids) != self.values.shape[0]:
+            raise ValueError(
+                f"{len(self.series_ids)} series_ids for {self.values.shape[0]} rows of values"
+            )
+
+    @property
+    def n_series(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def start_step(self) -> int:
+        """Global step index of column 0 (phase of column j is start_step + j)."""
+        return steps_since_epoch(self.start, self.freq)
+
+    def timestamps(self) -> np.ndarray:
+        step = np.timedelta64(1, "h" if self.freq == "h" else "D")
+        return np.datetime64(self.start, "us") + np.arange(self.n_steps) * step
+
+    def select(self, rows: np.ndarray) -> Panel:
+        return Panel(self.values[rows], self.mask[rows], self.series_ids[rows], self.start, self.freq)
+
+    def window(self, first: int, stop: int) -> Panel:
+        """Columns [first, stop) as a Panel with the matching start."""
+        return Panel(
+            self.values[:, first:stop],
+            self.mask[:, first:stop],
+            self.series_ids,
+            self.start + first * freq_timedelta(self.freq),
+            self.freq,
+        )
+
+
+def build_panel(
+    frame: pl.DataFrame,
+    freq: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    series_ids: np.ndarray | None = None,
+) -> Panel:
+    """Scatter a validated long frame into a Panel on ``[start, end)``.
+
+    ``start``/``end`` default to the frame's min ts and max ts + one step; rows outside are
+    dropped. ``series_ids`` fixes the row order (ids absent from the frame get an all-False
+    mask); by default rows are the frame's ids in sorted order.
+    """
+    freq = normalise_freq(freq)
+    step = freq_timedelta(freq)
+    ts_col = frame.get_column("ts")
+    if start is None:
+        start = ts_col.min()
+    if end is None:
+        end = ts_col.max() + step
+    start_n = start.replace(tzinfo=None)
+    end_n = end.replace(tzinfo=None)
+    n_steps = int((end_n - start_n) // step)
+    if n_steps <= 0:
+        raise ValueError(f"empty time range: start {start} is not before end {end}")
+
+    if series_ids is None:
+        series_ids = frame.get_column("series_id").unique().sort().to_numpy()
+    ids = pl.Series("series_id", series_ids, dtype=frame.schema["series_id"])
+    index = pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids), dtype=np.int64)})
+
+    unit_us = int(step / timedelta(microseconds=1))
+    start_us = int((start_n - _EPOCH) / timedelta(microseconds=1))
+    located = (
+        frame.lazy()
+        .join(index.lazy(), on="series_id", how="inner")
+        .select(
+            "_row",
+            ((pl.col("ts").dt.epoch("us") - start_us) // unit_us).alias("_step"),
+            "value",
+        )
+        .filter((pl.col("_step") >= 0) & (pl.col("_step") < n_steps))
+        .collect()
+    )
+    values = np.full((len(ids), n_steps), np.nan, dtype=np.float32)
+    mask = np.zeros((len(ids), n_steps), dtype=bool)
+    rows = located.get_column("_row").to_numpy()
+    steps = located.get_column("_step").to_numpy()
+    vals = located.get_column("value").to_numpy()  # nulls arrive as NaN
+    observed = ~np.isnan(vals)
+    values[rows, steps] = vals
+    mask[rows[observed], steps[observed]] = True
+    return Panel(values, mask, ids.to_numpy(), start_n, freq)
+
+
+def iter_panel_chunks(
+    frame: pl.DataFrame,
+    freq: str,
+    chunk_series: int,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Iterator[Panel]:
+    """Panels over consecutive chunks of at most ``chunk_series`` series (sorted ids)."""
+    if chunk_series < 1:
+        raise ValueError(f"chunk_series must be >= 1, received {chunk_series}")
+    step = freq_timedelta(freq)
+    if start is None:
+        start = frame.get_column("ts").min()
+    if end is None:
+        end = frame.get_column("ts").max() + step
+    all_ids = frame.get_column("series_id").unique().sort()
+    for first in range(0, len(all_ids), chunk_series):
+        ids = all_ids.slice(first, chunk_series)
+        part = frame.filter(pl.col("series_id").is_in(ids.implode()))
+        yield build_panel(part, freq, start, end, ids.to_numpy())

@@ -1,0 +1,113 @@
+"""The forecaster as pure functions of a parameter dict, its features and normalisation.
+
+Network (MAML paper's regression net): MLP, two hidden layers of ``hidden`` ReLU units,
+one output: the normalised value at a target step.
+
+Features of a target step ``t`` of a series with period ``p``:
+  sin/cos of the phase ``2*pi*k*(t mod p)/p`` for k = 1..harmonics (phase is taken on the
+  global grid, so the same hour means the same input on every night), the normalised
+  value one period earlier (seasonal lag; 0 where unobserved) and a flag saying whether
+  that lag was observed. Inputs may reach back further than the K support points; targets
+  never do.
+
+Normalisation: location and scale from the observed support points of each series, so
+one initialisation serves series of any magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+__all__ = [
+    "FeatureSpec",
+    "init_params",
+    "mlp",
+    "masked_mse",
+    "support_normalisation",
+    "build_features",
+]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    period: int  # phase period in steps (aperiodic series use the frequency's natural day)
+    harmonics: int = 3
+    seasonal_lag: bool = True
+
+    @property
+    def n_features(self) -> int:
+        return 2 * self.harmonics + (2 if self.seasonal_lag else 0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def init_params(n_in: int, hidden: int = 40, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Kaiming-uniform weights, as torch.nn.Linear initialises them."""
+
+    def linear(fan_in: int, fan_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        bound = 1.0 / math.sqrt(fan_in)
+        w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
+        b = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+        return w, b
+
+    w1, b1 = linear(n_in, hidden)
+    w2, b2 = linear(hidden, hidden)
+    w3, b3 = linear(hidden, 1)
+    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3, "b3": b3}
+
+
+def mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """x (..., F) -> (...,)"""
+    h = torch.relu(x @ params["w1"] + params["b1"])
+    h = torch.relu(h @ params["w2"] + params["b2"])
+    return (h @ params["w3"] + params["b3"]).squeeze(-1)
+
+
+def masked_mse(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over observed points; x (N, F), y (N,), m (N,) float 0/1."""
+    err = (mlp(params, x) - y) ** 2 * m
+    return err.sum() / m.sum().clamp_min(1.0)
+
+
+def support_normalisation(y: torch.Tensor, m: torch.Tensor, rel_floor: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-series location and scale from observed support points.
+
+    y (B, K), m (B, K) float -> loc (B,), scale (B,). The scale is floored at ``rel_floor``
+    of |loc| (and an absolute 1e-6) so near-constant series do not blow up residuals.
+    """
+    cnt = m.sum(-1).clamp_min(1.0)
+    loc = (y * m).sum(-1) / cnt
+    var = (((y - loc[:, None]) ** 2) * m).sum(-1) / cnt
+    scale = torch.maximum(var.sqrt(), rel_floor * loc.abs()).clamp_min(1e-6)
+    return loc, scale
+
+
+def build_features(
+    spec: FeatureSpec,
+    vnorm: torch.Tensor,
+    observed: torch.Tensor,
+    cols: torch.Tensor,
+    start_step: int,
+) -> torch.Tensor:
+    """Features for target columns of normalised series.
+
+    vnorm (B, T) normalised values (anything where unobserved), observed (B, T) bool,
+    cols (B, N) int target column indices, start_step the global step of column 0.
+    Returns (B, N, F).
+    """
+    phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
+    k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype)
+    ang = phase[..., None] * k  # (B, N, H)
+    parts = [torch.sin(ang), torch.cos(ang)]
+    if spec.seasonal_lag:
+        lag_cols = cols - spec.period
+        ok = lag_cols >= 0
+        safe = lag_cols.clamp_min(0)
+        lag_obs = torch.gather(observed, 1, safe) & ok
+        lag_val = torch.where(lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype))
+        parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
+    return torch.cat(parts, dim=-1)

@@ -1,0 +1,102 @@
+"""Tasks: one series cut at a time t0; support = K points before t0, query = H after.
+
+The same construction serves meta-training (random series and cuts) and nightly scoring
+(every series, cut at the start of the scored day), so the model is trained exactly as
+it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tsmeta.forecaster import FeatureSpec, build_features, support_normalisation
+
+__all__ = ["TaskBatch", "make_batch", "sample_tasks", "earliest_cut"]
+
+
+@dataclass
+class TaskBatch:
+    xs: torch.Tensor  # (B, K, F) support features
+    ys: torch.Tensor  # (B, K) normalised support targets
+    ms: torch.Tensor  # (B, K) 1.0 where observed
+    xq: torch.Tensor  # (B, H, F) query features
+    yq: torch.Tensor  # (B, H) normalised query targets (0 where unobserved)
+    mq: torch.Tensor  # (B, H)
+    loc: torch.Tensor  # (B,) normalisation location
+    scale: torch.Tensor  # (B,) normalisation scale
+
+    def __len__(self) -> int:
+        return self.xs.shape[0]
+
+
+def earliest_cut(spec: FeatureSpec, k: int) -> int:
+    """First t0 whose support points all have their seasonal lag inside the window."""
+    return k + (spec.period if spec.seasonal_lag else 0)
+
+
+def make_batch(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    t0: torch.Tensor,
+    spec: FeatureSpec,
+    k: int,
+    horizon: int,
+    start_step: int,
+    clip: float = 10.0,
+) -> TaskBatch:
+    """Tasks for series ``rows`` cut at columns ``t0`` (both (B,) int64).
+
+    Normalised values are winsorised at +-``clip``: a spike or a flat support must not
+    blow up features or training targets (scoring measures residuals in raw units).
+    values (n, T) float (NaN where unobserved), mask (n, T) bool. Query columns past the end
+    of the window are treated as unobserved (the nightly forecast of a day with no data yet).
+    """
+    v = values[rows]  # (B, T)
+    obs = mask[rows]
+    T = v.shape[1]
+    s_cols = t0[:, None] - k + torch.arange(k)  # (B, K)
+    q_cols = t0[:, None] + torch.arange(horizon)  # (B, H)
+    ys_raw = torch.gather(v, 1, s_cols)
+    ms = torch.gather(obs, 1, s_cols).to(v.dtype)
+    loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms)
+    vnorm = torch.where(obs, (v - loc[:, None]) / scale[:, None], torch.zeros((), dtype=v.dtype))
+    vnorm = vnorm.clamp(-clip, clip)
+    q_in = q_cols < T
+    q_safe = q_cols.clamp_max(T - 1)
+    return TaskBatch(
+        xs=build_features(spec, vnorm, obs, s_cols, start_step),
+        ys=torch.gather(vnorm, 1, s_cols),
+        ms=ms,
+        xq=build_features(spec, vnorm, obs, q_cols, start_step),
+        yq=torch.gather(vnorm, 1, q_safe) * q_in,
+        mq=(torch.gather(obs, 1, q_safe) & q_in).to(v.dtype),
+        loc=loc,
+        scale=scale,
+    )
+
+
+def sample_tasks(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    n_tasks: int,
+    spec: FeatureSpec,
+    k: int,
+    horizon: int,
+    start_step: int,
+    generator: torch.Generator,
+) -> TaskBatch:
+    """``n_tasks`` random (series, cut) tasks from a training window."""
+    n, T = values.shape
+    low, high = earliest_cut(spec, k), T - horizon
+    if low > high:
+        raise ValueError(
+            f"training window of {T} steps is too short for K={k}, horizon={horizon} and "
+            f"seasonal lag {spec.period if spec.seasonal_lag else 0}: it needs at least "
+            f"{low + horizon} steps; read more history days"
+        )
+    rows = torch.randint(0, n, (n_tasks,), generator=generator)
+    t0 = torch.randint(low, high + 1, (n_tasks,), generator=generator)
+    return make_batch(values, mask, rows, t0, spec, k, horizon, start_step)
