@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     # daily K=28, H=1, {7}. One night scores one day (H points).
     k: int | None = Field(None, ge=2)  # support points each series adapts from
     horizon: int | None = Field(None, ge=1)  # points scored per night
-    history_days: int | None = Field(None, ge=2)  # days read for profiling/lags: 14 h, 70 d
+    history_days: int | None = Field(None, ge=2)  # days read for profiling/scoring: 14 h, 70 d
+    train_days: int | None = Field(None, ge=2)  # meta-training window: 28 h (4 weekends), 365 d
 
     candidate_periods: list[int] | None = None
     min_acf: float = 0.3  # autocorrelation a period needs before it is accepted
@@ -101,6 +102,8 @@ class Settings(BaseSettings):
             self.horizon = 24 if hourly else 1
         if self.history_days is None:
             self.history_days = 14 if hourly else 70
+        if self.train_days is None:
+            self.train_days = 28 if hourly else 365
         if self.candidate_periods is None:
             self.candidate_periods = [24, 168] if hourly else [7]
         if self.database_url is None:

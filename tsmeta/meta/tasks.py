@@ -87,8 +87,13 @@ def sample_tasks(
     horizon: int,
     start_step: int,
     generator: torch.Generator,
+    cut_every: int = 1,
 ) -> TaskBatch:
-    """``n_tasks`` random (series, cut) tasks from a training window."""
+    """``n_tasks`` random (series, cut) tasks from a training window.
+
+    ``cut_every`` aligns cuts to the global grid (24 for hourly: cut at midnight, as the
+    nightly job does).
+    """
     n, T = values.shape
     low, high = earliest_cut(spec, k), T - horizon
     if low > high:
@@ -98,5 +103,13 @@ def sample_tasks(
             f"{low + horizon} steps; read more history days"
         )
     rows = torch.randint(0, n, (n_tasks,), generator=generator)
-    t0 = torch.randint(low, high + 1, (n_tasks,), generator=generator)
+    # allowed cuts: columns in [low, high] whose global step is a multiple of cut_every
+    first = low + (-(start_step + low)) % cut_every
+    if first > high:
+        raise ValueError(
+            f"training window of {T} steps has no cut aligned to every {cut_every} steps "
+            f"between {low} and {high}; read more history days"
+        )
+    n_cuts = (high - first) // cut_every + 1
+    t0 = first + cut_every * torch.randint(0, n_cuts, (n_tasks,), generator=generator)
     return make_batch(values, mask, rows, t0, spec, k, horizon, start_step)

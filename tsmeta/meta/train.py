@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tsmeta.calibration import TailModel, fit_tail
 from tsmeta.forecaster import FeatureSpec, init_params, mlp
 from tsmeta.meta.maml import adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import TaskBatch, sample_tasks
@@ -33,8 +34,9 @@ class MetaConfig:
     meta_batch: int = 32
     meta_steps: int = 300
     meta_lr: float = 1e-3
+    cut_every: int = 24  # align task cuts to midnight (hourly), as nightly scoring cuts
     val_fraction: float = 0.2  # share of series held out for validation
-    val_tasks: int = 256
+    val_tasks: int = 512
     eval_every: int = 25
     patience: int = 4  # evaluations without improvement before stopping
     seed: int = 0
@@ -51,7 +53,7 @@ class MetaModel:
     params: dict[str, torch.Tensor]
     spec: FeatureSpec
     config: MetaConfig
-    calibration: float  # residual z-scores are divided by this to be ~N(0, 1)
+    calibration: TailModel  # distribution of out-of-sample residual z-scores
     metrics: dict = field(default_factory=dict)
 
     def state(self) -> dict:
@@ -60,7 +62,7 @@ class MetaModel:
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
             "spec": self.spec.to_dict(),
             "config": self.config.__dict__.copy(),
-            "calibration": self.calibration,
+            "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
         }
 
@@ -70,7 +72,7 @@ class MetaModel:
             params={k: v.detach().clone() for k, v in state["params"].items()},
             spec=FeatureSpec(**state["spec"]),
             config=MetaConfig(**state["config"]),
-            calibration=float(state["calibration"]),
+            calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
         )
 
@@ -97,18 +99,13 @@ def _adapted_residuals(params: dict, batch: TaskBatch, cfg: MetaConfig) -> tuple
     return rs, rq
 
 
-def calibrate(params: dict, batch: TaskBatch, cfg: MetaConfig) -> float:
-    """Factor c such that out-of-sample z = r_query / sigma_support / c is ~N(0, 1) in bulk.
-
-    Uses the median (robust to the anomalies a training window contains).
-    """
+def calibrate(params: dict, batch: TaskBatch, cfg: MetaConfig) -> TailModel:
+    """Tail model of out-of-sample z = r_query / sigma_support on held-out tasks."""
     with torch.no_grad():
         rs, rq = _adapted_residuals(params, batch, cfg)
         z = (rq / robust_sigma(rs, batch.ms)[:, None]).abs()
         z = z[batch.mq > 0]
-    if z.numel() == 0:
-        return 1.0
-    return float(z.median() / 0.6745)
+    return fit_tail(z.numpy())
 
 
 def _val_loss(params: dict, batch: TaskBatch, cfg: MetaConfig, steps: int) -> float:
@@ -148,7 +145,7 @@ def meta_train(
     val_rows, train_rows = perm[:n_val], perm[n_val:]
     tv, tm = torch_values[train_rows], torch_mask[train_rows]
     vv, vm = torch_values[val_rows], torch_mask[val_rows]
-    val_batch = sample_tasks(vv, vm, cfg.val_tasks, spec, cfg.k, cfg.horizon, start_step, gen)
+    val_batch = sample_tasks(vv, vm, cfg.val_tasks, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every)
 
     params = {
         k: v.to(device).requires_grad_(True)
@@ -162,7 +159,7 @@ def meta_train(
     step = 0
     skipped = 0
     for step in range(1, cfg.meta_steps + 1):
-        batch = sample_tasks(tv, tm, cfg.meta_batch, spec, cfg.k, cfg.horizon, start_step, gen)
+        batch = sample_tasks(tv, tm, cfg.meta_batch, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every)
         loss = maml_loss(params, batch, cfg.inner_steps, cfg.inner_lr, first_order)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
