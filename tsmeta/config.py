@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     meta_batch: int = Field(32, ge=1)  # tasks per outer step
     meta_steps: int = Field(300, ge=1)  # outer steps per cluster
     meta_lr: float = Field(1e-3, gt=0)
+    train_series_per_cluster: int = Field(20_000, ge=2)  # sample cap: tasks, not all series
     seed: int = 0
+    timezone: str = "UTC"  # the nightly job's default night is "yesterday" in this zone
 
     # scoring
     false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data

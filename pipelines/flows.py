@@ -1,0 +1,137 @@
+"""Prefect flows: profile, meta_train, nightly. Orchestration only.
+
+Each task is a thin wrapper over one ``tsmeta.jobs`` call; each flow records itself in the
+``runs`` table (running -> completed / partial / failed). Retries only where a retry can
+help: database writes. Bad input fails at once.
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tsmeta import jobs
+from tsmeta.config import Settings, load_settings
+from tsmeta.store.writes import finish_run, start_run
+
+__all__ = ["profile", "meta_train", "nightly", "yesterday"]
+
+
+def yesterday(tz: str) -> date:
+    return (datetime.now(ZoneInfo(tz)) - timedelta(days=1)).date()
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def record_start(settings: Settings, flow_name: str, parameters: dict) -> str:
+    return start_run(jobs.engine_for(settings), flow_name, parameters, _run_id())
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def record_finish(settings: Settings, run_id: str, status: str, counts: dict | None = None,
+                  timings: dict | None = None, error: str | None = None) -> None:  # fmt: skip
+    finish_run(jobs.engine_for(settings), run_id, status, counts, timings, error)
+
+
+@task(cache_policy=NO_CACHE)
+def profile_series(settings: Settings, as_of: date, run_id: str) -> dict:
+    return jobs.profile_series(settings, as_of, run_id)
+
+
+@task(cache_policy=NO_CACHE)
+def train_models(settings: Settings, as_of: date, run_id: str, clusters: list[str] | None,
+                 overrides: dict) -> dict:  # fmt: skip
+    log = get_run_logger()
+
+    def report(cid: str, res: object) -> None:
+        if isinstance(res, BaseException):
+            log.error("cluster %s failed: %s", cid, res)
+        else:
+            m = res["metrics"]  # type: ignore[index]
+            log.info("cluster %s trained: %d series, val query MSE %.4f (unadapted %.4f), %.1fs",
+                     cid, m["n_series"], m["val_query_mse_adapted"], m["val_query_mse_unadapted"],
+                     m["seconds"])  # fmt: skip
+
+    return jobs.train_models(settings, as_of, run_id, clusters, on_done=report, **overrides)
+
+
+@task(cache_policy=NO_CACHE)
+def score_night(settings: Settings, night: date, run_id: str):  # noqa: ANN201
+    return jobs.score_night(settings, night, run_id)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def write_night(settings: Settings, frame, night: date, run_id: str, clusters: list[str]) -> int:  # noqa: ANN001
+    return jobs.write_night(settings, frame, night, run_id, clusters)
+
+
+def _recorded(flow_name: str, settings: Settings, params: dict, body) -> dict:  # noqa: ANN001
+    """Run ``body(run_id)`` between a 'running' and a final runs-table record."""
+    run_id = record_start(settings, flow_name, params)
+    try:
+        status, counts = body(run_id)
+    except Exception as exc:
+        record_finish(settings, run_id, "failed", error="".join(traceback.format_exception_only(exc)).strip())
+        raise
+    record_finish(settings, run_id, status, counts=counts, timings={"seconds": counts.get("seconds")})
+    return {"run_id": run_id, "status": status, **counts}
+
+
+@flow(name="profile")
+def profile(as_of: date | None = None, config: dict | None = None) -> dict:
+    """Detect periods and assign clusters on the days before ``as_of`` (default: today)."""
+    settings = load_settings(**(config or {}))
+    as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
+    params = {"as_of": str(as_of), "config": config or {}}
+    return _recorded("profile", settings, params,
+                     lambda rid: ("completed", profile_series(settings, as_of, rid)))  # fmt: skip
+
+
+@flow(name="meta_train")
+def meta_train(
+    as_of: date | None = None,
+    clusters: list[str] | None = None,
+    algorithm: str = "maml",
+    meta_steps: int | None = None,
+    config: dict | None = None,
+) -> dict:
+    """Meta-train one model per cluster (all, or those named) on the days before ``as_of``."""
+    settings = load_settings(**(config or {}))
+    as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
+    params = {"as_of": str(as_of), "clusters": clusters, "algorithm": algorithm,
+              "meta_steps": meta_steps, "config": config or {}}  # fmt: skip
+
+    def body(run_id: str) -> tuple[str, dict]:
+        res = train_models(settings, as_of, run_id, clusters,
+                           {"algorithm": algorithm, "meta_steps": meta_steps})  # fmt: skip
+        failed = sorted(c for c, r in res.items() if "error" in r)
+        status = "completed" if not failed else ("failed" if len(failed) == len(res) else "partial")
+        return status, {"clusters": res, "failed": failed}
+
+    return _recorded("meta_train", settings, params, body)
+
+
+@flow(name="nightly")
+def nightly(night: date | None = None, config: dict | None = None) -> dict:
+    """Adapt, score and write the anomalies of one night (default: yesterday)."""
+    settings = load_settings(**(config or {}))
+    night = night or yesterday(settings.timezone)
+    params = {"night": str(night), "config": config or {}}
+
+    def body(run_id: str) -> tuple[str, dict]:
+        frame, stats = score_night(settings, night, run_id)
+        stats["written"] = write_night(settings, frame, night, run_id, stats["scored_clusters"])
+        partial = stats["no_model_series"] or stats["unprofiled_series"]
+        return ("partial" if partial else "completed"), stats
+
+    return _recorded("nightly", settings, params, body)

@@ -1,0 +1,222 @@
+"""The ``tsmeta`` command.
+
+Every command works on the embedded defaults (SQLite under the data directory, local Ray,
+Prefect's temporary local API) and honours the settings (``TSMETA_*`` env vars, TOML).
+Errors are one line with the fix and exit code 2; ``--verbose`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _embedded_env() -> None:
+    """Project-local Prefect state, no telemetry; set before Prefect or Ray is imported."""
+    os.environ.setdefault("PREFECT_HOME", str(Path(".tsmeta/prefect").resolve()))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its server's SQLite file
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: expected YYYY-MM-DD") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202
+    from tsmeta.config import load_settings
+
+    return load_settings(data_dir=getattr(args, "data_dir", None))
+
+
+def _config(args: argparse.Namespace) -> dict:
+    return {"data_dir": str(args.data_dir)} if getattr(args, "data_dir", None) else {}
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tsmeta.data.synthetic import write_synthetic_dataset
+
+    settings = _settings(args)
+    out = Path(args.out) if args.out else settings.dataset_path
+    done = [0]
+    t0 = time.perf_counter()
+
+    def progress(n: int) -> None:
+        done[0] += n
+        rate = done[0] / max(time.perf_counter() - t0, 1e-9)
+        print(f"\rgenerate: {done[0]:>10,}/{args.series:,} series  {rate:,.0f} series/s",
+              end="", file=sys.stderr, flush=True)  # fmt: skip
+
+    manifest = write_synthetic_dataset(
+        out, args.series, args.freq, args.days, args.start, args.seed, args.anomaly_rate,
+        progress=progress,
+    )  # fmt: skip
+    print(file=sys.stderr)
+    print(f"wrote {manifest['rows']:,} rows of {args.series:,} series ({manifest['anomalies']:,} "
+          f"labelled anomalies) to {out} in {manifest['seconds']}s")  # fmt: skip
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pipelines.flows import profile
+
+    _print_json(profile(as_of=args.as_of, config=_config(args)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.flows import meta_train
+
+    res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
+                     meta_steps=args.meta_steps, config=_config(args))  # fmt: skip
+    _print_json(res)
+    return 0 if res["status"] == "completed" else 1
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from pipelines.flows import nightly
+
+    res = nightly(night=args.night, config=_config(args))
+    _print_json(res)
+    return 0 if res["status"] in ("completed", "partial") else 1
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tsmeta import jobs
+
+    settings = _settings(args)
+    night = args.night or jobs.latest_date(settings)
+    frame = jobs.read_night(settings, night)
+    if args.min_score is not None:
+        frame = frame.filter(pl.col("score") >= args.min_score)
+    frame = frame.head(args.top).select(
+        "series_id", "ts", "value", "forecast", "lower", "upper", "score", "direction", "cluster_id"
+    )
+    if args.format == "csv":
+        sys.stdout.write(frame.write_csv())
+    elif args.format == "json":
+        sys.stdout.write(frame.write_json() + "\n")
+    else:
+        with pl.Config(tbl_rows=args.top, tbl_cols=12, tbl_width_chars=160):
+            print(frame)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from tsmeta import jobs
+
+    settings = _settings(args)
+    jobs.engine_for(settings)
+    print(f"schema up to date at {settings.database_url}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tsmeta.demo import run_demo
+
+    return run_demo(series=args.series, days=args.days, data_dir=args.data_dir, seed=args.seed)
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tsmeta", description="Meta-learned anomaly detection for many time series.")
+    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--data-dir", type=Path, default=None, help="root of data, database and models (TSMETA_DATA_DIR)")
+        sp.set_defaults(func=func)
+        return sp
+
+    g = add("generate", cmd_generate, "write a synthetic dataset with labelled anomalies")
+    g.add_argument("--series", type=_positive, default=10_000)
+    g.add_argument("--freq", choices=["h", "d"], default="h")
+    g.add_argument("--days", type=_positive, default=29)
+    g.add_argument("--start", type=_iso_date, default=date(2026, 11, 1))
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--anomaly-rate", type=float, default=0.02, help="anomalies per series and day")
+    g.add_argument("--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)")
+
+    pr = add("profile", cmd_profile, "detect periods and assign clusters")
+    pr.add_argument("--as-of", type=_iso_date, default=None, help="profile the days before this date")
+
+    t = add("train", cmd_train, "meta-train one model per cluster (Ray)")
+    t.add_argument("--as-of", type=_iso_date, default=None, help="train on the days before this date")
+    t.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
+    t.add_argument("--algorithm", choices=["maml", "fomaml"], default="maml")
+    t.add_argument("--meta-steps", type=_positive, default=None)
+
+    n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")
+    n.add_argument("--night", type=_iso_date, default=None, help="the day to score (default: yesterday)")
+
+    a = add("anomalies", cmd_anomalies, "list a night's stored anomalies")
+    a.add_argument("--night", type=_iso_date, default=None, help="default: the dataset's last date")
+    a.add_argument("--top", type=_positive, default=20)
+    a.add_argument("--min-score", type=float, default=None)
+    a.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    db = sub.add_parser("db", help="database administration")
+    dbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = dbs.add_parser("upgrade", help="create or upgrade the schema")
+    up.add_argument("--data-dir", type=Path, default=None)
+    up.set_defaults(func=cmd_db_upgrade)
+
+    d = add("demo", cmd_demo, "the whole path on a generated dataset: generate, profile, train, nightly")
+    d.add_argument("--series", type=_positive, default=10_000)
+    d.add_argument("--days", type=_positive, default=29, help="days generated (the last one is scored)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(data_dir=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _embedded_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("tsmeta: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback on --verbose
+        if args.verbose:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"tsmeta {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Ray execution: the only module that imports Ray.
+
+Meta-training runs one Ray task per cluster, requesting a GPU when the Ray cluster has
+GPUs. Large arrays go to the object store once (``ray.put``) and tasks receive references.
+A failure in one cluster is returned as that cluster's error; the others still finish.
+Local Ray by default; an existing cluster via ``TSMETA_RAY_ADDRESS`` (settings.ray_address).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ensure_ray", "ClusterJob", "train_clusters", "shutdown_ray"]
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to Ray once per process: ``address`` for a cluster, else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            object_store_memory=512 * 1024**2,
+            log_to_driver=False,
+        )
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass
+class ClusterJob:
+    cluster_id: str
+    values: np.ndarray  # (n, T) float32, NaN where missing
+    mask: np.ndarray  # (n, T) bool
+    start_step: int
+    spec: dict  # FeatureSpec as a dict
+    config: dict  # MetaConfig as a dict
+
+
+def _train_one(values: np.ndarray, mask: np.ndarray, start_step: int, spec: dict, config: dict) -> dict:
+    """Runs in a Ray worker: meta-train one cluster, return the model state (CPU tensors)."""
+    import torch
+
+    from tsmeta.forecaster import FeatureSpec
+    from tsmeta.meta.train import MetaConfig, meta_train
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = meta_train(values, mask, start_step, FeatureSpec(**spec), MetaConfig(**config), device=device)
+    model.metrics["device"] = device
+    return model.state()
+
+
+def train_clusters(
+    jobs: list[ClusterJob],
+    address: str | None = None,
+    on_done: Callable[[str, dict | BaseException], None] | None = None,
+) -> dict[str, dict | BaseException]:
+    """Meta-train every cluster as its own Ray task; {cluster_id: model state or error}.
+
+    Worker crashes are retried by Ray (``max_retries``); exceptions raised by training are
+    not (a retry would fail the same way) and come back as that cluster's error.
+    """
+    import ray
+
+    ensure_ray(address)
+    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    remote = ray.remote(max_retries=2, retry_exceptions=False)(_train_one).options(
+        num_cpus=1, num_gpus=1 if gpus else 0
+    )
+    refs = {}
+    for job in jobs:
+        refs[job.cluster_id] = remote.remote(
+            ray.put(job.values), ray.put(job.mask), job.start_step, job.spec, job.config
+        )
+    results: dict[str, dict | BaseException] = {}
+    pending = {ref: cid for cid, ref in refs.items()}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        cid = pending.pop(done[0])
+        try:
+            results[cid] = ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - reported per cluster, others go on
+            cause = getattr(exc, "cause", None)
+            results[cid] = cause if isinstance(cause, BaseException) else exc
+        if on_done is not None:
+            on_done(cid, results[cid])
+    return results

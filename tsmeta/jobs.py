@@ -1,0 +1,284 @@
+"""The pipeline's steps as plain Python calls: read, compute, write.
+
+Each function is one step of the nightly story and is what a Prefect task wraps (see
+``pipelines/``); everything here runs without Prefect. The numerical work lives in
+``periodicity``, ``clustering``, ``meta`` and ``detect``; this module only wires data in
+and results out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from tsmeta.clustering import assign_by_period, period_of_cluster
+from tsmeta.config import Settings
+from tsmeta.data.io import dataset_dates, read_window
+from tsmeta.data.panel import build_panel, iter_panel_chunks
+from tsmeta.detect import score_day
+from tsmeta.forecaster import FeatureSpec
+from tsmeta.meta.train import MetaConfig, MetaModel
+from tsmeta.periodicity import detect_periods
+from tsmeta.store.models import load_latest_models, save_model
+from tsmeta.store.schema import anomalies, create_engine, create_schema
+from tsmeta.store.writes import read_profile, replace_night, write_profile
+
+__all__ = [
+    "engine_for",
+    "profile_series",
+    "train_models",
+    "score_night",
+    "write_night",
+    "latest_date",
+    "night_bounds",
+]
+
+log = logging.getLogger("tsmeta")
+
+
+def engine_for(settings: Settings):  # noqa: ANN201 - sqlalchemy Engine
+    engine = create_engine(settings.database_url)
+    create_schema(engine)
+    return engine
+
+
+def latest_date(settings: Settings) -> date:
+    """Last date present in the dataset (the default night for ad hoc runs)."""
+    dates = dataset_dates(settings.dataset_path)
+    if not dates:
+        raise FileNotFoundError(f"dataset {settings.dataset_path} holds no date=YYYY-MM-DD folders")
+    return dates[-1]
+
+
+def night_bounds(night: date) -> tuple[datetime, datetime]:
+    start = datetime(night.year, night.month, night.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def _window_start(settings: Settings, end: date, days: int) -> date:
+    """``end - days``, clamped to the first date the dataset holds."""
+    first = dataset_dates(settings.dataset_path)[0]
+    start = end - timedelta(days=days)
+    if start < first:
+        log.warning("only %d day(s) of data before %s (asked for %d)", (end - first).days, end, days)
+        start = first
+    return start
+
+
+def profile_series(settings: Settings, as_of: date, run_id: str) -> dict:
+    """Detect periods on the ``history_days`` before ``as_of``, cluster, store the profile."""
+    t = time.perf_counter()
+    start = _window_start(settings, as_of, settings.history_days)
+    frame = read_window(settings.dataset_path, start, as_of, settings.freq)
+    begin, _ = night_bounds(start)
+    end, _ = night_bounds(as_of)
+    parts = []
+    for panel in iter_panel_chunks(frame, settings.freq, settings.chunk_series, begin, end):
+        res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
+        parts.append(
+            pl.DataFrame(
+                {
+                    "series_id": panel.series_ids,
+                    "period": res.period,
+                    "strength": res.strength,
+                    "cluster_id": assign_by_period(res.period).astype(str),
+                }
+            )
+        )
+    profile = pl.concat(parts)
+    write_profile(engine_for(settings), profile, run_id)
+    sizes = dict(profile.group_by("cluster_id").len().sort("cluster_id").iter_rows())
+    return {"series": profile.height, "clusters": sizes, "window": [str(start), str(as_of)],
+            "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
+
+
+def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
+    values = {
+        "k": settings.k, "horizon": settings.horizon, "hidden": settings.hidden,
+        "inner_steps": settings.inner_steps, "inner_lr": settings.inner_lr,
+        "meta_batch": settings.meta_batch, "meta_steps": settings.meta_steps,
+        "meta_lr": settings.meta_lr, "seed": settings.seed, "cut_every": settings.steps_per_day,
+    }  # fmt: skip
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return MetaConfig(**values)  # type: ignore[arg-type]
+
+
+def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
+    return FeatureSpec(period=period_of_cluster(cluster_id) or settings.period_default)
+
+
+def train_models(
+    settings: Settings,
+    as_of: date,
+    run_id: str,
+    clusters: list[str] | None = None,
+    on_done: Callable[[str, object], None] | None = None,
+    **config_overrides: object,
+) -> dict:
+    """Meta-train one model per cluster on the ``train_days`` before ``as_of`` (via Ray).
+
+    Returns {cluster_id: {"version", "metrics"} or {"error"}}; one cluster's failure does
+    not stop the others.
+    """
+    from tsmeta.execution import ClusterJob, train_clusters
+
+    engine = engine_for(settings)
+    profile = read_profile(engine)
+    known = sorted(profile.get_column("cluster_id").unique().to_list())
+    if clusters:
+        unknown = sorted(set(clusters) - set(known))
+        if unknown:
+            raise ValueError(f"unknown cluster(s) {unknown}: the profile has {known}")
+    wanted = clusters or known
+    start = _window_start(settings, as_of, settings.train_days)
+    frame = read_window(settings.dataset_path, start, as_of, settings.freq)
+    begin, _ = night_bounds(start)
+    end, _ = night_bounds(as_of)
+    cfg = meta_config(settings, **config_overrides)
+    rng = np.random.default_rng(settings.seed)
+    jobs = []
+    for cid in wanted:
+        ids = profile.filter(pl.col("cluster_id") == cid).get_column("series_id").to_numpy()
+        if len(ids) > settings.train_series_per_cluster:  # enough tasks; bounded memory
+            ids = np.sort(rng.choice(ids, settings.train_series_per_cluster, replace=False))
+        part = frame.filter(pl.col("series_id").cast(pl.String).is_in(pl.Series(ids).implode()))
+        panel = build_panel(part, settings.freq, begin, end, ids)
+        jobs.append(ClusterJob(cid, panel.values, panel.mask, panel.start_step,
+                               _spec_for(settings, cid).to_dict(), cfg.__dict__.copy()))  # fmt: skip
+    results = train_clusters(jobs, settings.ray_address, on_done)
+    out: dict[str, dict] = {}
+    for cid, res in results.items():
+        if isinstance(res, BaseException):
+            log.error("meta-training of cluster %s failed: %s", cid, res)
+            out[cid] = {"error": f"{type(res).__name__}: {res}"}
+            continue
+        model = MetaModel.from_state(res)
+        version = save_model(engine, settings.model_dir, cid, model, run_id, begin, end)
+        out[cid] = {"version": version, "metrics": {k: v for k, v in model.metrics.items() if k != "history"}}
+    return out
+
+
+def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFrame, dict]:
+    """Adapt and score every profiled series for ``night``; returns (flagged rows, stats).
+
+    Series without a profile, clusters without a model and series with too few recent
+    points are counted and logged, never silently dropped.
+    """
+    t = time.perf_counter()
+    engine = engine_for(settings)
+    models = load_latest_models(engine)
+    profile = read_profile(engine)
+    if not models:
+        raise LookupError("no meta-models in the registry: run `tsmeta train` first")
+    spd = settings.steps_per_day
+    reach = max(m.config.k + (m.spec.period if m.spec.seasonal_lag else 0) for _, m in models.values())
+    days_before = math.ceil(reach / spd)
+    start = _window_start(settings, night, days_before)
+    frame = read_window(settings.dataset_path, start, night + timedelta(days=1), settings.freq)
+    begin, _ = night_bounds(start)
+    night_start, night_end = night_bounds(night)
+
+    in_data = frame.get_column("series_id").cast(pl.String).unique()
+    unprofiled = int((~in_data.is_in(profile.get_column("series_id").implode())).sum())
+    if unprofiled:
+        log.warning("%d series have data but no profile (run `tsmeta profile`); not scored", unprofiled)
+    frame = frame.with_columns(pl.col("series_id").cast(pl.String))
+
+    flagged, stats = [], {"clusters": {}, "unprofiled_series": unprofiled, "no_model_series": 0}
+    for cid, ids_frame in profile.group_by("cluster_id", maintain_order=True):
+        cid = cid[0]
+        ids = ids_frame.get_column("series_id").sort().to_numpy()
+        if cid not in models:
+            log.warning("cluster %s (%d series) has no model yet: not scored", cid, len(ids))
+            stats["no_model_series"] += len(ids)
+            stats["clusters"][cid] = {"series": len(ids), "scored": 0, "flagged": 0, "error": "no model"}
+            continue
+        version, model = models[cid]
+        if model.config.horizon != spd:
+            raise ValueError(
+                f"model of cluster {cid} forecasts {model.config.horizon} steps but a night has "
+                f"{spd}; retrain it with horizon={spd}"
+            )
+        n_scored = n_flag = n_points = 0
+        for first in range(0, len(ids), settings.chunk_series):
+            chunk = ids[first : first + settings.chunk_series]
+            part = frame.filter(pl.col("series_id").is_in(pl.Series(chunk).implode()))
+            panel = build_panel(part, settings.freq, begin, night_end, chunk)
+            day = score_day(panel.values, panel.mask, panel.series_ids, panel.start_step,
+                            model, settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
+            rows, hours = day.flagged_rows()
+            ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
+                int(3600e6 if settings.freq == "h" else 86400e6), "us"
+            )
+            resid = day.residual[rows, hours]
+            flagged.append(
+                pl.DataFrame(
+                    {
+                        "series_id": day.series_ids[rows].astype(str),
+                        "ts": ts,
+                        "value": day.value[rows, hours].astype(np.float64),
+                        "forecast": day.forecast[rows, hours].astype(np.float64),
+                        "lower": day.lower[rows, hours].astype(np.float64),
+                        "upper": day.upper[rows, hours].astype(np.float64),
+                        "residual": resid.astype(np.float64),
+                        "score": day.score[rows, hours].astype(np.float64),
+                        "direction": np.where(resid > 0, "up", "down"),
+                        "cluster_id": np.full(len(rows), cid),
+                        "model_version": np.full(len(rows), version, dtype=np.int64),
+                    },
+                    schema_overrides={"series_id": pl.String, "direction": pl.String, "cluster_id": pl.String},
+                ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+            )
+            n_scored += int(day.scored.sum())
+            n_points += int((day.observed & day.scored[:, None]).sum())
+            n_flag += len(rows)
+        stats["clusters"][cid] = {"series": len(ids), "scored": n_scored, "points": n_points,
+                                  "flagged": n_flag, "model_version": version}  # fmt: skip
+    out = pl.concat(flagged) if flagged else pl.DataFrame()
+    clusters = stats["clusters"].values()
+    stats.update(
+        series=sum(c["series"] for c in clusters),
+        series_scored=sum(c["scored"] for c in clusters),
+        points_scored=sum(c.get("points", 0) for c in clusters),
+        flagged=out.height,
+        scored_clusters=[cid for cid, c in stats["clusters"].items() if "error" not in c],
+        seconds=round(time.perf_counter() - t, 2),
+    )
+    return out, stats
+
+
+def write_night(settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str]) -> int:
+    """Replace the night's anomalies of the given clusters with ``frame`` (idempotent)."""
+    night_start, night_end = night_bounds(night)
+    return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters)
+
+
+def read_night(settings: Settings, night: date) -> pl.DataFrame:
+    """The stored anomalies of a night, highest score first."""
+    import sqlalchemy as sa
+
+    night_start, night_end = night_bounds(night)
+    query = (
+        sa.select(anomalies)
+        .where((anomalies.c.ts >= night_start) & (anomalies.c.ts < night_end))
+        .order_by(anomalies.c.score.desc(), anomalies.c.series_id, anomalies.c.ts)
+    )
+    with engine_for(settings).connect() as conn:
+        frame = pl.read_database(query, connection=conn)
+    return _utc(frame, "ts")
+
+
+def _utc(frame: pl.DataFrame, col: str) -> pl.DataFrame:
+    """SQLite hands timestamps back without a zone; everything stored is UTC."""
+    dtype = frame.schema.get(col)
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+        return frame.with_columns(pl.col(col).dt.replace_time_zone("UTC"))
+    if isinstance(dtype, pl.Datetime):
+        return frame.with_columns(pl.col(col).dt.convert_time_zone("UTC"))
+    return frame

@@ -1,0 +1,122 @@
+"""SQLAlchemy tables of the anomaly store (SQLite by default, PostgreSQL in production).
+
+All timestamps are UTC. ``anomalies`` holds at most one row per series, timestamp and
+detector version: re-running a night replaces that night's rows (see ``writes``).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "metadata",
+    "runs",
+    "series_profile",
+    "clusters",
+    "models",
+    "anomalies",
+    "DETECTOR_VERSION",
+    "create_engine",
+    "create_schema",
+]
+
+DETECTOR_VERSION = "maml-v1"
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("flow", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running, completed, partial, failed
+    sa.Column("parameters", sa.JSON, nullable=False, default=dict),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("counts", sa.JSON),
+    sa.Column("timings", sa.JSON),
+    sa.Column("error", sa.Text),
+)
+
+series_profile = sa.Table(
+    "series_profile",
+    metadata,
+    sa.Column("series_id", sa.String(255), primary_key=True),
+    sa.Column("period", sa.Integer, nullable=False),  # 0 = aperiodic
+    sa.Column("strength", sa.Float, nullable=False),
+    sa.Column("cluster_id", sa.String(64), nullable=False, index=True),
+    sa.Column("profiled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+)
+
+clusters = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("cluster_id", sa.String(64), primary_key=True),
+    sa.Column("period", sa.Integer, nullable=False),
+    sa.Column("n_series", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("cluster_id", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("algorithm", sa.String(32), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("k", sa.Integer, nullable=False),
+    sa.Column("horizon", sa.Integer, nullable=False),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("data_start", sa.DateTime(timezone=True)),
+    sa.Column("data_end", sa.DateTime(timezone=True)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(36)),
+)
+
+anomalies = sa.Table(
+    "anomalies",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("series_id", sa.String(255), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("forecast", sa.Float, nullable=False),
+    sa.Column("lower", sa.Float, nullable=False),
+    sa.Column("upper", sa.Float, nullable=False),
+    sa.Column("residual", sa.Float, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("direction", sa.String(4), nullable=False),  # up / down
+    sa.Column("cluster_id", sa.String(64), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("detector_version", sa.String(32), nullable=False),
+    sa.UniqueConstraint("series_id", "ts", "detector_version", name="uq_anomaly_point"),
+    sa.Index("ix_anomalies_ts", "ts"),
+    sa.Index("ix_anomalies_cluster_ts", "cluster_id", "ts"),
+)
+
+
+def create_engine(url: str) -> sa.Engine:
+    """Engine for a database URL; SQLite files get their folder created and WAL mode."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    return engine
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """Create missing tables (idempotent). Alembic migrations come with the store issue."""
+    metadata.create_all(engine)
