@@ -1,14 +1,15 @@
 """Batched period detection from the autocorrelation function.
 
-All series of a chunk at once: fill missing points with the series mean, remove a linear
-trend, and compute the autocorrelation of every series with one FFT. Missing points are
-handled by dividing each lag's cross products by the number of observed pairs at that lag
-(the ACF of the mask, from the same FFT), so gaps do not shrink the ACF.
+All series of a chunk at once: remove a linear trend fitted to the observed points and
+compute, for every lag, the correlation over the pairs of points observed at that lag,
+with a handful of FFTs for all series and lags together (missing points are masked out,
+never imputed).
 
-A candidate period is accepted when its ACF exceeds both ``min_acf`` and the Bartlett
-white-noise band ``1.96 / sqrt(pairs)``. Among accepted candidates the shortest wins
-unless a longer one beats it by ``harmonic_margin`` (a weekly series also correlates at
-lag 24; only a clearly stronger weekly ACF makes it weekly). No accepted candidate means
+A candidate period is accepted when its ACF is a local peak and exceeds both ``min_acf``
+and the Bartlett white-noise band ``1.96 / sqrt(pairs)``. Among accepted candidates the shortest wins
+unless a longer one beats it by a margin (``harmonic_margin``, or 1.5 standard errors of
+the ACF where that is larger): a weekly series also correlates at lag 24, and only a
+clearly stronger weekly ACF makes it weekly. No accepted candidate means
 aperiodic (period 0).
 """
 
@@ -33,12 +34,15 @@ class PeriodResult:
 
 
 def autocorrelation(values: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """ACF at lags 0..max_lag for each row, and the observed pair counts per lag.
+    """Autocorrelation at lags 0..max_lag of each row, over observed pairs only.
 
     values (n, T) float, mask (n, T) bool -> acf (n, max_lag + 1), pairs (n, max_lag + 1).
+    Each lag's value is the Pearson correlation of the observed pairs (x_t, x_{t+lag}) of
+    the linearly detrended series, so gaps neither shrink it nor push it above 1. All lags of
+    all rows come from six FFTs.
     """
-    x = np.where(mask, values, 0.0).astype(np.float64)
     m = mask.astype(np.float64)
+    x = np.where(mask, values, 0.0).astype(np.float64)
     n_obs = m.sum(axis=1, keepdims=True)
     safe_n = np.maximum(n_obs, 1.0)
     # detrend: least-squares line through the observed points of each series
@@ -48,16 +52,26 @@ def autocorrelation(values: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple
     tc = (t - t_mean) * m
     slope = (tc * (x - x_mean)).sum(1, keepdims=True) / np.maximum((tc * tc).sum(1, keepdims=True), 1e-12)
     x = (x - x_mean - slope * (t - t_mean)) * m  # (n, T), zero where missing
+    scale = np.sqrt((x * x).sum(1, keepdims=True) / safe_n)
+    x = x / np.where(scale > 0, scale, 1.0)  # unit variance: keeps the sums well conditioned
 
     n_fft = 1 << int(np.ceil(np.log2(2 * x.shape[1])))
-    fx = np.fft.rfft(x, n=n_fft, axis=1)
-    fm = np.fft.rfft(m, n=n_fft, axis=1)
-    cross = np.fft.irfft(fx * np.conj(fx), n=n_fft, axis=1)[:, : max_lag + 1]
-    pairs = np.rint(np.fft.irfft(fm * np.conj(fm), n=n_fft, axis=1)[:, : max_lag + 1])
-    cov = cross / np.maximum(pairs, 1.0)
-    var = cov[:, :1]
-    acf = np.where(var > 1e-12 * np.maximum(np.abs(x_mean), 1.0) ** 2, cov / np.where(var > 0, var, 1.0), 0.0)
-    return acf, pairs
+    fx, fm, fxx = (np.fft.rfft(a, n=n_fft, axis=1) for a in (x, m, x * x))
+
+    def lagged(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:  # sum_t a_t * b_{t+lag}
+        return np.fft.irfft(np.conj(fa) * fb, n=n_fft, axis=1)[:, : max_lag + 1]
+
+    pairs = np.rint(lagged(fm, fm))
+    n = np.maximum(pairs, 1.0)
+    s_xy = lagged(fx, fx)
+    s_x, s_y = lagged(fx, fm), lagged(fm, fx)  # sums of the leading / lagged members
+    s_xx, s_yy = lagged(fxx, fm), lagged(fm, fxx)
+    var_x = np.maximum(s_xx - s_x * s_x / n, 0.0)
+    var_y = np.maximum(s_yy - s_y * s_y / n, 0.0)
+    denom = np.sqrt(var_x * var_y)
+    ok = (denom > 1e-9 * n) & (pairs >= 3) & (scale > 1e-12)
+    acf = np.where(ok, (s_xy - s_x * s_y / n) / np.where(ok, denom, 1.0), 0.0)
+    return np.clip(acf, -1.0, 1.0), pairs
 
 
 def detect_periods(
@@ -78,7 +92,7 @@ def detect_periods(
     if not cands or cands[0] < 2:
         raise ValueError(f"candidate periods must be integers >= 2, received {list(candidates)}")
     n, T = values.shape
-    max_lag = min(max(cands), T - 1)
+    max_lag = min(max(cands) + max(cands) // 8, T - 1)
     acf, pairs = autocorrelation(values, mask, max_lag)
 
     at = np.full((n, len(cands)), np.nan, dtype=np.float64)
@@ -88,12 +102,22 @@ def detect_periods(
             continue
         at[:, j] = acf[:, p]
         band = 1.96 / np.sqrt(np.maximum(pairs[:, p], 1.0))
-        ok[:, j] = (pairs[:, p] >= min_pairs) & (at[:, j] > np.maximum(min_acf, band))
+        # a period is a peak of the ACF against lags p -+ p/8 (smooth series correlate at
+        # every short lag; a one-lag comparison is noise on a broad peak)
+        w = max(1, p // 8)
+        peak = acf[:, p] >= acf[:, p - w]
+        if p + w <= max_lag:
+            peak &= acf[:, p] >= acf[:, p + w]
+        ok[:, j] = (pairs[:, p] >= min_pairs) & (at[:, j] > np.maximum(min_acf, band)) & peak
 
     period = np.zeros(n, dtype=np.int32)
     strength = np.zeros(n, dtype=np.float64)
     for j, p in enumerate(cands):  # ascending: shortest accepted wins unless beaten by margin
-        take = ok[:, j] & ((period == APERIODIC) | (at[:, j] > strength + harmonic_margin))
+        # margin: at least harmonic_margin, more where the ACF is noisy (its standard error
+        # (1 - r^2) / sqrt(pairs))
+        se = (1 - np.minimum(at[:, j], 1.0) ** 2) / np.sqrt(np.maximum(pairs[:, min(p, max_lag)], 1.0))
+        margin = np.maximum(harmonic_margin, 2.5 * se)
+        take = ok[:, j] & ((period == APERIODIC) | (at[:, j] > strength + margin))
         period[take] = p
         strength[take] = at[take, j]
     return PeriodResult(period, strength.astype(np.float32), at.astype(np.float32), cands)

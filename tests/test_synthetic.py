@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tsmeta.data.io import scan_dataset
+from tsmeta.data.schema import validate_long_frame
+from tsmeta.data.synthetic import (
+    ANOMALY_KINDS,
+    BLOCK,
+    generate_blocks,
+    generate_frame,
+    read_labels,
+    read_series_meta,
+    write_synthetic_dataset,
+)
+
+
+def test_same_seed_same_data():
+    a, la, ma = generate_frame(200, "h", 3, seed=5)
+    b, lb, mb = generate_frame(200, "h", 3, seed=5)
+    assert a.equals(b) and la.equals(lb) and ma.equals(mb)
+
+
+def test_different_seed_different_data():
+    a, _, _ = generate_frame(50, "h", 2, seed=1)
+    b, _, _ = generate_frame(50, "h", 2, seed=2)
+    assert not a.equals(b)
+
+
+def test_output_does_not_depend_on_sharding(tmp_path):
+    """Random streams are per block of series, so shard size changes nothing."""
+    n = BLOCK + 50
+    a = write_synthetic_dataset(tmp_path / "a", n, "h", 1, seed=3, shard_blocks=1)
+    b = write_synthetic_dataset(tmp_path / "b", n, "h", 1, seed=3, shard_blocks=2)
+    assert (a["shards"], b["shards"]) == (2, 1)
+    key = ["series_id", "ts"]
+    fa = scan_dataset(tmp_path / "a", "2026-11-01", "2026-11-02").collect().sort(key)
+    fb = scan_dataset(tmp_path / "b", "2026-11-01", "2026-11-02").collect().sort(key)
+    assert fa.height > n * 20 and fa.equals(fb)
+    assert read_labels(tmp_path / "a").sort("series_id", "start").equals(
+        read_labels(tmp_path / "b").sort("series_id", "start")
+    )
+
+
+def test_generated_frame_is_valid_long_format():
+    f, labels, meta = generate_frame(300, "h", 14, seed=0)
+    validate_long_frame(f, "h")
+    assert set(meta["period"].unique().to_list()) == {0, 24, 168}
+    assert set(labels["kind"].unique().to_list()) <= set(ANOMALY_KINDS)
+    assert labels.height > 0
+    assert (labels["end"] > labels["start"]).all()
+    # magnitudes span orders: scale in 10^[-1, 4]
+    assert meta["scale"].max() / meta["scale"].min() > 100
+    # some series have missing points (absent rows)
+    per_series = f.group_by("series_id").len()["len"]
+    assert per_series.min() < 14 * 24 and per_series.max() == 14 * 24
+
+
+def test_daily_frequency_has_weekly_period():
+    f, _, meta = generate_frame(100, "d", 56, seed=0)
+    validate_long_frame(f, "d")
+    assert set(meta["period"].unique().to_list()) == {0, 7}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="n_series"):
+        next(generate_blocks(0))
+    with pytest.raises(ValueError, match="anomaly_rate"):
+        next(generate_blocks(10, anomaly_rate=1.5))
+
+
+def test_written_dataset_roundtrip_and_shards(tmp_path):
+    root = tmp_path / "ds"
+    m = write_synthetic_dataset(root, 120, "h", 3, "2026-11-01", seed=4, shard_blocks=1)
+    assert json.loads((root / "_meta" / "manifest.json").read_text())["rows"] == m["rows"]
+    dates = sorted(p.name for p in root.iterdir() if p.name.startswith("date="))
+    assert dates == ["date=2026-11-01", "date=2026-11-02", "date=2026-11-03"]
+    f = validate_long_frame(scan_dataset(root, "2026-11-01", "2026-11-04"))
+    ref, ref_labels, ref_meta = generate_frame(120, "h", 3, "2026-11-01", seed=4)
+    key = ["series_id", "ts"]
+    assert f.sort(key).equals(validate_long_frame(ref).sort(key))
+    assert read_labels(root).sort("series_id", "start").equals(ref_labels.sort("series_id", "start"))
+    assert read_series_meta(root).equals(ref_meta)
+    # re-running rewrites the same files: no duplicates
+    write_synthetic_dataset(root, 120, "h", 3, "2026-11-01", seed=4, shard_blocks=1)
+    again = validate_long_frame(scan_dataset(root, "2026-11-01", "2026-11-04"))
+    assert again.height == f.height
