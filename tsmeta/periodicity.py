@@ -7,7 +7,7 @@ never imputed).
 
 A candidate period is accepted when its ACF is a local peak and exceeds both ``min_acf``
 and the Bartlett white-noise band ``1.96 / sqrt(pairs)``. Among accepted candidates the shortest wins
-unless a longer one beats it by a margin (``harmonic_margin``, or 1.5 standard errors of
+unless a longer one beats it by a margin (``harmonic_margin``, or 2.5 standard errors of
 the ACF where that is larger): a weekly series also correlates at lag 24, and only a
 clearly stronger weekly ACF makes it weekly. No accepted candidate means
 aperiodic (period 0).
