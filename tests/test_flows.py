@@ -1,0 +1,76 @@
+"""End to end through the real flows: Prefect test harness, local Ray, a real database."""
+
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+
+from tsmeta import jobs
+from tsmeta.config import load_settings
+from tsmeta.data.synthetic import read_labels
+from tsmeta.evaluation import detection_quality
+from tsmeta.store.schema import anomalies, clusters, models, runs
+
+NIGHT = date(2026, 11, 29)  # the tiny dataset's last day
+
+
+@pytest.fixture
+def config(tiny_dataset, tmp_path, db_url):
+    root, _ = tiny_dataset
+    return {"data_dir": str(tmp_path), "dataset_path": str(root), "database_url": db_url}
+
+
+def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
+    from pipelines.flows import meta_train, nightly, profile
+
+    prof = profile(as_of=NIGHT, config=config)
+    assert prof["status"] == "completed" and prof["series"] == 300
+    assert set(prof["clusters"]) <= {"p24", "p168", "aperiodic"} and len(prof["clusters"]) >= 2
+
+    trained = meta_train(as_of=NIGHT, meta_steps=30, config=config)
+    assert trained["status"] == "completed", trained
+    assert all(r["version"] == 1 for r in trained["clusters"].values())
+
+    first = nightly(night=NIGHT, config=config)
+    assert first["status"] == "completed"
+    assert first["series_scored"] == 300 and first["flagged"] > 0
+    assert first["written"] == first["flagged"]
+
+    settings = load_settings(**config)
+    engine = jobs.engine_for(settings)
+    with engine.connect() as conn:
+        n_rows = conn.execute(sa.select(sa.func.count()).select_from(anomalies)).scalar()
+        assert n_rows == first["flagged"]
+        assert conn.execute(sa.select(sa.func.count()).select_from(models)).scalar() == len(prof["clusters"])
+        assert conn.execute(sa.select(sa.func.count()).select_from(clusters)).scalar() == len(prof["clusters"])
+
+    # the night re-run replaces its rows: same count, no duplicates, the new run owns them
+    second = nightly(night=NIGHT, config=config)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(anomalies)).scalar() == n_rows
+        owners = set(conn.execute(sa.select(anomalies.c.run_id).distinct()).scalars())
+        statuses = dict(conn.execute(sa.select(runs.c.flow, runs.c.status)).all())
+    assert owners == {second["run_id"]}
+    assert statuses == {"profile": "completed", "meta_train": "completed", "nightly": "completed"}
+
+    # detections line up with the generator's labels better than chance
+    stored = jobs.read_night(settings, NIGHT)
+    start, end = jobs.night_bounds(NIGHT)
+    q = detection_quality(stored.select("series_id", "ts"), read_labels(config["dataset_path"]), start, end)
+    labelled_share = q["events"] * 3 / (300 * 24)  # rough share of anomalous points
+    assert q["precision"] > 3 * labelled_share
+    engine.dispose()
+
+
+def test_nightly_without_models_fails_and_is_recorded(tiny_dataset, tmp_path, prefect_harness):
+    from pipelines.flows import nightly, profile
+
+    root, _ = tiny_dataset
+    config = {"data_dir": str(tmp_path), "dataset_path": str(root)}
+    profile(as_of=NIGHT, config=config)
+    with pytest.raises(LookupError, match="tsmeta train"):
+        nightly(night=NIGHT, config=config)
+    engine = jobs.engine_for(load_settings(**config))
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(runs.c.status, runs.c.error).where(runs.c.flow == "nightly")).one()
+    assert row.status == "failed" and "tsmeta train" in row.error

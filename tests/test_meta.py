@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+
+from tsmeta.data.panel import build_panel
+from tsmeta.data.synthetic import generate_frame
+from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
+from tsmeta.meta.maml import adapt, adapt_batch, maml_loss, predict_batch
+from tsmeta.meta.tasks import make_batch, sample_tasks
+from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
+
+
+def tiny_batch(dtype=torch.float64, B=3, K=6, H=4, F=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    from tsmeta.meta.tasks import TaskBatch
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=dtype)
+
+    ones = lambda *s: torch.ones(*s, dtype=dtype)  # noqa: E731
+    return TaskBatch(r(B, K, F), r(B, K), ones(B, K), r(B, H, F), r(B, H), ones(B, H), r(B), ones(B))
+
+
+def test_second_order_gradient_matches_finite_differences():
+    batch = tiny_batch()
+    params = {k: v.double() for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(1)).items()}
+    leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    maml_loss(leaf, batch, steps=2, lr=0.3).backward()
+    eps = 1e-6
+    for name in ("w1", "b2", "w3"):
+        flat = params[name].reshape(-1)
+        for idx in range(min(3, flat.numel())):
+            plus = {k: v.clone() for k, v in params.items()}
+            minus = {k: v.clone() for k, v in params.items()}
+            plus[name].view(-1)[idx] += eps
+            minus[name].view(-1)[idx] -= eps
+            fd = (maml_loss(plus, batch, 2, 0.3) - maml_loss(minus, batch, 2, 0.3)) / (2 * eps)
+            assert leaf[name].grad.reshape(-1)[idx].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-9)
+
+
+def test_first_order_gradient_is_query_gradient_at_adapted_params():
+    batch = tiny_batch(B=1)
+    params = {k: v.double() for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(2)).items()}
+    leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    maml_loss(leaf, batch, 2, 0.3, first_order=True).backward()
+    fast = adapt(params, batch.xs[0], batch.ys[0], batch.ms[0], 2, 0.3)
+    fast = {k: v.detach().requires_grad_(True) for k, v in fast.items()}
+    masked_mse(fast, batch.xq[0], batch.yq[0], batch.mq[0]).backward()
+    for k in params:
+        torch.testing.assert_close(leaf[k].grad, fast[k].grad)
+
+
+def test_batched_adaptation_equals_per_task_loop():
+    batch = tiny_batch(dtype=torch.float32, B=5)
+    params = init_params(4, hidden=8, generator=torch.Generator().manual_seed(3))
+    fast = adapt_batch(params, batch, steps=3, lr=0.1)
+    pred = predict_batch(fast, batch.xq)
+    for b in range(5):
+        one = adapt(params, batch.xs[b], batch.ys[b], batch.ms[b], 3, 0.1)
+        torch.testing.assert_close(pred[b], mlp(one, batch.xq[b]), rtol=1e-5, atol=1e-6)
+        # adaptation lowers the support loss
+        assert masked_mse(one, batch.xs[b], batch.ys[b], batch.ms[b]) < masked_mse(params, batch.xs[b], batch.ys[b], batch.ms[b])
+
+
+def test_tasks_cut_support_before_query_and_align_to_midnight():
+    n, T, start_step = 4, 24 * 10, 24 * 1000
+    values = torch.arange(T, dtype=torch.float32).repeat(n, 1) + torch.arange(n)[:, None] * 1000.0
+    mask = torch.ones(n, T, dtype=torch.bool)
+    spec = FeatureSpec(24)
+    batch = sample_tasks(values, mask, 50, spec, 24, 24, start_step, torch.Generator().manual_seed(0), cut_every=24)
+    support = batch.ys * batch.scale[:, None] + batch.loc[:, None]
+    query = batch.yq * batch.scale[:, None] + batch.loc[:, None]
+    # values are the column index (+1000 per row): support ends right before the query
+    torch.testing.assert_close(query[:, 0] - support[:, -1], torch.ones(50), rtol=0, atol=1e-3)
+    t0 = (query[:, 0] % 1000).round().long()
+    assert ((t0 + start_step) % 24 == 0).all() and (t0 >= 48).all()
+    # seasonal-lag feature is the normalised value one period earlier
+    lag = batch.xs[..., 6] * batch.scale[:, None] + batch.loc[:, None]
+    torch.testing.assert_close(support - lag, torch.full_like(lag, 24.0), rtol=0, atol=1e-2)
+
+
+def test_make_batch_marks_missing_and_future_points_unobserved():
+    values = torch.randn(2, 100)
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    mask[0, 70] = False
+    b = make_batch(values, mask, torch.tensor([0, 1]), torch.tensor([90, 90]), FeatureSpec(24), 24, 24, 0)
+    assert b.mq[:, 10:].sum() == 0  # columns past the window
+    assert b.ms[0, 70 - 66] == 0 and b.ms[1].all()
+
+
+@pytest.fixture(scope="module")
+def cluster_window():
+    f, _, meta = generate_frame(400, "h", 21, seed=5, anomaly_rate=0.0)
+    p = build_panel(f, "h")
+    rows = meta.sort("series_id")["period"].to_numpy() == 24
+    return p.values[rows][:, : 20 * 24], p.mask[rows][:, : 20 * 24], p.start_step
+
+
+def test_meta_training_learns_and_is_reproducible(cluster_window):
+    values, mask, start_step = cluster_window
+    cfg = MetaConfig(meta_steps=60, eval_every=20, meta_batch=16, val_tasks=64, seed=3)
+    a = meta_train(values, mask, start_step, FeatureSpec(24), cfg)
+    b = meta_train(values, mask, start_step, FeatureSpec(24), cfg)
+    for k in a.params:
+        torch.testing.assert_close(a.params[k], b.params[k])
+    m = a.metrics
+    assert m["val_query_mse_adapted"] < m["val_query_mse_unadapted"]
+    restored = MetaModel.from_state(a.state())
+    assert restored.spec == a.spec and restored.config == a.config and restored.calibration == a.calibration
+
+
+def test_meta_training_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 2 series"):
+        meta_train(np.zeros((1, 500), np.float32), np.ones((1, 500), bool), 0, FeatureSpec(24), MetaConfig())
+    with pytest.raises(ValueError, match="too short"):
+        meta_train(np.zeros((5, 60), np.float32), np.ones((5, 60), bool), 0, FeatureSpec(24), MetaConfig())
+    with pytest.raises(ValueError, match="algorithm"):
+        MetaConfig(algorithm="reptile-ish")
