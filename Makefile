@@ -40,7 +40,10 @@ lint: install
 
 # Regenerate the pinned working set from the current environment (after a tested upgrade).
 freeze: install
-	$(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' > constraints.txt
+	{ echo "# The tested working set (make install uses it as pip constraints). Regenerate with: make freeze"; \
+	  echo "# torch is pinned without the +cpu label: pip picks the local CPU wheel where one is offered."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .tsmeta .pytest_cache

@@ -81,9 +81,13 @@ def _recorded(flow_name: str, settings: Settings, params: dict, body) -> dict:  
     try:
         status, counts = body(run_id)
     except Exception as exc:
-        record_finish(settings, run_id, "failed", error="".join(traceback.format_exception_only(exc)).strip())
+        record_finish(
+            settings, run_id, "failed", error="".join(traceback.format_exception_only(exc)).strip()
+        )
         raise
-    record_finish(settings, run_id, status, counts=counts, timings={"seconds": counts.get("seconds")})
+    record_finish(
+        settings, run_id, status, counts=counts, timings={"seconds": counts.get("seconds")}
+    )
     return {"run_id": run_id, "status": status, **counts}
 
 

@@ -78,10 +78,10 @@ def db_url(request, tmp_path):
     url = request.getfixturevalue("pg_url")
     import sqlalchemy as sa
 
-    from tsmeta.store.schema import metadata
-
     engine = sa.create_engine(url)
-    metadata.drop_all(engine)  # each test starts from an empty schema
+    with engine.begin() as conn:  # each test starts from an empty schema (views included)
+        conn.execute(sa.text("drop schema public cascade"))
+        conn.execute(sa.text("create schema public"))
     engine.dispose()
     return url
 

@@ -32,7 +32,11 @@ def test_runtime_errors_are_one_line_with_exit_2(tmp_path, capsys):
     code = main(["anomalies", "--data-dir", str(tmp_path / "empty")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and err.startswith("tsmeta anomalies: error:") and "tsmeta generate" in err
+    assert (
+        err.count("\n") == 1
+        and err.startswith("tsmeta anomalies: error:")
+        and "tsmeta generate" in err
+    )
 
 
 def test_verbose_shows_the_traceback(tmp_path):
@@ -49,6 +53,9 @@ def test_demo_runs_the_whole_path(tmp_path, capsys, prefect_harness, ray_local):
     # a second run reuses the dataset and replaces the night's rows
     assert main(["demo", "--series", "300", "--data-dir", str(tmp_path / "demo")]) == 0
     assert "reusing it" in capsys.readouterr().out
-    assert main(["anomalies", "--data-dir", str(tmp_path / "demo"), "--format", "json", "--top", "3"]) == 0
+    assert (
+        main(["anomalies", "--data-dir", str(tmp_path / "demo"), "--format", "json", "--top", "3"])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"]

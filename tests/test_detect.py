@@ -27,7 +27,9 @@ def test_batched_scoring_equals_per_series_loop(trained):
     batched = score_day(values[:20], mask[:20], ids[:20], start, model, 1e-3, chunk_series=7)
     for i in range(20):
         one = score_day(values[i : i + 1], mask[i : i + 1], ids[i : i + 1], start, model, 1e-3)
-        np.testing.assert_allclose(batched.forecast[i], one.forecast[0], rtol=1e-4, atol=1e-4 * abs(one.forecast[0]).max())
+        np.testing.assert_allclose(
+            batched.forecast[i], one.forecast[0], rtol=1e-4, atol=1e-4 * abs(one.forecast[0]).max()
+        )
         np.testing.assert_array_equal(batched.flag[i], one.flag[0])
 
 

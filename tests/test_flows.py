@@ -41,8 +41,12 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     with engine.connect() as conn:
         n_rows = conn.execute(sa.select(sa.func.count()).select_from(anomalies)).scalar()
         assert n_rows == first["flagged"]
-        assert conn.execute(sa.select(sa.func.count()).select_from(models)).scalar() == len(prof["clusters"])
-        assert conn.execute(sa.select(sa.func.count()).select_from(clusters)).scalar() == len(prof["clusters"])
+        assert conn.execute(sa.select(sa.func.count()).select_from(models)).scalar() == len(
+            prof["clusters"]
+        )
+        assert conn.execute(sa.select(sa.func.count()).select_from(clusters)).scalar() == len(
+            prof["clusters"]
+        )
 
     # the night re-run replaces its rows: same count, no duplicates, the new run owns them
     second = nightly(night=NIGHT, config=config)
@@ -56,7 +60,9 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     # detections line up with the generator's labels better than chance
     stored = jobs.read_night(settings, NIGHT)
     start, end = jobs.night_bounds(NIGHT)
-    q = detection_quality(stored.select("series_id", "ts"), read_labels(config["dataset_path"]), start, end)
+    q = detection_quality(
+        stored.select("series_id", "ts"), read_labels(config["dataset_path"]), start, end
+    )
     labelled_share = q["events"] * 3 / (300 * 24)  # rough share of anomalous points
     assert q["precision"] > 3 * labelled_share
     engine.dispose()
@@ -72,5 +78,7 @@ def test_nightly_without_models_fails_and_is_recorded(tiny_dataset, tmp_path, pr
         nightly(night=NIGHT, config=config)
     engine = jobs.engine_for(load_settings(**config))
     with engine.connect() as conn:
-        row = conn.execute(sa.select(runs.c.status, runs.c.error).where(runs.c.flow == "nightly")).one()
+        row = conn.execute(
+            sa.select(runs.c.status, runs.c.error).where(runs.c.flow == "nightly")
+        ).one()
     assert row.status == "failed" and "tsmeta train" in row.error

@@ -4,7 +4,14 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from tsmeta.data.io import dataset_dates, read_csv, read_sql_table, read_window, scan_dataset, write_partitioned
+from tsmeta.data.io import (
+    dataset_dates,
+    read_csv,
+    read_sql_table,
+    read_window,
+    scan_dataset,
+    write_partitioned,
+)
 from tsmeta.data.schema import EmptyInputError, MissingColumnError
 from tsmeta.data.synthetic import generate_frame
 
@@ -17,7 +24,12 @@ def frame():
 
 def test_partitioned_write_and_lazy_date_read(tmp_path, frame):
     assert write_partitioned(frame, tmp_path) == 4
-    assert [str(d) for d in dataset_dates(tmp_path)] == ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert [str(d) for d in dataset_dates(tmp_path)] == [
+        "2026-11-01",
+        "2026-11-02",
+        "2026-11-03",
+        "2026-11-04",
+    ]
     lf = scan_dataset(tmp_path, "2026-11-02", "2026-11-04")
     assert isinstance(lf, pl.LazyFrame)
     # only the two requested partitions are in the plan
@@ -61,7 +73,11 @@ def test_sql_table_reader(db_url, frame):
     small = frame.head(48).with_columns(pl.col("value").cast(pl.Float64))
     with engine.begin() as conn:
         conn.execute(sa.text("drop table if exists metrics"))
-        conn.execute(sa.text("create table metrics (series_id varchar(32), ts timestamp, value double precision)"))
+        conn.execute(
+            sa.text(
+                "create table metrics (series_id varchar(32), ts timestamp, value double precision)"
+            )
+        )
         conn.execute(
             sa.text("insert into metrics values (:series_id, :ts, :value)"),
             small.with_columns(pl.col("ts").dt.replace_time_zone(None)).to_dicts(),

@@ -18,12 +18,17 @@ def tiny_batch(dtype=torch.float64, B=3, K=6, H=4, F=4, seed=0):
         return torch.randn(*s, generator=g, dtype=dtype)
 
     ones = lambda *s: torch.ones(*s, dtype=dtype)  # noqa: E731
-    return TaskBatch(r(B, K, F), r(B, K), ones(B, K), r(B, H, F), r(B, H), ones(B, H), r(B), ones(B))
+    return TaskBatch(
+        r(B, K, F), r(B, K), ones(B, K), r(B, H, F), r(B, H), ones(B, H), r(B), ones(B)
+    )
 
 
 def test_second_order_gradient_matches_finite_differences():
     batch = tiny_batch()
-    params = {k: v.double() for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(1)).items()}
+    params = {
+        k: v.double()
+        for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(1)).items()
+    }
     leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     maml_loss(leaf, batch, steps=2, lr=0.3).backward()
     eps = 1e-6
@@ -35,12 +40,17 @@ def test_second_order_gradient_matches_finite_differences():
             plus[name].view(-1)[idx] += eps
             minus[name].view(-1)[idx] -= eps
             fd = (maml_loss(plus, batch, 2, 0.3) - maml_loss(minus, batch, 2, 0.3)) / (2 * eps)
-            assert leaf[name].grad.reshape(-1)[idx].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-9)
+            assert leaf[name].grad.reshape(-1)[idx].item() == pytest.approx(
+                fd.item(), rel=1e-5, abs=1e-9
+            )
 
 
 def test_first_order_gradient_is_query_gradient_at_adapted_params():
     batch = tiny_batch(B=1)
-    params = {k: v.double() for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(2)).items()}
+    params = {
+        k: v.double()
+        for k, v in init_params(4, hidden=5, generator=torch.Generator().manual_seed(2)).items()
+    }
     leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     maml_loss(leaf, batch, 2, 0.3, first_order=True).backward()
     fast = adapt(params, batch.xs[0], batch.ys[0], batch.ms[0], 2, 0.3)
@@ -59,7 +69,9 @@ def test_batched_adaptation_equals_per_task_loop():
         one = adapt(params, batch.xs[b], batch.ys[b], batch.ms[b], 3, 0.1)
         torch.testing.assert_close(pred[b], mlp(one, batch.xq[b]), rtol=1e-5, atol=1e-6)
         # adaptation lowers the support loss
-        assert masked_mse(one, batch.xs[b], batch.ys[b], batch.ms[b]) < masked_mse(params, batch.xs[b], batch.ys[b], batch.ms[b])
+        assert masked_mse(one, batch.xs[b], batch.ys[b], batch.ms[b]) < masked_mse(
+            params, batch.xs[b], batch.ys[b], batch.ms[b]
+        )
 
 
 def test_tasks_cut_support_before_query_and_align_to_midnight():
@@ -67,7 +79,9 @@ def test_tasks_cut_support_before_query_and_align_to_midnight():
     values = torch.arange(T, dtype=torch.float32).repeat(n, 1) + torch.arange(n)[:, None] * 1000.0
     mask = torch.ones(n, T, dtype=torch.bool)
     spec = FeatureSpec(24)
-    batch = sample_tasks(values, mask, 50, spec, 24, 24, start_step, torch.Generator().manual_seed(0), cut_every=24)
+    batch = sample_tasks(
+        values, mask, 50, spec, 24, 24, start_step, torch.Generator().manual_seed(0), cut_every=24
+    )
     support = batch.ys * batch.scale[:, None] + batch.loc[:, None]
     query = batch.yq * batch.scale[:, None] + batch.loc[:, None]
     # values are the column index (+1000 per row): support ends right before the query
@@ -83,7 +97,9 @@ def test_make_batch_marks_missing_and_future_points_unobserved():
     values = torch.randn(2, 100)
     mask = torch.ones(2, 100, dtype=torch.bool)
     mask[0, 70] = False
-    b = make_batch(values, mask, torch.tensor([0, 1]), torch.tensor([90, 90]), FeatureSpec(24), 24, 24, 0)
+    b = make_batch(
+        values, mask, torch.tensor([0, 1]), torch.tensor([90, 90]), FeatureSpec(24), 24, 24, 0
+    )
     assert b.mq[:, 10:].sum() == 0  # columns past the window
     assert b.ms[0, 70 - 66] == 0 and b.ms[1].all()
 
@@ -106,13 +122,25 @@ def test_meta_training_learns_and_is_reproducible(cluster_window):
     m = a.metrics
     assert m["val_query_mse_adapted"] < m["val_query_mse_unadapted"]
     restored = MetaModel.from_state(a.state())
-    assert restored.spec == a.spec and restored.config == a.config and restored.calibration == a.calibration
+    assert (
+        restored.spec == a.spec
+        and restored.config == a.config
+        and restored.calibration == a.calibration
+    )
 
 
 def test_meta_training_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 2 series"):
-        meta_train(np.zeros((1, 500), np.float32), np.ones((1, 500), bool), 0, FeatureSpec(24), MetaConfig())
+        meta_train(
+            np.zeros((1, 500), np.float32),
+            np.ones((1, 500), bool),
+            0,
+            FeatureSpec(24),
+            MetaConfig(),
+        )
     with pytest.raises(ValueError, match="too short"):
-        meta_train(np.zeros((5, 60), np.float32), np.ones((5, 60), bool), 0, FeatureSpec(24), MetaConfig())
+        meta_train(
+            np.zeros((5, 60), np.float32), np.ones((5, 60), bool), 0, FeatureSpec(24), MetaConfig()
+        )
     with pytest.raises(ValueError, match="algorithm"):
         MetaConfig(algorithm="reptile-ish")

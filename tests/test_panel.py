@@ -26,7 +26,12 @@ def naive_panel(frame: pl.DataFrame, start: datetime, n_steps: int, ids: list):
 def long_frame():
     f, _, _ = generate_frame(40, "h", days=3, seed=11)
     # add explicit null values too: both absent rows and nulls are missing points
-    f = f.with_columns(pl.when(pl.int_range(pl.len()) % 17 == 0).then(None).otherwise(pl.col("value")).alias("value"))
+    f = f.with_columns(
+        pl.when(pl.int_range(pl.len()) % 17 == 0)
+        .then(None)
+        .otherwise(pl.col("value"))
+        .alias("value")
+    )
     return validate_long_frame(f)
 
 
@@ -68,6 +73,12 @@ def test_start_step_and_timestamps(long_frame):
 
 def test_panel_shape_checks():
     with pytest.raises(ValueError, match="equal 2-D"):
-        Panel(np.zeros((2, 3)), np.zeros((2, 4), bool), np.array(["a", "b"]), datetime(2026, 1, 1), "h")
+        Panel(
+            np.zeros((2, 3)),
+            np.zeros((2, 4), bool),
+            np.array(["a", "b"]),
+            datetime(2026, 1, 1),
+            "h",
+        )
     with pytest.raises(ValueError, match="series_ids"):
         Panel(np.zeros((2, 3)), np.zeros((2, 3), bool), np.array(["a"]), datetime(2026, 1, 1), "h")

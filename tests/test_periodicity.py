@@ -52,7 +52,9 @@ def test_missing_points_handled_through_mask():
 
 def test_constant_all_missing_and_short_series():
     T = 336
-    values = np.stack([np.full(T, 5.0), np.full(T, np.nan), np.arange(T, dtype=float)]).astype(np.float32)
+    values = np.stack([np.full(T, 5.0), np.full(T, np.nan), np.arange(T, dtype=float)]).astype(
+        np.float32
+    )
     mask = np.stack([np.ones(T, bool), np.zeros(T, bool), np.ones(T, bool)])
     res = detect_periods(values, mask)
     assert list(res.period) == [APERIODIC, APERIODIC, APERIODIC]

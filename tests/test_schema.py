@@ -132,8 +132,12 @@ def test_all_errors_are_value_errors():
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 5), st.integers(0, 200), st.one_of(st.none(), st.floats(-1e9, 1e9))),
-        min_size=1, max_size=60, unique_by=lambda r: (r[0], r[1]),
+        st.tuples(
+            st.integers(0, 5), st.integers(0, 200), st.one_of(st.none(), st.floats(-1e9, 1e9))
+        ),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda r: (r[0], r[1]),
     )
 )
 def test_property_valid_rows_pass_unchanged(rows):

@@ -53,11 +53,17 @@ def test_rerunning_a_night_replaces_its_rows(engine):
 
 def test_replacing_one_cluster_keeps_the_others(engine):
     end = NIGHT + timedelta(days=1)
-    both = pl.concat([anomaly_frame(10, "p24"), anomaly_frame(5, "p168").with_columns(pl.col("series_id") + "w")])
+    both = pl.concat(
+        [anomaly_frame(10, "p24"), anomaly_frame(5, "p168").with_columns(pl.col("series_id") + "w")]
+    )
     replace_night(engine, both, NIGHT, end, "run-1")
     replace_night(engine, anomaly_frame(3, "p24"), NIGHT, end, "run-2", cluster_ids=["p24"])
     with engine.connect() as conn:
-        rows = dict(conn.execute(sa.select(anomalies.c.cluster_id, sa.func.count()).group_by(anomalies.c.cluster_id)).all())
+        rows = dict(
+            conn.execute(
+                sa.select(anomalies.c.cluster_id, sa.func.count()).group_by(anomalies.c.cluster_id)
+            ).all()
+        )
     assert rows == {"p24": 3, "p168": 5}
 
 

@@ -1,7 +1,5 @@
 import json
 
-import numpy as np
-import polars as pl
 import pytest
 
 from tsmeta.data.io import scan_dataset
@@ -39,8 +37,10 @@ def test_output_does_not_depend_on_sharding(tmp_path):
     fa = scan_dataset(tmp_path / "a", "2026-11-01", "2026-11-02").collect().sort(key)
     fb = scan_dataset(tmp_path / "b", "2026-11-01", "2026-11-02").collect().sort(key)
     assert fa.height > n * 20 and fa.equals(fb)
-    assert read_labels(tmp_path / "a").sort("series_id", "start").equals(
-        read_labels(tmp_path / "b").sort("series_id", "start")
+    assert (
+        read_labels(tmp_path / "a")
+        .sort("series_id", "start")
+        .equals(read_labels(tmp_path / "b").sort("series_id", "start"))
     )
 
 
@@ -81,7 +81,9 @@ def test_written_dataset_roundtrip_and_shards(tmp_path):
     ref, ref_labels, ref_meta = generate_frame(120, "h", 3, "2026-11-01", seed=4)
     key = ["series_id", "ts"]
     assert f.sort(key).equals(validate_long_frame(ref).sort(key))
-    assert read_labels(root).sort("series_id", "start").equals(ref_labels.sort("series_id", "start"))
+    assert (
+        read_labels(root).sort("series_id", "start").equals(ref_labels.sort("series_id", "start"))
+    )
     assert read_series_meta(root).equals(ref_meta)
     # re-running rewrites the same files: no duplicates
     write_synthetic_dataset(root, 120, "h", 3, "2026-11-01", seed=4, shard_blocks=1)

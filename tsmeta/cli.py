@@ -151,13 +151,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tsmeta", description="Meta-learned anomaly detection for many time series.")
+    p = argparse.ArgumentParser(
+        prog="tsmeta", description="Meta-learned anomaly detection for many time series."
+    )
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--data-dir", type=Path, default=None, help="root of data, database and models (TSMETA_DATA_DIR)")
+        sp.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="root of data, database and models (TSMETA_DATA_DIR)",
+        )
         sp.set_defaults(func=func)
         return sp
 
@@ -168,19 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_iso_date, default=date(2026, 11, 1))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--anomaly-rate", type=float, default=0.02, help="anomalies per series and day")
-    g.add_argument("--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)")
+    g.add_argument(
+        "--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)"
+    )
 
     pr = add("profile", cmd_profile, "detect periods and assign clusters")
-    pr.add_argument("--as-of", type=_iso_date, default=None, help="profile the days before this date")
+    pr.add_argument(
+        "--as-of", type=_iso_date, default=None, help="profile the days before this date"
+    )
 
     t = add("train", cmd_train, "meta-train one model per cluster (Ray)")
-    t.add_argument("--as-of", type=_iso_date, default=None, help="train on the days before this date")
+    t.add_argument(
+        "--as-of", type=_iso_date, default=None, help="train on the days before this date"
+    )
     t.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
     t.add_argument("--algorithm", choices=["maml", "fomaml"], default="maml")
     t.add_argument("--meta-steps", type=_positive, default=None)
 
     n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")
-    n.add_argument("--night", type=_iso_date, default=None, help="the day to score (default: yesterday)")
+    n.add_argument(
+        "--night", type=_iso_date, default=None, help="the day to score (default: yesterday)"
+    )
 
     a = add("anomalies", cmd_anomalies, "list a night's stored anomalies")
     a.add_argument("--night", type=_iso_date, default=None, help="default: the dataset's last date")
@@ -194,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", type=Path, default=None)
     up.set_defaults(func=cmd_db_upgrade)
 
-    d = add("demo", cmd_demo, "the whole path on a generated dataset: generate, profile, train, nightly")
+    d = add(
+        "demo", cmd_demo, "the whole path on a generated dataset: generate, profile, train, nightly"
+    )
     d.add_argument("--series", type=_positive, default=10_000)
-    d.add_argument("--days", type=_positive, default=29, help="days generated (the last one is scored)")
+    d.add_argument(
+        "--days", type=_positive, default=29, help="days generated (the last one is scored)"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(data_dir=None)
     return p

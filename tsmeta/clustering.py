@@ -32,5 +32,7 @@ def period_of_cluster(cluster_id: str) -> int:
         return APERIODIC
     head = cluster_id.split("-", 1)[0]
     if not head.startswith("p") or not head[1:].isdigit():
-        raise ValueError(f"cluster id {cluster_id!r} is not of the form 'p<period>[-n]' or 'aperiodic'")
+        raise ValueError(
+            f"cluster id {cluster_id!r} is not of the form 'p<period>[-n]' or 'aperiodic'"
+        )
     return int(head[1:])

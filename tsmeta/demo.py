@@ -23,7 +23,9 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None, seed: int = 0) -> int:
+def run_demo(
+    series: int = 10_000, days: int = 29, data_dir: Path | None = None, seed: int = 0
+) -> int:
     import polars as pl
 
     from pipelines.flows import meta_train, nightly, profile
@@ -40,11 +42,19 @@ def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None,
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    wanted = {"n_series": series, "freq": "h", "days": days, "start": DEMO_START.isoformat(), "seed": seed}
+    wanted = {
+        "n_series": series,
+        "freq": "h",
+        "days": days,
+        "start": DEMO_START.isoformat(),
+        "seed": seed,
+    }
     manifest_file = dataset / "_meta" / "manifest.json"
     existing = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
     if all(existing.get(k) == v for k, v in wanted.items()):
-        _say(f"[1/4] dataset {dataset} already generated ({series:,} series, {days} days): reusing it")
+        _say(
+            f"[1/4] dataset {dataset} already generated ({series:,} series, {days} days): reusing it"
+        )
     else:
         shutil.rmtree(dataset, ignore_errors=True)
         _say(f"[1/4] generating {series:,} hourly series x {days} days into {dataset} ...")
@@ -53,13 +63,17 @@ def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None,
     timings["generate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _say(f"[2/4] profile flow: periods and clusters from the {settings.history_days} days before {night}")
+    _say(
+        f"[2/4] profile flow: periods and clusters from the {settings.history_days} days before {night}"
+    )
     prof = profile(as_of=night, config=config)
     _say(f"      clusters: {prof['clusters']}")
     timings["profile"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _say(f"[3/4] meta_train flow: one MAML model per cluster on local Ray ({settings.train_days} days)")
+    _say(
+        f"[3/4] meta_train flow: one MAML model per cluster on local Ray ({settings.train_days} days)"
+    )
     trained = meta_train(as_of=night, config=config)
     for cid, res in sorted(trained["clusters"].items()):
         if "error" in res:
@@ -77,7 +91,9 @@ def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None,
 
     stored = jobs.read_night(settings, night)
     night_start, night_end = jobs.night_bounds(night)
-    quality = detection_quality(stored.select("series_id", "ts"), read_labels(dataset), night_start, night_end)
+    quality = detection_quality(
+        stored.select("series_id", "ts"), read_labels(dataset), night_start, night_end
+    )
 
     _say("\n=== run summary ===")
     _say(f"run {run['run_id']}  status {run['status']}")
@@ -85,7 +101,9 @@ def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None,
          f"flagged {run['flagged']:,} ({run['flagged'] / max(run['points_scored'], 1):.3%})  "
          f"written {run['written']:,}")  # fmt: skip
     for cid, c in sorted(run["clusters"].items()):
-        _say(f"  {cid:>10}: {c['series']:>6,} series  {c['flagged']:>5,} flagged  model v{c.get('model_version', '-')}")
+        _say(
+            f"  {cid:>10}: {c['series']:>6,} series  {c['flagged']:>5,} flagged  model v{c.get('model_version', '-')}"
+        )
     _say("\n=== top anomalies ===")
     with pl.Config(tbl_rows=10, tbl_cols=10, tbl_width_chars=150, float_precision=2):
         _say(str(stored.head(10).select("series_id", "ts", "value", "forecast", "lower", "upper",
@@ -98,7 +116,11 @@ def run_demo(series: int = 10_000, days: int = 29, data_dir: Path | None = None,
     for k in quality["per_kind"]:
         _say(f"  {k['kind']:>16}: recall {k['recall']:.2f} ({k['detected']}/{k['events']})")
     _say("\n=== timings (s) ===")
-    _say("  " + "  ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"  total {sum(timings.values()):.1f}")
+    _say(
+        "  "
+        + "  ".join(f"{k} {v:.1f}" for k, v in timings.items())
+        + f"  total {sum(timings.values()):.1f}"
+    )
     _say(f"\nanomalies are in {settings.database_url}, e.g.:")
     _say(f"  sqlite3 {settings.database_url.removeprefix('sqlite:///')} "
          "\"select series_id, ts, value, score from anomalies order by score desc limit 5\"")  # fmt: skip

@@ -73,7 +73,10 @@ def score_day(
             f"lag of {spec.period} needs {need + H}; read more history"
         )
     z_alpha = model.calibration.threshold(false_alarm_rate)
-    out = {k: np.empty((n, H), dtype=np.float32) for k in ("forecast", "lower", "upper", "residual", "score")}
+    out = {
+        k: np.empty((n, H), dtype=np.float32)
+        for k in ("forecast", "lower", "upper", "residual", "score")
+    }
     flag = np.zeros((n, H), dtype=bool)
     scored = np.zeros(n, dtype=bool)
     vals_t = torch.as_tensor(values, dtype=torch.float32)

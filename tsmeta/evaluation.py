@@ -20,10 +20,16 @@ def detection_quality(
     """flags: series_id, ts (flagged points in [start, end)); labels: series_id, kind, start, end."""
     if flags.schema["series_id"] != labels.schema["series_id"]:
         labels = labels.with_columns(pl.col("series_id").cast(flags.schema["series_id"]))
-    events = labels.filter((pl.col("start") < end) & (pl.col("end") > start)).with_row_index("event")
-    hits = flags.select("series_id", "ts").join(
-        events.select("event", "series_id", "kind", "start", "end"), on="series_id", how="inner"
-    ).filter((pl.col("ts") >= pl.col("start")) & (pl.col("ts") < pl.col("end")))
+    events = labels.filter((pl.col("start") < end) & (pl.col("end") > start)).with_row_index(
+        "event"
+    )
+    hits = (
+        flags.select("series_id", "ts")
+        .join(
+            events.select("event", "series_id", "kind", "start", "end"), on="series_id", how="inner"
+        )
+        .filter((pl.col("ts") >= pl.col("start")) & (pl.col("ts") < pl.col("end")))
+    )
     n_flags = flags.height
     true_flags = hits.select(pl.struct("series_id", "ts").n_unique()).item() if hits.height else 0
     detected = hits.get_column("event").unique()

@@ -52,7 +52,9 @@ class ClusterJob:
     config: dict  # MetaConfig as a dict
 
 
-def _train_one(values: np.ndarray, mask: np.ndarray, start_step: int, spec: dict, config: dict) -> dict:
+def _train_one(
+    values: np.ndarray, mask: np.ndarray, start_step: int, spec: dict, config: dict
+) -> dict:
     """Runs in a Ray worker: meta-train one cluster, return the model state (CPU tensors)."""
     import torch
 
@@ -60,7 +62,9 @@ def _train_one(values: np.ndarray, mask: np.ndarray, start_step: int, spec: dict
     from tsmeta.meta.train import MetaConfig, meta_train
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = meta_train(values, mask, start_step, FeatureSpec(**spec), MetaConfig(**config), device=device)
+    model = meta_train(
+        values, mask, start_step, FeatureSpec(**spec), MetaConfig(**config), device=device
+    )
     model.metrics["device"] = device
     return model.state()
 

@@ -45,7 +45,9 @@ class FeatureSpec:
         return asdict(self)
 
 
-def init_params(n_in: int, hidden: int = 40, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def init_params(
+    n_in: int, hidden: int = 40, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """Kaiming-uniform weights, as torch.nn.Linear initialises them."""
 
     def linear(fan_in: int, fan_out: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +69,17 @@ def mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return (h @ params["w3"] + params["b3"]).squeeze(-1)
 
 
-def masked_mse(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def masked_mse(
+    params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, m: torch.Tensor
+) -> torch.Tensor:
     """Mean squared error over observed points; x (N, F), y (N,), m (N,) float 0/1."""
     err = (mlp(params, x) - y) ** 2 * m
     return err.sum() / m.sum().clamp_min(1.0)
 
 
-def support_normalisation(y: torch.Tensor, m: torch.Tensor, rel_floor: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def support_normalisation(
+    y: torch.Tensor, m: torch.Tensor, rel_floor: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-series location and scale from observed support points.
 
     y (B, K), m (B, K) float -> loc (B,), scale (B,). The scale is floored at ``rel_floor``
@@ -108,6 +114,8 @@ def build_features(
         ok = lag_cols >= 0
         safe = lag_cols.clamp_min(0)
         lag_obs = torch.gather(observed, 1, safe) & ok
-        lag_val = torch.where(lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype))
+        lag_val = torch.where(
+            lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype)
+        )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)

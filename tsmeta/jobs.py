@@ -66,7 +66,9 @@ def _window_start(settings: Settings, end: date, days: int) -> date:
     first = dataset_dates(settings.dataset_path)[0]
     start = end - timedelta(days=days)
     if start < first:
-        log.warning("only %d day(s) of data before %s (asked for %d)", (end - first).days, end, days)
+        log.warning(
+            "only %d day(s) of data before %s (asked for %d)", (end - first).days, end, days
+        )
         start = first
     return start
 
@@ -160,7 +162,10 @@ def train_models(
             continue
         model = MetaModel.from_state(res)
         version = save_model(engine, settings.model_dir, cid, model, run_id, begin, end)
-        out[cid] = {"version": version, "metrics": {k: v for k, v in model.metrics.items() if k != "history"}}
+        out[cid] = {
+            "version": version,
+            "metrics": {k: v for k, v in model.metrics.items() if k != "history"},
+        }
     return out
 
 
@@ -177,7 +182,9 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     spd = settings.steps_per_day
-    reach = max(m.config.k + (m.spec.period if m.spec.seasonal_lag else 0) for _, m in models.values())
+    reach = max(
+        m.config.k + (m.spec.period if m.spec.seasonal_lag else 0) for _, m in models.values()
+    )
     days_before = math.ceil(reach / spd)
     start = _window_start(settings, night, days_before)
     frame = read_window(settings.dataset_path, start, night + timedelta(days=1), settings.freq)
@@ -187,7 +194,9 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     in_data = frame.get_column("series_id").cast(pl.String).unique()
     unprofiled = int((~in_data.is_in(profile.get_column("series_id").implode())).sum())
     if unprofiled:
-        log.warning("%d series have data but no profile (run `tsmeta profile`); not scored", unprofiled)
+        log.warning(
+            "%d series have data but no profile (run `tsmeta profile`); not scored", unprofiled
+        )
     frame = frame.with_columns(pl.col("series_id").cast(pl.String))
 
     flagged, stats = [], {"clusters": {}, "unprofiled_series": unprofiled, "no_model_series": 0}
@@ -197,7 +206,12 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         if cid not in models:
             log.warning("cluster %s (%d series) has no model yet: not scored", cid, len(ids))
             stats["no_model_series"] += len(ids)
-            stats["clusters"][cid] = {"series": len(ids), "scored": 0, "flagged": 0, "error": "no model"}
+            stats["clusters"][cid] = {
+                "series": len(ids),
+                "scored": 0,
+                "flagged": 0,
+                "error": "no model",
+            }
             continue
         version, model = models[cid]
         if model.config.horizon != spd:
@@ -232,7 +246,11 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
                         "cluster_id": np.full(len(rows), cid),
                         "model_version": np.full(len(rows), version, dtype=np.int64),
                     },
-                    schema_overrides={"series_id": pl.String, "direction": pl.String, "cluster_id": pl.String},
+                    schema_overrides={
+                        "series_id": pl.String,
+                        "direction": pl.String,
+                        "cluster_id": pl.String,
+                    },
                 ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
             )
             n_scored += int(day.scored.sum())
@@ -253,7 +271,9 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     return out, stats
 
 
-def write_night(settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str]) -> int:
+def write_night(
+    settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str]
+) -> int:
     """Replace the night's anomalies of the given clusters with ``frame`` (idempotent)."""
     night_start, night_end = night_bounds(night)
     return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters)

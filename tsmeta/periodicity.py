@@ -33,7 +33,9 @@ class PeriodResult:
     candidates: tuple[int, ...]
 
 
-def autocorrelation(values: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+def autocorrelation(
+    values: np.ndarray, mask: np.ndarray, max_lag: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Autocorrelation at lags 0..max_lag of each row, over observed pairs only.
 
     values (n, T) float, mask (n, T) bool -> acf (n, max_lag + 1), pairs (n, max_lag + 1).
@@ -50,7 +52,9 @@ def autocorrelation(values: np.ndarray, mask: np.ndarray, max_lag: int) -> tuple
     t_mean = (m * t).sum(1, keepdims=True) / safe_n
     x_mean = x.sum(1, keepdims=True) / safe_n
     tc = (t - t_mean) * m
-    slope = (tc * (x - x_mean)).sum(1, keepdims=True) / np.maximum((tc * tc).sum(1, keepdims=True), 1e-12)
+    slope = (tc * (x - x_mean)).sum(1, keepdims=True) / np.maximum(
+        (tc * tc).sum(1, keepdims=True), 1e-12
+    )
     x = (x - x_mean - slope * (t - t_mean)) * m  # (n, T), zero where missing
     scale = np.sqrt((x * x).sum(1, keepdims=True) / safe_n)
     x = x / np.where(scale > 0, scale, 1.0)  # unit variance: keeps the sums well conditioned
@@ -115,7 +119,9 @@ def detect_periods(
     for j, p in enumerate(cands):  # ascending: shortest accepted wins unless beaten by margin
         # margin: at least harmonic_margin, more where the ACF is noisy (its standard error
         # (1 - r^2) / sqrt(pairs))
-        se = (1 - np.minimum(at[:, j], 1.0) ** 2) / np.sqrt(np.maximum(pairs[:, min(p, max_lag)], 1.0))
+        se = (1 - np.minimum(at[:, j], 1.0) ** 2) / np.sqrt(
+            np.maximum(pairs[:, min(p, max_lag)], 1.0)
+        )
         margin = np.maximum(harmonic_margin, 2.5 * se)
         take = ok[:, j] & ((period == APERIODIC) | (at[:, j] > strength + margin))
         period[take] = p

@@ -73,7 +73,9 @@ class Panel:
         return np.datetime64(self.start, "us") + np.arange(self.n_steps) * step
 
     def select(self, rows: np.ndarray) -> Panel:
-        return Panel(self.values[rows], self.mask[rows], self.series_ids[rows], self.start, self.freq)
+        return Panel(
+            self.values[rows], self.mask[rows], self.series_ids[rows], self.start, self.freq
+        )
 
     def window(self, first: int, stop: int) -> Panel:
         """Columns [first, stop) as a Panel with the matching start."""

@@ -90,8 +90,7 @@ def _check_columns(columns: list[str]) -> None:
         else "provide them (the long format is one row per series and timestamp)"
     )
     raise MissingColumnError(
-        f"missing column(s) {missing}: expected columns {list(COLUMNS)}, "
-        f"received {columns}; {fix}"
+        f"missing column(s) {missing}: expected columns {list(COLUMNS)}, received {columns}; {fix}"
     )
 
 
@@ -142,9 +141,7 @@ def validate_long_frame(
             if ts == pl.String
             else "convert it to a datetime column"
         )
-        raise ColumnTypeError(
-            f"column 'ts' has dtype {ts}: expected a datetime (UTC); {fix}"
-        )
+        raise ColumnTypeError(f"column 'ts' has dtype {ts}: expected a datetime (UTC); {fix}")
     if ts.time_zone is None:
         df = df.with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
     elif ts.time_zone != "UTC":

@@ -207,7 +207,9 @@ def generate_blocks(
     if days < 1:
         raise ValueError(f"days must be >= 1, received {days}")
     if not 0 <= anomaly_rate < 1:
-        raise ValueError(f"anomaly_rate is a probability per series and day, received {anomaly_rate}")
+        raise ValueError(
+            f"anomaly_rate is a probability per series and day, received {anomaly_rate}"
+        )
     start_d = start if isinstance(start, date) else date.fromisoformat(str(start))
     start_dt = datetime(start_d.year, start_d.month, start_d.day)
     T = days * (24 if freq == "h" else 1)
@@ -291,7 +293,9 @@ def write_synthetic_dataset(
         name = f"part-{shard:05d}.parquet"
         for d in range(days):
             day_vals = merged.values[:, d * spd : (d + 1) * spd]
-            day_block = GeneratedBlock(shard, ids, day_vals, merged.periods, merged.scales, merged.labels)
+            day_block = GeneratedBlock(
+                shard, ids, day_vals, merged.periods, merged.scales, merged.labels
+            )
             frame = _block_long(day_block, start_dt + timedelta(days=d), freq)
             day = (start_d + timedelta(days=d)).isoformat()
             write_parquet_atomic(frame, root / f"date={day}" / name)

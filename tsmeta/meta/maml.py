@@ -33,7 +33,9 @@ def adapt(
     return params
 
 
-def maml_loss(params: Params, batch: TaskBatch, steps: int, lr: float, first_order: bool = False) -> torch.Tensor:
+def maml_loss(
+    params: Params, batch: TaskBatch, steps: int, lr: float, first_order: bool = False
+) -> torch.Tensor:
     """Mean query loss after inner adaptation, over all tasks of the batch."""
 
     def task_loss(xs, ys, ms, xq, yq, mq):  # one task

@@ -92,7 +92,9 @@ def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> t
     return (1.4826 * med).clamp_min(floor)
 
 
-def _adapted_residuals(params: dict, batch: TaskBatch, cfg: MetaConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _adapted_residuals(
+    params: dict, batch: TaskBatch, cfg: MetaConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     fast = adapt_batch(params, batch, cfg.inner_steps, cfg.inner_lr)
     rs = predict_batch(fast, batch.xs) - batch.ys
     rq = predict_batch(fast, batch.xq) - batch.yq
@@ -145,7 +147,9 @@ def meta_train(
     val_rows, train_rows = perm[:n_val], perm[n_val:]
     tv, tm = torch_values[train_rows], torch_mask[train_rows]
     vv, vm = torch_values[val_rows], torch_mask[val_rows]
-    val_batch = sample_tasks(vv, vm, cfg.val_tasks, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every)
+    val_batch = sample_tasks(
+        vv, vm, cfg.val_tasks, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every
+    )
 
     params = {
         k: v.to(device).requires_grad_(True)
@@ -159,7 +163,9 @@ def meta_train(
     step = 0
     skipped = 0
     for step in range(1, cfg.meta_steps + 1):
-        batch = sample_tasks(tv, tm, cfg.meta_batch, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every)
+        batch = sample_tasks(
+            tv, tm, cfg.meta_batch, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every
+        )
         loss = maml_loss(params, batch, cfg.inner_steps, cfg.inner_lr, first_order)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -193,4 +199,3 @@ def meta_train(
         "seconds": round(time.perf_counter() - t_begin, 3),
     }
     return MetaModel(final, spec, cfg, calibrate(final, val_batch, cfg), metrics)
-

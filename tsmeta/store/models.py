@@ -44,10 +44,16 @@ def save_model(
         os.replace(tmp, folder)
         conn.execute(
             sa.insert(models).values(
-                cluster_id=cluster_id, version=version, algorithm=model.config.algorithm,
-                path=str(folder), k=model.config.k, horizon=model.config.horizon,
+                cluster_id=cluster_id,
+                version=version,
+                algorithm=model.config.algorithm,
+                path=str(folder),
+                k=model.config.k,
+                horizon=model.config.horizon,
                 metrics={k: v for k, v in model.metrics.items() if k != "history"},
-                data_start=data_start, data_end=data_end, created_at=datetime.now(UTC),
+                data_start=data_start,
+                data_end=data_end,
+                created_at=datetime.now(UTC),
                 run_id=run_id,
             )  # fmt: skip
         )
@@ -57,7 +63,9 @@ def save_model(
 def load_model(path: str | Path) -> MetaModel:
     file = Path(path) / "model.pt"
     if not file.is_file():
-        raise FileNotFoundError(f"model file {file} is missing: retrain the cluster (`tsmeta train`)")
+        raise FileNotFoundError(
+            f"model file {file} is missing: retrain the cluster (`tsmeta train`)"
+        )
     return MetaModel.from_state(torch.load(file, weights_only=False))
 
 
@@ -69,7 +77,8 @@ def load_latest_models(engine: sa.Engine) -> dict[str, tuple[int, MetaModel]]:
         .subquery()
     )
     query = sa.select(models.c.cluster_id, models.c.version, models.c.path).join(
-        latest, (models.c.cluster_id == latest.c.cluster_id) & (models.c.version == latest.c.version)
+        latest,
+        (models.c.cluster_id == latest.c.cluster_id) & (models.c.version == latest.c.version),
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()

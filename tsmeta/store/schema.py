@@ -78,7 +78,12 @@ models = sa.Table(
 anomalies = sa.Table(
     "anomalies",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
     sa.Column("series_id", sa.String(255), nullable=False),
     sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
     sa.Column("value", sa.Float, nullable=False),

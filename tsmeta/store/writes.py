@@ -119,7 +119,9 @@ def replace_night(
     """
     missing = [c for c in ANOMALY_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"anomaly frame lacks column(s) {missing}; expected {list(ANOMALY_COLUMNS)}")
+        raise ValueError(
+            f"anomaly frame lacks column(s) {missing}; expected {list(ANOMALY_COLUMNS)}"
+        )
     outside = frame.filter((pl.col("ts") < night_start) | (pl.col("ts") >= night_end))
     if outside.height:
         raise ValueError(

@@ -1,0 +1,75 @@
+-- The anomaly store's tables as PostgreSQL sees them.
+-- Generated from tsmeta/store/schema.py; tests/test_sql.py fails when the two drift.
+-- Regenerate: python -c 'from tsmeta.store.ddl import postgresql_ddl; print(postgresql_ddl(), end="")' > sql/schema.postgresql.sql
+
+CREATE TABLE anomalies (
+	id BIGSERIAL NOT NULL,
+	series_id VARCHAR(255) NOT NULL,
+	ts TIMESTAMP WITH TIME ZONE NOT NULL,
+	value FLOAT NOT NULL,
+	forecast FLOAT NOT NULL,
+	lower FLOAT NOT NULL,
+	upper FLOAT NOT NULL,
+	residual FLOAT NOT NULL,
+	score FLOAT NOT NULL,
+	direction VARCHAR(4) NOT NULL,
+	cluster_id VARCHAR(64) NOT NULL,
+	model_version INTEGER NOT NULL,
+	run_id VARCHAR(36) NOT NULL,
+	detector_version VARCHAR(32) NOT NULL,
+	PRIMARY KEY (id),
+	CONSTRAINT uq_anomaly_point UNIQUE (series_id, ts, detector_version)
+);
+
+CREATE INDEX ix_anomalies_cluster_ts ON anomalies (cluster_id, ts);
+
+CREATE INDEX ix_anomalies_ts ON anomalies (ts);
+
+CREATE TABLE clusters (
+	cluster_id VARCHAR(64) NOT NULL,
+	period INTEGER NOT NULL,
+	n_series INTEGER NOT NULL,
+	updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	run_id VARCHAR(36),
+	PRIMARY KEY (cluster_id)
+);
+
+CREATE TABLE models (
+	cluster_id VARCHAR(64) NOT NULL,
+	version INTEGER NOT NULL,
+	algorithm VARCHAR(32) NOT NULL,
+	path TEXT NOT NULL,
+	k INTEGER NOT NULL,
+	horizon INTEGER NOT NULL,
+	metrics JSON,
+	data_start TIMESTAMP WITH TIME ZONE,
+	data_end TIMESTAMP WITH TIME ZONE,
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	run_id VARCHAR(36),
+	PRIMARY KEY (cluster_id, version)
+);
+
+CREATE TABLE runs (
+	run_id VARCHAR(36) NOT NULL,
+	flow VARCHAR(64) NOT NULL,
+	status VARCHAR(16) NOT NULL,
+	parameters JSON NOT NULL,
+	started_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	finished_at TIMESTAMP WITH TIME ZONE,
+	counts JSON,
+	timings JSON,
+	error TEXT,
+	PRIMARY KEY (run_id)
+);
+
+CREATE TABLE series_profile (
+	series_id VARCHAR(255) NOT NULL,
+	period INTEGER NOT NULL,
+	strength FLOAT NOT NULL,
+	cluster_id VARCHAR(64) NOT NULL,
+	profiled_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	run_id VARCHAR(36),
+	PRIMARY KEY (series_id)
+);
+
+CREATE INDEX ix_series_profile_cluster_id ON series_profile (cluster_id);

@@ -1,0 +1,109 @@
+"""Every file in sql/ runs against SQLite and PostgreSQL (``*.<dialect>.sql`` on its own)."""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from tsmeta.store.ddl import postgresql_ddl
+from tsmeta.store.schema import create_engine, create_schema
+from tsmeta.store.writes import finish_run, replace_night, start_run, write_profile
+
+SQL = Path(__file__).resolve().parent.parent / "sql"
+DIALECTS = ("sqlite", "postgresql")
+
+
+def statements(path: Path) -> list[str]:
+    text = "\n".join(
+        line for line in path.read_text().splitlines() if not line.strip().startswith("--")
+    )
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def applies_to(path: Path, dialect: str) -> bool:
+    tag = path.name.removesuffix(".sql").rsplit(".", 1)
+    return len(tag) == 1 or tag[1] not in DIALECTS or tag[1] == dialect
+
+
+def test_checked_in_ddl_matches_the_metadata():
+    assert (SQL / "schema.postgresql.sql").read_text() == postgresql_ddl(), (
+        "sql/schema.postgresql.sql is stale: regenerate it (command in its header)"
+    )
+
+
+def test_every_sql_file_has_a_dialect_or_is_portable():
+    for path in SQL.rglob("*.sql"):
+        tag = path.name.removesuffix(".sql").split(".")
+        assert len(tag) == 1 or tag[-1] in DIALECTS, f"{path.name}: unknown dialect tag"
+
+
+@pytest.fixture
+def populated(db_url):
+    engine = create_engine(db_url)
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        with engine.begin() as conn:  # the checked-in DDL itself creates the schema
+            for stmt in statements(SQL / "schema.postgresql.sql"):
+                conn.execute(sa.text(stmt))
+    else:
+        create_schema(engine)
+    night = datetime(2026, 11, 14, tzinfo=UTC)
+    rows = pl.DataFrame(
+        {
+            "series_id": ["a", "a", "b", "c"],
+            "ts": [night + timedelta(hours=h) for h in (1, 2, 5, 7)],
+            "value": [9.0, 8.0, 1.0, 5.0], "forecast": [5.0] * 4, "lower": [4.0] * 4, "upper": [6.0] * 4,
+            "residual": [4.0, 3.0, -4.0, 0.0], "score": [0.9999, 0.999, 0.9995, 0.9991],
+            "direction": ["up", "up", "down", "up"], "cluster_id": ["p24", "p24", "p168", "p24"],
+            "model_version": [1] * 4,
+        }
+    )  # fmt: skip
+    older = rows.head(1).with_columns(
+        pl.col("ts") - timedelta(days=1), pl.lit(0.99999).alias("score")
+    )
+    replace_night(engine, older, night - timedelta(days=1), night, "r0")
+    replace_night(engine, rows, night, night + timedelta(days=1), "r1")
+    write_profile(engine, pl.DataFrame({"series_id": ["a", "b", "c"], "period": [24, 168, 24],
+                                        "strength": [0.9, 0.8, 0.7], "cluster_id": ["p24", "p168", "p24"]}), "r")  # fmt: skip
+    finish_run(engine, start_run(engine, "nightly", {}), "completed")
+    files = sorted(
+        p for p in SQL.glob("*.sql") if p.name != "schema.postgresql.sql" and applies_to(p, dialect)
+    )
+    with engine.begin() as conn:
+        for path in sorted(files, key=lambda p: (p.name != "views.sql", p.name)):
+            for stmt in statements(path):
+                conn.execute(sa.text(stmt))
+    yield engine
+    engine.dispose()
+
+
+def run_query(engine, name: str) -> list:
+    with engine.connect() as conn:
+        return [
+            tuple(r) for r in conn.execute(sa.text(statements(SQL / "queries" / name)[0])).all()
+        ]
+
+
+def test_every_query_runs(populated):
+    queries = sorted((SQL / "queries").glob("*.sql"))
+    assert queries
+    for path in queries:
+        if applies_to(path, populated.dialect.name):
+            assert run_query(populated, path.name), f"{path.name} returned no rows"
+
+
+def test_latest_night_view_and_top_query(populated):
+    top = run_query(populated, "top_anomalies_latest_night.sql")
+    assert [r[0] for r in top] == ["a", "b", "c", "a"]  # the older night's 0.99999 is excluded
+    assert top[0][6] == pytest.approx(0.9999)
+
+
+def test_per_cluster_and_per_series_queries(populated):
+    per_cluster = {r[0]: r for r in run_query(populated, "anomalies_per_cluster.sql")}
+    assert (
+        per_cluster["p24"][3] == 4 and per_cluster["p168"][3] == 1 and per_cluster["p24"][1] == 24
+    )
+    per_series = run_query(populated, "series_with_most_anomalies.sql")
+    assert per_series[0][:3] == ("a", 24, 3)
