@@ -106,7 +106,7 @@ def build_features(
     Returns (B, N, F).
     """
     phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
-    k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype)
+    k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype, device=vnorm.device)
     ang = phase[..., None] * k  # (B, N, H)
     parts = [torch.sin(ang), torch.cos(ang)]
     if spec.seasonal_lag:

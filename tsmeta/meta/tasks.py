@@ -54,11 +54,13 @@ def make_batch(
     values (n, T) float (NaN where unobserved), mask (n, T) bool. Query columns past the end
     of the window are treated as unobserved (the nightly forecast of a day with no data yet).
     """
+    dev = values.device
+    rows, t0 = rows.to(dev), t0.to(dev)
     v = values[rows]  # (B, T)
     obs = mask[rows]
     T = v.shape[1]
-    s_cols = t0[:, None] - k + torch.arange(k)  # (B, K)
-    q_cols = t0[:, None] + torch.arange(horizon)  # (B, H)
+    s_cols = t0[:, None] - k + torch.arange(k, device=dev)  # (B, K)
+    q_cols = t0[:, None] + torch.arange(horizon, device=dev)  # (B, H)
     ys_raw = torch.gather(v, 1, s_cols)
     ms = torch.gather(obs, 1, s_cols).to(v.dtype)
     loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms)

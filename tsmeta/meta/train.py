@@ -107,7 +107,7 @@ def calibrate(params: dict, batch: TaskBatch, cfg: MetaConfig) -> TailModel:
         rs, rq = _adapted_residuals(params, batch, cfg)
         z = (rq / robust_sigma(rs, batch.ms)[:, None]).abs()
         z = z[batch.mq > 0]
-    return fit_tail(z.numpy())
+    return fit_tail(z.cpu().numpy())
 
 
 def _val_loss(params: dict, batch: TaskBatch, cfg: MetaConfig, steps: int) -> float:

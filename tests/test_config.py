@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tsmeta.config import load_settings
+
+
+def test_defaults_derive_from_data_dir():
+    s = load_settings(data_dir=Path("/srv/x"))
+    assert s.dataset_path == Path("/srv/x/dataset")
+    assert s.model_dir == Path("/srv/x/models")
+    assert s.database_url == "sqlite:////srv/x/tsmeta.db"
+    assert s.ray_address is None
+    assert (s.freq, s.k, s.horizon, s.candidate_periods) == ("h", 24, 24, [24, 168])
+
+
+def test_daily_defaults():
+    s = load_settings(freq="daily")
+    assert (s.freq, s.k, s.horizon, s.candidate_periods, s.steps_per_day) == ("d", 28, 1, [7], 1)
+
+
+def test_environment_variables(monkeypatch):
+    monkeypatch.setenv("TSMETA_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("TSMETA_K", "48")
+    monkeypatch.setenv("TSMETA_RAY_ADDRESS", "auto")
+    s = load_settings()
+    assert s.database_url == "postgresql+psycopg://u@h/db" and s.k == 48 and s.ray_address == "auto"
+    # explicit arguments win over the environment
+    assert load_settings(k=12).k == 12
+
+
+def test_toml_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "tsmeta.toml"
+    cfg.write_text('data_dir = "/data/tsmeta"\nhorizon = 12\nfalse_alarm_rate = 0.01\n')
+    monkeypatch.setenv("TSMETA_CONFIG", str(cfg))
+    monkeypatch.setenv("TSMETA_HORIZON", "6")  # environment beats the file
+    s = load_settings()
+    assert s.data_dir == Path("/data/tsmeta") and s.horizon == 6 and s.false_alarm_rate == 0.01
+
+
+def test_toml_in_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "tsmeta.toml").write_text("k = 30\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().k == 30
+
+
+def test_missing_config_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TSMETA_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(FileNotFoundError, match="TSMETA_CONFIG"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"freq": "15min"}, "not supported"),
+        ({"k": 1}, "greater than or equal to 2"),
+        ({"false_alarm_rate": 1.5}, "less than 1"),
+        ({"databse_url": "x"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_settings_are_rejected(kwargs, needle):
+    with pytest.raises((ValidationError, ValueError), match=needle):
+        load_settings(**kwargs)
