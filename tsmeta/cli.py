@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_iso_date, default=None, help="train on the days before this date"
     )
     t.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
-    t.add_argument("--algorithm", choices=["maml", "fomaml"], default="maml")
+    t.add_argument("--algorithm", choices=["maml", "fomaml", "metasgd", "pretrain"], default="maml")
     t.add_argument("--meta-steps", type=_positive, default=None)
 
     n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tsmeta.calibration import two_sided_tail
-from tsmeta.meta.maml import adapt_batch, predict_batch
+from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
 from tsmeta.meta.train import MetaModel, robust_sigma
 
@@ -81,15 +81,13 @@ def score_day(
     scored = np.zeros(n, dtype=bool)
     vals_t = torch.as_tensor(values, dtype=torch.float32)
     mask_t = torch.as_tensor(mask, dtype=torch.bool)
-    params = {k: v.detach() for k, v in model.params.items()}
+    forecaster = Adapted.from_model(model)
     with torch.no_grad():
         for first in range(0, n, chunk_series):
             rows = torch.arange(first, min(n, first + chunk_series))
             cut = torch.full((len(rows),), t0, dtype=torch.long)
             batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, start_step)
-            fast = adapt_batch(params, batch, cfg.inner_steps, cfg.inner_lr)  # each (B, ...)
-            pred_s = predict_batch(fast, batch.xs)  # (B, K) normalised
-            pred_q = predict_batch(fast, batch.xq)  # (B, H)
+            pred_s, pred_q = forecaster.predict(batch)  # (B, K), (B, H) normalised
             sigma = robust_sigma(pred_s - batch.ys, batch.ms)  # (B,) normalised units
             loc, scale = batch.loc[:, None], batch.scale[:, None]
             forecast = loc + scale * pred_q

@@ -3,7 +3,9 @@
 The inner loop adapts a parameter dict with a few gradient steps on a task's support
 set; the outer objective is the query loss after adaptation, averaged over tasks with
 ``vmap`` (no Python loop over tasks). Second-order by default: the outer gradient flows
-through the inner steps. ``first_order=True`` stops it there (FOMAML).
+through the inner steps. ``first_order=True`` stops it there (FOMAML). The inner step
+size is a float (MAML) or a dict of per-parameter rate tensors learned in the outer loop
+(Meta-SGD, Li et al. 2017).
 """
 
 from __future__ import annotations
@@ -14,27 +16,34 @@ from torch.func import grad, vmap
 from tsmeta.forecaster import masked_mse, mlp
 from tsmeta.meta.tasks import TaskBatch
 
-__all__ = ["adapt", "adapt_batch", "maml_loss", "predict_batch"]
+__all__ = ["Params", "Rates", "adapt", "adapt_batch", "maml_loss", "predict_batch"]
 
 Params = dict[str, torch.Tensor]
+Rates = float | dict[str, torch.Tensor]
+
+
+def _step(params: Params, g: Params, lr: Rates) -> Params:
+    if isinstance(lr, dict):
+        return {name: params[name] - lr[name] * g[name] for name in params}
+    return {name: params[name] - lr * g[name] for name in params}
 
 
 def adapt(
     params: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
-    steps: int, lr: float, first_order: bool = False,
+    steps: int, lr: Rates, first_order: bool = False,
 ) -> Params:  # fmt: skip
-    """``steps`` SGD steps on one task's support set (xs (K, F), ys (K,), ms (K,))."""
+    """``steps`` gradient steps on one task's support set (xs (K, F), ys (K,), ms (K,))."""
     loss_grad = grad(masked_mse)
     for _ in range(steps):
         g = loss_grad(params, xs, ys, ms)
         if first_order:
             g = {name: t.detach() for name, t in g.items()}
-        params = {name: params[name] - lr * g[name] for name in params}
+        params = _step(params, g, lr)
     return params
 
 
 def maml_loss(
-    params: Params, batch: TaskBatch, steps: int, lr: float, first_order: bool = False
+    params: Params, batch: TaskBatch, steps: int, lr: Rates, first_order: bool = False
 ) -> torch.Tensor:
     """Mean query loss after inner adaptation, over all tasks of the batch."""
 
@@ -46,7 +55,7 @@ def maml_loss(
     return losses.mean()
 
 
-def adapt_batch(params: Params, batch: TaskBatch, steps: int, lr: float) -> Params:
+def adapt_batch(params: Params, batch: TaskBatch, steps: int, lr: Rates) -> Params:
     """Adapted parameters for every task at once: each tensor gains a leading B axis."""
     fn = vmap(lambda xs, ys, ms: adapt(params, xs, ys, ms, steps, lr))
     return fn(batch.xs, batch.ys, batch.ms)

@@ -1,4 +1,14 @@
-"""Meta-training loop: one initialisation per cluster, validated on held-out series.
+"""Meta-training: one initialisation per cluster, validated on held-out series.
+
+Algorithms (``MetaConfig.algorithm``):
+
+* ``maml``: second-order MAML (Finn, Abbeel and Levine, 2017).
+* ``fomaml``: first-order MAML (same paper, section 5.2): no gradient through the inner steps.
+* ``metasgd``: Meta-SGD (Li, Zhou, Chen and Li, 2017): per-parameter inner learning rates
+  learned with the initialisation.
+* ``pretrain``: the transfer-learning baseline: the initialisation is fit to all tasks
+  jointly (plain regression, no inner loop); it is then fine-tuned on the K points like the
+  others.
 
 Pure computation: arrays in, a :class:`MetaModel` out. Saving it is the model store's job
 (``tsmeta.store.models``).
@@ -8,29 +18,38 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from tsmeta.calibration import TailModel, fit_tail
-from tsmeta.forecaster import FeatureSpec, init_params, mlp
-from tsmeta.meta.maml import adapt_batch, maml_loss, predict_batch
+from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
+from tsmeta.meta.maml import Params, Rates, adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import TaskBatch, sample_tasks
 
-__all__ = ["MetaConfig", "MetaModel", "meta_train", "robust_sigma", "calibrate"]
+__all__ = [
+    "ALGORITHMS",
+    "MetaConfig",
+    "MetaModel",
+    "MetaLearner",
+    "meta_train",
+    "robust_sigma",
+    "calibrate",
+]
 
-ALGORITHMS = ("maml", "fomaml")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "pretrain")
 
 
 @dataclass(frozen=True)
 class MetaConfig:
-    algorithm: str = "maml"  # "maml" (second order) or "fomaml"
+    algorithm: str = "maml"
     k: int = 24
     horizon: int = 24
     hidden: int = 40
-    inner_steps: int = 5
-    inner_lr: float = 0.1
+    inner_steps: int = 5  # steps taken when adapting (and in the inner loop of training)
+    inner_lr: float = 0.1  # step size (Meta-SGD: initial value of every learned rate)
     meta_batch: int = 32
     meta_steps: int = 300
     meta_lr: float = 1e-3
@@ -48,18 +67,27 @@ class MetaConfig:
 
 @dataclass
 class MetaModel:
-    """A cluster's meta-learned initialisation plus everything needed to adapt with it."""
+    """A cluster's learned initialisation plus everything needed to adapt with it."""
 
-    params: dict[str, torch.Tensor]
+    params: Params
     spec: FeatureSpec
     config: MetaConfig
     calibration: TailModel  # distribution of out-of-sample residual z-scores
     metrics: dict = field(default_factory=dict)
+    inner_rates: dict[str, torch.Tensor] | None = None  # Meta-SGD's learned rates
+
+    @property
+    def rates(self) -> Rates:
+        """What the inner loop steps with: learned per-parameter rates or the fixed one."""
+        return self.inner_rates if self.inner_rates is not None else self.config.inner_lr
 
     def state(self) -> dict:
         """Plain, picklable state (tensors on CPU)."""
         return {
             "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "inner_rates": None
+            if self.inner_rates is None
+            else {k: v.detach().cpu() for k, v in self.inner_rates.items()},
             "spec": self.spec.to_dict(),
             "config": self.config.__dict__.copy(),
             "calibration": self.calibration.to_dict(),
@@ -68,13 +96,66 @@ class MetaModel:
 
     @classmethod
     def from_state(cls, state: dict) -> MetaModel:
+        rates = state.get("inner_rates")
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
             spec=FeatureSpec(**state["spec"]),
             config=MetaConfig(**state["config"]),
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
+            inner_rates=None
+            if rates is None
+            else {k: v.detach().clone() for k, v in rates.items()},
         )
+
+
+class MetaLearner:
+    """The outer loop's state and step for one algorithm; data-agnostic (any TaskBatch)."""
+
+    def __init__(self, params: Params, cfg: MetaConfig, device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
+        self.rates: dict[str, torch.Tensor] | None = None
+        leaves = list(self.params.values())
+        if cfg.algorithm == "metasgd":
+            self.rates = {
+                k: torch.full_like(v, cfg.inner_lr).requires_grad_(True)
+                for k, v in self.params.items()
+            }
+            leaves += list(self.rates.values())
+        self.opt = torch.optim.Adam(leaves, lr=cfg.meta_lr)
+        self._leaves = leaves
+
+    @property
+    def inner_rates(self) -> Rates:
+        return self.rates if self.rates is not None else self.cfg.inner_lr
+
+    def loss(self, batch: TaskBatch) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.algorithm == "pretrain":  # fit the initialisation itself to every point
+            x = torch.cat([batch.xs, batch.xq], 1)
+            y = torch.cat([batch.ys, batch.yq], 1)
+            m = torch.cat([batch.ms, batch.mq], 1)
+            return masked_mse(self.params, x.reshape(-1, x.shape[-1]), y.reshape(-1), m.reshape(-1))
+        return maml_loss(
+            self.params, batch, cfg.inner_steps, self.inner_rates, cfg.algorithm == "fomaml"
+        )
+
+    def step(self, batch: TaskBatch) -> float:
+        """One outer update; returns the loss (NaN batches are skipped, never applied)."""
+        loss = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return math.nan
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self._leaves, max_norm=10.0)
+        self.opt.step()
+        return loss.item()
+
+    def snapshot(self) -> tuple[Params, dict[str, torch.Tensor] | None]:
+        p = {k: v.detach().clone() for k, v in self.params.items()}
+        r = None if self.rates is None else {k: v.detach().clone() for k, v in self.rates.items()}
+        return p, r
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -92,32 +173,28 @@ def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> t
     return (1.4826 * med).clamp_min(floor)
 
 
-def _adapted_residuals(
-    params: dict, batch: TaskBatch, cfg: MetaConfig
+def adapted_predictions(
+    params: Params, batch: TaskBatch, steps: int, rates: Rates
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    fast = adapt_batch(params, batch, cfg.inner_steps, cfg.inner_lr)
-    rs = predict_batch(fast, batch.xs) - batch.ys
-    rq = predict_batch(fast, batch.xq) - batch.yq
-    return rs, rq
+    """(support, query) predictions after ``steps`` inner steps, every task at once."""
+    with torch.no_grad():
+        if steps == 0:
+            return mlp(params, batch.xs), mlp(params, batch.xq)
+        fast = adapt_batch(params, batch, steps, rates)
+        return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
 
 
-def calibrate(params: dict, batch: TaskBatch, cfg: MetaConfig) -> TailModel:
+def query_mse(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> float:
+    _, pred = adapted_predictions(params, batch, steps, rates)
+    err = (pred - batch.yq) ** 2 * batch.mq
+    return float(err.sum() / batch.mq.sum().clamp_min(1.0))
+
+
+def calibrate(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on held-out tasks."""
-    with torch.no_grad():
-        rs, rq = _adapted_residuals(params, batch, cfg)
-        z = (rq / robust_sigma(rs, batch.ms)[:, None]).abs()
-        z = z[batch.mq > 0]
-    return fit_tail(z.cpu().numpy())
-
-
-def _val_loss(params: dict, batch: TaskBatch, cfg: MetaConfig, steps: int) -> float:
-    with torch.no_grad():
-        if steps:
-            pred = predict_batch(adapt_batch(params, batch, steps, cfg.inner_lr), batch.xq)
-        else:
-            pred = mlp(params, batch.xq)
-        err = (pred - batch.yq) ** 2 * batch.mq
-        return float(err.sum() / batch.mq.sum().clamp_min(1.0))
+    ps, pq = adapted_predictions(params, batch, steps, rates)
+    z = ((pq - batch.yq) / robust_sigma(ps - batch.ys, batch.ms)[:, None]).abs()
+    return fit_tail(z[batch.mq > 0].cpu().numpy())
 
 
 def meta_train(
@@ -127,13 +204,14 @@ def meta_train(
     spec: FeatureSpec,
     cfg: MetaConfig,
     device: str = "cpu",
-    on_eval: object | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> MetaModel:
     """Meta-train an initialisation on the series of one cluster.
 
     values (n, T) float (NaN where missing), mask (n, T) bool: the cluster's training
-    window; ``start_step`` is the global grid step of column 0. ``on_eval(step, val_loss)``
-    is called at every evaluation (progress reporting).
+    window; ``start_step`` is the global grid step of column 0. Validation uses held-out
+    series; training stops early when the adapted validation loss stops improving, and
+    the best parameters are kept. ``on_eval(step, val_loss)`` reports progress.
     """
     n = values.shape[0]
     if n < 2:
@@ -147,49 +225,34 @@ def meta_train(
     val_rows, train_rows = perm[:n_val], perm[n_val:]
     tv, tm = torch_values[train_rows], torch_mask[train_rows]
     vv, vm = torch_values[val_rows], torch_mask[val_rows]
-    val_batch = sample_tasks(
-        vv, vm, cfg.val_tasks, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every
-    )
 
-    params = {
-        k: v.to(device).requires_grad_(True)
-        for k, v in init_params(spec.n_features, cfg.hidden, gen).items()
-    }
-    opt = torch.optim.Adam(params.values(), lr=cfg.meta_lr)
-    first_order = cfg.algorithm == "fomaml"
-    best = (math.inf, {k: v.detach().clone() for k, v in params.items()}, 0)
-    history = []
-    stale = 0
-    step = 0
-    skipped = 0
+    def tasks(v: torch.Tensor, m: torch.Tensor, count: int) -> TaskBatch:
+        return sample_tasks(v, m, count, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every)
+
+    val_batch = tasks(vv, vm, cfg.val_tasks)
+    learner = MetaLearner(init_params(spec.n_features, cfg.hidden, gen), cfg, device)
+    best = (math.inf, learner.snapshot(), 0)
+    history: list[tuple[int, float, float]] = []
+    stale = skipped = step = 0
     for step in range(1, cfg.meta_steps + 1):
-        batch = sample_tasks(
-            tv, tm, cfg.meta_batch, spec, cfg.k, cfg.horizon, start_step, gen, cfg.cut_every
-        )
-        loss = maml_loss(params, batch, cfg.inner_steps, cfg.inner_lr, first_order)
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            skipped += 1  # a degenerate batch; never let it poison the initialisation
-            continue
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=10.0)
-        opt.step()
+        loss = learner.step(tasks(tv, tm, cfg.meta_batch))
+        skipped += math.isnan(loss)
         if step % cfg.eval_every == 0 or step == cfg.meta_steps:
-            val = _val_loss(params, val_batch, cfg, cfg.inner_steps)
-            history.append((step, round(loss.item(), 5), round(val, 5)))
+            val = query_mse(learner.params, val_batch, cfg.inner_steps, learner.inner_rates)
+            history.append((step, round(loss, 5), round(val, 5)))
             if on_eval is not None:
-                on_eval(step, val)  # type: ignore[operator]
+                on_eval(step, val)
             if val < best[0] - 1e-4:
-                best = (val, {k: v.detach().clone() for k, v in params.items()}, step)
-                stale = 0
+                best, stale = (val, learner.snapshot(), step), 0
             else:
                 stale += 1
                 if stale >= cfg.patience:
                     break
-    final = best[1]
+    params, rates = best[1]
+    eff_rates: Rates = rates if rates is not None else cfg.inner_lr
     metrics = {
         "val_query_mse_adapted": best[0],
-        "val_query_mse_unadapted": _val_loss(final, val_batch, cfg, 0),
+        "val_query_mse_unadapted": query_mse(params, val_batch, 0, eff_rates),
         "best_step": best[2],
         "steps_run": step,
         "steps_skipped_nonfinite": skipped,
@@ -198,4 +261,5 @@ def meta_train(
         "n_steps": int(values.shape[1]),
         "seconds": round(time.perf_counter() - t_begin, 3),
     }
-    return MetaModel(final, spec, cfg, calibrate(final, val_batch, cfg), metrics)
+    tail = calibrate(params, val_batch, cfg.inner_steps, eff_rates)
+    return MetaModel(params, spec, cfg, tail, metrics, rates)

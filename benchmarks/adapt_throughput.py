@@ -1,0 +1,159 @@
+"""Nightly adaptation throughput: series adapted and forecast per second.
+
+A batch of generated hourly series (daily period), K = 24 support points, H = 24 forecast
+points, 5 inner SGD steps, the default network (MLP 40-40 on 8 features). Compared in the
+same run:
+
+* ``batched explicit``: ``tsmeta.meta.batched.adapt_predict`` (per-series weights, hand-
+  written backward, chunks of 1024 series): the path nightly scoring uses;
+* ``batched vmap``: ``vmap`` of ``torch.func.grad`` over all series (the reference);
+* ``per-series loop``: the same computation one series at a time (a sample of series,
+  rate extrapolated).
+
+Task construction (features, normalisation) is timed separately. CUDA is measured too
+when present.
+
+    python benchmarks/adapt_throughput.py --series 65536 --json adapt.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tsmeta.data.panel import build_panel
+from tsmeta.data.synthetic import generate_frame
+from tsmeta.forecaster import FeatureSpec, init_params, mlp
+from tsmeta.meta.batched import adapt_predict
+from tsmeta.meta.maml import adapt, adapt_batch, predict_batch
+from tsmeta.meta.tasks import make_batch
+
+K = H = 24
+STEPS = 5
+LR = 0.1
+
+
+def timed(fn, min_seconds: float = 2.0) -> float:
+    """Seconds per call, repeating until ``min_seconds`` have passed (after one warm-up)."""
+    fn()
+    n, t = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        if time.perf_counter() - t >= min_seconds:
+            return (time.perf_counter() - t) / n
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--series", type=int, default=65_536)
+    ap.add_argument(
+        "--loop-series", type=int, default=256, help="series timed in the per-series loop"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    # real series: generated data, daily period, a 9-day window ending with the scored day
+    frame, _, _ = generate_frame(min(args.series, 8192), "h", 9, seed=1)
+    panel = build_panel(frame, "h")
+    reps = -(-args.series // panel.n_series)
+    values = torch.as_tensor(np.tile(panel.values, (reps, 1))[: args.series])
+    mask = torch.as_tensor(np.tile(panel.mask, (reps, 1))[: args.series])
+    spec = FeatureSpec(24)
+    params = init_params(spec.n_features, 40, torch.Generator().manual_seed(0))
+    rows = torch.arange(args.series)
+    t0 = torch.full((args.series,), values.shape[1] - H)
+
+    rows_out = []
+
+    def record(method: str, device: str, n: int, seconds: float) -> None:
+        rows_out.append({"method": method, "device": device, "series": n, "seconds": round(seconds, 4),
+                         "series_per_s": round(n / seconds)})  # fmt: skip
+
+    sec = timed(lambda: make_batch(values, mask, rows, t0, spec, K, H, panel.start_step))
+    record("task construction", "cpu", args.series, sec)
+    batch = make_batch(values, mask, rows, t0, spec, K, H, panel.start_step)
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        b = {k: getattr(batch, k).to(device) for k in ("xs", "ys", "ms", "xq")}
+        p = {k: v.to(device) for k, v in params.items()}
+
+        def explicit() -> None:
+            with torch.no_grad():
+                adapt_predict(p, b["xs"], b["ys"], b["ms"], b["xq"], STEPS, LR,
+                              chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
+            sync(device)
+
+        record("batched explicit", device, args.series, timed(explicit))
+
+        def vmapped() -> None:
+            from tsmeta.meta.tasks import TaskBatch
+
+            tb = TaskBatch(
+                b["xs"], b["ys"], b["ms"], b["xq"], b["ys"], b["ms"], b["ys"][:, 0], b["ys"][:, 0]
+            )
+            with torch.no_grad():
+                for first in range(0, args.series, 8192):
+                    sl = slice(first, first + 8192)
+                    part = TaskBatch(
+                        *(
+                            getattr(tb, f)[sl]
+                            for f in ("xs", "ys", "ms", "xq", "yq", "mq", "loc", "scale")
+                        )
+                    )
+                    predict_batch(adapt_batch(p, part, STEPS, LR), part.xq)
+            sync(device)
+
+        record("batched vmap", device, args.series, timed(vmapped))
+
+        n_loop = min(args.loop_series, args.series)
+
+        def loop() -> None:
+            with torch.no_grad():
+                for i in range(n_loop):
+                    fast = adapt(p, b["xs"][i], b["ys"][i], b["ms"][i], STEPS, LR)
+                    mlp(fast, b["xq"][i])
+            sync(device)
+
+        record("per-series loop", device, n_loop, timed(loop))
+
+    naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
+    print(f"adaptation throughput: K={K}, H={H}, {STEPS} inner steps, MLP 40-40, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'method':<20}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
+    for r in rows_out:
+        adapting = r["method"] != "task construction"
+        ratio = (
+            r["series_per_s"] / naive[r["device"]]
+            if adapting and r["device"] in naive
+            else float("nan")
+        )
+        r["ratio_vs_loop"] = round(ratio, 1)
+        print(f"{r['method']:<20}{r['device']:<8}{r['series']:>9,}{r['seconds']:>10.3f}"
+              f"{r['series_per_s']:>12,}{ratio:>9.1f}x")  # fmt: skip
+    if args.json:
+        args.json.write_text(
+            json.dumps({"threads": torch.get_num_threads(), "rows": rows_out}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
