@@ -55,6 +55,56 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def measure_device(device: str, batch, params: dict, loop_series: int, record) -> None:  # noqa: ANN001
+    """Time the three ways of adapting ``batch`` on ``device`` and ``record`` each."""
+    from tsmeta.meta.tasks import TaskBatch
+
+    b = TaskBatch(
+        *(
+            getattr(batch, f).to(device)
+            for f in ("xs", "ys", "ms", "xq", "yq", "mq", "loc", "scale")
+        )
+    )
+    p = {k: v.to(device) for k, v in params.items()}
+    n = b.xs.shape[0]
+
+    def explicit() -> None:
+        with torch.no_grad():
+            adapt_predict(
+                p, b.xs, b.ys, b.ms, b.xq, STEPS, LR, chunk=1024 if device == "cpu" else 65_536
+            )
+        sync(device)
+
+    def vmapped() -> None:
+        with torch.no_grad():
+            for first in range(0, n, 8192):
+                sl = slice(first, first + 8192)
+                part = TaskBatch(
+                    b.xs[sl],
+                    b.ys[sl],
+                    b.ms[sl],
+                    b.xq[sl],
+                    b.yq[sl],
+                    b.mq[sl],
+                    b.loc[sl],
+                    b.scale[sl],
+                )
+                predict_batch(adapt_batch(p, part, STEPS, LR), part.xq)
+        sync(device)
+
+    n_loop = min(loop_series, n)
+
+    def loop() -> None:
+        with torch.no_grad():
+            for i in range(n_loop):
+                mlp(adapt(p, b.xs[i], b.ys[i], b.ms[i], STEPS, LR), b.xq[i])
+        sync(device)
+
+    record("batched explicit", device, n, timed(explicit))
+    record("batched vmap", device, n, timed(vmapped))
+    record("per-series loop", device, n_loop, timed(loop))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,49 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     record("task construction", "cpu", args.series, sec)
     batch = make_batch(values, mask, rows, t0, spec, K, H, panel.start_step)
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        b = {k: getattr(batch, k).to(device) for k in ("xs", "ys", "ms", "xq")}
-        p = {k: v.to(device) for k, v in params.items()}
-
-        def explicit() -> None:
-            with torch.no_grad():
-                adapt_predict(p, b["xs"], b["ys"], b["ms"], b["xq"], STEPS, LR,
-                              chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
-            sync(device)
-
-        record("batched explicit", device, args.series, timed(explicit))
-
-        def vmapped() -> None:
-            from tsmeta.meta.tasks import TaskBatch
-
-            tb = TaskBatch(
-                b["xs"], b["ys"], b["ms"], b["xq"], b["ys"], b["ms"], b["ys"][:, 0], b["ys"][:, 0]
-            )
-            with torch.no_grad():
-                for first in range(0, args.series, 8192):
-                    sl = slice(first, first + 8192)
-                    part = TaskBatch(
-                        *(
-                            getattr(tb, f)[sl]
-                            for f in ("xs", "ys", "ms", "xq", "yq", "mq", "loc", "scale")
-                        )
-                    )
-                    predict_batch(adapt_batch(p, part, STEPS, LR), part.xq)
-            sync(device)
-
-        record("batched vmap", device, args.series, timed(vmapped))
-
-        n_loop = min(args.loop_series, args.series)
-
-        def loop() -> None:
-            with torch.no_grad():
-                for i in range(n_loop):
-                    fast = adapt(p, b["xs"][i], b["ys"][i], b["ms"][i], STEPS, LR)
-                    mlp(fast, b["xq"][i])
-            sync(device)
-
-        record("per-series loop", device, n_loop, timed(loop))
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        measure_device(device, batch, params, args.loop_series, record)
 
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {STEPS} inner steps, MLP 40-40, "
