@@ -1,0 +1,44 @@
+"""Each benchmark script runs in its smallest mode and writes a JSON of its figures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, *args: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip(), "a benchmark prints its table"
+    return json.loads(out.read_text())
+
+
+def test_sine_quick(tmp_path):
+    res = run("sine", "--quick", "--algorithms", "maml,pretrain", "--train-k", "10", tmp_path=tmp_path)
+    runs = res["runs"]
+    assert {r["algorithm"] for r in runs} == {"maml", "pretrain"}
+    assert {r["eval_k"] for r in runs} == {5, 10, 20}
+    for r in runs:
+        for steps in ("1", "5", "10"):
+            assert r["mse"][steps]["mse"] > 0 and r["mse"][steps]["ci95"] > 0
+
+
+def test_adapt_throughput_small(tmp_path):
+    res = run("adapt_throughput", "--series", "512", "--loop-series", "8", tmp_path=tmp_path)
+    methods = {r["method"] for r in res["rows"]}
+    assert {"batched explicit", "batched vmap", "per-series loop"} <= methods
+    assert all(r["series_per_s"] > 0 for r in res["rows"])
+
+
+@pytest.mark.parametrize("freq", ["h", "d"])
+def test_generate_small(tmp_path, freq):
+    res = run("generate", "--series", "100", "--days", "3", "--freq", freq, tmp_path=tmp_path)
+    assert res["rows"] > 0 and res["series"] == 100
