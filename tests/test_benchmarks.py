@@ -22,7 +22,9 @@ def run(script: str, *args: str, tmp_path: Path) -> dict:
 
 
 def test_sine_quick(tmp_path):
-    res = run("sine", "--quick", "--algorithms", "maml,pretrain", "--train-k", "10", tmp_path=tmp_path)
+    res = run(
+        "sine", "--quick", "--algorithms", "maml,pretrain", "--train-k", "10", tmp_path=tmp_path
+    )
     runs = res["runs"]
     assert {r["algorithm"] for r in runs} == {"maml", "pretrain"}
     assert {r["eval_k"] for r in runs} == {5, 10, 20}

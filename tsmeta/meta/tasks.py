@@ -13,7 +13,13 @@ import torch
 
 from tsmeta.forecaster import FeatureSpec, build_features, support_normalisation
 
-__all__ = ["TaskBatch", "make_batch", "sample_tasks", "earliest_cut"]
+__all__ = ["TaskBatch", "make_batch", "sample_tasks", "earliest_cut", "NORMALISATION"]
+
+CLIP = 10.0  # normalised values are winsorised at +-CLIP
+REL_FLOOR = 0.01  # scale >= REL_FLOOR * |location|
+# recorded in every checkpoint: how inputs and targets were normalised
+NORMALISATION = {"location": "mean of observed support points", "scale": "std of observed support points",
+                 "scale_rel_floor": REL_FLOOR, "clip": CLIP}  # fmt: skip
 
 
 @dataclass
@@ -45,7 +51,7 @@ def make_batch(
     k: int,
     horizon: int,
     start_step: int,
-    clip: float = 10.0,
+    clip: float = CLIP,
 ) -> TaskBatch:
     """Tasks for series ``rows`` cut at columns ``t0`` (both (B,) int64).
 
@@ -63,7 +69,7 @@ def make_batch(
     q_cols = t0[:, None] + torch.arange(horizon, device=dev)  # (B, H)
     ys_raw = torch.gather(v, 1, s_cols)
     ms = torch.gather(obs, 1, s_cols).to(v.dtype)
-    loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms)
+    loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms, REL_FLOOR)
     vnorm = torch.where(obs, (v - loc[:, None]) / scale[:, None], torch.zeros((), dtype=v.dtype))
     vnorm = vnorm.clamp(-clip, clip)
     q_in = q_cols < T

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tsmeta import __version__
 from tsmeta.calibration import TailModel, fit_tail
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta.maml import Params, Rates, adapt_batch, maml_loss, predict_batch
-from tsmeta.meta.tasks import TaskBatch, sample_tasks
+from tsmeta.meta.tasks import NORMALISATION, TaskBatch, sample_tasks
 
 __all__ = [
     "ALGORITHMS",
@@ -92,6 +93,8 @@ class MetaModel:
             "config": self.config.__dict__.copy(),
             "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
+            "normalisation": dict(NORMALISATION),
+            "code_version": __version__,
         }
 
     @classmethod
