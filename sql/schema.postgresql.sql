@@ -17,6 +17,7 @@ CREATE TABLE anomalies (
 	model_version INTEGER NOT NULL,
 	run_id VARCHAR(36) NOT NULL,
 	detector_version VARCHAR(32) NOT NULL,
+	written_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_anomaly_point UNIQUE (series_id, ts, detector_version)
 );
@@ -24,6 +25,31 @@ CREATE TABLE anomalies (
 CREATE INDEX ix_anomalies_cluster_ts ON anomalies (cluster_id, ts);
 
 CREATE INDEX ix_anomalies_ts ON anomalies (ts);
+
+CREATE TABLE anomaly_daily_counts (
+	night DATE NOT NULL,
+	cluster_id VARCHAR(64) NOT NULL,
+	detector_version VARCHAR(32) NOT NULL,
+	n_anomalies INTEGER NOT NULL,
+	n_series INTEGER NOT NULL,
+	max_score FLOAT,
+	run_id VARCHAR(36) NOT NULL,
+	PRIMARY KEY (night, cluster_id, detector_version)
+);
+
+CREATE TABLE anomaly_feedback (
+	id BIGSERIAL NOT NULL,
+	series_id VARCHAR(255) NOT NULL,
+	ts TIMESTAMP WITH TIME ZONE NOT NULL,
+	label VARCHAR(16) NOT NULL,
+	note TEXT,
+	author VARCHAR(128) NOT NULL,
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	PRIMARY KEY (id),
+	CONSTRAINT ck_feedback_label CHECK (label in ('true_positive', 'false_positive'))
+);
+
+CREATE INDEX ix_feedback_point ON anomaly_feedback (series_id, ts);
 
 CREATE TABLE clusters (
 	cluster_id VARCHAR(64) NOT NULL,
@@ -60,6 +86,15 @@ CREATE TABLE runs (
 	timings JSON,
 	error TEXT,
 	PRIMARY KEY (run_id)
+);
+
+CREATE TABLE series (
+	series_id VARCHAR(255) NOT NULL,
+	attributes JSON NOT NULL,
+	first_seen TIMESTAMP WITH TIME ZONE,
+	last_seen TIMESTAMP WITH TIME ZONE,
+	updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	PRIMARY KEY (series_id)
 );
 
 CREATE TABLE series_profile (

@@ -134,10 +134,11 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from tsmeta import jobs
+    from tsmeta.store.migrate import current_revision
 
     settings = _settings(args)
-    jobs.engine_for(settings)
-    print(f"schema up to date at {settings.database_url}")
+    engine = jobs.engine_for(settings)  # runs the migrations
+    print(f"{settings.database_url}: schema at revision {current_revision(engine)} (head)")
     return 0
 
 

@@ -10,6 +10,9 @@ import sqlalchemy as sa
 
 __all__ = [
     "metadata",
+    "series",
+    "anomaly_feedback",
+    "anomaly_daily_counts",
     "runs",
     "series_profile",
     "clusters",
@@ -36,6 +39,16 @@ runs = sa.Table(
     sa.Column("counts", sa.JSON),
     sa.Column("timings", sa.JSON),
     sa.Column("error", sa.Text),
+)
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("series_id", sa.String(255), primary_key=True),
+    sa.Column("attributes", sa.JSON, nullable=False, default=dict),  # free-form tags for analysts
+    sa.Column("first_seen", sa.DateTime(timezone=True)),
+    sa.Column("last_seen", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 series_profile = sa.Table(
@@ -97,9 +110,45 @@ anomalies = sa.Table(
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),
     sa.Column("detector_version", sa.String(32), nullable=False),
+    sa.Column("written_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("series_id", "ts", "detector_version", name="uq_anomaly_point"),
     sa.Index("ix_anomalies_ts", "ts"),
     sa.Index("ix_anomalies_cluster_ts", "cluster_id", "ts"),
+)
+
+# Write-time rollup: one row per night, cluster and detector, maintained in the same
+# transaction as the night's anomalies, so per-day counts never scan the anomalies.
+anomaly_daily_counts = sa.Table(
+    "anomaly_daily_counts",
+    metadata,
+    sa.Column("night", sa.Date, primary_key=True),
+    sa.Column("cluster_id", sa.String(64), primary_key=True),
+    sa.Column("detector_version", sa.String(32), primary_key=True),
+    sa.Column("n_anomalies", sa.Integer, nullable=False),
+    sa.Column("n_series", sa.Integer, nullable=False),
+    sa.Column("max_score", sa.Float),
+    sa.Column("run_id", sa.String(36), nullable=False),
+)
+
+# Analysts' verdicts. Keyed by the point (series, ts), not by the anomaly row, so a verdict
+# survives re-runs that replace the night's rows.
+anomaly_feedback = sa.Table(
+    "anomaly_feedback",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("series_id", sa.String(255), nullable=False),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("label", sa.String(16), nullable=False),  # true_positive / false_positive
+    sa.Column("note", sa.Text),
+    sa.Column("author", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("label in ('true_positive', 'false_positive')", name="ck_feedback_label"),
+    sa.Index("ix_feedback_point", "series_id", "ts"),
 )
 
 
@@ -123,5 +172,11 @@ def create_engine(url: str) -> sa.Engine:
 
 
 def create_schema(engine: sa.Engine) -> None:
-    """Create missing tables (idempotent). Alembic migrations come with the store issue."""
-    metadata.create_all(engine)
+    """Bring the database to the current schema with the Alembic migrations (idempotent).
+
+    Costs one query when the database is already at the head revision.
+    """
+    from tsmeta.store.migrate import current_revision, head_revision, upgrade
+
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
