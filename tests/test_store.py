@@ -9,7 +9,7 @@ from tsmeta.calibration import TailModel
 from tsmeta.forecaster import FeatureSpec, init_params
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.store.models import load_latest_models, save_model
-from tsmeta.store.schema import anomalies, create_engine, create_schema, runs
+from tsmeta.store.schema import anomalies, anomaly_daily_counts, create_engine, create_schema, runs
 from tsmeta.store.writes import finish_run, read_profile, replace_night, start_run, write_profile
 
 NIGHT = datetime(2026, 11, 14, tzinfo=UTC)
@@ -67,13 +67,73 @@ def test_replacing_one_cluster_keeps_the_others(engine):
     assert rows == {"p24": 3, "p168": 5}
 
 
-def test_failed_write_leaves_previous_night_intact(engine):
+def test_crash_mid_write_leaves_previous_night_intact(engine, monkeypatch):
+    from tsmeta.store import writes
+
     end = NIGHT + timedelta(days=1)
     replace_night(engine, anomaly_frame(8), NIGHT, end, "run-1")
-    bad = pl.concat([anomaly_frame(8), anomaly_frame(8)])  # duplicate keys: the insert fails
-    with pytest.raises(sa.exc.IntegrityError):
-        replace_night(engine, bad, NIGHT, end, "run-2")
-    assert count(engine) == 8  # the delete was rolled back with the failed insert
+    real = writes._insert_anomalies
+
+    def crash_after_half(conn, rows):
+        real(conn, rows.head(rows.height // 2))  # half the rows are in when the crash comes
+        raise RuntimeError("worker died mid-write")
+
+    monkeypatch.setattr(writes, "_insert_anomalies", crash_after_half)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        replace_night(engine, anomaly_frame(20, shift=1.0), NIGHT, end, "run-2")
+    with engine.connect() as conn:
+        owners = set(conn.execute(sa.select(anomalies.c.run_id)).scalars())
+        rollup = conn.execute(
+            sa.select(anomaly_daily_counts.c.n_anomalies, anomaly_daily_counts.c.run_id)
+        ).all()
+    assert count(engine) == 8 and owners == {"run-1"}  # the delete was rolled back too
+    assert rollup == [(8, "run-1")]
+
+
+def test_duplicate_points_are_rejected_before_writing(engine):
+    with pytest.raises(ValueError, match="share a \\(series_id, ts\\)"):
+        replace_night(
+            engine,
+            pl.concat([anomaly_frame(3), anomaly_frame(3)]),
+            NIGHT,
+            NIGHT + timedelta(days=1),
+            "r",
+        )
+
+
+def test_rollup_follows_the_night(engine):
+    end = NIGHT + timedelta(days=1)
+    frame = pl.concat(
+        [anomaly_frame(10, "p24"), anomaly_frame(4, "p168").with_columns(pl.col("series_id") + "w")]
+    )
+    replace_night(engine, frame, NIGHT, end, "run-1", cluster_ids=["p24", "p168", "aperiodic"])
+    replace_night(engine, anomaly_frame(6, "p24"), NIGHT, end, "run-2", cluster_ids=["p24"])
+    with engine.connect() as conn:
+        got = {
+            r.cluster_id: (r.n_anomalies, r.n_series, r.run_id)
+            for r in conn.execute(sa.select(anomaly_daily_counts))
+        }
+    assert got == {"p24": (6, 6, "run-2"), "p168": (4, 4, "run-1"), "aperiodic": (0, 0, "run-1")}
+    with pytest.raises(ValueError, match="not among the clusters replaced"):
+        replace_night(engine, frame, NIGHT, end, "run-3", cluster_ids=["p24"])
+
+
+def test_written_rows_read_back_exactly(engine):
+    frame = anomaly_frame(5).with_columns(
+        pl.Series("series_id", ["a,b", 'q"uote', "x;y", "ü", "plain"])
+    )
+    replace_night(engine, frame, NIGHT, NIGHT + timedelta(days=1), "run-1")
+    with engine.connect() as conn:
+        got = conn.execute(
+            sa.select(anomalies.c.series_id, anomalies.c.ts, anomalies.c.written_at).order_by(
+                anomalies.c.series_id
+            )
+        ).all()
+    assert sorted(r.series_id for r in got) == sorted(frame["series_id"].to_list())
+    assert all(r.written_at is not None for r in got)
+    assert {r.ts.replace(tzinfo=UTC) if r.ts.tzinfo is None else r.ts for r in got} == set(
+        frame["ts"].to_list()
+    )
 
 
 def test_rows_outside_the_night_are_rejected(engine):

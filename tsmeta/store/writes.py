@@ -1,9 +1,10 @@
 """Idempotent writes: runs, profiles and clusters, and a night's anomalies.
 
 A night is written in one transaction that first deletes the rows this detector version
-already holds for that night (and those clusters), then inserts the new ones: re-running a
-night replaces its rows instead of duplicating them, and a crash mid-write rolls back to
-the previous complete state.
+already holds for that night (and those clusters), then inserts the new ones (PostgreSQL:
+COPY; SQLite: batched inserts) and the night's rows of the daily rollup: re-running a night
+replaces its rows instead of duplicating them, and a crash mid-write rolls back to the
+previous complete state.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from datetime import UTC, datetime
 import polars as pl
 import sqlalchemy as sa
 
-from tsmeta.store.schema import DETECTOR_VERSION, anomalies, clusters, runs, series_profile
+from tsmeta.store.schema import (
+    DETECTOR_VERSION,
+    anomalies,
+    anomaly_daily_counts,
+    clusters,
+    runs,
+    series_profile,
+)
 
 __all__ = [
     "ANOMALY_COLUMNS",
@@ -30,7 +38,8 @@ ANOMALY_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
     "direction", "cluster_id", "model_version",
 )  # fmt: skip
-_INSERT_BATCH = 20_000
+_INSERT_BATCH = 20_000  # rows per executemany (SQLite)
+_COPY_BATCH = 200_000  # rows per CSV chunk streamed into COPY (PostgreSQL)
 
 
 def _now() -> datetime:
@@ -104,6 +113,24 @@ def read_profile(engine: sa.Engine) -> pl.DataFrame:
     return frame
 
 
+def _insert_anomalies(conn: sa.Connection, rows: pl.DataFrame) -> None:
+    """Bulk insert: COPY on PostgreSQL, batched executemany elsewhere."""
+    if rows.height == 0:
+        return
+    if conn.dialect.name == "postgresql":
+        cols = ", ".join(rows.columns)
+        raw = conn.connection.driver_connection  # psycopg: same connection, same transaction
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY anomalies ({cols}) FROM STDIN (FORMAT csv)") as copy,
+        ):
+            for first in range(0, rows.height, _COPY_BATCH):
+                copy.write(rows.slice(first, _COPY_BATCH).write_csv(include_header=False))
+        return
+    for first in range(0, rows.height, _INSERT_BATCH):
+        conn.execute(sa.insert(anomalies), rows.slice(first, _INSERT_BATCH).to_dicts())
+
+
 def replace_night(
     engine: sa.Engine,
     frame: pl.DataFrame,
@@ -114,7 +141,9 @@ def replace_night(
 ) -> int:
     """Replace this detector's anomalies in [night_start, night_end) with ``frame``.
 
-    ``cluster_ids`` limits the replacement to those clusters (default: the whole night).
+    One transaction: delete the night's rows (of ``cluster_ids``, default all), insert the
+    new ones (COPY on PostgreSQL), and rewrite the night's rows of the daily rollup (a
+    cluster scored with no anomaly gets a zero row). A failure rolls all of it back.
     Returns rows inserted.
     """
     missing = [c for c in ANOMALY_COLUMNS if c not in frame.columns]
@@ -122,29 +151,67 @@ def replace_night(
         raise ValueError(
             f"anomaly frame lacks column(s) {missing}; expected {list(ANOMALY_COLUMNS)}"
         )
+    if frame.height and not isinstance(frame.schema["ts"], pl.Datetime):
+        raise ValueError(f"column 'ts' must be a datetime, received {frame.schema['ts']}")
     outside = frame.filter((pl.col("ts") < night_start) | (pl.col("ts") >= night_end))
     if outside.height:
         raise ValueError(
             f"{outside.height} anomaly rows fall outside the night [{night_start}, {night_end})"
         )
-    rows = (
-        frame.select(ANOMALY_COLUMNS)
-        .with_columns(
-            pl.col("series_id").cast(pl.String),
-            pl.lit(run_id).alias("run_id"),
-            pl.lit(DETECTOR_VERSION).alias("detector_version"),
+    dup = frame.filter(pl.struct("series_id", "ts").is_duplicated())
+    if dup.height:
+        raise ValueError(
+            f"{dup.height} anomaly rows share a (series_id, ts), e.g. {dup.row(0)[:2]}: one row per point"
         )
+    in_frame = sorted(frame.get_column("cluster_id").unique().to_list()) if frame.height else []
+    if cluster_ids is not None:
+        extra = sorted(set(in_frame) - set(cluster_ids))
+        if extra:
+            raise ValueError(
+                f"anomaly rows of cluster(s) {extra} are not among the clusters replaced {cluster_ids}"
+            )
+    clusters_written = sorted(cluster_ids) if cluster_ids is not None else in_frame
+    rows = frame.select(ANOMALY_COLUMNS).with_columns(
+        pl.col("series_id").cast(pl.String),
+        pl.col("ts").dt.convert_time_zone("UTC")
+        if frame.schema["ts"].time_zone
+        else pl.col("ts").dt.replace_time_zone("UTC"),
+        pl.lit(run_id).alias("run_id"),
+        pl.lit(DETECTOR_VERSION).alias("detector_version"),
+        pl.lit(_now()).dt.convert_time_zone("UTC").alias("written_at"),
+    )
+    night = night_start.date()
+    counts = (
+        rows.group_by("cluster_id")
+        .agg(
+            pl.len().alias("n_anomalies"),
+            pl.col("series_id").n_unique().alias("n_series"),
+            pl.col("score").max().alias("max_score"),
+        )  # fmt: skip
         .to_dicts()
     )
+    by_cluster = {c["cluster_id"]: c for c in counts}
+    rollup = [
+        {"night": night, "cluster_id": cid, "detector_version": DETECTOR_VERSION, "run_id": run_id,
+         **{k: v for k, v in by_cluster.get(cid, {"n_anomalies": 0, "n_series": 0, "max_score": None}).items()
+            if k != "cluster_id"}}
+        for cid in clusters_written
+    ]  # fmt: skip
     cond = (
         (anomalies.c.ts >= night_start)
         & (anomalies.c.ts < night_end)
         & (anomalies.c.detector_version == DETECTOR_VERSION)
     )
+    rollup_cond = (anomaly_daily_counts.c.night == night) & (
+        anomaly_daily_counts.c.detector_version == DETECTOR_VERSION
+    )
     if cluster_ids is not None:
         cond = cond & anomalies.c.cluster_id.in_(cluster_ids)
+        rollup_cond = rollup_cond & anomaly_daily_counts.c.cluster_id.in_(cluster_ids)
     with engine.begin() as conn:
         conn.execute(sa.delete(anomalies).where(cond))
-        for batch in _batches(rows):
-            conn.execute(sa.insert(anomalies), batch)
-    return len(rows)
+        conn.execute(sa.delete(anomaly_daily_counts).where(rollup_cond))
+        _insert_anomalies(conn, rows)
+        if rollup:
+            conn.execute(sa.insert(anomaly_daily_counts), rollup)
+    return rows.height
