@@ -1,19 +1,35 @@
--- Analyst views over the anomaly store. Portable: runs on SQLite and PostgreSQL.
--- Apply after the schema exists (tsmeta db upgrade), e.g. psql -f sql/views.sql.
+-- Analyst views over the anomaly store, portable (SQLite and PostgreSQL).
+-- Apply after the schema exists (tsmeta db upgrade), then the dialect's views file:
+--   psql "$URL" -f sql/views.sql -f sql/views.postgresql.sql
+--   sqlite3 tsmeta.db < sql/views.sql && sqlite3 tsmeta.db < sql/views.sqlite.sql
 
-DROP VIEW IF EXISTS anomalies_with_profile;
-CREATE VIEW anomalies_with_profile AS
+-- Every anomaly with its series' attributes, detected period and cluster.
+DROP VIEW IF EXISTS anomalies_with_series;
+CREATE VIEW anomalies_with_series AS
 SELECT a.series_id, a.ts, a.value, a.forecast, a.lower, a.upper, a.residual, a.score,
-       a.direction, a.cluster_id, a.model_version, a.run_id,
-       p.period, p.strength
+       a.direction, a.cluster_id, a.model_version, a.run_id, a.detector_version,
+       s.attributes, p.period, p.strength, c.n_series AS cluster_size
 FROM anomalies a
-LEFT JOIN series_profile p ON p.series_id = a.series_id;
+LEFT JOIN series s ON s.series_id = a.series_id
+LEFT JOIN series_profile p ON p.series_id = a.series_id
+LEFT JOIN clusters c ON c.cluster_id = a.cluster_id;
 
-DROP VIEW IF EXISTS anomalies_by_cluster;
-CREATE VIEW anomalies_by_cluster AS
-SELECT a.cluster_id, c.period, c.n_series AS cluster_series,
-       count(*) AS n_anomalies, count(DISTINCT a.series_id) AS n_series_flagged,
-       avg(a.score) AS mean_score, min(a.ts) AS first_ts, max(a.ts) AS last_ts
-FROM anomalies a
-LEFT JOIN clusters c ON c.cluster_id = a.cluster_id
-GROUP BY a.cluster_id, c.period, c.n_series;
+-- Anomalies per night and cluster (from the write-time rollup: no scan of anomalies).
+DROP VIEW IF EXISTS daily_counts_per_cluster;
+CREATE VIEW daily_counts_per_cluster AS
+SELECT d.night, d.cluster_id, c.period, c.n_series AS cluster_size, d.detector_version,
+       d.n_anomalies, d.n_series AS n_series_flagged, d.max_score, d.run_id
+FROM anomaly_daily_counts d
+LEFT JOIN clusters c ON c.cluster_id = d.cluster_id;
+
+-- Precision per cluster from analysts' feedback (verdicts on flagged points).
+DROP VIEW IF EXISTS precision_by_cluster;
+CREATE VIEW precision_by_cluster AS
+SELECT a.cluster_id,
+       count(*) AS n_reviewed,
+       sum(CASE WHEN f.label = 'true_positive' THEN 1 ELSE 0 END) AS n_true_positive,
+       sum(CASE WHEN f.label = 'false_positive' THEN 1 ELSE 0 END) AS n_false_positive,
+       1.0 * sum(CASE WHEN f.label = 'true_positive' THEN 1 ELSE 0 END) / count(*) AS precision
+FROM anomaly_feedback f
+JOIN anomalies a ON a.series_id = f.series_id AND a.ts = f.ts
+GROUP BY a.cluster_id;

@@ -1,5 +1,6 @@
 """Every file in sql/ runs against SQLite and PostgreSQL (``*.<dialect>.sql`` on its own)."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,7 +10,14 @@ import sqlalchemy as sa
 
 from tsmeta.store.ddl import postgresql_ddl
 from tsmeta.store.schema import create_engine, create_schema
-from tsmeta.store.writes import finish_run, replace_night, start_run, write_profile
+from tsmeta.store.writes import (
+    finish_run,
+    record_feedback,
+    replace_night,
+    start_run,
+    upsert_series,
+    write_profile,
+)
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 DIALECTS = ("sqlite", "postgresql")
@@ -63,16 +71,31 @@ def populated(db_url):
     older = rows.head(1).with_columns(
         pl.col("ts") - timedelta(days=1), pl.lit(0.99999).alias("score")
     )
-    replace_night(engine, older, night - timedelta(days=1), night, "r0")
-    replace_night(engine, rows, night, night + timedelta(days=1), "r1")
+    ancient = rows.slice(2, 1).with_columns(pl.col("ts") - timedelta(days=10))
+    for frame, day in (
+        (ancient, night - timedelta(days=10)),
+        (older, night - timedelta(days=1)),
+        (rows, night),
+    ):
+        replace_night(engine, frame, day, day + timedelta(days=1), "r", cluster_ids=["p24", "p168"])
     write_profile(engine, pl.DataFrame({"series_id": ["a", "b", "c"], "period": [24, 168, 24],
                                         "strength": [0.9, 0.8, 0.7], "cluster_id": ["p24", "p168", "p24"]}), "r")  # fmt: skip
-    finish_run(engine, start_run(engine, "nightly", {}), "completed")
-    files = sorted(
-        p for p in SQL.glob("*.sql") if p.name != "schema.postgresql.sql" and applies_to(p, dialect)
+    upsert_series(
+        engine,
+        pl.DataFrame({"series_id": ["a", "b"], "attributes": [{"team": "web"}, {"team": "db"}]}),
     )
+    for ts, label in (
+        (night + timedelta(hours=1), "true_positive"),
+        (night + timedelta(hours=2), "false_positive"),
+    ):
+        record_feedback(engine, "a", ts, label, author="ana")
+    record_feedback(
+        engine, "b", night + timedelta(hours=5), "true_positive", author="ana", note="disk full"
+    )
+    finish_run(engine, start_run(engine, "nightly", {}), "completed")
+    files = [SQL / "views.sql", SQL / f"views.{dialect}.sql"]
     with engine.begin() as conn:
-        for path in sorted(files, key=lambda p: (p.name != "views.sql", p.name)):
+        for path in files:
             for stmt in statements(path):
                 conn.execute(sa.text(stmt))
     yield engine
@@ -86,9 +109,14 @@ def run_query(engine, name: str) -> list:
         ]
 
 
+def test_views_files_cover_both_dialects():
+    for dialect in DIALECTS:
+        assert (SQL / f"views.{dialect}.sql").is_file()
+
+
 def test_every_query_runs(populated):
     queries = sorted((SQL / "queries").glob("*.sql"))
-    assert queries
+    assert len(queries) >= 5
     for path in queries:
         if applies_to(path, populated.dialect.name):
             assert run_query(populated, path.name), f"{path.name} returned no rows"
@@ -100,10 +128,29 @@ def test_latest_night_view_and_top_query(populated):
     assert top[0][6] == pytest.approx(0.9999)
 
 
-def test_per_cluster_and_per_series_queries(populated):
-    per_cluster = {r[0]: r for r in run_query(populated, "anomalies_per_cluster.sql")}
-    assert (
-        per_cluster["p24"][3] == 4 and per_cluster["p168"][3] == 1 and per_cluster["p24"][1] == 24
-    )
-    per_series = run_query(populated, "series_with_most_anomalies.sql")
-    assert per_series[0][:3] == ("a", 24, 3)
+def test_daily_counts_come_from_the_rollup(populated):
+    rows = run_query(populated, "daily_counts_last_30_nights.sql")
+    by_key = {(str(r[0])[:10], r[1]): r[3] for r in rows}
+    assert by_key[("2026-11-14", "p24")] == 3 and by_key[("2026-11-14", "p168")] == 1
+    assert by_key[("2026-11-13", "p24")] == 1 and by_key[("2026-11-13", "p168")] == 0
+    assert by_key[("2026-11-04", "p168")] == 1
+
+
+def test_top_series_window_excludes_old_nights(populated):
+    rows = run_query(populated, "top_series_last_7_nights.sql")
+    counts = {r[0]: r[3] for r in rows}
+    assert counts == {"a": 3, "b": 1, "c": 1}  # b's anomaly 10 days earlier is outside the window
+    assert rows[0][:3] == ("a", 24, "p24")
+
+
+def test_precision_by_cluster_from_feedback(populated):
+    rows = {r[0]: r for r in run_query(populated, "precision_by_cluster.sql")}
+    assert rows["p24"][1:4] == (2, 1, 1) and rows["p24"][4] == pytest.approx(0.5)
+    assert rows["p168"][4] == pytest.approx(1.0)
+
+
+def test_anomalies_with_series_attributes(populated):
+    rows = run_query(populated, "series_anomalies_with_attributes.sql")
+    assert len(rows) == 3 and {r[7] for r in rows} == {24}
+    attrs = rows[0][8]
+    assert (json.loads(attrs) if isinstance(attrs, str) else attrs) == {"team": "web"}

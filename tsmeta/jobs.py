@@ -27,7 +27,7 @@ from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
 from tsmeta.store.schema import anomalies, create_engine, create_schema
-from tsmeta.store.writes import read_profile, replace_night, write_profile
+from tsmeta.store.writes import read_profile, replace_night, upsert_series, write_profile
 
 __all__ = [
     "engine_for",
@@ -94,7 +94,12 @@ def profile_series(settings: Settings, as_of: date, run_id: str) -> dict:
             )
         )
     profile = pl.concat(parts)
-    write_profile(engine_for(settings), profile, run_id)
+    engine = engine_for(settings)
+    write_profile(engine, profile, run_id)
+    seen = frame.group_by("series_id").agg(
+        pl.col("ts").min().alias("first_seen"), pl.col("ts").max().alias("last_seen")
+    )
+    upsert_series(engine, seen)
     sizes = dict(profile.group_by("cluster_id").len().sort("cluster_id").iter_rows())
     return {"series": profile.height, "clusters": sizes, "window": [str(start), str(as_of)],
             "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip

@@ -20,8 +20,10 @@ from tsmeta.store.schema import (
     DETECTOR_VERSION,
     anomalies,
     anomaly_daily_counts,
+    anomaly_feedback,
     clusters,
     runs,
+    series,
     series_profile,
 )
 
@@ -32,7 +34,12 @@ __all__ = [
     "write_profile",
     "replace_night",
     "read_profile",
+    "upsert_series",
+    "record_feedback",
+    "FEEDBACK_LABELS",
 ]
+
+FEEDBACK_LABELS = ("true_positive", "false_positive")
 
 ANOMALY_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
@@ -98,6 +105,74 @@ def write_profile(engine: sa.Engine, profile: pl.DataFrame, run_id: str) -> None
         for rows in _batches(prof.to_dicts()):
             conn.execute(sa.insert(series_profile), rows)
         conn.execute(sa.insert(clusters), summary.to_dicts())
+
+
+def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
+    """Insert or update series rows: series_id and any of attributes, first_seen, last_seen.
+
+    Existing attributes are replaced only when the frame carries an ``attributes`` column;
+    first_seen keeps the earliest and last_seen the latest value seen.
+    """
+    if "series_id" not in frame.columns:
+        raise ValueError("series frame needs a 'series_id' column")
+    cols = [c for c in ("attributes", "first_seen", "last_seen") if c in frame.columns]
+    rows = (
+        frame.select("series_id", *cols)
+        .with_columns(pl.col("series_id").cast(pl.String))
+        .to_dicts()
+    )
+    now = _now()
+    for r in rows:
+        r["updated_at"] = now
+        r.setdefault("attributes", {})
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(series)
+    update = {"updated_at": stmt.excluded.updated_at}
+    if "attributes" in cols:
+        update["attributes"] = stmt.excluded.attributes
+    # SQLite's two-argument min/max are PostgreSQL's least/greatest
+    least, greatest = (
+        (sa.func.min, sa.func.max)
+        if engine.dialect.name == "sqlite"
+        else (sa.func.least, sa.func.greatest)
+    )
+    if "first_seen" in cols:
+        update["first_seen"] = sa.func.coalesce(
+            least(series.c.first_seen, stmt.excluded.first_seen), stmt.excluded.first_seen
+        )
+    if "last_seen" in cols:
+        update["last_seen"] = sa.func.coalesce(
+            greatest(series.c.last_seen, stmt.excluded.last_seen), stmt.excluded.last_seen
+        )
+    stmt = stmt.on_conflict_do_update(index_elements=["series_id"], set_=update)
+    with engine.begin() as conn:
+        for batch in _batches(rows):
+            conn.execute(stmt, batch)
+    return len(rows)
+
+
+def record_feedback(
+    engine: sa.Engine,
+    series_id: str,
+    ts: datetime,
+    label: str,
+    author: str,
+    note: str | None = None,
+) -> None:
+    """An analyst's verdict on a flagged point (kept across re-runs of the night)."""
+    if label not in FEEDBACK_LABELS:
+        raise ValueError(f"feedback label {label!r} is not one of {FEEDBACK_LABELS}")
+    if not author:
+        raise ValueError("feedback needs an author")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(anomaly_feedback).values(
+                series_id=series_id, ts=ts, label=label, note=note, author=author, created_at=_now()
+            )
+        )
 
 
 def read_profile(engine: sa.Engine) -> pl.DataFrame:
