@@ -113,22 +113,24 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     import polars as pl
 
     from tsmeta import jobs
+    from tsmeta.store.queries import query_anomalies
 
-    settings = _settings(args)
-    night = args.night or jobs.latest_date(settings)
-    frame = jobs.read_night(settings, night)
-    if args.min_score is not None:
-        frame = frame.filter(pl.col("score") >= args.min_score)
-    frame = frame.head(args.top).select(
-        "series_id", "ts", "value", "forecast", "lower", "upper", "score", "direction", "cluster_id"
-    )
+    start, end = args.start, args.end
+    if args.night is not None:
+        if start or end:
+            raise ValueError("give either --night or --start/--end, not both")
+        start = end = args.night
+    engine = jobs.engine_for(_settings(args))
+    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score, args.top)
+    if frame.height == 0:
+        print("no anomalies match these filters", file=sys.stderr)
     if args.format == "csv":
         sys.stdout.write(frame.write_csv())
     elif args.format == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=args.top, tbl_cols=12, tbl_width_chars=160):
-            print(frame)
+        with pl.Config(tbl_rows=args.top, tbl_cols=12, tbl_width_chars=160, float_precision=3):
+            print(frame.drop("run_id", "model_version", "residual"))
     return 0
 
 
@@ -198,10 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--night", type=_iso_date, default=None, help="the day to score (default: yesterday)"
     )
 
-    a = add("anomalies", cmd_anomalies, "list a night's stored anomalies")
-    a.add_argument("--night", type=_iso_date, default=None, help="default: the dataset's last date")
-    a.add_argument("--top", type=_positive, default=20)
-    a.add_argument("--min-score", type=float, default=None)
+    a = add("anomalies", cmd_anomalies, "list stored anomalies (default: the latest night)")
+    a.add_argument("--night", type=_iso_date, default=None, help="one night (YYYY-MM-DD)")
+    a.add_argument("--start", type=_iso_date, default=None, help="first night of a range")
+    a.add_argument("--end", type=_iso_date, default=None, help="last night of a range (inclusive)")
+    a.add_argument("--series", action="append", help="only this series id (repeatable)")
+    a.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
+    a.add_argument("--min-score", type=float, default=None, help="only scores >= this (0..1)")
+    a.add_argument(
+        "--top", type=_positive, default=20, help="at most this many rows, highest score first"
+    )
     a.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     db = sub.add_parser("db", help="database administration")

@@ -26,7 +26,7 @@ from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
-from tsmeta.store.schema import anomalies, create_engine, create_schema
+from tsmeta.store.schema import create_engine, create_schema
 from tsmeta.store.writes import read_profile, replace_night, upsert_series, write_profile
 
 __all__ = [
@@ -286,24 +286,6 @@ def write_night(
 
 def read_night(settings: Settings, night: date) -> pl.DataFrame:
     """The stored anomalies of a night, highest score first."""
-    import sqlalchemy as sa
+    from tsmeta.store.queries import query_anomalies
 
-    night_start, night_end = night_bounds(night)
-    query = (
-        sa.select(anomalies)
-        .where((anomalies.c.ts >= night_start) & (anomalies.c.ts < night_end))
-        .order_by(anomalies.c.score.desc(), anomalies.c.series_id, anomalies.c.ts)
-    )
-    with engine_for(settings).connect() as conn:
-        frame = pl.read_database(query, connection=conn)
-    return _utc(frame, "ts")
-
-
-def _utc(frame: pl.DataFrame, col: str) -> pl.DataFrame:
-    """SQLite hands timestamps back without a zone; everything stored is UTC."""
-    dtype = frame.schema.get(col)
-    if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
-        return frame.with_columns(pl.col(col).dt.replace_time_zone("UTC"))
-    if isinstance(dtype, pl.Datetime):
-        return frame.with_columns(pl.col(col).dt.convert_time_zone("UTC"))
-    return frame
+    return query_anomalies(engine_for(settings), night, night)
