@@ -172,3 +172,32 @@ def test_model_versions_roundtrip(engine, tmp_path):
     assert version == 2 and loaded.calibration == model.calibration
     torch.testing.assert_close(loaded.params["w1"], params["w1"])
     assert (tmp_path / "cluster=p24" / "version=2" / "meta.json").is_file()
+
+
+def test_series_upsert_keeps_attributes_and_widens_seen_range(engine):
+    from tsmeta.store.schema import series
+    from tsmeta.store.writes import upsert_series
+
+    t1, t2, t3 = (datetime(2026, 11, d, tzinfo=UTC) for d in (1, 5, 9))
+    upsert_series(engine, pl.DataFrame({"series_id": ["a"], "attributes": [{"team": "web"}]}))
+    upsert_series(
+        engine,
+        pl.DataFrame({"series_id": ["a", "b"], "first_seen": [t2, t1], "last_seen": [t2, t2]}),
+    )
+    upsert_series(engine, pl.DataFrame({"series_id": ["a"], "first_seen": [t1], "last_seen": [t3]}))
+    upsert_series(engine, pl.DataFrame({"series_id": ["a"], "first_seen": [t3], "last_seen": [t2]}))
+    with engine.connect() as conn:
+        rows = {r.series_id: r for r in conn.execute(sa.select(series))}
+    a = rows["a"]
+    assert a.attributes == {"team": "web"}  # not wiped by updates without attributes
+    assert a.first_seen.replace(tzinfo=UTC) == t1 and a.last_seen.replace(tzinfo=UTC) == t3
+    assert rows["b"].attributes == {}
+
+
+def test_feedback_is_validated(engine):
+    from tsmeta.store.writes import record_feedback
+
+    with pytest.raises(ValueError, match="not one of"):
+        record_feedback(engine, "a", NIGHT, "maybe", author="ana")
+    with pytest.raises(ValueError, match="author"):
+        record_feedback(engine, "a", NIGHT, "true_positive", author="")
