@@ -9,7 +9,9 @@ learned rates) and scored by the MSE over 100 evenly spaced x in [-5, 5], after 
 10 steps; mean and 95% confidence interval over tasks.
 
 ``--train-k eval`` (default) meta-trains one model per evaluation K ("meta-training at the
-evaluation's K"); ``--train-k 10`` trains once at K = 10 as in the paper.
+evaluation's K"); ``--train-k 10`` trains once at K = 10 as in the paper. Every
+``--select-every`` iterations the model is scored on 200 validation tasks (their own seed)
+and the best snapshot is kept (``--select-every 0``: the last one).
 
     python benchmarks/sine.py --json sine.json            # full run (minutes)
     python benchmarks/sine.py --quick                     # smoke run for tests
@@ -57,15 +59,49 @@ def sine_tasks(n: int, k: int, gen: torch.Generator, query: str = "random") -> T
     return TaskBatch(xs[..., None], ys, ones_s, xq[..., None], yq, ones_q, zeros, zeros + 1)
 
 
-def train(algo: str, k: int, iterations: int, seed: int) -> tuple[MetaLearner, float]:
+def _val_mse(learner: MetaLearner, algo: str, batch: TaskBatch) -> float:
+    rates = learner.rates if algo == "metasgd" else ALPHA
+    params = {n: p.detach() for n, p in learner.params.items()}
+    with torch.no_grad():
+        fast = adapt_batch(params, batch, 1, rates)
+        return ((predict_batch(fast, batch.xq) - batch.yq) ** 2).mean().item()
+
+
+def train(
+    algo: str, k: int, iterations: int, seed: int, select_every: int
+) -> tuple[MetaLearner, float, dict]:
+    """Meta-train; with ``select_every`` keep the snapshot best on 200 validation tasks.
+
+    Validation tasks come from their own seed, apart from the evaluation tasks: this is
+    model selection, as the Panel meta-training loop does, and it guards against the
+    occasional collapse of a run (seen with first-order MAML at K = 20: 0.64 at 5,000
+    iterations, 3.3 from 10,000 on).
+    """
     cfg = MetaConfig(algorithm=algo, k=k, horizon=k, inner_steps=1, inner_lr=ALPHA, meta_batch=25,
                      meta_lr=1e-3, meta_steps=iterations, seed=seed)  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     learner = MetaLearner(init_params(1, 40, gen), cfg)
+    val = sine_tasks(200, k, torch.Generator().manual_seed(20_000 + k), query="grid")
+    best = (math.inf, learner.snapshot(), 0)
     t = time.perf_counter()
-    for _ in range(iterations):
+    for i in range(1, iterations + 1):
         learner.step(sine_tasks(25, k, gen))
-    return learner, time.perf_counter() - t
+        if select_every and (i % select_every == 0 or i == iterations):
+            mse = _val_mse(learner, algo, val)
+            if mse < best[0]:
+                best = (mse, learner.snapshot(), i)
+    secs = time.perf_counter() - t
+    selection = {"selected_iteration": iterations, "val_mse_1step": None}
+    if select_every:
+        params, rates = best[1]
+        with torch.no_grad():
+            for name, p in learner.params.items():
+                p.copy_(params[name])
+            if rates is not None:
+                for name, r in learner.rates.items():
+                    r.copy_(rates[name])
+        selection = {"selected_iteration": best[2], "val_mse_1step": round(best[0], 4)}
+    return learner, secs, selection
 
 
 def evaluate(learner: MetaLearner, algo: str, k: int, n_tasks: int, alpha: float) -> dict:
@@ -106,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.iterations, args.eval_tasks = 200, 100
+        args.iterations, args.eval_tasks, args.select_every = 200, 100, 100
     torch.set_num_threads(args.threads)
     algos = [a.strip() for a in args.algorithms.split(",")]
     unknown = sorted(set(algos) - set(ALGOS))
@@ -117,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     train_ks = EVAL_K if args.train_k == "eval" else (int(args.train_k),)
     for algo in algos:
         for tk in train_ks:
-            learner, secs = train(algo, tk, args.iterations, args.seed)
+            learner, secs, selection = train(
+                algo, tk, args.iterations, args.seed, args.select_every
+            )
             eval_ks = (tk,) if args.train_k == "eval" else EVAL_K
             for ek in eval_ks:
                 alphas = (ALPHA, 0.02) if algo == "pretrain" else (ALPHA,)
@@ -125,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                     res = evaluate(learner, algo, ek, args.eval_tasks, alpha)
                     results["runs"].append({"algorithm": algo, "train_k": tk, "eval_k": ek,
                                             "alpha": "learned" if algo == "metasgd" else alpha,
-                                            "train_seconds": round(secs, 1), "mse": res})  # fmt: skip
+                                            "train_seconds": round(secs, 1), **selection, "mse": res})  # fmt: skip
                     print(f"  {algo:>8} train K={tk:<2} eval K={ek:<2} alpha={alpha}: "
                           + "  ".join(f"{s} step {r['mse']:.3f}±{r['ci95']:.3f}" for s, r in res.items())
-                          + f"  ({secs:.0f}s training)", file=sys.stderr, flush=True)  # fmt: skip
+                          + f"  ({secs:.0f}s training, selected iteration {selection['selected_iteration']})",
+                          file=sys.stderr, flush=True)  # fmt: skip
 
     # the table
     print(f"\nsine regression, MSE (95% CI) over {args.eval_tasks} tasks; {args.iterations:,} meta-iterations, "
-          f"meta-trained at K={'evaluation K' if args.train_k == 'eval' else args.train_k}")  # fmt: skip
+          f"meta-trained at K={'evaluation K' if args.train_k == 'eval' else args.train_k}, "
+          f"{'snapshot best on validation tasks every ' + str(args.select_every) if args.select_every else 'last snapshot'}")  # fmt: skip
     head = f"{'method':<22}{'K':>3}" + "".join(
         f"{f'{s} step' + ('s' if s > 1 else ''):>18}" for s in EVAL_STEPS
     )
