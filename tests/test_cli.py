@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -28,20 +29,32 @@ def test_bad_arguments_exit_2_with_a_message(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
-def test_runtime_errors_are_one_line_with_exit_2(tmp_path, capsys):
-    code = main(["anomalies", "--data-dir", str(tmp_path / "empty")])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert (
-        err.count("\n") == 1
-        and err.startswith("tsmeta anomalies: error:")
-        and "tsmeta generate" in err
-    )
+def test_runtime_errors_are_one_line_with_exit_2(tmp_path):
+    """The real command in a fresh process: one line on stderr, exit code 2."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    for cmd in (["profile", "--as-of", "2026-11-29"], ["nightly", "--night", "2026-11-29"]):
+        proc = subprocess.run([sys.executable, "-m", "tsmeta.cli", *cmd, "--data-dir", str(tmp_path / "empty")],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert (
+            proc.stderr.startswith(f"tsmeta {cmd[0]}: error:") and "tsmeta generate" in proc.stderr
+        )
 
 
 def test_verbose_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
-        main(["--verbose", "anomalies", "--data-dir", str(tmp_path / "empty")])
+        main(
+            ["--verbose", "profile", "--data-dir", str(tmp_path / "empty"), "--as-of", "2026-11-29"]
+        )
+
+
+def test_anomalies_on_an_empty_store_says_so(tmp_path, capsys):
+    assert main(["anomalies", "--data-dir", str(tmp_path)]) == 0
+    assert "no anomalies stored yet" in capsys.readouterr().err
 
 
 def test_demo_runs_the_whole_path(tmp_path, capsys, prefect_harness, ray_local):

@@ -24,7 +24,6 @@ def _embedded_env() -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its server's SQLite file
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def _iso_date(text: str) -> date:
@@ -52,6 +51,13 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 def _config(args: argparse.Namespace) -> dict:
     return {"data_dir": str(args.data_dir)} if getattr(args, "data_dir", None) else {}
+
+
+def _require_dataset(args: argparse.Namespace) -> None:
+    """Fail fast, before a flow starts, when there is no dataset to read."""
+    from tsmeta.jobs import latest_date
+
+    latest_date(_settings(args))
 
 
 def _print_json(obj: object) -> None:
@@ -86,6 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    _require_dataset(args)
     from pipelines.flows import profile
 
     _print_json(profile(as_of=args.as_of, config=_config(args)))
@@ -93,6 +100,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _require_dataset(args)
     from pipelines.flows import meta_train
 
     res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
@@ -102,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
+    _require_dataset(args)
     from pipelines.flows import nightly
 
     res = nightly(night=args.night, config=_config(args))
@@ -123,7 +132,11 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     engine = jobs.engine_for(_settings(args))
     frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score, args.top)
     if frame.height == 0:
-        print("no anomalies match these filters", file=sys.stderr)
+        from tsmeta.store.queries import latest_night
+
+        empty = latest_night(engine) is None
+        print("no anomalies stored yet: run `tsmeta nightly` first" if empty else "no anomalies match these filters",
+              file=sys.stderr)  # fmt: skip
     if args.format == "csv":
         sys.stdout.write(frame.write_csv())
     elif args.format == "json":
@@ -233,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _embedded_env()
     args = build_parser().parse_args(argv)
+    # errors are reported once, by us: Prefect's own log lines would add tracebacks. Prefect
+    # reads this when it is first imported, which the commands do lazily, after this point.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "CRITICAL")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -42,9 +42,15 @@ __all__ = [
 log = logging.getLogger("tsmeta")
 
 
+_ENGINES: dict[str, object] = {}
+
+
 def engine_for(settings: Settings):  # noqa: ANN201 - sqlalchemy Engine
-    engine = create_engine(settings.database_url)
-    create_schema(engine)
+    """One engine (one connection pool) per database URL and process, schema migrated."""
+    engine = _ENGINES.get(settings.database_url)
+    if engine is None:
+        engine = _ENGINES[settings.database_url] = create_engine(settings.database_url)
+    create_schema(engine)  # one query when already at head
     return engine
 
 

@@ -6,6 +6,7 @@ exactly revision 0001) is stamped 0001 and then upgraded, keeping its rows.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return cfg
 
 
+@lru_cache(maxsize=1)
 def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
