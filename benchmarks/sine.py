@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algorithms", default=",".join(ALGOS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--select-every", type=int, default=1000,
+        help="keep the snapshot best on validation tasks, checked this often (0: keep the last)",
+    )  # fmt: skip
+    ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (small ops: 1 is fastest)"
     )
     ap.add_argument("--quick", action="store_true", help="200 iterations, 100 tasks: a smoke run")
