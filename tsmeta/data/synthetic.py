@@ -192,6 +192,12 @@ def _generate_block(
     return GeneratedBlock(block, ids, values, periods, scale, labels)
 
 
+def _start(start: date | str) -> tuple[date, datetime]:
+    """The first day as a date and as midnight (naive UTC)."""
+    start_d = start if isinstance(start, date) else date.fromisoformat(str(start))
+    return start_d, datetime(start_d.year, start_d.month, start_d.day)
+
+
 def generate_blocks(
     n_series: int,
     freq: str = "h",
@@ -210,8 +216,7 @@ def generate_blocks(
         raise ValueError(
             f"anomaly_rate is a probability per series and day, received {anomaly_rate}"
         )
-    start_d = start if isinstance(start, date) else date.fromisoformat(str(start))
-    start_dt = datetime(start_d.year, start_d.month, start_d.day)
+    start_d, start_dt = _start(start)
     T = days * (24 if freq == "h" else 1)
     g = steps_since_epoch(start_dt, freq) + np.arange(T)
     width = max(7, len(str(n_series - 1)))
@@ -237,8 +242,7 @@ def generate_frame(
     seed: int = 0, anomaly_rate: float = 0.02,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """In-memory corpus for tests: (long frame, labels, series meta)."""
-    start_d = start if isinstance(start, date) else date.fromisoformat(str(start))
-    start_dt = datetime(start_d.year, start_d.month, start_d.day)
+    start_d, start_dt = _start(start)
     longs, labels, metas = [], [], []
     for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate):
         longs.append(_block_long(b, start_dt, normalise_freq(freq)))
@@ -272,8 +276,7 @@ def write_synthetic_dataset(
     """
     freq = normalise_freq(freq)
     root = Path(path)
-    start_d = start if isinstance(start, date) else date.fromisoformat(str(start))
-    start_dt = datetime(start_d.year, start_d.month, start_d.day)
+    start_d, start_dt = _start(start)
     spd = 24 if freq == "h" else 1
     t_begin = time.perf_counter()
     pending: list[GeneratedBlock] = []
