@@ -202,23 +202,25 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     begin, _ = night_bounds(start)
     night_start, night_end = night_bounds(night)
 
-    in_data = frame.get_column("series_id").cast(pl.String).unique()
-    unprofiled = int((~in_data.is_in(profile.get_column("series_id").implode())).sum())
+    frame = frame.with_columns(pl.col("series_id").cast(pl.String))
+    located = frame.join(profile.select("series_id", "cluster_id"), on="series_id", how="left")
+    unprofiled = located.filter(pl.col("cluster_id").is_null()).get_column("series_id").n_unique()
     if unprofiled:
         log.warning(
             "%d series have data but no profile (run `tsmeta profile`); not scored", unprofiled
         )
-    frame = frame.with_columns(pl.col("series_id").cast(pl.String))
+    by_cluster = located.drop_nulls("cluster_id").partition_by(
+        "cluster_id", as_dict=True, include_key=False
+    )
+    sizes = dict(profile.group_by("cluster_id").len().iter_rows())
 
     flagged, stats = [], {"clusters": {}, "unprofiled_series": unprofiled, "no_model_series": 0}
-    for cid, ids_frame in profile.group_by("cluster_id", maintain_order=True):
-        cid = cid[0]
-        ids = ids_frame.get_column("series_id").sort().to_numpy()
+    for cid, n_series in sorted(sizes.items()):
         if cid not in models:
-            log.warning("cluster %s (%d series) has no model yet: not scored", cid, len(ids))
-            stats["no_model_series"] += len(ids)
+            log.warning("cluster %s (%d series) has no model yet: not scored", cid, n_series)
+            stats["no_model_series"] += n_series
             stats["clusters"][cid] = {
-                "series": len(ids),
+                "series": n_series,
                 "scored": 0,
                 "flagged": 0,
                 "error": "no model",
@@ -231,43 +233,17 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
                 f"{spd}; retrain it with horizon={spd}"
             )
         n_scored = n_flag = n_points = 0
-        for first in range(0, len(ids), settings.chunk_series):
-            chunk = ids[first : first + settings.chunk_series]
-            part = frame.filter(pl.col("series_id").is_in(pl.Series(chunk).implode()))
-            panel = build_panel(part, settings.freq, begin, night_end, chunk)
+        cluster_frame = by_cluster.get((cid,), frame.clear())
+        for panel in iter_panel_chunks(
+            cluster_frame, settings.freq, settings.chunk_series, begin, night_end
+        ):
             day = score_day(panel.values, panel.mask, panel.series_ids, panel.start_step,
                             model, settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
-            rows, hours = day.flagged_rows()
-            ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
-                int(3600e6 if settings.freq == "h" else 86400e6), "us"
-            )
-            resid = day.residual[rows, hours]
-            flagged.append(
-                pl.DataFrame(
-                    {
-                        "series_id": day.series_ids[rows].astype(str),
-                        "ts": ts,
-                        "value": day.value[rows, hours].astype(np.float64),
-                        "forecast": day.forecast[rows, hours].astype(np.float64),
-                        "lower": day.lower[rows, hours].astype(np.float64),
-                        "upper": day.upper[rows, hours].astype(np.float64),
-                        "residual": resid.astype(np.float64),
-                        "score": day.score[rows, hours].astype(np.float64),
-                        "direction": np.where(resid > 0, "up", "down"),
-                        "cluster_id": np.full(len(rows), cid),
-                        "model_version": np.full(len(rows), version, dtype=np.int64),
-                    },
-                    schema_overrides={
-                        "series_id": pl.String,
-                        "direction": pl.String,
-                        "cluster_id": pl.String,
-                    },
-                ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
-            )
+            flagged.append(_flagged_frame(day, night_start, settings.freq, cid, version))
             n_scored += int(day.scored.sum())
             n_points += int((day.observed & day.scored[:, None]).sum())
-            n_flag += len(rows)
-        stats["clusters"][cid] = {"series": len(ids), "scored": n_scored, "points": n_points,
+            n_flag += int(day.flag.sum())
+        stats["clusters"][cid] = {"series": n_series, "scored": n_scored, "points": n_points,
                                   "flagged": n_flag, "model_version": version}  # fmt: skip
     out = pl.concat(flagged) if flagged else pl.DataFrame()
     clusters = stats["clusters"].values()
@@ -280,6 +256,34 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         seconds=round(time.perf_counter() - t, 2),
     )
     return out, stats
+
+
+def _flagged_frame(
+    day, night_start: datetime, freq: str, cluster_id: str, version: int
+) -> pl.DataFrame:  # noqa: ANN001
+    """The flagged points of a scored chunk as anomaly rows."""
+    rows, hours = day.flagged_rows()
+    step_us = int(3600e6 if freq == "h" else 86400e6)
+    ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
+        step_us, "us"
+    )
+    resid = day.residual[rows, hours]
+    return pl.DataFrame(
+        {
+            "series_id": day.series_ids[rows].astype(str),
+            "ts": ts,
+            "value": day.value[rows, hours].astype(np.float64),
+            "forecast": day.forecast[rows, hours].astype(np.float64),
+            "lower": day.lower[rows, hours].astype(np.float64),
+            "upper": day.upper[rows, hours].astype(np.float64),
+            "residual": resid.astype(np.float64),
+            "score": day.score[rows, hours].astype(np.float64),
+            "direction": np.where(resid > 0, "up", "down"),
+            "cluster_id": np.full(len(rows), cluster_id),
+            "model_version": np.full(len(rows), version, dtype=np.int64),
+        },
+        schema_overrides={"series_id": pl.String, "direction": pl.String, "cluster_id": pl.String},
+    ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
 
 
 def write_night(

@@ -150,16 +150,25 @@ def iter_panel_chunks(
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> Iterator[Panel]:
-    """Panels over consecutive chunks of at most ``chunk_series`` series (sorted ids)."""
+    """Panels over consecutive chunks of at most ``chunk_series`` series (sorted ids).
+
+    The frame is sorted once; each chunk is a zero-copy slice of it (no per-chunk filter
+    over the whole frame).
+    """
     if chunk_series < 1:
         raise ValueError(f"chunk_series must be >= 1, received {chunk_series}")
+    if frame.height == 0:
+        return
     step = freq_timedelta(freq)
     if start is None:
         start = frame.get_column("ts").min()
     if end is None:
         end = frame.get_column("ts").max() + step
-    all_ids = frame.get_column("series_id").unique().sort()
-    for first in range(0, len(all_ids), chunk_series):
-        ids = all_ids.slice(first, chunk_series)
-        part = frame.filter(pl.col("series_id").is_in(ids.implode()))
-        yield build_panel(part, freq, start, end, ids.to_numpy())
+    frame = frame.sort("series_id")
+    runs = frame.group_by("series_id", maintain_order=True).len()
+    ids = runs.get_column("series_id")
+    offsets = np.concatenate([[0], np.cumsum(runs.get_column("len").to_numpy())])
+    for first in range(0, len(ids), chunk_series):
+        last = min(first + chunk_series, len(ids))
+        part = frame.slice(int(offsets[first]), int(offsets[last] - offsets[first]))
+        yield build_panel(part, freq, start, end, ids.slice(first, last - first).to_numpy())
