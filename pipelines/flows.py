@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tsmeta import jobs
 from tsmeta.config import Settings, load_settings
-from tsmeta.store.writes import finish_run, start_run
+from tsmeta.store.writes import completed_nights, finish_run, start_run
 
-__all__ = ["profile", "meta_train", "nightly", "yesterday"]
+__all__ = ["profile", "meta_train", "nightly", "backfill", "yesterday"]
 
 
 def yesterday(tz: str) -> date:
@@ -139,3 +139,37 @@ def nightly(night: date | None = None, config: dict | None = None) -> dict:
         return ("partial" if partial else "completed"), stats
 
     return _recorded("nightly", settings, params, body)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def nights_done(settings: Settings) -> set[str]:
+    return completed_nights(jobs.engine_for(settings))
+
+
+@flow(name="backfill")
+def backfill(start: date, end: date, force: bool = False, config: dict | None = None) -> dict:
+    """Score the nights ``start..end`` (inclusive) one by one, as ``nightly`` subflows.
+
+    Resumable: nights whose latest nightly run completed are skipped unless ``force``; a
+    night that fails is recorded and the next nights still run.
+    """
+    if end < start:
+        raise ValueError(f"empty date range: end {end} is before start {start}")
+    settings = load_settings(**(config or {}))
+    done = set() if force else nights_done(settings)
+    outcome: dict[str, str] = {}
+    night = start
+    while night <= end:
+        key = night.isoformat()
+        if key in done:
+            outcome[key] = "skipped (already completed)"
+        else:
+            try:
+                outcome[key] = nightly(night=night, config=config)["status"]
+            except Exception as exc:  # noqa: BLE001 - recorded; the other nights go on
+                outcome[key] = f"failed: {type(exc).__name__}: {exc}"
+        night += timedelta(days=1)
+    failed = sorted(k for k, v in outcome.items() if v.startswith("failed"))
+    if failed:
+        get_run_logger().error("backfill: %d night(s) failed: %s", len(failed), failed)
+    return {"nights": outcome, "failed": failed, "status": "partial" if failed else "completed"}

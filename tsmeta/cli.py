@@ -118,6 +118,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return 0 if res["status"] in ("completed", "partial") else 1
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    _require_dataset(args)
+    from pipelines.flows import backfill
+
+    res = backfill(start=args.start, end=args.end, force=args.force, config=_config(args))
+    _print_json(res)
+    return 0 if not res["failed"] else 1
+
+
 def cmd_anomalies(args: argparse.Namespace) -> int:
     import polars as pl
 
@@ -212,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--night", type=_iso_date, default=None, help="the day to score (default: yesterday)"
     )
+
+    b = add("backfill", cmd_backfill, "score a range of nights, night by night (resumable)")
+    b.add_argument("--start", type=_iso_date, required=True, help="first night (YYYY-MM-DD)")
+    b.add_argument("--end", type=_iso_date, required=True, help="last night, inclusive")
+    b.add_argument("--force", action="store_true", help="re-score nights that already completed")
 
     a = add("anomalies", cmd_anomalies, "list stored anomalies (default: the latest night)")
     a.add_argument("--night", type=_iso_date, default=None, help="one night (YYYY-MM-DD)")

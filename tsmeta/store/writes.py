@@ -34,6 +34,7 @@ __all__ = [
     "write_profile",
     "replace_night",
     "read_profile",
+    "completed_nights",
     "upsert_series",
     "record_feedback",
     "FEEDBACK_LABELS",
@@ -173,6 +174,22 @@ def record_feedback(
                 series_id=series_id, ts=ts, label=label, note=note, author=author, created_at=_now()
             )
         )
+
+
+def completed_nights(engine: sa.Engine) -> set[str]:
+    """ISO dates of the nights whose latest nightly run completed (what a backfill skips)."""
+    query = (
+        sa.select(runs.c.parameters, runs.c.status)
+        .where(runs.c.flow == "nightly")
+        .order_by(runs.c.started_at)
+    )
+    latest: dict[str, str] = {}
+    with engine.connect() as conn:
+        for params, status in conn.execute(query):
+            night = (params or {}).get("night")
+            if night:
+                latest[night] = status
+    return {night for night, status in latest.items() if status in ("completed", "partial")}
 
 
 def read_profile(engine: sa.Engine) -> pl.DataFrame:

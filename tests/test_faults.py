@@ -1,0 +1,192 @@
+"""Faults: a Ray worker dying mid-training, the database failing mid-write, backfills, reruns.
+
+Real components throughout: Prefect's test harness, local Ray, the PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from tsmeta import jobs
+from tsmeta.config import load_settings
+from tsmeta.store.schema import anomalies, models, runs
+
+LAST = date(2026, 11, 29)  # the tiny dataset's last day
+COMPARED = [
+    "series_id",
+    "ts",
+    "value",
+    "forecast",
+    "lower",
+    "upper",
+    "residual",
+    "score",
+    "direction",
+    "cluster_id",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, pg_url, tmp_path_factory, prefect_harness, ray_local):
+    """Profile and models (trained on the days before the last week) in a fresh PostgreSQL schema."""
+    from pipelines.flows import meta_train, profile
+
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("drop schema public cascade"))
+        conn.execute(sa.text("create schema public"))
+    engine.dispose()
+    root, _ = tiny_dataset
+    config = {
+        "data_dir": str(tmp_path_factory.mktemp("faults")),
+        "dataset_path": str(root),
+        "database_url": pg_url,
+    }
+    as_of = LAST - timedelta(days=6)
+    profile(as_of=as_of, config=config)
+    assert meta_train(as_of=as_of, meta_steps=30, config=config)["status"] == "completed"
+    return config
+
+
+def night_rows(config: dict, night: date) -> pl.DataFrame:
+    return jobs.read_night(load_settings(**config), night).select(COMPARED).sort("series_id", "ts")
+
+
+def test_database_failure_mid_write_never_leaves_a_half_written_night(trained, monkeypatch):
+    from pipelines import flows
+    from tsmeta.store import writes
+
+    night = LAST - timedelta(days=2)
+    assert flows.nightly(night=night, config=trained)["status"] == "completed"
+    clean = night_rows(trained, night)
+    assert clean.height > 0
+
+    real = writes._insert_anomalies
+    failures = {"left": 10**6}
+
+    def drop_connection_mid_write(conn, rows):
+        real(conn, rows.head(rows.height // 2))  # half the rows are in when the connection drops
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sa.exc.OperationalError(
+                "COPY anomalies", {}, Exception("server closed the connection")
+            )
+        real(conn, rows.slice(rows.height // 2))
+
+    monkeypatch.setattr(writes, "_insert_anomalies", drop_connection_mid_write)
+    monkeypatch.setattr(flows, "write_night", flows.write_night.with_options(retry_delay_seconds=0))
+
+    # the database keeps failing: retries exhausted, the run is marked failed, and the
+    # night still holds exactly its previous complete rows
+    with pytest.raises(sa.exc.OperationalError):
+        flows.nightly(night=night, config=trained)
+    assert night_rows(trained, night).equals(clean)
+    engine = jobs.engine_for(load_settings(**trained))
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(runs.c.status)
+            .where(runs.c.flow == "nightly")
+            .order_by(runs.c.started_at.desc())
+        ).first()
+    assert last.status == "failed"
+
+    # a transient failure: the write task's retry completes the night, rows identical
+    failures["left"] = 1
+    assert flows.nightly(night=night, config=trained)["status"] == "completed"
+    assert night_rows(trained, night).equals(clean)
+
+
+def test_failed_first_write_of_a_night_then_rerun_completes_it(trained, monkeypatch):
+    from pipelines import flows
+    from tsmeta.store import writes
+
+    night = LAST - timedelta(days=3)
+
+    def always_down(conn, rows):
+        raise sa.exc.OperationalError(
+            "COPY anomalies", {}, Exception("could not connect to server")
+        )
+
+    with monkeypatch.context() as m:
+        m.setattr(writes, "_insert_anomalies", always_down)
+        m.setattr(flows, "write_night", flows.write_night.with_options(retry_delay_seconds=0))
+        with pytest.raises(sa.exc.OperationalError):
+            flows.nightly(night=night, config=trained)
+    assert night_rows(trained, night).height == 0  # nothing half-written
+    assert flows.nightly(night=night, config=trained)["status"] == "completed"
+    first = night_rows(trained, night)
+    assert first.height > 0
+    flows.nightly(night=night, config=trained)  # rerunning the night: identical rows
+    assert night_rows(trained, night).equals(first)
+
+
+def test_ray_worker_dying_during_meta_training_is_retried(trained, tmp_path, monkeypatch):
+    from pipelines.flows import meta_train
+    from tsmeta import execution
+
+    marker = str(tmp_path / "worker-died")
+    original = execution._train_one
+
+    def dies_once(*args):  # shipped to the worker by value; kills the worker process once
+        import os
+
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return original(*args)
+
+    monkeypatch.setattr(execution, "_train_one", dies_once)
+    engine = jobs.engine_for(load_settings(**trained))
+    with engine.connect() as conn:
+        before = dict(
+            conn.execute(
+                sa.select(models.c.cluster_id, sa.func.count()).group_by(models.c.cluster_id)
+            ).all()
+        )
+    res = meta_train(as_of=LAST - timedelta(days=6), meta_steps=20, config=trained)
+    assert (tmp_path / "worker-died").exists()  # a worker really died
+    assert res["status"] == "completed", res
+    with engine.connect() as conn:
+        after = dict(
+            conn.execute(
+                sa.select(models.c.cluster_id, sa.func.count()).group_by(models.c.cluster_id)
+            ).all()
+        )
+    assert after == {cid: n + 1 for cid, n in before.items()}  # exactly one new version per cluster
+
+
+def test_seven_night_backfill_is_resumable_and_reruns_are_identical(trained):
+    from pipelines.flows import backfill
+
+    start = LAST - timedelta(days=6)
+    res = backfill(start=start, end=LAST, config=trained)
+    assert res["status"] == "completed" and len(res["nights"]) == 7
+    engine = jobs.engine_for(load_settings(**trained))
+    with engine.connect() as conn:
+        per_night = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(anomalies)
+            .where(anomalies.c.ts >= jobs.night_bounds(start)[0])
+        ).scalar()
+    assert per_night > 0
+
+    again = backfill(start=start, end=LAST, config=trained)
+    assert all(v.startswith("skipped") for v in again["nights"].values())
+
+    # re-scoring with the same models leaves every night's rows identical
+    assert set(backfill(start=start, end=LAST, force=True, config=trained)["nights"].values()) == {
+        "completed"
+    }
+    snapshot = {d: night_rows(trained, start + timedelta(days=d)) for d in range(7)}
+    assert set(backfill(start=start, end=LAST, force=True, config=trained)["nights"].values()) == {
+        "completed"
+    }
+    for d, rows in snapshot.items():
+        assert night_rows(trained, start + timedelta(days=d)).equals(rows)
+
+    with pytest.raises(ValueError, match="empty date range"):
+        backfill(start=LAST, end=start, config=trained)
