@@ -135,8 +135,9 @@ def nightly(night: date | None = None, config: dict | None = None) -> dict:
     def body(run_id: str) -> tuple[str, dict]:
         frame, stats = score_night(settings, night, run_id)
         stats["written"] = write_night(settings, frame, night, run_id, stats["scored_clusters"])
-        partial = stats["no_model_series"] or stats["unprofiled_series"]
-        return ("partial" if partial else "completed"), stats
+        failed = sorted(c for c, v in stats["clusters"].items() if "error" in v)
+        partial = failed or stats["no_model_series"] or stats["unprofiled_series"]
+        return ("partial" if partial else "completed"), {**stats, "failed_clusters": failed}
 
     return _recorded("nightly", settings, params, body)
 

@@ -26,3 +26,17 @@ def test_deployment_wiring(dep):
     flow.validate_parameters(dep.get("parameters") or {})
     for sched in dep.get("schedules") or []:
         CronSchedule(cron=sched["cron"], timezone=sched.get("timezone", "UTC"))
+
+
+def test_ray_cluster_configs_have_gpu_workers():
+    launcher = yaml.safe_load((ROOT / "deploy" / "ray" / "cluster.yaml").read_text())
+    gpu_types = [t for t in launcher["available_node_types"].values() if t["resources"].get("GPU")]
+    assert gpu_types and launcher["head_node_type"] in launcher["available_node_types"]
+    kuberay = yaml.safe_load((ROOT / "deploy" / "ray" / "kuberay.yaml").read_text())
+    assert kuberay["kind"] == "RayCluster"
+    groups = kuberay["spec"]["workerGroupSpecs"]
+    limits = [c["resources"]["limits"] for g in groups for c in g["template"]["spec"]["containers"]]
+    assert any("nvidia.com/gpu" in lim for lim in limits)
+    import ray
+
+    assert kuberay["spec"]["rayVersion"] == ray.__version__  # the image must match the driver's Ray

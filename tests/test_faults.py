@@ -190,3 +190,26 @@ def test_seven_night_backfill_is_resumable_and_reruns_are_identical(trained):
 
     with pytest.raises(ValueError, match="empty date range"):
         backfill(start=LAST, end=start, config=trained)
+
+
+def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(trained, monkeypatch):
+    from pipelines import flows
+
+    night = LAST - timedelta(days=4)
+    assert flows.nightly(night=night, config=trained)["status"] == "completed"
+    before = night_rows(trained, night)
+    broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][0]  # a cluster with anomalies
+    real = jobs._score_cluster
+
+    def fails_for_one(settings, frame, model, version, cid, *rest):
+        if cid == broken:
+            raise RuntimeError(f"cluster {cid}: out of memory")
+        return real(settings, frame, model, version, cid, *rest)
+
+    monkeypatch.setattr(jobs, "_score_cluster", fails_for_one)
+    res = flows.nightly(night=night, config=trained)
+    assert res["status"] == "partial" and res["failed_clusters"] == [broken]
+    assert "out of memory" in res["clusters"][broken]["error"]
+    after = night_rows(trained, night)
+    # the broken cluster keeps its previous rows; the others were re-scored (same models: same rows)
+    assert after.equals(before)

@@ -227,24 +227,16 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
             }
             continue
         version, model = models[cid]
-        if model.config.horizon != spd:
-            raise ValueError(
-                f"model of cluster {cid} forecasts {model.config.horizon} steps but a night has "
-                f"{spd}; retrain it with horizon={spd}"
-            )
-        n_scored = n_flag = n_points = 0
-        cluster_frame = by_cluster.get((cid,), frame.clear())
-        for panel in iter_panel_chunks(
-            cluster_frame, settings.freq, settings.chunk_series, begin, night_end
-        ):
-            day = score_day(panel.values, panel.mask, panel.series_ids, panel.start_step,
-                            model, settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
-            flagged.append(_flagged_frame(day, night_start, settings.freq, cid, version))
-            n_scored += int(day.scored.sum())
-            n_points += int((day.observed & day.scored[:, None]).sum())
-            n_flag += int(day.flag.sum())
-        stats["clusters"][cid] = {"series": n_series, "scored": n_scored, "points": n_points,
-                                  "flagged": n_flag, "model_version": version}  # fmt: skip
+        try:
+            found, counts = _score_cluster(settings, by_cluster.get((cid,), frame.clear()), model, version,
+                                           cid, begin, night_start, night_end)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
+            log.error("scoring cluster %s failed: %s", cid, exc)
+            stats["clusters"][cid] = {"series": n_series, "scored": 0, "flagged": 0,
+                                      "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+            continue
+        flagged.extend(found)
+        stats["clusters"][cid] = {"series": n_series, **counts, "model_version": version}
     out = pl.concat(flagged) if flagged else pl.DataFrame()
     clusters = stats["clusters"].values()
     stats.update(
@@ -256,6 +248,29 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         seconds=round(time.perf_counter() - t, 2),
     )
     return out, stats
+
+
+def _score_cluster(
+    settings: Settings, cluster_frame: pl.DataFrame, model: MetaModel, version: int, cid: str,
+    begin: datetime, night_start: datetime, night_end: datetime,
+) -> tuple[list[pl.DataFrame], dict]:  # fmt: skip
+    """Score one cluster's series chunk by chunk; (flagged frames, counts)."""
+    if model.config.horizon != settings.steps_per_day:
+        raise ValueError(
+            f"model forecasts {model.config.horizon} steps but a night has {settings.steps_per_day}; "
+            f"retrain it with horizon={settings.steps_per_day}"
+        )
+    flagged, n_scored, n_points, n_flag = [], 0, 0, 0
+    for panel in iter_panel_chunks(
+        cluster_frame, settings.freq, settings.chunk_series, begin, night_end
+    ):
+        day = score_day(panel.values, panel.mask, panel.series_ids, panel.start_step,
+                        model, settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
+        flagged.append(_flagged_frame(day, night_start, settings.freq, cid, version))
+        n_scored += int(day.scored.sum())
+        n_points += int((day.observed & day.scored[:, None]).sum())
+        n_flag += int(day.flag.sum())
+    return flagged, {"scored": n_scored, "points": n_points, "flagged": n_flag}
 
 
 def _flagged_frame(
