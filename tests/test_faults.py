@@ -213,3 +213,14 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(tr
     after = night_rows(trained, night)
     # the broken cluster keeps its previous rows; the others were re-scored (same models: same rows)
     assert after.equals(before)
+
+
+def test_scoring_on_ray_writes_the_same_rows_as_in_process(trained):
+    from pipelines.flows import nightly
+
+    night = LAST - timedelta(days=5)
+    assert nightly(night=night, config={**trained, "executor": "local"})["status"] == "completed"
+    local = night_rows(trained, night)
+    res = nightly(night=night, config={**trained, "executor": "ray", "chunk_series": 64})  # several chunks
+    assert res["status"] == "completed" and res["series_scored"] == 300
+    assert night_rows(trained, night).equals(local)

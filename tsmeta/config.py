@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite file data_dir/tsmeta.db
     model_dir: Path | None = None  # meta-model store; default data_dir/models
     ray_address: str | None = None  # None -> start a local Ray; "auto" or ray://… for a cluster
+    executor: Literal["local", "ray"] = "local"  # where nightly scoring runs (training: always Ray)
 
     freq: Literal["h", "d"] = "h"
     # K, horizon and candidate periods default by frequency: hourly K=24, H=24, {24, 168};

@@ -1,7 +1,9 @@
 """Ray execution: the only module that imports Ray.
 
 Meta-training runs one Ray task per cluster, requesting a GPU when the Ray cluster has
-GPUs. Large arrays go to the object store once (``ray.put``) and tasks receive references.
+GPUs. Nightly scoring (when ``TSMETA_EXECUTOR=ray``) runs one Ray task per chunk of series,
+with the cluster's model put in the object store once. Large arrays go to the object store
+once (``ray.put``) and tasks receive references.
 A failure in one cluster is returned as that cluster's error; the others still finish.
 Local Ray by default; an existing cluster via ``TSMETA_RAY_ADDRESS`` (settings.ray_address).
 """
@@ -9,12 +11,12 @@ Local Ray by default; an existing cluster via ``TSMETA_RAY_ADDRESS`` (settings.r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ensure_ray", "ClusterJob", "train_clusters", "shutdown_ray"]
+__all__ = ["ensure_ray", "ClusterJob", "train_clusters", "score_chunks", "shutdown_ray"]
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -104,3 +106,50 @@ def train_clusters(
         if on_done is not None:
             on_done(cid, results[cid])
     return results
+
+
+def _score_one(
+    model_state: dict,
+    values: np.ndarray,
+    mask: np.ndarray,
+    ids: np.ndarray,
+    start_step: int,
+    false_alarm_rate: float,
+    chunk_series: int,
+):  # noqa: ANN202
+    """Runs in a Ray worker: score one chunk of series (see ``tsmeta.detect.score_day``)."""
+    from tsmeta.detect import score_day
+    from tsmeta.meta.train import MetaModel
+
+    return score_day(values, mask, ids, start_step, MetaModel.from_state(model_state),
+                     false_alarm_rate, chunk_series)  # fmt: skip
+
+
+def score_chunks(
+    model_state: dict,
+    panels: Iterable,
+    false_alarm_rate: float,
+    chunk_series: int,
+    address: str | None = None,
+    in_flight: int | None = None,
+) -> Iterator[tuple[object, object]]:
+    """(panel, scored day) for every panel, scored as Ray tasks, in submission order.
+
+    At most ``in_flight`` chunks are in the object store at once (default: 2 per CPU), so
+    memory stays bounded however many chunks a cluster has. Worker crashes are retried.
+    """
+    import ray
+
+    ensure_ray(address)
+    limit = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    remote = ray.remote(max_retries=2, retry_exceptions=False)(_score_one).options(num_cpus=1)
+    model_ref = ray.put(model_state)
+    pending: list[tuple[object, object]] = []
+    for panel in panels:
+        pending.append((panel, remote.remote(model_ref, panel.values, panel.mask, panel.series_ids,
+                                             panel.start_step, false_alarm_rate, chunk_series)))  # fmt: skip
+        if len(pending) >= limit:
+            first, ref = pending.pop(0)
+            yield first, ray.get(ref)
+    for panel, ref in pending:
+        yield panel, ray.get(ref)

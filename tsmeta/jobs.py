@@ -261,11 +261,28 @@ def _score_cluster(
             f"retrain it with horizon={settings.steps_per_day}"
         )
     flagged, n_scored, n_points, n_flag = [], 0, 0, 0
-    for panel in iter_panel_chunks(
+    panels = iter_panel_chunks(
         cluster_frame, settings.freq, settings.chunk_series, begin, night_end
-    ):
-        day = score_day(panel.values, panel.mask, panel.series_ids, panel.start_step,
-                        model, settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
+    )
+    if settings.executor == "ray":  # one Ray task per chunk; the model travels once
+        from tsmeta.execution import score_chunks
+
+        scored = (day for _, day in score_chunks(model.state(), panels, settings.false_alarm_rate,
+                                                  settings.chunk_series, settings.ray_address))  # fmt: skip
+    else:
+        scored = (
+            score_day(
+                p.values,
+                p.mask,
+                p.series_ids,
+                p.start_step,
+                model,
+                settings.false_alarm_rate,
+                settings.chunk_series,
+            )  # fmt: skip
+            for p in panels
+        )
+    for day in scored:
         flagged.append(_flagged_frame(day, night_start, settings.freq, cid, version))
         n_scored += int(day.scored.sum())
         n_points += int((day.observed & day.scored[:, None]).sum())
