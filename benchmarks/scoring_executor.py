@@ -24,7 +24,9 @@ from tsmeta.execution import ensure_ray
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--series", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nightly scoring of one day (read window, adapt, score), best of {args.repeat}:")
     print(f"{'executor':<10}{'series':>10}{'seconds':>10}{'series/s':>12}{'flagged':>10}")
     for r in rows:
-        print(f"{r['executor']:<10}{r['series']:>10,}{r['seconds']:>10}{r['series_per_s']:>12,}{r['flagged']:>10,}")
+        print(
+            f"{r['executor']:<10}{r['series']:>10,}{r['seconds']:>10}{r['series_per_s']:>12,}{r['flagged']:>10,}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -198,7 +198,9 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(tr
     night = LAST - timedelta(days=4)
     assert flows.nightly(night=night, config=trained)["status"] == "completed"
     before = night_rows(trained, night)
-    broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][0]  # a cluster with anomalies
+    broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][
+        0
+    ]  # a cluster with anomalies
     real = jobs._score_cluster
 
     def fails_for_one(settings, frame, model, version, cid, *rest):
@@ -221,6 +223,8 @@ def test_scoring_on_ray_writes_the_same_rows_as_in_process(trained):
     night = LAST - timedelta(days=5)
     assert nightly(night=night, config={**trained, "executor": "local"})["status"] == "completed"
     local = night_rows(trained, night)
-    res = nightly(night=night, config={**trained, "executor": "ray", "chunk_series": 64})  # several chunks
+    res = nightly(
+        night=night, config={**trained, "executor": "ray", "chunk_series": 64}
+    )  # several chunks
     assert res["status"] == "completed" and res["series_scored"] == 300
     assert night_rows(trained, night).equals(local)
