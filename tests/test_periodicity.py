@@ -93,3 +93,17 @@ def test_cluster_ids():
     assert [period_of_cluster(c) for c in ids] == [24, 0, 168, 24]
     with pytest.raises(ValueError, match="not of the form"):
         period_of_cluster("weekly")
+
+
+def test_direct_lags_equal_the_fft_autocorrelation():
+    from tsmeta.periodicity import acf_at_lags
+
+    rng = np.random.default_rng(5)
+    x = seasonal(50, 336, 24, 0.5, rng) + np.arange(336) * 0.01
+    mask = rng.random(x.shape) > 0.1
+    x = np.where(mask, x, np.nan)
+    lags = [1, 21, 24, 27, 147, 168, 189]
+    full, full_pairs = autocorrelation(x, mask, 189)
+    direct, pairs = acf_at_lags(x, mask, lags)
+    np.testing.assert_allclose(direct, full[:, lags], atol=2e-5)  # float32 vs float64
+    np.testing.assert_array_equal(pairs, full_pairs[:, lags])
