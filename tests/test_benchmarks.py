@@ -44,3 +44,10 @@ def test_adapt_throughput_small(tmp_path):
 def test_generate_small(tmp_path, freq):
     res = run("generate", "--series", "100", "--days", "3", "--freq", freq, tmp_path=tmp_path)
     assert res["rows"] > 0 and res["series"] == 100
+
+
+def test_periodicity_small(tmp_path):
+    res = run("periodicity", "--series", "70000", "--per-level", "100", tmp_path=tmp_path)
+    clean = [r for r in res["accuracy"] if r["truth"] == 24 and r["noise_sd"] <= 0.5]
+    assert clean and all(r["tsmeta"] >= 0.95 for r in clean)
+    assert res["throughput"]["tsmeta_series_per_s"] > 0
