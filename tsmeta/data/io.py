@@ -57,13 +57,8 @@ def dataset_dates(path: str | Path) -> list[date]:
     return sorted(out)
 
 
-def scan_dataset(
-    path: str | Path, start: date | str, end: date | str, *, parts: list[str] | None = None
-) -> pl.LazyFrame:
-    """Lazy frame over the dates ``[start, end)`` (end exclusive); reads nothing yet.
-
-    ``parts`` restricts to the given part file names (e.g. one series shard).
-    """
+def scan_dataset(path: str | Path, start: date | str, end: date | str) -> pl.LazyFrame:
+    """Lazy frame over the dates ``[start, end)`` (end exclusive); reads nothing yet."""
     root = Path(path)
     first, stop = _as_date(start), _as_date(end)
     if stop <= first:
@@ -73,10 +68,7 @@ def scan_dataset(
     while day < stop:
         folder = root / f"date={day.isoformat()}"
         if folder.is_dir():
-            names = sorted(p.name for p in folder.glob("*.parquet"))
-            if parts is not None:
-                names = [n for n in names if n in parts]
-            files.extend(str(folder / n) for n in names)
+            files.extend(str(p) for p in sorted(folder.glob("*.parquet")))
         day += timedelta(days=1)
     if not files:
         available = dataset_dates(root)

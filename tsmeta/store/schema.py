@@ -27,6 +27,19 @@ DETECTOR_VERSION = "maml-v1"
 
 metadata = sa.MetaData()
 
+TS = sa.DateTime(timezone=True)  # every timestamp is stored with its (UTC) zone
+
+
+def _id_column() -> sa.Column:
+    """Surrogate key: BIGSERIAL on PostgreSQL, SQLite's INTEGER rowid alias."""
+    return sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    )
+
+
 runs = sa.Table(
     "runs",
     metadata,
@@ -34,8 +47,8 @@ runs = sa.Table(
     sa.Column("flow", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # running, completed, partial, failed
     sa.Column("parameters", sa.JSON, nullable=False, default=dict),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("finished_at", TS),
     sa.Column("counts", sa.JSON),
     sa.Column("timings", sa.JSON),
     sa.Column("error", sa.Text),
@@ -46,9 +59,9 @@ series = sa.Table(
     metadata,
     sa.Column("series_id", sa.String(255), primary_key=True),
     sa.Column("attributes", sa.JSON, nullable=False, default=dict),  # free-form tags for analysts
-    sa.Column("first_seen", sa.DateTime(timezone=True)),
-    sa.Column("last_seen", sa.DateTime(timezone=True)),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("first_seen", TS),
+    sa.Column("last_seen", TS),
+    sa.Column("updated_at", TS, nullable=False),
 )
 
 series_profile = sa.Table(
@@ -58,7 +71,7 @@ series_profile = sa.Table(
     sa.Column("period", sa.Integer, nullable=False),  # 0 = aperiodic
     sa.Column("strength", sa.Float, nullable=False),
     sa.Column("cluster_id", sa.String(64), nullable=False, index=True),
-    sa.Column("profiled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("profiled_at", TS, nullable=False),
     sa.Column("run_id", sa.String(36)),
 )
 
@@ -68,7 +81,7 @@ clusters = sa.Table(
     sa.Column("cluster_id", sa.String(64), primary_key=True),
     sa.Column("period", sa.Integer, nullable=False),
     sa.Column("n_series", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
     sa.Column("run_id", sa.String(36)),
 )
 
@@ -82,23 +95,18 @@ models = sa.Table(
     sa.Column("k", sa.Integer, nullable=False),
     sa.Column("horizon", sa.Integer, nullable=False),
     sa.Column("metrics", sa.JSON),
-    sa.Column("data_start", sa.DateTime(timezone=True)),
-    sa.Column("data_end", sa.DateTime(timezone=True)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data_start", TS),
+    sa.Column("data_end", TS),
+    sa.Column("created_at", TS, nullable=False),
     sa.Column("run_id", sa.String(36)),
 )
 
 anomalies = sa.Table(
     "anomalies",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("series_id", sa.String(255), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ts", TS, nullable=False),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("forecast", sa.Float, nullable=False),
     sa.Column("lower", sa.Float, nullable=False),
@@ -110,7 +118,7 @@ anomalies = sa.Table(
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),
     sa.Column("detector_version", sa.String(32), nullable=False),
-    sa.Column("written_at", sa.DateTime(timezone=True)),
+    sa.Column("written_at", TS),
     sa.UniqueConstraint("series_id", "ts", "detector_version", name="uq_anomaly_point"),
     sa.Index("ix_anomalies_ts", "ts"),
     sa.Index("ix_anomalies_cluster_ts", "cluster_id", "ts"),
@@ -135,18 +143,13 @@ anomaly_daily_counts = sa.Table(
 anomaly_feedback = sa.Table(
     "anomaly_feedback",
     metadata,
-    sa.Column(
-        "id",
-        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-        primary_key=True,
-        autoincrement=True,
-    ),
+    _id_column(),
     sa.Column("series_id", sa.String(255), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ts", TS, nullable=False),
     sa.Column("label", sa.String(16), nullable=False),  # true_positive / false_positive
     sa.Column("note", sa.Text),
     sa.Column("author", sa.String(128), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
     sa.CheckConstraint("label in ('true_positive', 'false_positive')", name="ck_feedback_label"),
     sa.Index("ix_feedback_point", "series_id", "ts"),
 )

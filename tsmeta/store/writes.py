@@ -103,8 +103,7 @@ def write_profile(engine: sa.Engine, profile: pl.DataFrame, run_id: str) -> None
     with engine.begin() as conn:
         conn.execute(sa.delete(series_profile))
         conn.execute(sa.delete(clusters))
-        for rows in _batches(prof.to_dicts()):
-            conn.execute(sa.insert(series_profile), rows)
+        _bulk_insert(conn, series_profile, prof)
         conn.execute(sa.insert(clusters), summary.to_dicts())
 
 
@@ -205,8 +204,9 @@ def read_profile(engine: sa.Engine) -> pl.DataFrame:
     return frame
 
 
-def _insert_anomalies(conn: sa.Connection, rows: pl.DataFrame) -> None:
-    """Bulk insert: COPY on PostgreSQL, batched executemany elsewhere."""
+def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: pl.DataFrame) -> None:
+    """Bulk insert a frame whose columns are ``table``'s: COPY on PostgreSQL, batched
+    executemany elsewhere. Runs inside the caller's transaction."""
     if rows.height == 0:
         return
     if conn.dialect.name == "postgresql":
@@ -214,13 +214,18 @@ def _insert_anomalies(conn: sa.Connection, rows: pl.DataFrame) -> None:
         raw = conn.connection.driver_connection  # psycopg: same connection, same transaction
         with (
             raw.cursor() as cur,
-            cur.copy(f"COPY anomalies ({cols}) FROM STDIN (FORMAT csv)") as copy,
+            cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv)") as copy,
         ):
             for first in range(0, rows.height, _COPY_BATCH):
                 copy.write(rows.slice(first, _COPY_BATCH).write_csv(include_header=False))
         return
     for first in range(0, rows.height, _INSERT_BATCH):
-        conn.execute(sa.insert(anomalies), rows.slice(first, _INSERT_BATCH).to_dicts())
+        conn.execute(sa.insert(table), rows.slice(first, _INSERT_BATCH).to_dicts())
+
+
+def _insert_anomalies(conn: sa.Connection, rows: pl.DataFrame) -> None:
+    """The night's anomaly rows (its own name: the fault tests inject failures here)."""
+    _bulk_insert(conn, anomalies, rows)
 
 
 def replace_night(
