@@ -44,8 +44,8 @@ def record_finish(settings: Settings, run_id: str, status: str, counts: dict | N
 
 
 @task(cache_policy=NO_CACHE)
-def profile_series(settings: Settings, as_of: date, run_id: str) -> dict:
-    return jobs.profile_series(settings, as_of, run_id)
+def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool) -> dict:
+    return jobs.profile_series(settings, as_of, run_id, recluster)
 
 
 @task(cache_policy=NO_CACHE)
@@ -92,13 +92,17 @@ def _recorded(flow_name: str, settings: Settings, params: dict, body) -> dict:  
 
 
 @flow(name="profile")
-def profile(as_of: date | None = None, config: dict | None = None) -> dict:
-    """Detect periods and assign clusters on the days before ``as_of`` (default: today)."""
+def profile(as_of: date | None = None, recluster: bool = False, config: dict | None = None) -> dict:
+    """Detect periods and assign clusters on the days before ``as_of`` (default: today).
+
+    Series join the nearest stored cluster of their period; ``recluster`` refits all
+    clusters (models of clusters that changed need `meta_train` again).
+    """
     settings = load_settings(**(config or {}))
     as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
-    params = {"as_of": str(as_of), "config": config or {}}
+    params = {"as_of": str(as_of), "recluster": recluster, "config": config or {}}
     return _recorded("profile", settings, params,
-                     lambda rid: ("completed", profile_series(settings, as_of, rid)))  # fmt: skip
+                     lambda rid: ("completed", profile_series(settings, as_of, rid, recluster)))  # fmt: skip
 
 
 @flow(name="meta_train")

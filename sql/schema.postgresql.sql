@@ -57,6 +57,9 @@ CREATE TABLE clusters (
 	n_series INTEGER NOT NULL,
 	updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	run_id VARCHAR(36),
+	centroid JSON,
+	max_cluster_size INTEGER,
+	created_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (cluster_id)
 );
 

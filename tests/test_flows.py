@@ -25,7 +25,9 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
 
     prof = profile(as_of=NIGHT, config=config)
     assert prof["status"] == "completed" and prof["series"] == 300
-    assert set(prof["clusters"]) <= {"p24", "p168", "aperiodic"} and len(prof["clusters"]) >= 2
+    assert (
+        set(prof["clusters"]) <= {"p24-0", "p168-0", "aperiodic-0"} and len(prof["clusters"]) >= 2
+    )
 
     trained = meta_train(as_of=NIGHT, meta_steps=30, config=config)
     assert trained["status"] == "completed", trained

@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 import sqlalchemy as sa
@@ -90,3 +91,61 @@ def test_sql_table_reader(db_url, frame):
     assert got.height == 5
     with pytest.raises(ValueError, match="does not exist"):
         read_sql_table(db_url, "nope")
+
+
+def _row_grouped_dataset(root, frame, rows_per_group: int) -> None:
+    """One part file per date with small row groups (as a large single-writer dataset)."""
+    from tsmeta.data.io import write_parquet_atomic  # noqa: F401 - same layout, custom groups
+
+    dated = frame.with_columns(pl.col("ts").dt.date().alias("_d"))
+    for (day,), g in dated.partition_by("_d", as_dict=True).items():
+        folder = root / f"date={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        g.drop("_d").sort("series_id", "ts").write_parquet(
+            folder / "part-00000.parquet", row_group_size=rows_per_group, statistics=True
+        )
+
+
+@pytest.mark.parametrize("layout", ["row_groups", "part_files"])
+def test_window_is_read_in_bounded_chunks_of_whole_series(tmp_path, frame, layout):
+    from tsmeta.data.io import iter_window_panels, plan_series_chunks, read_window
+    from tsmeta.data.panel import build_panel
+
+    root = tmp_path / "ds"
+    if layout == "row_groups":
+        _row_grouped_dataset(root, frame, rows_per_group=48)
+    else:  # four writers, each its own id range
+        ids = sorted(frame["series_id"].unique().to_list())
+        for k in range(4):
+            part = frame.filter(pl.col("series_id").is_in(ids[k * 5 : k * 5 + 5]))
+            write_partitioned(part, root, part=f"part-{k:05d}")
+    plan = plan_series_chunks(root, "2026-11-01", "2026-11-05", target_rows=400)
+    assert len(plan) >= 4 and all(c.rows <= frame.height for c in plan)
+    panels = list(iter_window_panels(root, "2026-11-01", "2026-11-05", "h", 3, target_rows=400))
+    got = np.concatenate([p.series_ids for p in panels])
+    assert sorted(got) == sorted(frame["series_id"].unique()) and len(set(got)) == len(got)
+    assert max(p.n_series for p in panels) <= 3
+    whole = build_panel(read_window(root, "2026-11-01", "2026-11-05"), "h",
+                        datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))  # fmt: skip
+    row = {s: i for i, s in enumerate(whole.series_ids)}
+    for p in panels:
+        idx = [row[s] for s in p.series_ids]
+        assert np.array_equal(p.values, whole.values[idx], equal_nan=True)
+        assert np.array_equal(p.mask, whole.mask[idx])
+
+
+def test_unsorted_files_still_read_every_series_once(tmp_path, frame, caplog):
+    from tsmeta.data.io import iter_window_panels
+
+    root = tmp_path / "ds"
+    dated = frame.sample(fraction=1.0, shuffle=True, seed=1)
+    dated = dated.with_columns(pl.col("ts").dt.date().alias("_d"))
+    for (day,), g in dated.partition_by("_d", as_dict=True).items():
+        folder = root / f"date={day.isoformat()}"
+        folder.mkdir(parents=True)
+        g.drop("_d").write_parquet(folder / "p.parquet", row_group_size=30, statistics=True)
+    panels = list(iter_window_panels(root, "2026-11-01", "2026-11-05", "h", 100, target_rows=500))
+    got = np.concatenate([p.series_ids for p in panels])
+    assert sorted(got) == sorted(frame["series_id"].unique())
+    assert sum(int(p.mask.sum()) for p in panels) == frame["value"].is_not_null().sum()
+    assert "not sorted by series_id" in caplog.text

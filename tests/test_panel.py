@@ -82,3 +82,45 @@ def test_panel_shape_checks():
         )
     with pytest.raises(ValueError, match="series_ids"):
         Panel(np.zeros((2, 3)), np.zeros((2, 3), bool), np.array(["a"]), datetime(2026, 1, 1), "h")
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_scatter_panel_equals_validate_then_build(long_frame, order):
+    from tsmeta.data.panel import scatter_panel
+
+    raw = long_frame.with_columns(pl.col("value").cast(pl.Float32))
+    if order == "shuffled":  # many runs per series: still placed correctly
+        raw = raw.sample(fraction=1.0, shuffle=True, seed=3)
+    start = datetime(2026, 11, 1, 5)  # rows before the start and after the end are ignored
+    end = datetime(2026, 11, 3, 7)
+    ref = build_panel(long_frame, "h", start, end)
+    got = scatter_panel(raw, "h", start, end)
+    assert list(got.series_ids) == list(ref.series_ids)
+    assert np.array_equal(got.mask, ref.mask)
+    assert np.array_equal(got.values, ref.values, equal_nan=True)
+    assert got.start == ref.start and got.freq == "h"
+
+
+def test_scatter_panel_rejects_what_validation_rejects(long_frame):
+    from tsmeta.data.panel import scatter_panel
+    from tsmeta.data.schema import DuplicateRowsError, NonFiniteValueError, OffGridTimestampError
+
+    start, end = datetime(2026, 11, 1), datetime(2026, 11, 4)
+    with pytest.raises(DuplicateRowsError, match="share a"):
+        scatter_panel(pl.concat([long_frame, long_frame.head(3)]), "h", start, end)
+    off = long_frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(pl.col("ts") + timedelta(minutes=30))
+        .otherwise(pl.col("ts")).alias("ts")
+    )  # fmt: skip
+    with pytest.raises(OffGridTimestampError, match="grid"):
+        scatter_panel(off, "h", start, end)
+    nan = long_frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 2)
+        .then(float("nan"))
+        .otherwise(pl.col("value"))
+        .alias("value")
+    )
+    with pytest.raises(NonFiniteValueError):
+        scatter_panel(nan, "h", start, end)
+    ints = long_frame.with_columns(pl.col("series_id").str.slice(1).cast(pl.Int64))
+    assert scatter_panel(ints, "h", start, end).series_ids.dtype.kind == "i"

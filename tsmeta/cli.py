@@ -50,7 +50,13 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _config(args: argparse.Namespace) -> dict:
-    return {"data_dir": str(args.data_dir)} if getattr(args, "data_dir", None) else {}
+    """Settings given on the command line (the others come from env vars and TOML)."""
+    out = {}
+    if getattr(args, "data_dir", None):
+        out["data_dir"] = str(args.data_dir)
+    if getattr(args, "max_cluster_size", None) is not None:
+        out["max_cluster_size"] = args.max_cluster_size
+    return out
 
 
 def _require_dataset(args: argparse.Namespace) -> None:
@@ -95,7 +101,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     _require_dataset(args)
     from pipelines.flows import profile
 
-    _print_json(profile(as_of=args.as_of, config=_config(args)))
+    _print_json(profile(as_of=args.as_of, recluster=args.recluster, config=_config(args)))
     return 0
 
 
@@ -208,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--as-of", type=_iso_date, default=None, help="profile the days before this date"
     )
+    pr.add_argument(
+        "--recluster",
+        action="store_true",
+        help="refit every cluster instead of assigning series to the stored ones "
+        "(then run `tsmeta train`)",
+    )
+    pr.add_argument(
+        "--max-cluster-size", type=int, default=None,
+        help="split period groups larger than this by shape (TSMETA_MAX_CLUSTER_SIZE)",
+    )  # fmt: skip
 
     t = add("train", cmd_train, "meta-train one model per cluster (Ray)")
     t.add_argument(

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
 
     candidate_periods: list[int] | None = None
     min_acf: float = 0.3  # autocorrelation a period needs before it is accepted
+    max_cluster_size: int = Field(100_000, ge=1)  # period groups larger than this split by shape
+    read_chunk_rows: int = Field(50_000_000, ge=1)  # rows read at once (bounds peak memory)
 
     # meta-learning
     hidden: int = 40  # MLP width, as in the MAML paper's regression network

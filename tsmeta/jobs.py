@@ -17,17 +17,24 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import polars as pl
 
-from tsmeta.clustering import assign_by_period, period_of_cluster
+from tsmeta.clustering import ClusterSet, period_of_cluster, seasonal_shape, shape_length
 from tsmeta.config import Settings
-from tsmeta.data.io import dataset_dates, read_window
+from tsmeta.data.io import dataset_dates, iter_window_panels, read_window
 from tsmeta.data.panel import build_panel, iter_panel_chunks
+from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import score_day
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
 from tsmeta.store.schema import create_engine, create_schema
-from tsmeta.store.writes import read_profile, replace_night, upsert_series, write_profile
+from tsmeta.store.writes import (
+    read_clusters,
+    read_profile,
+    replace_night,
+    upsert_series,
+    write_profile,
+)
 
 __all__ = [
     "engine_for",
@@ -79,36 +86,99 @@ def _window_start(settings: Settings, end: date, days: int) -> date:
     return start
 
 
-def profile_series(settings: Settings, as_of: date, run_id: str) -> dict:
-    """Detect periods on the ``history_days`` before ``as_of``, cluster, store the profile."""
+def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool = False) -> dict:
+    """Detect periods on the ``history_days`` before ``as_of``, cluster, store the profile.
+
+    Reads the window in chunks of whole series (memory bounded by ``read_chunk_rows``).
+    Series are assigned to the nearest stored centroid of their period group; a group
+    without clusters (the first profiling, or a period seen for the first time) is fitted,
+    as is every group when ``recluster`` is set.
+    """
     t = time.perf_counter()
-    start = _window_start(settings, as_of, settings.history_days)
-    frame = read_window(settings.dataset_path, start, as_of, settings.freq)
-    begin, _ = night_bounds(start)
-    end, _ = night_bounds(as_of)
-    parts = []
-    for panel in iter_panel_chunks(frame, settings.freq, settings.chunk_series, begin, end):
-        res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
-        parts.append(
-            pl.DataFrame(
-                {
-                    "series_id": panel.series_ids,
-                    "period": res.period,
-                    "strength": res.strength,
-                    "cluster_id": assign_by_period(res.period).astype(str),
-                }
-            )
-        )
-    profile = pl.concat(parts)
+    timings: dict[str, float] = {"read": 0.0, "detect": 0.0}
     engine = engine_for(settings)
-    write_profile(engine, profile, run_id)
-    seen = frame.group_by("series_id").agg(
-        pl.col("ts").min().alias("first_seen"), pl.col("ts").max().alias("last_seen")
+    previous = ClusterSet.from_rows(read_clusters(engine))
+    start = _window_start(settings, as_of, settings.history_days)
+    default = settings.period_default
+    parts, seen_parts = [], []
+    pending: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # (part, rows, shapes)
+    panels = iter_window_panels(settings.dataset_path, start, as_of, settings.freq,
+                                settings.chunk_series, settings.read_chunk_rows)  # fmt: skip
+    tick = time.perf_counter()
+    for i, panel in enumerate(panels):
+        timings["read"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
+        cluster = np.empty(panel.n_series, dtype=object)
+        for p in np.unique(res.period):
+            rows = np.flatnonzero(res.period == p)
+            shapes = seasonal_shape(panel.values[rows], panel.mask[rows], panel.start_step,
+                                    shape_length(p, default))  # fmt: skip
+            if int(p) in previous and not recluster:
+                cluster[rows] = previous.assign(int(p), shapes)
+            else:
+                pending.setdefault(int(p), []).append((i, rows, shapes))
+        parts.append({"series_id": panel.series_ids, "period": res.period,
+                      "strength": res.strength, "cluster_id": cluster})  # fmt: skip
+        seen_parts.append(_seen(panel))
+        timings["detect"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+    if not parts:
+        raise EmptyInputError(f"no series in {settings.dataset_path} for [{start}, {as_of})")
+
+    tick = time.perf_counter()
+    fitted = ClusterSet({} if recluster else dict(previous.groups))
+    for p, items in sorted(pending.items()):
+        labels = fitted.fit(p, np.concatenate([s for _, _, s in items]),
+                            settings.max_cluster_size, settings.seed, previous)  # fmt: skip
+        at = 0
+        for i, rows, _ in items:
+            parts[i]["cluster_id"][rows] = labels[at : at + len(rows)]
+            at += len(rows)
+    timings["cluster"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    profile = pl.concat(
+        [pl.DataFrame({**d, "cluster_id": d["cluster_id"].astype(str)}) for d in parts]
     )
-    upsert_series(engine, seen)
+    write_profile(engine, profile, run_id, fitted.rows(), settings.max_cluster_size)
+    upsert_series(engine, pl.concat(seen_parts).drop_nulls("first_seen"))
+    timings["write"] = time.perf_counter() - tick
+
     sizes = dict(profile.group_by("cluster_id").len().sort("cluster_id").iter_rows())
+    over = {c: n for c, n in sizes.items() if n > settings.max_cluster_size}
+    if over:
+        log.warning(
+            "%d cluster(s) exceed max_cluster_size=%d after assignment (%s): run "
+            "`tsmeta profile --recluster` to split them, then `tsmeta train`",
+            len(over), settings.max_cluster_size, ", ".join(f"{c}: {n}" for c, n in over.items()),
+        )  # fmt: skip
+    fresh = sorted(set(fitted.cluster_ids) - set(previous.cluster_ids))
+    if fresh and previous.groups:
+        log.warning("new cluster(s) without a model until `tsmeta train`: %s", ", ".join(fresh))
     return {"series": profile.height, "clusters": sizes, "window": [str(start), str(as_of)],
+            "fitted_periods": sorted(pending), "new_clusters": fresh, "recluster": recluster,
+            "oversized": over, "timings": {k: round(v, 2) for k, v in timings.items()},
             "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
+
+
+def _seen(panel) -> pl.DataFrame:  # noqa: ANN001 - a Panel
+    """series_id, first_seen, last_seen (observed points of the panel; null if none)."""
+    any_obs = panel.mask.any(axis=1)
+    first = panel.mask.argmax(axis=1)
+    last = panel.n_steps - 1 - panel.mask[:, ::-1].argmax(axis=1)
+    stamps = panel.timestamps()
+    return (
+        pl.DataFrame({"series_id": panel.series_ids})
+        .with_columns(
+            pl.Series("first_seen", stamps[first]).dt.replace_time_zone("UTC"),
+            pl.Series("last_seen", stamps[last]).dt.replace_time_zone("UTC"),
+        )
+        .with_columns(
+            pl.when(pl.Series(any_obs)).then(pl.col(c)).alias(c)
+            for c in ("first_seen", "last_seen")
+        )
+    )
 
 
 def meta_config(settings: Settings, **overrides: object) -> MetaConfig:

@@ -12,18 +12,29 @@ the same part again replaces it (idempotent).
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from datetime import date, datetime, timedelta
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
+from tsmeta.data.panel import Panel, scatter_panel
 from tsmeta.data.schema import COLUMNS, EmptyInputError, validate_long_frame
+
+log = logging.getLogger("tsmeta")
 
 __all__ = [
     "dataset_dates",
     "scan_dataset",
     "read_window",
+    "window_files",
+    "plan_series_chunks",
+    "iter_window_panels",
     "write_partitioned",
     "write_parquet_atomic",
     "read_csv",
@@ -57,27 +68,183 @@ def dataset_dates(path: str | Path) -> list[date]:
     return sorted(out)
 
 
-def scan_dataset(path: str | Path, start: date | str, end: date | str) -> pl.LazyFrame:
-    """Lazy frame over the dates ``[start, end)`` (end exclusive); reads nothing yet."""
+def window_files(path: str | Path, start: date | str, end: date | str) -> dict[date, list[Path]]:
+    """The part files of each date in ``[start, end)`` (dates without a folder are absent)."""
     root = Path(path)
     first, stop = _as_date(start), _as_date(end)
     if stop <= first:
         raise ValueError(f"empty date range [{first}, {stop}): end must be after start")
-    files: list[str] = []
+    out: dict[date, list[Path]] = {}
     day = first
     while day < stop:
         folder = root / f"date={day.isoformat()}"
         if folder.is_dir():
-            files.extend(str(p) for p in sorted(folder.glob("*.parquet")))
+            parts = sorted(folder.glob("*.parquet"))
+            if parts:
+                out[day] = parts
         day += timedelta(days=1)
-    if not files:
+    if not out:
         available = dataset_dates(root)
         span = f"{available[0]} .. {available[-1]}" if available else "no dates"
         raise EmptyInputError(
             f"no data in {root} for dates [{first}, {stop}): the dataset holds {span}; "
             "pick a date range inside it"
         )
+    return out
+
+
+def scan_dataset(path: str | Path, start: date | str, end: date | str) -> pl.LazyFrame:
+    """Lazy frame over the dates ``[start, end)`` (end exclusive); reads nothing yet."""
+    files = [str(p) for parts in window_files(path, start, end).values() for p in parts]
     return pl.scan_parquet(files).select(COLUMNS)
+
+
+@dataclass(frozen=True)
+class SeriesChunk:
+    """Files to read for one chunk of series, and the id range that selects them.
+
+    ``low``/``high`` (inclusive/exclusive, None = open) bound ``series_id`` when the files
+    also hold other series; a chunk of whole part files needs no filter.
+    """
+
+    files: tuple[str, ...]
+    rows: int  # rows in the files (an upper bound on the rows read)
+    low: str | int | None = None
+    high: str | int | None = None
+
+    def read(self) -> pl.DataFrame:
+        lazy = pl.scan_parquet(list(self.files)).select(COLUMNS)
+        if self.low is not None:
+            lazy = lazy.filter(pl.col("series_id") >= self.low)
+        if self.high is not None:
+            lazy = lazy.filter(pl.col("series_id") < self.high)
+        return lazy.collect()
+
+
+def _file_stats(path: Path) -> tuple[int, list[tuple[object, object, int]]]:
+    """(rows, [(min id, max id, rows) per row group]) from the Parquet footer."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    col = names.index("series_id") if "series_id" in names else None
+    groups = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        st = rg.column(col).statistics if col is not None else None
+        if st is None or not st.has_min_max:
+            groups.append((None, None, rg.num_rows))
+        else:
+            groups.append((st.min, st.max, rg.num_rows))
+    return meta.num_rows, groups
+
+
+def plan_series_chunks(
+    path: str | Path, start: date | str, end: date | str, target_rows: int = 50_000_000
+) -> list[SeriesChunk]:
+    """Split the window ``[start, end)`` into chunks that each hold whole series.
+
+    Memory stays bounded by ``target_rows`` rows per chunk, decided from the Parquet
+    footers alone (nothing is read):
+
+    * when every date has the same part files and each part holds its own range of ids
+      (what ``tsmeta generate`` and per-shard writers produce), a chunk is one part name
+      across all dates;
+    * otherwise the window is cut into id ranges with about ``target_rows`` rows each,
+      from the row groups' id statistics; each chunk reads only the row groups that can
+      hold its range (files sorted by ``series_id``, as ``write_partitioned`` writes them,
+      make that cheap).
+    """
+    if target_rows < 1:
+        raise ValueError(f"target_rows must be >= 1, received {target_rows}")
+    by_date = window_files(path, start, end)
+    stats = {p: _file_stats(p) for parts in by_date.values() for p in parts}
+    total = sum(rows for rows, _ in stats.values())
+    everything = tuple(str(p) for p in stats)
+    if total <= target_rows:
+        return [SeriesChunk(everything, total)]
+
+    names = [tuple(p.name for p in parts) for parts in by_date.values()]
+    if len(set(names)) == 1 and len(names[0]) > 1:
+        spans = []
+        for name in names[0]:
+            files = [parts[[p.name for p in parts].index(name)] for parts in by_date.values()]
+            groups = [g for f in files for g in stats[f][1]]
+            if any(lo is None for lo, _, _ in groups):
+                break
+            spans.append((min(g[0] for g in groups), max(g[1] for g in groups), files))
+        else:
+            ordered = sorted(spans, key=lambda s: s[0])
+            if all(a[1] < b[0] for a, b in zip(ordered, ordered[1:], strict=False)):
+                return [
+                    SeriesChunk(tuple(map(str, files)), sum(stats[f][0] for f in files))
+                    for _, _, files in ordered
+                ]
+
+    groups = [g for _, gs in stats.values() for g in gs]
+    if any(lo is None for lo, _, _ in groups):
+        raise ValueError(
+            f"the dataset {path} has {total:,} rows in [{start}, {end}) and its Parquet files "
+            "carry no series_id statistics, so it cannot be read in bounded chunks; rewrite "
+            "it with statistics (tsmeta.data.io.write_partitioned does) or raise target_rows"
+        )
+    # cut points: row-group minimum ids, so that about target_rows rows fall between cuts
+    n_chunks = math.ceil(total / target_rows)
+    by_low = sorted(groups, key=lambda g: g[0])
+    cuts, acc, per = [], 0, total / n_chunks
+    for lo, _, rows in by_low:
+        if acc >= per * (len(cuts) + 1) and (not cuts or lo > cuts[-1]):
+            cuts.append(lo)
+        acc += rows
+    bounds = [None, *cuts, None]
+    unsorted = any(
+        a[1] > b[0] for _, gs in stats.values() for a, b in zip(gs, gs[1:], strict=False)
+    )
+    if unsorted:
+        log.warning(
+            "the Parquet files of %s are not sorted by series_id: each of the %d chunks reads "
+            "most of them; sort the rows by (series_id, ts) when writing",
+            path,
+            len(bounds) - 1,
+        )
+    return [
+        SeriesChunk(everything, total, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)
+    ]
+
+
+def iter_window_panels(
+    path: str | Path,
+    start: date | str,
+    end: date | str,
+    freq: str = "h",
+    chunk_series: int = 8192,
+    target_rows: int = 50_000_000,
+) -> Iterator[Panel]:
+    """Panels of at most ``chunk_series`` series covering ``[start, end)``, read in chunks.
+
+    Every series of the window appears in exactly one panel, with all its points; peak
+    memory is about two chunks of ``target_rows`` rows and their panels (the next chunk is
+    read in a background thread while the caller works on the current one).
+    """
+    first, stop = _as_date(start), _as_date(end)
+    begin = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    finish = datetime(stop.year, stop.month, stop.day, tzinfo=UTC)
+
+    def load(chunk: SeriesChunk) -> Panel | None:
+        frame = chunk.read()
+        return scatter_panel(frame, freq, begin, finish) if frame.height else None
+
+    plan = plan_series_chunks(path, first, stop, target_rows)
+    # one chunk is read (Parquet decoding, scatter: mostly outside the GIL) while the
+    # caller computes on the previous one; at most two chunks are held at once
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsmeta-read") as pool:
+        pending = pool.submit(load, plan[0])
+        for nxt in [*plan[1:], None]:
+            panel = pending.result()
+            pending = pool.submit(load, nxt) if nxt is not None else None
+            if panel is not None:
+                yield from panel.chunks(chunk_series)
+            del panel
 
 
 def read_window(

@@ -16,9 +16,17 @@ import polars as pl
 
 from tsmeta.config import normalise_freq
 
-__all__ = ["Panel", "build_panel", "iter_panel_chunks", "freq_timedelta", "steps_since_epoch"]
+__all__ = [
+    "Panel",
+    "build_panel",
+    "scatter_panel",
+    "iter_panel_chunks",
+    "freq_timedelta",
+    "steps_since_epoch",
+]
 
 _EPOCH = datetime(1970, 1, 1)
+_BLOCK = 1 << 20  # rows per block in scatter_panel
 
 
 def freq_timedelta(freq: str) -> timedelta:
@@ -76,6 +84,13 @@ class Panel:
         return Panel(
             self.values[rows], self.mask[rows], self.series_ids[rows], self.start, self.freq
         )
+
+    def chunks(self, size: int) -> Iterator[Panel]:
+        """Consecutive row blocks of at most ``size`` series (views, no copies)."""
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, received {size}")
+        for first in range(0, self.n_series, size):
+            yield self.select(slice(first, first + size))
 
     def window(self, first: int, stop: int) -> Panel:
         """Columns [first, stop) as a Panel with the matching start."""
@@ -172,3 +187,83 @@ def iter_panel_chunks(
         last = min(first + chunk_series, len(ids))
         part = frame.slice(int(offsets[first]), int(offsets[last] - offsets[first]))
         yield build_panel(part, freq, start, end, ids.slice(first, last - first).to_numpy())
+
+
+def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime) -> Panel:
+    """Validate a raw long frame and scatter it into a Panel on ``[start, end)``, in one pass.
+
+    The hot-path equivalent of ``build_panel(validate_long_frame(frame))`` for large
+    chunks: series are located by their runs (a frame sorted by ``series_id``, as the
+    dataset writers leave it, has one run per series and file), so the per-row work is
+    integer arithmetic, not a join on string ids. The checks are the same: null keys,
+    non-finite values, off-grid timestamps and duplicate points are found here, and the
+    error itself (with its message and examples) comes from :func:`validate_long_frame`.
+    Rows outside ``[start, end)`` are ignored; rows are the chunk's ids in sorted order.
+    """
+    from tsmeta.data.schema import COLUMNS, validate_long_frame
+
+    freq = normalise_freq(freq)
+    step = freq_timedelta(freq)
+    start_n, end_n = start.replace(tzinfo=None), end.replace(tzinfo=None)
+    n_steps = int((end_n - start_n) // step)
+    if n_steps <= 0:
+        raise ValueError(f"empty time range: start {start} is not before end {end}")
+
+    def invalid() -> Panel:  # the full validation names the problem; it must raise
+        validate_long_frame(frame, freq)
+        raise AssertionError("scatter_panel found a problem that validate_long_frame did not")
+
+    schema = frame.schema
+    if (
+        any(c not in schema for c in COLUMNS)
+        or not (schema["series_id"] == pl.String or schema["series_id"].is_integer())
+        or not isinstance(schema["ts"], pl.Datetime)
+        or not schema["value"].is_float()
+        or frame.get_column("series_id").null_count()
+        or frame.get_column("ts").null_count()
+    ):
+        return build_panel(validate_long_frame(frame, freq), freq, start, end)
+    if frame.height == 0:
+        return invalid()
+    value = frame.get_column("value")
+    if (value.is_nan() | value.is_infinite()).any():
+        return invalid()
+
+    sid = frame.get_column("series_id")
+    if sid.dtype.is_integer():
+        sid = sid.cast(pl.Int64)
+    runs = sid.rle().struct.unnest()  # columns len, value: one row per run of equal ids
+    ids = runs.get_column("value").unique().sort()
+    n = len(ids)
+    index = pl.DataFrame({"value": ids, "_row": np.arange(n, dtype=np.int64)})
+    run_rows = runs.join(index, on="value", how="left", maintain_order="left")
+    itype = np.int32 if n * n_steps < 2**31 else np.int64
+    base = np.repeat(  # flat index of each row's series at step 0
+        (run_rows.get_column("_row").to_numpy() * n_steps).astype(itype),
+        run_rows.get_column("len").to_numpy(),
+    )
+
+    unit_us = int(step / timedelta(microseconds=1))
+    origin = int((start_n - _EPOCH) / timedelta(microseconds=1))
+    ts = frame.get_column("ts").dt.cast_time_unit("us").to_physical()  # UTC epoch, any zone
+    taken = np.zeros(n * n_steps, dtype=bool)
+    values = np.full(n * n_steps, np.nan, dtype=np.float32)
+    placed = 0
+    for lo in range(0, frame.height, _BLOCK):  # blocks keep the temporaries in cache
+        rel = ts.slice(lo, _BLOCK).to_numpy() - origin
+        steps = rel // unit_us
+        if (steps * unit_us != rel).any():
+            return invalid()  # a timestamp off the grid
+        inside = (steps >= 0) & (steps < n_steps)
+        flat = base[lo : lo + len(steps)] + steps.astype(itype)
+        vals = value.slice(lo, _BLOCK).to_numpy()  # nulls arrive as NaN
+        if not inside.all():
+            flat, vals = flat[inside], vals[inside]
+        taken[flat] = True
+        values[flat] = vals
+        placed += len(flat)
+    if np.count_nonzero(taken) != placed:
+        return invalid()  # two rows for one (series, step)
+    del taken
+    values = values.reshape(n, n_steps)
+    return Panel(values, ~np.isnan(values), ids.to_numpy(), start_n, freq)

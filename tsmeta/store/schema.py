@@ -83,6 +83,11 @@ clusters = sa.Table(
     sa.Column("n_series", sa.Integer, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("run_id", sa.String(36)),
+    # the persisted clustering: z-normalised seasonal shape (one value per phase); a later
+    # profiling assigns series to the nearest centroid of their period (see clustering.py)
+    sa.Column("centroid", sa.JSON),
+    sa.Column("max_cluster_size", sa.Integer),  # the cap the cluster was fitted under
+    sa.Column("created_at", TS),
 )
 
 models = sa.Table(

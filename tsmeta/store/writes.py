@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from tsmeta.store.schema import (
     DETECTOR_VERSION,
+    TS,
     anomalies,
     anomaly_daily_counts,
     anomaly_feedback,
@@ -34,6 +35,7 @@ __all__ = [
     "write_profile",
     "replace_night",
     "read_profile",
+    "read_clusters",
     "completed_nights",
     "upsert_series",
     "record_feedback",
@@ -86,25 +88,50 @@ def _batches(rows: list[dict], size: int = _INSERT_BATCH) -> Iterable[list[dict]
         yield rows[i : i + size]
 
 
-def write_profile(engine: sa.Engine, profile: pl.DataFrame, run_id: str) -> None:
+def write_profile(
+    engine: sa.Engine,
+    profile: pl.DataFrame,
+    run_id: str,
+    centroids: list[dict] | None = None,
+    max_cluster_size: int | None = None,
+) -> None:
     """Replace the profile and cluster tables with a new profiling (one transaction).
 
-    profile: series_id, period, strength, cluster_id.
+    profile: series_id, period, strength, cluster_id. ``centroids`` (``ClusterSet.rows()``)
+    are stored with the clusters; a cluster that already existed keeps its ``created_at``.
     """
     now = _now()
     prof = profile.select(
         pl.col("series_id").cast(pl.String), "period", "strength", "cluster_id"
     ).with_columns(pl.lit(now).alias("profiled_at"), pl.lit(run_id).alias("run_id"))
-    summary = (
-        profile.group_by("cluster_id")
-        .agg(pl.col("period").first(), pl.len().alias("n_series"))
-        .with_columns(pl.lit(now).alias("updated_at"), pl.lit(run_id).alias("run_id"))
+    summary = profile.group_by("cluster_id").agg(
+        pl.col("period").first(), pl.len().alias("n_series")
     )
+    shapes = {r["cluster_id"]: r for r in centroids or []}
     with engine.begin() as conn:
+        created = dict(conn.execute(sa.select(clusters.c.cluster_id, clusters.c.created_at)).all())
+        rows = []
+        for r in summary.sort("cluster_id").iter_rows(named=True):
+            cid = r["cluster_id"]
+            rows.append({
+                **r, "updated_at": now, "run_id": run_id,
+                "centroid": shapes.get(cid, {}).get("centroid"),
+                "max_cluster_size": max_cluster_size, "created_at": created.get(cid) or now,
+            })  # fmt: skip
         conn.execute(sa.delete(series_profile))
         conn.execute(sa.delete(clusters))
         _bulk_insert(conn, series_profile, prof)
-        conn.execute(sa.insert(clusters), summary.to_dicts())
+        if rows:
+            conn.execute(sa.insert(clusters), rows)
+
+
+def read_clusters(engine: sa.Engine) -> list[dict]:
+    """The stored clusters: cluster_id, period, n_series, centroid (None on old profiles)."""
+    query = sa.select(
+        clusters.c.cluster_id, clusters.c.period, clusters.c.n_series, clusters.c.centroid
+    ).order_by(clusters.c.cluster_id)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
@@ -116,6 +143,8 @@ def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
     if "series_id" not in frame.columns:
         raise ValueError("series frame needs a 'series_id' column")
     cols = [c for c in ("attributes", "first_seen", "last_seen") if c in frame.columns]
+    if cols == ["first_seen", "last_seen"]:
+        return _upsert_seen(engine, frame)
     rows = (
         frame.select("series_id", *cols)
         .with_columns(pl.col("series_id").cast(pl.String))
@@ -152,6 +181,38 @@ def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
         for batch in _batches(rows):
             conn.execute(stmt, batch)
     return len(rows)
+
+
+def _upsert_seen(engine: sa.Engine, frame: pl.DataFrame) -> int:
+    """upsert_series for (series_id, first_seen, last_seen) in bulk: the rows go into a
+    temporary staging table (COPY on PostgreSQL) and one INSERT ... SELECT ... ON CONFLICT
+    merges them, so two million series cost one statement, not two million."""
+    stage = sa.Table(
+        "_series_seen_stage", sa.MetaData(),
+        sa.Column("series_id", sa.String(255)), sa.Column("first_seen", TS),
+        sa.Column("last_seen", TS), prefixes=["TEMPORARY"],
+    )  # fmt: skip
+    rows = frame.select(pl.col("series_id").cast(pl.String), "first_seen", "last_seen")
+    pg = engine.dialect.name == "postgresql"
+    least, greatest = ("least", "greatest") if pg else ("min", "max")
+    empty = "'{}'::json" if pg else "'{}'"
+    merge = sa.text(
+        f"""
+        INSERT INTO series (series_id, attributes, first_seen, last_seen, updated_at)
+        SELECT series_id, {empty}, first_seen, last_seen, :now FROM _series_seen_stage WHERE true
+        ON CONFLICT (series_id) DO UPDATE SET
+            first_seen = coalesce({least}(series.first_seen, excluded.first_seen), excluded.first_seen),
+            last_seen = coalesce({greatest}(series.last_seen, excluded.last_seen), excluded.last_seen),
+            updated_at = excluded.updated_at
+        """  # noqa: E501
+    ).bindparams(sa.bindparam("now", type_=TS))
+    with engine.begin() as conn:
+        stage.drop(conn, checkfirst=True)
+        stage.create(conn)
+        _bulk_insert(conn, stage, rows)
+        conn.execute(merge, {"now": _now()})
+        stage.drop(conn)
+    return rows.height
 
 
 def record_feedback(
