@@ -51,3 +51,15 @@ def test_periodicity_small(tmp_path):
     clean = [r for r in res["accuracy"] if r["truth"] == 24 and r["noise_sd"] <= 0.5]
     assert clean and all(r["tsmeta"] >= 0.95 for r in clean)
     assert res["throughput"]["tsmeta_series_per_s"] > 0
+
+
+def test_profile_scale_small(tmp_path, pg_url):
+    res = run("profile_scale", "--series", "300", "--days", "3", "--work", str(tmp_path / "w"),
+              "--pg-url", pg_url, tmp_path=tmp_path)  # fmt: skip
+    runs = {(r["database"], r["run"].split()[0]): r for r in res["runs"]}
+    assert set(runs) == {(d, k) for d in ("sqlite", "postgresql") for k in ("first", "next")}
+    for r in runs.values():
+        assert r["series"] == 300 and r["seconds"] > 0 and r["peak_rss_gib"] > 0
+    assert (
+        runs["sqlite", "first"]["fitted_periods"] and not runs["sqlite", "next"]["fitted_periods"]
+    )
