@@ -201,14 +201,14 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(tr
     broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][
         0
     ]  # a cluster with anomalies
-    real = jobs._score_cluster
+    real = jobs._score_batch
 
-    def fails_for_one(settings, frame, model, version, cid, *rest):
+    def fails_for_one(settings, batch, model, cid):
         if cid == broken:
             raise RuntimeError(f"cluster {cid}: out of memory")
-        return real(settings, frame, model, version, cid, *rest)
+        return real(settings, batch, model, cid)
 
-    monkeypatch.setattr(jobs, "_score_cluster", fails_for_one)
+    monkeypatch.setattr(jobs, "_score_batch", fails_for_one)
     res = flows.nightly(night=night, config=trained)
     assert res["status"] == "partial" and res["failed_clusters"] == [broken]
     assert "out of memory" in res["clusters"][broken]["error"]
@@ -228,3 +228,14 @@ def test_scoring_on_ray_writes_the_same_rows_as_in_process(trained):
     )  # several chunks
     assert res["status"] == "completed" and res["series_scored"] == 300
     assert night_rows(trained, night).equals(local)
+
+
+def test_scoring_in_small_batches_writes_the_same_rows(trained):
+    from pipelines.flows import nightly
+
+    night = LAST - timedelta(days=6)
+    assert nightly(night=night, config=trained)["status"] == "completed"
+    whole = night_rows(trained, night)
+    res = nightly(night=night, config={**trained, "read_chunk_rows": 2_000, "chunk_series": 40})
+    assert res["status"] == "completed" and res["series_scored"] == 300
+    assert night_rows(trained, night).equals(whole)

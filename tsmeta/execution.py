@@ -11,12 +11,13 @@ Local Ray by default; an existing cluster via ``TSMETA_RAY_ADDRESS`` (settings.r
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ensure_ray", "ClusterJob", "train_clusters", "score_chunks", "shutdown_ray"]
+__all__ = ["ensure_ray", "ClusterJob", "train_clusters", "RayScorer", "shutdown_ray"]
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -125,31 +126,52 @@ def _score_one(
                      false_alarm_rate, chunk_series)  # fmt: skip
 
 
-def score_chunks(
-    model_state: dict,
-    panels: Iterable,
-    false_alarm_rate: float,
-    chunk_series: int,
-    address: str | None = None,
-    in_flight: int | None = None,
-) -> Iterator[tuple[object, object]]:
-    """(panel, scored day) for every panel, scored as Ray tasks, in submission order.
+class RayScorer:
+    """Scores batches of series as Ray tasks, at most ``in_flight`` at once.
 
-    At most ``in_flight`` chunks are in the object store at once (default: 2 per CPU), so
-    memory stays bounded however many chunks a cluster has. Worker crashes are retried.
+    Each model goes into the object store once (keyed by cluster); results come back in
+    submission order as (key, batch, ScoredDay or the exception that task raised), so
+    one cluster's failure is reported without stopping the others. Worker crashes are
+    retried by Ray.
     """
-    import ray
 
-    ensure_ray(address)
-    limit = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-    remote = ray.remote(max_retries=2, retry_exceptions=False)(_score_one).options(num_cpus=1)
-    model_ref = ray.put(model_state)
-    pending: list[tuple[object, object]] = []
-    for panel in panels:
-        pending.append((panel, remote.remote(model_ref, panel.values, panel.mask, panel.series_ids,
-                                             panel.start_step, false_alarm_rate, chunk_series)))  # fmt: skip
-        if len(pending) >= limit:
-            first, ref = pending.pop(0)
-            yield first, ray.get(ref)
-    for panel, ref in pending:
-        yield panel, ray.get(ref)
+    def __init__(
+        self,
+        address: str | None,
+        false_alarm_rate: float,
+        chunk_series: int,
+        in_flight: int | None = None,
+    ) -> None:
+        import ray
+
+        ensure_ray(address)
+        self._ray = ray
+        self.limit = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.remote = ray.remote(max_retries=2, retry_exceptions=False)(_score_one).options(
+            num_cpus=1
+        )
+        self.args = (false_alarm_rate, chunk_series)
+        self.models: dict[str, object] = {}
+        self.pending: deque = deque()
+
+    def submit(self, key: str, model_state: dict, batch) -> list[tuple[str, object, object]]:  # noqa: ANN001
+        if key not in self.models:
+            self.models[key] = self._ray.put(model_state)
+        ref = self.remote.remote(self.models[key], batch.values, batch.mask, batch.series_ids,
+                                 batch.start_step, *self.args)  # fmt: skip
+        self.pending.append((key, batch, ref))
+        out = []
+        while len(self.pending) > self.limit:
+            out.append(self._pop())
+        return out
+
+    def drain(self) -> list[tuple[str, object, object]]:
+        return [self._pop() for _ in range(len(self.pending))]
+
+    def _pop(self) -> tuple[str, object, object]:
+        key, batch, ref = self.pending.popleft()
+        try:
+            return key, batch, self._ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, per cluster
+            cause = getattr(exc, "cause", None)
+            return key, batch, cause if isinstance(cause, BaseException) else exc

@@ -20,7 +20,7 @@ import polars as pl
 from tsmeta.clustering import ClusterSet, period_of_cluster, seasonal_shape, shape_length
 from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels, read_window
-from tsmeta.data.panel import build_panel, iter_panel_chunks
+from tsmeta.data.panel import Panel, build_panel
 from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import score_day
 from tsmeta.forecaster import FeatureSpec
@@ -253,8 +253,12 @@ def train_models(
 def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFrame, dict]:
     """Adapt and score every profiled series for ``night``; returns (flagged rows, stats).
 
-    Series without a profile, clusters without a model and series with too few recent
-    points are counted and logged, never silently dropped.
+    The window (K points plus a seasonal lag before the night, and the night) is read in
+    chunks of whole series; each chunk's series are routed to their cluster and scored in
+    batches of about ``chunk_series`` series per cluster, so memory stays bounded and the
+    batched adaptation runs on full batches. Series without a profile, clusters without a
+    model and series with too few recent points are counted and logged, never silently
+    dropped; one cluster's failure is recorded and the others finish.
     """
     t = time.perf_counter()
     engine = engine_for(settings)
@@ -266,48 +270,114 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     reach = max(
         m.config.k + (m.spec.period if m.spec.seasonal_lag else 0) for _, m in models.values()
     )
-    days_before = math.ceil(reach / spd)
-    start = _window_start(settings, night, days_before)
-    frame = read_window(settings.dataset_path, start, night + timedelta(days=1), settings.freq)
-    begin, _ = night_bounds(start)
-    night_start, night_end = night_bounds(night)
-
-    frame = frame.with_columns(pl.col("series_id").cast(pl.String))
-    located = frame.join(profile.select("series_id", "cluster_id"), on="series_id", how="left")
-    unprofiled = located.filter(pl.col("cluster_id").is_null()).get_column("series_id").n_unique()
-    if unprofiled:
-        log.warning(
-            "%d series have data but no profile (run `tsmeta profile`); not scored", unprofiled
-        )
-    by_cluster = located.drop_nulls("cluster_id").partition_by(
-        "cluster_id", as_dict=True, include_key=False
-    )
+    start = _window_start(settings, night, math.ceil(reach / spd))
+    night_start, _ = night_bounds(night)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())
 
-    flagged, stats = [], {"clusters": {}, "unprofiled_series": unprofiled, "no_model_series": 0}
+    stats: dict = {"clusters": {}, "unprofiled_series": 0, "no_model_series": 0}
+    failed: dict[str, str] = {}
     for cid, n_series in sorted(sizes.items()):
         if cid not in models:
             log.warning("cluster %s (%d series) has no model yet: not scored", cid, n_series)
             stats["no_model_series"] += n_series
-            stats["clusters"][cid] = {
-                "series": n_series,
-                "scored": 0,
-                "flagged": 0,
-                "error": "no model",
-            }
-            continue
-        version, model = models[cid]
-        try:
-            found, counts = _score_cluster(settings, by_cluster.get((cid,), frame.clear()), model, version,
-                                           cid, begin, night_start, night_end)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
+            failed[cid] = "no model"
+        elif models[cid][1].config.horizon != spd:
+            failed[cid] = (
+                f"ValueError: model forecasts {models[cid][1].config.horizon} steps but a night "
+                f"has {spd}; retrain it with horizon={spd}"
+            )
+    counts = {cid: {"scored": 0, "points": 0, "flagged": 0} for cid in sizes}
+    flagged: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}
+
+    def collect(cid: str, day: object) -> None:
+        if isinstance(day, BaseException):
+            fail(cid, day)
+            return
+        if cid in failed:
+            return
+        version = models[cid][0]
+        flagged[cid].append(_flagged_frame(day, night_start, settings.freq, cid, version))
+        c = counts[cid]
+        c["scored"] += int(day.scored.sum())
+        c["points"] += int((day.observed & day.scored[:, None]).sum())
+        c["flagged"] += int(day.flag.sum())
+
+    def fail(cid: str, exc: BaseException) -> None:
+        if cid not in failed:
             log.error("scoring cluster %s failed: %s", cid, exc)
+            failed[cid] = f"{type(exc).__name__}: {exc}"
+            flagged[cid].clear()
+
+    ray_scorer = None
+    if settings.executor == "ray":  # one Ray task per batch; each model travels once
+        from tsmeta.execution import RayScorer
+
+        ray_scorer = RayScorer(
+            settings.ray_address, settings.false_alarm_rate, settings.chunk_series
+        )
+
+    def submit(cid: str, batch: Panel) -> None:
+        version, model = models[cid]
+        if ray_scorer is not None:
+            for done_cid, _, day in ray_scorer.submit(cid, model.state(), batch):
+                collect(done_cid, day)
+            return
+        try:
+            collect(cid, _score_batch(settings, batch, model, cid))
+        except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
+            fail(cid, exc)
+
+    buffers: dict[str, list[Panel]] = {}
+    buffered: dict[str, int] = {}
+
+    def flush(cid: str) -> None:
+        parts = buffers.pop(cid, [])
+        buffered.pop(cid, None)
+        if parts and cid not in failed:
+            submit(cid, _stack(parts))
+
+    lookup = profile.select(pl.col("series_id").cast(pl.String), "cluster_id")
+    panels = iter_window_panels(settings.dataset_path, start, night + timedelta(days=1),
+                                settings.freq, 1 << 30, settings.read_chunk_rows)  # fmt: skip
+    for panel in panels:
+        ids = pl.Series("series_id", panel.series_ids).cast(pl.String)
+        located = (
+            pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))})
+            .join(lookup, on="series_id", how="left")
+        )  # fmt: skip
+        stats["unprofiled_series"] += located.get_column("cluster_id").null_count()
+        ids_np = ids.to_numpy()
+        for cid, rows in (
+            located.drop_nulls("cluster_id").group_by("cluster_id").agg("_row").iter_rows()
+        ):
+            if cid in failed:
+                continue
+            rows = np.sort(np.asarray(rows))
+            buffers.setdefault(cid, []).append(
+                Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start, panel.freq)
+            )
+            buffered[cid] = buffered.get(cid, 0) + len(rows)
+            if buffered[cid] >= settings.chunk_series:
+                flush(cid)
+        del panel
+    for cid in sorted(buffers):
+        flush(cid)
+    if ray_scorer is not None:
+        for cid, _, day in ray_scorer.drain():
+            collect(cid, day)
+    if stats["unprofiled_series"]:
+        log.warning("%d series have data but no profile (run `tsmeta profile`); not scored",
+                    stats["unprofiled_series"])  # fmt: skip
+
+    for cid, n_series in sorted(sizes.items()):
+        if cid in failed:
             stats["clusters"][cid] = {"series": n_series, "scored": 0, "flagged": 0,
-                                      "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
-            continue
-        flagged.extend(found)
-        stats["clusters"][cid] = {"series": n_series, **counts, "model_version": version}
-    out = pl.concat(flagged) if flagged else pl.DataFrame()
+                                      "error": failed[cid]}  # fmt: skip
+        else:
+            stats["clusters"][cid] = {"series": n_series, **counts[cid],
+                                      "model_version": models[cid][0]}  # fmt: skip
+    found = [f for cid in sorted(flagged) if cid not in failed for f in flagged[cid]]
+    out = pl.concat(found) if found else pl.DataFrame()
     clusters = stats["clusters"].values()
     stats.update(
         series=sum(c["series"] for c in clusters),
@@ -320,44 +390,24 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     return out, stats
 
 
-def _score_cluster(
-    settings: Settings, cluster_frame: pl.DataFrame, model: MetaModel, version: int, cid: str,
-    begin: datetime, night_start: datetime, night_end: datetime,
-) -> tuple[list[pl.DataFrame], dict]:  # fmt: skip
-    """Score one cluster's series chunk by chunk; (flagged frames, counts)."""
-    if model.config.horizon != settings.steps_per_day:
-        raise ValueError(
-            f"model forecasts {model.config.horizon} steps but a night has {settings.steps_per_day}; "
-            f"retrain it with horizon={settings.steps_per_day}"
-        )
-    flagged, n_scored, n_points, n_flag = [], 0, 0, 0
-    panels = iter_panel_chunks(
-        cluster_frame, settings.freq, settings.chunk_series, begin, night_end
+def _stack(parts: list[Panel]) -> Panel:
+    """One panel of the rows of several panels over the same window."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Panel(
+        np.concatenate([p.values for p in parts]),
+        np.concatenate([p.mask for p in parts]),
+        np.concatenate([p.series_ids for p in parts]),
+        first.start,
+        first.freq,
     )
-    if settings.executor == "ray":  # one Ray task per chunk; the model travels once
-        from tsmeta.execution import score_chunks
 
-        scored = (day for _, day in score_chunks(model.state(), panels, settings.false_alarm_rate,
-                                                  settings.chunk_series, settings.ray_address))  # fmt: skip
-    else:
-        scored = (
-            score_day(
-                p.values,
-                p.mask,
-                p.series_ids,
-                p.start_step,
-                model,
-                settings.false_alarm_rate,
-                settings.chunk_series,
-            )  # fmt: skip
-            for p in panels
-        )
-    for day in scored:
-        flagged.append(_flagged_frame(day, night_start, settings.freq, cid, version))
-        n_scored += int(day.scored.sum())
-        n_points += int((day.observed & day.scored[:, None]).sum())
-        n_flag += int(day.flag.sum())
-    return flagged, {"scored": n_scored, "points": n_points, "flagged": n_flag}
+
+def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str):  # noqa: ANN202
+    """Score one batch of a cluster's series in this process (a ScoredDay)."""
+    return score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
+                     settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
 
 
 def _flagged_frame(
