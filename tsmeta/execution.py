@@ -76,6 +76,7 @@ def train_clusters(
     jobs: list[ClusterJob],
     address: str | None = None,
     on_done: Callable[[str, dict | BaseException], None] | None = None,
+    in_flight: int | None = None,
 ) -> dict[str, dict | BaseException]:
     """Meta-train every cluster as its own Ray task; {cluster_id: model state or error}.
 
@@ -89,13 +90,24 @@ def train_clusters(
     remote = ray.remote(max_retries=2, retry_exceptions=False)(_train_one).options(
         num_cpus=1, num_gpus=1 if gpus else 0
     )
-    refs = {}
-    for job in jobs:
-        refs[job.cluster_id] = remote.remote(
+    # at most one training per CPU is in flight, so the object store holds only the data
+    # of the clusters being trained (the driver drops each cluster's arrays once sent)
+    limit = in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    queue = list(jobs)
+    queue.reverse()
+    pending: dict = {}
+
+    def send() -> None:
+        job = queue.pop()
+        ref = remote.remote(
             ray.put(job.values), ray.put(job.mask), job.start_step, job.spec, job.config
         )
+        job.values = job.mask = None  # type: ignore[assignment]
+        pending[ref] = job.cluster_id
+
+    while queue and len(pending) < limit:
+        send()
     results: dict[str, dict | BaseException] = {}
-    pending = {ref: cid for cid, ref in refs.items()}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         cid = pending.pop(done[0])
@@ -106,6 +118,8 @@ def train_clusters(
             results[cid] = cause if isinstance(cause, BaseException) else exc
         if on_done is not None:
             on_done(cid, results[cid])
+        if queue:
+            send()
     return results
 
 

@@ -19,8 +19,8 @@ import polars as pl
 
 from tsmeta.clustering import ClusterSet, period_of_cluster, seasonal_shape, shape_length
 from tsmeta.config import Settings
-from tsmeta.data.io import dataset_dates, iter_window_panels, read_window
-from tsmeta.data.panel import Panel, build_panel
+from tsmeta.data.io import dataset_dates, iter_window_panels
+from tsmeta.data.panel import Panel
 from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import score_day
 from tsmeta.forecaster import FeatureSpec
@@ -220,20 +220,39 @@ def train_models(
             raise ValueError(f"unknown cluster(s) {unknown}: the profile has {known}")
     wanted = clusters or known
     start = _window_start(settings, as_of, settings.train_days)
-    frame = read_window(settings.dataset_path, start, as_of, settings.freq)
     begin, _ = night_bounds(start)
     end, _ = night_bounds(as_of)
+    n_steps = int((end - begin) / timedelta(hours=1 if settings.freq == "h" else 24))
     cfg = meta_config(settings, **config_overrides)
     rng = np.random.default_rng(settings.seed)
-    jobs = []
+    # a sample of each cluster's series (enough tasks; bounded memory), gathered from a
+    # chunked read of the window: only the sampled series are kept
+    sampled, panels = [], {}
     for cid in wanted:
         ids = profile.filter(pl.col("cluster_id") == cid).get_column("series_id").to_numpy()
-        if len(ids) > settings.train_series_per_cluster:  # enough tasks; bounded memory
+        if len(ids) > settings.train_series_per_cluster:
             ids = np.sort(rng.choice(ids, settings.train_series_per_cluster, replace=False))
-        part = frame.filter(pl.col("series_id").cast(pl.String).is_in(pl.Series(ids).implode()))
-        panel = build_panel(part, settings.freq, begin, end, ids)
-        jobs.append(ClusterJob(cid, panel.values, panel.mask, panel.start_step,
-                               _spec_for(settings, cid).to_dict(), cfg.__dict__.copy()))  # fmt: skip
+        sampled.append(pl.DataFrame({"series_id": ids.astype(str), "cluster_id": cid,
+                                     "_slot": np.arange(len(ids))}))  # fmt: skip
+        panels[cid] = Panel(np.full((len(ids), n_steps), np.nan, dtype=np.float32),
+                            np.zeros((len(ids), n_steps), dtype=bool), ids, begin, settings.freq)  # fmt: skip
+    wanted_rows = pl.concat(sampled)
+    for chunk in iter_window_panels(settings.dataset_path, start, as_of, settings.freq, 1 << 30,
+                                    settings.read_chunk_rows):  # fmt: skip
+        ids = pl.Series("series_id", chunk.series_ids).cast(pl.String)
+        hit = pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))}).join(
+            wanted_rows, on="series_id", how="inner"
+        )
+        for (cid,), part in hit.partition_by("cluster_id", as_dict=True).items():
+            rows, slots = part.get_column("_row").to_numpy(), part.get_column("_slot").to_numpy()
+            panels[cid].values[slots] = chunk.values[rows]
+            panels[cid].mask[slots] = chunk.mask[rows]
+    jobs = [
+        ClusterJob(cid, panels[cid].values, panels[cid].mask, panels[cid].start_step,
+                   _spec_for(settings, cid).to_dict(), cfg.__dict__.copy())
+        for cid in wanted
+    ]  # fmt: skip
+    del panels
     results = train_clusters(jobs, settings.ray_address, on_done)
     out: dict[str, dict] = {}
     for cid, res in results.items():
