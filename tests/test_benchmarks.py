@@ -63,3 +63,16 @@ def test_profile_scale_small(tmp_path, pg_url):
     assert (
         runs["sqlite", "first"]["fitted_periods"] and not runs["sqlite", "next"]["fitted_periods"]
     )
+
+
+def test_nightly_scale_small(tmp_path, pg_url):
+    res = run("nightly_scale", "--series", "400", "--freqs", "h,d", "--sample", "4",
+              "--work", str(tmp_path / "w"), "--pg-url", pg_url, tmp_path=tmp_path)  # fmt: skip
+    assert [r["freq"] for r in res["runs"]] == ["h", "d"]
+    for r in res["runs"]:
+        assert set(r["nightly"]) == {"postgresql", "sqlite"}
+        pg, lite = r["nightly"]["postgresql"], r["nightly"]["sqlite"]
+        assert pg["series"] == lite["series"] == 400
+        assert pg["written"] == lite["written"] == pg["flagged"]  # same models, same rows
+        for name in ("AutoETS", "MSTL", "seasonal naive + MAD"):
+            assert r["peers"][name]["cpu_s_per_series"] > 0
