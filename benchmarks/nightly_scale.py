@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+from _scratch import scratch_postgres
 
 START = date(2026, 10, 1)
 FREQS = {  # freq: (dataset days, period, settings overrides)
@@ -103,7 +104,7 @@ def child(args: argparse.Namespace) -> int:
 def run_child(args: argparse.Namespace, stage: str, freq: str, url: str) -> dict:
     cmd = [sys.executable, __file__, "--child", stage, "--url", url, "--freq", freq,
            "--work", str(args.work), "--series", str(args.series)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr[-5000:])
         raise SystemExit(f"stage {stage} ({freq}) failed")
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--daily-series", type=int, default=None, help="default: --series")
     ap.add_argument("--freqs", default="h,d", help="h, d or h,d")
     ap.add_argument("--work", type=Path, default=Path(".tsmeta/bench-nightly"))
-    ap.add_argument("--pg-url", required=False, default=None,
+    ap.add_argument("--pg-url", default=None,
                     help="PostgreSQL server (a scratch database is created and dropped)")  # fmt: skip
     ap.add_argument("--sample", type=int, default=100, help="series the peers forecast")
     ap.add_argument("--json", type=Path, default=None)
@@ -205,8 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     args.work = args.work.resolve()
     if args.child:
         return child(args)
-
-    import sqlalchemy as sa
 
     report: dict = {"runs": []}
 
@@ -225,20 +224,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"generating {n:,} series x {days} days ({freq}, not timed) ...", flush=True)
             write_synthetic_dataset(root / "dataset", n, freq, days, START, seed=0)
-        for sub in ("models",):
-            import shutil
-
-            shutil.rmtree(root / sub, ignore_errors=True)
+        shutil.rmtree(root / "models", ignore_errors=True)
         sqlite_url = f"sqlite:///{root / 'tsmeta.db'}"
         (root / "tsmeta.db").unlink(missing_ok=True)
-        urls, admin, scratch = {"sqlite": sqlite_url}, None, None
+        urls, drop = {"sqlite": sqlite_url}, None
         if args.pg_url:
-            admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-            scratch = f"tsmeta_bench_{uuid.uuid4().hex[:8]}"
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'create database "{scratch}"'))
-            urls = {"postgresql": admin.url.set(database=scratch).render_as_string(
-                hide_password=False), **urls}  # fmt: skip
+            pg, drop = scratch_postgres(args.pg_url)
+            urls = {"postgresql": pg, **urls}
         try:
             main_url = next(iter(urls.values()))
             row = {"freq": freq, "series": n, "period": period}
@@ -261,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{freq}] peers: {row['peers']}", flush=True)
             save(report)
         finally:
-            if admin is not None:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'drop database if exists "{scratch}" with (force)'))
+            if drop is not None:
+                drop()
 
     for row in report["runs"]:
         n = row["series"]

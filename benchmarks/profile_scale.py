@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import date, timedelta
 from pathlib import Path
+
+from _scratch import scratch_postgres
 
 START = date(2026, 10, 1)
 
@@ -85,19 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             db.unlink(missing_ok=True)
             url, drop = f"sqlite:///{db.resolve()}", None
         else:
-            import sqlalchemy as sa
-
-            admin = sa.create_engine(args.pg_url, isolation_level="AUTOCOMMIT")
-            scratch = f"tsmeta_bench_{uuid.uuid4().hex[:8]}"
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'create database "{scratch}"'))
-            url = admin.url.set(database=scratch).render_as_string(hide_password=False)
-            drop = (admin, scratch)
+            url, drop = scratch_postgres(args.pg_url)
         try:
             for run in ("first (fit clusters)", "next (assign to stored)"):
                 cmd = [sys.executable, __file__, "--child", url, "--work", str(args.work),
                        "--days", str(args.days)]  # fmt: skip
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode:
                     print(proc.stderr, file=sys.stderr)
                     return proc.returncode
@@ -105,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                              **json.loads(proc.stdout.strip().splitlines()[-1])})  # fmt: skip
         finally:
             if drop:
-                admin, scratch = drop
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'drop database if exists "{scratch}" with (force)'))
+                drop()
 
     print(f"\nprofile: {args.series:,} hourly series x {24 * args.days} points, 2 threads\n")
     head = ("database", "run", "seconds", "series/s", "peak GiB", "clusters", "largest",

@@ -22,10 +22,11 @@ import os
 import sys
 import tempfile
 import time
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import _scratch
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
@@ -134,21 +135,12 @@ def bench_views(engine: sa.Engine, n_rows: int, nights: int) -> dict:
             "fill_s": round(fill, 1), "queries": timings}  # fmt: skip
 
 
-def scratch_postgres() -> tuple[str, callable]:
-    admin_url = os.environ.get(
-        "TSMETA_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+def scratch_postgres() -> tuple[str, Callable[[], None]]:
+    return _scratch.scratch_postgres(
+        os.environ.get(
+            "TSMETA_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        )
     )
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"tsmeta_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'create database "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
-        admin.dispose()
-
-    return admin.url.set(database=name).render_as_string(hide_password=False), drop
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tsmeta.data.panel import Panel, build_panel, iter_panel_chunks, steps_since_epoch
+from tsmeta.data.panel import Panel, build_panel, steps_since_epoch
 from tsmeta.data.schema import validate_long_frame
 from tsmeta.data.synthetic import generate_frame
 
@@ -57,7 +57,7 @@ def test_window_and_explicit_ids(long_frame):
 
 def test_chunks_equal_full_panel(long_frame):
     full = build_panel(long_frame, "h")
-    chunks = list(iter_panel_chunks(long_frame, "h", 7))
+    chunks = list(full.chunks(7))
     assert [c.n_series for c in chunks] == [7] * 5 + [5]
     np.testing.assert_array_equal(np.concatenate([c.mask for c in chunks]), full.mask)
     np.testing.assert_array_equal(np.concatenate([c.series_ids for c in chunks]), full.series_ids)

@@ -238,9 +238,10 @@ class ClusterSet:
         return self.assign(p, shapes)
 
     def rows(self) -> list[dict]:
-        """One record per cluster: cluster_id, period, centroid (list of floats)."""
+        """One record per cluster: cluster_id, period, centroid (list of floats, exact: the
+        stored centroids assign exactly as the fitted ones did)."""
         return [
-            {"cluster_id": cid, "period": p, "centroid": [round(float(v), 5) for v in c]}
+            {"cluster_id": cid, "period": p, "centroid": [float(v) for v in c]}
             for p, (ids, cent) in sorted(self.groups.items())
             for cid, c in zip(ids, cent, strict=True)
         ]

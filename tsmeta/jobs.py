@@ -20,7 +20,7 @@ import polars as pl
 from tsmeta.clustering import ClusterSet, period_of_cluster, seasonal_shape, shape_length
 from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels
-from tsmeta.data.panel import Panel
+from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import score_day
 from tsmeta.forecaster import FeatureSpec
@@ -222,7 +222,7 @@ def train_models(
     start = _window_start(settings, as_of, settings.train_days)
     begin, _ = night_bounds(start)
     end, _ = night_bounds(as_of)
-    n_steps = int((end - begin) / timedelta(hours=1 if settings.freq == "h" else 24))
+    n_steps = int((end - begin) / freq_timedelta(settings.freq))
     cfg = meta_config(settings, **config_overrides)
     rng = np.random.default_rng(settings.seed)
     # a sample of each cluster's series (enough tasks; bounded memory), gathered from a
@@ -336,7 +336,7 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         )
 
     def submit(cid: str, batch: Panel) -> None:
-        version, model = models[cid]
+        model = models[cid][1]
         if ray_scorer is not None:
             for done_cid, _, day in ray_scorer.submit(cid, model.state(), batch):
                 collect(done_cid, day)
@@ -347,11 +347,9 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
             fail(cid, exc)
 
     buffers: dict[str, list[Panel]] = {}
-    buffered: dict[str, int] = {}
 
     def flush(cid: str) -> None:
         parts = buffers.pop(cid, [])
-        buffered.pop(cid, None)
         if parts and cid not in failed:
             submit(cid, _stack(parts))
 
@@ -377,8 +375,7 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
             buffers.setdefault(cid, []).append(
                 Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start, panel.freq)
             )
-            buffered[cid] = buffered.get(cid, 0) + len(rows)
-            if buffered[cid] >= settings.chunk_series:
+            if sum(p.n_series for p in buffers[cid]) >= settings.chunk_series:
                 flush(cid)
         del panel
         tick = time.perf_counter()

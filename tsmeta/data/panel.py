@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import numpy as np
 import polars as pl
@@ -20,7 +21,6 @@ __all__ = [
     "Panel",
     "build_panel",
     "scatter_panel",
-    "iter_panel_chunks",
     "freq_timedelta",
     "steps_since_epoch",
 ]
@@ -158,37 +158,6 @@ def build_panel(
     return Panel(values, mask, ids.to_numpy(), start_n, freq)
 
 
-def iter_panel_chunks(
-    frame: pl.DataFrame,
-    freq: str,
-    chunk_series: int,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> Iterator[Panel]:
-    """Panels over consecutive chunks of at most ``chunk_series`` series (sorted ids).
-
-    The frame is sorted once; each chunk is a zero-copy slice of it (no per-chunk filter
-    over the whole frame).
-    """
-    if chunk_series < 1:
-        raise ValueError(f"chunk_series must be >= 1, received {chunk_series}")
-    if frame.height == 0:
-        return
-    step = freq_timedelta(freq)
-    if start is None:
-        start = frame.get_column("ts").min()
-    if end is None:
-        end = frame.get_column("ts").max() + step
-    frame = frame.sort("series_id")
-    runs = frame.group_by("series_id", maintain_order=True).len()
-    ids = runs.get_column("series_id")
-    offsets = np.concatenate([[0], np.cumsum(runs.get_column("len").to_numpy())])
-    for first in range(0, len(ids), chunk_series):
-        last = min(first + chunk_series, len(ids))
-        part = frame.slice(int(offsets[first]), int(offsets[last] - offsets[first]))
-        yield build_panel(part, freq, start, end, ids.slice(first, last - first).to_numpy())
-
-
 def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime) -> Panel:
     """Validate a raw long frame and scatter it into a Panel on ``[start, end)``, in one pass.
 
@@ -209,7 +178,7 @@ def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime
     if n_steps <= 0:
         raise ValueError(f"empty time range: start {start} is not before end {end}")
 
-    def invalid() -> Panel:  # the full validation names the problem; it must raise
+    def invalid() -> NoReturn:  # the full validation names the problem; it must raise
         validate_long_frame(frame, freq)
         raise AssertionError("scatter_panel found a problem that validate_long_frame did not")
 
@@ -224,10 +193,10 @@ def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime
     ):
         return build_panel(validate_long_frame(frame, freq), freq, start, end)
     if frame.height == 0:
-        return invalid()
+        invalid()
     value = frame.get_column("value")
     if (value.is_nan() | value.is_infinite()).any():
-        return invalid()
+        invalid()
 
     sid = frame.get_column("series_id")
     if sid.dtype.is_integer():
@@ -253,7 +222,7 @@ def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime
         rel = ts.slice(lo, _BLOCK).to_numpy() - origin
         steps = rel // unit_us
         if (steps * unit_us != rel).any():
-            return invalid()  # a timestamp off the grid
+            invalid()  # a timestamp off the grid
         inside = (steps >= 0) & (steps < n_steps)
         flat = base[lo : lo + len(steps)] + steps.astype(itype)
         vals = value.slice(lo, _BLOCK).to_numpy()  # nulls arrive as NaN
@@ -263,7 +232,7 @@ def scatter_panel(frame: pl.DataFrame, freq: str, start: datetime, end: datetime
         values[flat] = vals
         placed += len(flat)
     if np.count_nonzero(taken) != placed:
-        return invalid()  # two rows for one (series, step)
+        invalid()  # two rows for one (series, step)
     del taken
     values = values.reshape(n, n_steps)
     return Panel(values, ~np.isnan(values), ids.to_numpy(), start_n, freq)
