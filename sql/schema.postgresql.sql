@@ -13,6 +13,8 @@ CREATE TABLE anomalies (
 	residual FLOAT NOT NULL,
 	score FLOAT NOT NULL,
 	direction VARCHAR(4) NOT NULL,
+	severity VARCHAR(8),
+	basis VARCHAR(8),
 	cluster_id VARCHAR(64) NOT NULL,
 	model_version INTEGER NOT NULL,
 	run_id VARCHAR(36) NOT NULL,

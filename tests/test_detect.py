@@ -3,7 +3,7 @@ import pytest
 
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
-from tsmeta.detect import score_day
+from tsmeta.detect import BASIS, SEVERITY, score_day, severity_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, meta_train
 
@@ -71,6 +71,51 @@ def test_series_with_too_few_support_points_are_reported_unscored(trained):
     day = score_day(v, m, ids[:3], start, model, 1e-3)
     assert list(day.scored) == [False, False, True]
     assert not day.flag[:2].any() and np.isnan(day.score[:2]).all()
+    assert [BASIS[b] for b in day.basis] == ["unscored", "unscored", "adapted"]
+    assert day.basis_counts() == {"adapted": 1, "partial": 0, "fallback": 0, "unscored": 2}
+
+
+def test_cold_start_adapts_from_the_points_it_has_and_says_so(trained):
+    values, mask, ids, start, model = trained
+    v, m = values[:2].copy(), mask[:2].copy()
+    T = v.shape[1]
+    # a series born 6 hours before the scored day: only 6 of its K=24 support points exist
+    m[0, : T - 30] = False
+    v[0, : T - 30] = np.nan
+    day = score_day(v, m, ids[:2], start, model, 1e-3)
+    assert list(day.support_points) == [6, 24]
+    assert [BASIS[b] for b in day.basis] == ["partial", "adapted"]
+    assert day.scored.all() and np.isfinite(day.forecast[0]).all()
+    assert np.isfinite(day.score[0][day.observed[0]]).all()
+
+
+def test_diverging_adaptation_falls_back_to_the_base_forecast(trained):
+    import dataclasses
+
+    values, mask, ids, start, model = trained
+    wild = dataclasses.replace(model, config=dataclasses.replace(model.config, inner_lr=50.0))
+    day = score_day(values[:30], mask[:30], ids[:30], start, wild, 1e-3)
+    fell = day.basis == BASIS.index("fallback")
+    assert fell.any()  # a step size of 50 blows the fit up
+    assert np.isfinite(day.forecast[fell]).all()
+    # the fallback forecasts the support mean (level targets): finite, and flags stay rare
+    assert day.flag[fell].mean() < 0.2
+
+
+def test_scores_keep_strong_anomalies_apart_and_severity_grades_them(trained):
+    values, mask, ids, start, model = trained
+    v = values[:3].copy()
+    T = v.shape[1]
+    clean = score_day(values[:3], mask[:3], ids[:3], start, model, 1e-3)
+    half = (clean.upper - clean.lower)[:, 5] / 2
+    for i, k in enumerate((30, 60, 120)):
+        v[i, T - 19] = clean.forecast[i, 5] + k * half[i]
+    day = score_day(v, mask[:3], ids[:3], start, model, 1e-3)
+    tails = day.tail[:, 5]
+    assert (tails < 1e-3).all() and len(set(tails)) == 3 and tails[0] > tails[1] > tails[2]
+    assert day.score.dtype == np.float64 and (day.score[:, 5] <= 1.0).all()
+    sev = severity_of(np.array([5e-4, 5e-5, 5e-6, 1e-300]), 1e-3)
+    assert [SEVERITY[s] for s in sev] == ["minor", "major", "critical", "critical"]
 
 
 def test_constant_series_does_not_explode(trained):

@@ -104,6 +104,34 @@ def test_make_batch_marks_missing_and_future_points_unobserved():
     assert b.ms[0, 70 - 66] == 0 and b.ms[1].all()
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_horizon_longer_than_the_period_never_reads_what_it_forecasts(relative):
+    spec = FeatureSpec(24, relative_to_lag=relative)
+    values = torch.randn(3, 200)
+    mask = torch.ones(3, 200, dtype=torch.bool)
+    rows, cut = torch.arange(3), torch.full((3,), 150)
+    a = make_batch(values, mask, rows, cut, spec, 24, 48, 0)
+    future = values.clone()
+    future[:, 150:] = torch.randn(3, 50) * 100  # what happens after the cut
+    b = make_batch(future, mask, rows, cut, spec, 24, 48, 0)
+    torch.testing.assert_close(a.xq, b.xq)
+    torch.testing.assert_close(a.xs, b.xs)
+    # the lag of a point in the second day of the horizon is two days back
+    lag = a.xq[0, 30, 2 * spec.harmonics] * a.scale[0] + a.loc[0]
+    torch.testing.assert_close(lag, values[0, 150 + 30 - 48])
+    if relative:  # predicting zero is the seasonal naive forecast
+        naive = a.forecast(torch.zeros_like(a.yq))
+        expect = values[:, 126:150].repeat(1, 2)
+        torch.testing.assert_close(naive, expect, rtol=1e-5, atol=1e-5)
+        # and targets are the change from it
+        torch.testing.assert_close(a.forecast(a.yq), values[:, 150:198], rtol=1e-4, atol=1e-4)
+
+
+def test_relative_targets_need_the_seasonal_lag():
+    with pytest.raises(ValueError, match="seasonal_lag"):
+        FeatureSpec(24, seasonal_lag=False, relative_to_lag=True)
+
+
 @pytest.fixture(scope="module")
 def cluster_window():
     f, _, meta = generate_frame(400, "h", 21, seed=5, anomaly_rate=0.0)

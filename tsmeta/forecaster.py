@@ -28,6 +28,7 @@ __all__ = [
     "masked_mse",
     "support_normalisation",
     "build_features",
+    "seasonal_lag",
 ]
 
 
@@ -36,6 +37,13 @@ class FeatureSpec:
     period: int  # phase period in steps (aperiodic series use the frequency's natural day)
     harmonics: int = 3
     seasonal_lag: bool = True
+    # targets relative to the seasonal lag: the network forecasts the change from the most
+    # recent same-phase value (seasonal naive + a learned, adapted correction)
+    relative_to_lag: bool = False
+
+    def __post_init__(self) -> None:
+        if self.relative_to_lag and not self.seasonal_lag:
+            raise ValueError("relative_to_lag needs seasonal_lag=True (the lag is the base)")
 
     @property
     def n_features(self) -> int:
@@ -98,24 +106,45 @@ def build_features(
     observed: torch.Tensor,
     cols: torch.Tensor,
     start_step: int,
+    cut: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Features for target columns of normalised series.
 
     vnorm (B, T) normalised values (anything where unobserved), observed (B, T) bool,
     cols (B, N) int target column indices, start_step the global step of column 0.
-    Returns (B, N, F).
+    ``cut`` (B,) is the forecast origin: the seasonal lag of a target at or after it is
+    the most recent same-phase value before it (one period back on the first period of
+    the horizon, two on the second, ...), so a horizon longer than a period never reads
+    a value it is forecasting. Returns (B, N, F).
     """
     phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
     k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype, device=vnorm.device)
     ang = phase[..., None] * k  # (B, N, H)
     parts = [torch.sin(ang), torch.cos(ang)]
     if spec.seasonal_lag:
-        lag_cols = cols - spec.period
-        ok = lag_cols >= 0
-        safe = lag_cols.clamp_min(0)
-        lag_obs = torch.gather(observed, 1, safe) & ok
-        lag_val = torch.where(
-            lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype)
-        )
+        lag_val, lag_obs = seasonal_lag(spec, vnorm, observed, cols, cut)
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
+
+
+def seasonal_lag(
+    spec: FeatureSpec,
+    vnorm: torch.Tensor,
+    observed: torch.Tensor,
+    cols: torch.Tensor,
+    cut: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, observed) of each target's most recent same-phase point known at ``cut``.
+
+    Shapes as :func:`build_features`; the value is 0 where that point is unobserved or
+    before the window.
+    """
+    periods_back = 1
+    if cut is not None:
+        periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // spec.period
+    lag_cols = cols - spec.period * periods_back
+    ok = lag_cols >= 0
+    safe = lag_cols.clamp_min(0)
+    lag_obs = torch.gather(observed, 1, safe) & ok
+    lag_val = torch.where(lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype))
+    return lag_val, lag_obs

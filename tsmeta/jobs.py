@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -22,7 +22,7 @@ from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
-from tsmeta.detect import score_day
+from tsmeta.detect import BASIS, MIN_SUPPORT_POINTS, SEVERITY, score_day, severity_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
@@ -41,6 +41,8 @@ __all__ = [
     "profile_series",
     "train_models",
     "score_night",
+    "run_night",
+    "replay",
     "write_night",
     "latest_date",
     "night_bounds",
@@ -193,7 +195,10 @@ def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
 
 
 def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
-    return FeatureSpec(period=period_of_cluster(cluster_id) or settings.period_default)
+    return FeatureSpec(
+        period=period_of_cluster(cluster_id) or settings.period_default,
+        relative_to_lag=settings.relative_to_lag,
+    )
 
 
 def train_models(
@@ -269,8 +274,14 @@ def train_models(
     return out
 
 
-def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFrame, dict]:
-    """Adapt and score every profiled series for ``night``; returns (flagged rows, stats).
+def score_night(
+    settings: Settings, night: date, run_id: str, keep: str = "flagged"
+) -> tuple[pl.DataFrame, dict]:
+    """Adapt and score every profiled series for ``night``; returns (rows, stats).
+
+    ``keep="flagged"`` returns the flagged points (anomaly rows); ``keep="all"`` every
+    scored point, with a boolean ``flag`` column (for evaluation and replays: 24 rows per
+    hourly series, so keep ranges small at millions of series).
 
     The window (K points plus a seasonal lag before the night, and the night) is read in
     chunks of whole series; each chunk's series are routed to their cluster and scored in
@@ -279,6 +290,8 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     model and series with too few recent points are counted and logged, never silently
     dropped; one cluster's failure is recorded and the others finish.
     """
+    if keep not in ("flagged", "all"):
+        raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
     t = time.perf_counter()
     engine = engine_for(settings)
     models = load_latest_models(engine)
@@ -305,7 +318,8 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
                 f"ValueError: model forecasts {models[cid][1].config.horizon} steps but a night "
                 f"has {spd}; retrain it with horizon={spd}"
             )
-    counts = {cid: {"scored": 0, "points": 0, "flagged": 0} for cid in sizes}
+    counts = {cid: {"scored": 0, "points": 0, "flagged": 0, **dict.fromkeys(BASIS, 0)}
+              for cid in sizes}  # fmt: skip
     flagged: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}
 
     def collect(cid: str, day: object) -> None:
@@ -315,11 +329,14 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         if cid in failed:
             return
         version = models[cid][0]
-        flagged[cid].append(_flagged_frame(day, night_start, settings.freq, cid, version))
+        flagged[cid].append(_points_frame(day, night_start, settings.freq, cid, version,
+                                          settings.false_alarm_rate, keep == "all"))  # fmt: skip
         c = counts[cid]
         c["scored"] += int(day.scored.sum())
         c["points"] += int((day.observed & day.scored[:, None]).sum())
         c["flagged"] += int(day.flag.sum())
+        for name, count in day.basis_counts().items():
+            c[name] += count
 
     def fail(cid: str, exc: BaseException) -> None:
         if cid not in failed:
@@ -384,6 +401,13 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
     if ray_scorer is not None:
         for cid, _, day in ray_scorer.drain():
             collect(cid, day)
+    basis_totals = {b: sum(c[b] for cid, c in counts.items() if cid not in failed) for b in BASIS}
+    if basis_totals["partial"] or basis_totals["unscored"] or basis_totals["fallback"]:
+        log.info(
+            "forecast basis: %s (partial: fewer than K recent points; fallback: adaptation "
+            "diverged, base forecast used; unscored: fewer than %d recent points)",
+            ", ".join(f"{b} {n:,}" for b, n in basis_totals.items()), MIN_SUPPORT_POINTS,
+        )  # fmt: skip
     if stats["unprofiled_series"]:
         log.warning("%d series have data but no profile (run `tsmeta profile`); not scored",
                     stats["unprofiled_series"])  # fmt: skip
@@ -402,8 +426,9 @@ def score_night(settings: Settings, night: date, run_id: str) -> tuple[pl.DataFr
         series=sum(c["series"] for c in clusters),
         series_scored=sum(c["scored"] for c in clusters),
         points_scored=sum(c.get("points", 0) for c in clusters),
-        flagged=out.height,
+        flagged=sum(c.get("flagged", 0) for c in clusters),
         scored_clusters=[cid for cid, c in stats["clusters"].items() if "error" not in c],
+        basis=basis_totals,
         read_wait_seconds=round(read_wait, 2),  # waiting for data (reading overlaps scoring)
         seconds=round(time.perf_counter() - t, 2),
     )
@@ -430,17 +455,22 @@ def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str): 
                      settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
 
 
-def _flagged_frame(
-    day, night_start: datetime, freq: str, cluster_id: str, version: int
-) -> pl.DataFrame:  # noqa: ANN001
-    """The flagged points of a scored chunk as anomaly rows."""
-    rows, hours = day.flagged_rows()
+def _points_frame(
+    day, night_start: datetime, freq: str, cluster_id: str, version: int,
+    false_alarm_rate: float, every_point: bool = False,
+) -> pl.DataFrame:  # noqa: ANN001  # fmt: skip
+    """The flagged points of a scored chunk as anomaly rows (every scored point, with a
+    ``flag`` column, when ``every_point``)."""
+    if every_point:
+        rows, hours = np.nonzero(day.observed & day.scored[:, None])
+    else:
+        rows, hours = day.flagged_rows()
     step_us = int(3600e6 if freq == "h" else 86400e6)
     ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
         step_us, "us"
     )
     resid = day.residual[rows, hours]
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "series_id": day.series_ids[rows].astype(str),
             "ts": ts,
@@ -451,11 +481,58 @@ def _flagged_frame(
             "residual": resid.astype(np.float64),
             "score": day.score[rows, hours].astype(np.float64),
             "direction": np.where(resid > 0, "up", "down"),
+            "severity": np.asarray(SEVERITY)[severity_of(day.tail[rows, hours], false_alarm_rate)],
+            "basis": np.asarray(BASIS)[day.basis[rows]],
             "cluster_id": np.full(len(rows), cluster_id),
             "model_version": np.full(len(rows), version, dtype=np.int64),
         },
-        schema_overrides={"series_id": pl.String, "direction": pl.String, "cluster_id": pl.String},
+        schema_overrides={
+            "series_id": pl.String,
+            "direction": pl.String,
+            "cluster_id": pl.String,
+            "severity": pl.String,
+            "basis": pl.String,
+        },  # fmt: skip
     ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+    if every_point:
+        frame = frame.with_columns(pl.Series("flag", day.flag[rows, hours]))
+    return frame
+
+
+def run_night(
+    settings: Settings, night: date, run_id: str, write: bool = True, keep: str = "flagged"
+) -> tuple[pl.DataFrame, dict]:
+    """Score one night and (``write``) replace its anomalies in the database.
+
+    The nightly flow's body; ``keep`` as in :func:`score_night`. Only flagged points are
+    written either way. Re-running a night replaces its rows (idempotent).
+    """
+    frame, stats = score_night(settings, night, run_id, keep)
+    if write:
+        flagged = (
+            frame.filter(pl.col("flag")).drop("flag") if keep == "all" and frame.height else frame
+        )
+        stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"])
+    return frame, stats
+
+
+def replay(
+    settings: Settings, first: date, last: date, run_id: str, write: bool = False,
+    keep: str = "all",
+) -> Iterator[tuple[date, pl.DataFrame, dict]]:  # fmt: skip
+    """Score every night of ``first..last`` (inclusive), one at a time, with today's models.
+
+    Yields (night, rows, stats) per night: every scored point by default (evaluation), or
+    only the flagged ones (``keep="flagged"``). With ``write`` each night's anomalies are
+    replaced in the database as the nightly job would (backfills). Memory is one night.
+    """
+    if last < first:
+        raise ValueError(f"empty date range: {last} is before {first}; give first <= last")
+    night = first
+    while night <= last:
+        frame, stats = run_night(settings, night, run_id, write, keep)
+        yield night, frame, stats
+        night += timedelta(days=1)
 
 
 def write_night(

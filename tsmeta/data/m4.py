@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-__all__ = ["M4_HORIZON", "default_m4_dir", "load_m4_hourly", "m4_wide"]
+__all__ = ["M4_HORIZON", "default_m4_dir", "load_m4_hourly", "m4_panel", "m4_wide"]
 
 M4_HORIZON = 48
 _DEFAULT_END = datetime(2026, 1, 1)
@@ -90,3 +90,19 @@ def load_m4_hourly(
     )
     utc = pl.col("ts").dt.replace_time_zone("UTC")
     return train.with_columns(utc), test.with_columns(utc)
+
+
+def m4_panel(path: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Every M4 Hourly series right-aligned on one grid, test points appended.
+
+    Returns (ids, values (n, L + 48) float32 with NaN before a series starts, mask, L): the
+    training parts end at column L (the forecast origin of every series), the 48 test points
+    fill columns [L, L + 48). Nothing in columns >= L may be used to forecast.
+    """
+    ids, series, test = m4_wide(path)
+    width = max(len(s) for s in series)
+    values = np.full((len(ids), width + M4_HORIZON), np.nan, dtype=np.float32)
+    for i, s in enumerate(series):  # 414 rows: a loader
+        values[i, width - len(s) : width] = s
+    values[:, width:] = test
+    return ids, values, ~np.isnan(values), width

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from tsmeta.forecaster import FeatureSpec, init_params
+from tsmeta.forecaster import FeatureSpec, init_params, mlp
 from tsmeta.meta.batched import adapt_predict
 from tsmeta.meta.maml import Params, Rates
 from tsmeta.meta.tasks import TaskBatch
@@ -49,10 +49,32 @@ class Adapted:
         )
 
     def predict(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        ps, pq, _ = self.predict_guarded(batch)
+        return ps, pq
+
+    def predict_guarded(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(support, query) predictions, and which series fell back to the base forecast.
+
+        A few gradient steps can diverge on an unusual support set (seen on M4: one series
+        in a few hundred ends with every prediction far off). A series whose adapted fit
+        to its own support points is worse than predicting zero (the seasonal naive forecast
+        with ``relative_to_lag``, the support mean otherwise) gets that zero forecast instead.
+        """
         with torch.no_grad():
-            return adapt_predict(
+            if self.steps == 0:
+                ps, pq = mlp(self.params, batch.xs), mlp(self.params, batch.xq)
+                return ps, pq, torch.zeros(len(batch), dtype=torch.bool)
+            ps, pq = adapt_predict(
                 self.params, batch.xs, batch.ys, batch.ms, batch.xq, self.steps, self.rates
             )
+            cnt = batch.ms.sum(1).clamp_min(1.0)
+            fit = ((ps - batch.ys) ** 2 * batch.ms).sum(1) / cnt
+            zero = (batch.ys**2 * batch.ms).sum(1) / cnt
+            bad = ~(fit <= zero)  # also catches NaN
+            if bad.any():
+                ps = torch.where(bad[:, None], torch.zeros_like(ps), ps)
+                pq = torch.where(bad[:, None], torch.zeros_like(pq), pq)
+            return ps, pq, bad
 
 
 @dataclass
@@ -89,6 +111,8 @@ class SeasonalNaive:
 
     def predict(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         lag = 2 * self.spec.harmonics  # index of the normalised lag value among the features
+        if batch.base_s is not None:  # targets are relative to the lag already
+            return torch.zeros_like(batch.ys), torch.zeros_like(batch.yq)
         return batch.xs[..., lag], batch.xq[..., lag]
 
 

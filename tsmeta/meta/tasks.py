@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tsmeta.forecaster import FeatureSpec, build_features, support_normalisation
+from tsmeta.forecaster import FeatureSpec, build_features, seasonal_lag, support_normalisation
 
 __all__ = ["TaskBatch", "make_batch", "sample_tasks", "earliest_cut", "NORMALISATION"]
 
@@ -32,9 +32,17 @@ class TaskBatch:
     mq: torch.Tensor  # (B, H)
     loc: torch.Tensor  # (B,) normalisation location
     scale: torch.Tensor  # (B,) normalisation scale
+    # what targets are relative to (normalised; FeatureSpec.relative_to_lag), None: zero
+    base_s: torch.Tensor | None = None  # (B, K)
+    base_q: torch.Tensor | None = None  # (B, H)
 
     def __len__(self) -> int:
         return self.xs.shape[0]
+
+    def forecast(self, pred_q: torch.Tensor) -> torch.Tensor:
+        """Query predictions (target space) in the series' raw units."""
+        level = pred_q if self.base_q is None else pred_q + self.base_q
+        return self.loc[:, None] + self.scale[:, None] * level
 
 
 def earliest_cut(spec: FeatureSpec, k: int) -> int:
@@ -74,15 +82,24 @@ def make_batch(
     vnorm = vnorm.clamp(-clip, clip)
     q_in = q_cols < T
     q_safe = q_cols.clamp_max(T - 1)
+    ys = torch.gather(vnorm, 1, s_cols)
+    yq = torch.gather(vnorm, 1, q_safe) * q_in
+    base_s = base_q = None
+    if spec.relative_to_lag:
+        base_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)[0]
+        base_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)[0]
+        ys, yq = ys - base_s, (yq - base_q) * q_in
     return TaskBatch(
-        xs=build_features(spec, vnorm, obs, s_cols, start_step),
-        ys=torch.gather(vnorm, 1, s_cols),
+        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0),
+        ys=ys,
         ms=ms,
-        xq=build_features(spec, vnorm, obs, q_cols, start_step),
-        yq=torch.gather(vnorm, 1, q_safe) * q_in,
+        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0),
+        yq=yq,
         mq=(torch.gather(obs, 1, q_safe) & q_in).to(v.dtype),
         loc=loc,
         scale=scale,
+        base_s=base_s,
+        base_q=base_q,
     )
 
 

@@ -13,7 +13,7 @@ __all__ = ["query_anomalies", "latest_night", "ANOMALY_OUTPUT_COLUMNS"]
 
 ANOMALY_OUTPUT_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score", "direction",
-    "cluster_id", "model_version", "run_id",
+    "severity", "basis", "cluster_id", "model_version", "run_id",
 )  # fmt: skip
 
 

@@ -119,6 +119,8 @@ anomalies = sa.Table(
     sa.Column("residual", sa.Float, nullable=False),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("direction", sa.String(4), nullable=False),  # up / down
+    sa.Column("severity", sa.String(8)),  # minor / major / critical (tail p < a, a/10, a/100)
+    sa.Column("basis", sa.String(8)),  # how the forecast was made: adapted / partial / fallback
     sa.Column("cluster_id", sa.String(64), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),

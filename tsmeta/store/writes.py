@@ -48,6 +48,7 @@ ANOMALY_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
     "direction", "cluster_id", "model_version",
 )  # fmt: skip
+OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis")  # NULL when a frame lacks them
 _INSERT_BATCH = 20_000  # rows per executemany (SQLite)
 _COPY_BATCH = 200_000  # rows per CSV chunk streamed into COPY (PostgreSQL)
 
@@ -329,7 +330,11 @@ def replace_night(
                 f"anomaly rows of cluster(s) {extra} are not among the clusters replaced {cluster_ids}"
             )
     clusters_written = sorted(cluster_ids) if cluster_ids is not None else in_frame
-    rows = frame.select(ANOMALY_COLUMNS).with_columns(
+    optional = [
+        pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
+        for c in OPTIONAL_ANOMALY_COLUMNS
+    ]
+    rows = frame.select(*ANOMALY_COLUMNS, *optional).with_columns(
         pl.col("series_id").cast(pl.String),
         pl.col("ts").dt.convert_time_zone("UTC")
         if frame.schema["ts"].time_zone
