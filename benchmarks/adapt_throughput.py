@@ -143,6 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         measure_device(device, batch, params, args.loop_series, record)
 
+    # the whole scoring step of a night, as the nightly job runs it per batch: features,
+    # adaptation, the divergence guard, residual scale, calibrated tails, flags
+    from tsmeta.calibration import TailModel
+    from tsmeta.detect import score_day
+    from tsmeta.meta.train import MetaConfig, MetaModel
+
+    v_np, m_np = values.numpy(), mask.numpy()
+    ids = np.arange(args.series)
+    for relative in (False, True):
+        s = FeatureSpec(24, relative_to_lag=relative)
+        model = MetaModel(params, s, MetaConfig(k=K, horizon=H, inner_steps=STEPS, inner_lr=LR),
+                          TailModel(1.0, 5.0))  # fmt: skip
+        sec = timed(lambda m=model: score_day(v_np, m_np, ids, panel.start_step, m, 1e-3))
+        record("score_day" + (" (relative)" if relative else ""), "cpu", args.series, sec)
+
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {STEPS} inner steps, MLP 40-40, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
