@@ -230,7 +230,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     sf_rows = np.arange(min(len(ids), args.mstl_series))
     full = summarise({k: v for k, v in scores.items() if k != "MSTL interval"}, event, kind,
                      observed, rate, ANOMALY_KINDS)  # fmt: skip
-    sample = summarise(scores, event[sf_rows], kind[sf_rows], observed[sf_rows], rate,
+    sample = summarise({k: v[sf_rows] for k, v in scores.items()}, event[sf_rows], kind[sf_rows], observed[sf_rows], rate,
                        ANOMALY_KINDS) if len(sf_rows) else {}  # fmt: skip
     # anomaly-free data: a clean corpus (other series), the same models
     cvalues, cids, _, _ = corpus(args.series, args.nights, args.seed + 1, 0.0)

@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> dict:
                                  meta_lr=args.meta_lr, cut_every=1, eval_every=50,
                                  patience=args.patience, seed=args.seed)  # fmt: skip
                 t = time.perf_counter()
-                gspec = FeatureSpec(period=p, harmonics=args.harmonics, relative_to_lag=args.relative)
+                gspec = FeatureSpec(
+                    period=p, harmonics=args.harmonics, relative_to_lag=args.relative
+                )
                 model = meta_train(train_v[members], train_m[members], start_step, gspec, cfg)
                 fit_seconds[f"{algorithm} k={k} p={p}"] = round(time.perf_counter() - t, 1)
                 steps_run.append(model.metrics["steps_run"])

@@ -76,3 +76,26 @@ def test_nightly_scale_small(tmp_path, pg_url):
         assert pg["written"] == lite["written"] == pg["flagged"]  # same models, same rows
         for name in ("AutoETS", "MSTL", "seasonal naive + MAD"):
             assert r["peers"][name]["cpu_s_per_series"] > 0
+
+
+M4 = ROOT.parent / "shared" / "data" / "m4"
+
+
+@pytest.mark.skipif(not (M4 / "Hourly-train.csv").is_file(), reason="M4 data not next to the repo")
+def test_m4_hourly_small(tmp_path):
+    res = run("m4_hourly", "--limit", "40", "--k", "24", "--meta-steps", "20", "--no-statsforecast",
+              tmp_path=tmp_path)  # fmt: skip
+    methods = {r["method"] for r in res["rows"]}
+    assert {"seasonal naive", "maml (tsmeta), per period", "pretrain + fine-tune"} <= methods
+    assert all(r["smape"] > 0 and r["mase"] > 0 for r in res["rows"])
+
+
+def test_detection_small(tmp_path):
+    res = run("detection", "--series", "120", "--nights", "1", "--mstl-series", "20",
+              "--meta-steps", "20", "--skip-m4", tmp_path=tmp_path)  # fmt: skip
+    syn = res["synthetic"]
+    assert set(syn["mstl_sample"]) == {"tsmeta", "unadapted init", "seasonal naive + robust z",
+                                       "MSTL interval"}  # fmt: skip
+    for r in syn["all_series"].values():
+        assert 0 <= r["pr_auc"] <= 1 and r["events"] > 0
+    assert all(0 <= v < 1 for v in syn["clean_flag_rate"].values())

@@ -67,6 +67,24 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     )
     labelled_share = q["events"] * 3 / (300 * 24)  # rough share of anomalous points
     assert q["precision"] > 3 * labelled_share
+    assert set(stored.get_column("severity")) <= {"minor", "major", "critical"}
+    assert set(stored.get_column("basis")) <= {"adapted", "partial", "fallback"}
+    assert sum(second["basis"].values()) == 300
+
+    # replay: every point of a date range, nothing written; its flags are the stored ones
+    nights = list(jobs.replay(settings, date(2026, 11, 28), NIGHT, "replay-test"))
+    assert [n for n, _, _ in nights] == [date(2026, 11, 28), NIGHT]
+    for _, frame, stats in nights:
+        assert frame.height == stats["points_scored"] > 300 * 20
+        assert frame.get_column("flag").sum() == stats["flagged"]
+    last = nights[-1][1].filter("flag").sort("series_id", "ts")
+    assert last.select("series_id", "ts").equals(
+        stored.sort("series_id", "ts").select("series_id", "ts")
+    )
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(anomalies)).scalar() == n_rows
+    with pytest.raises(ValueError, match="empty date range"):
+        next(jobs.replay(settings, NIGHT, date(2026, 11, 28), "x"))
     engine.dispose()
 
 
