@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
                 fc[members] = model_forecast(model, values, mask, cut, start_step, None, members)
                 seconds += time.perf_counter() - t
             add(label, fc, seconds, k, "clusters " + ", ".join(
-                f"p{p}: {len(r)} series, {s} meta-steps" for (p, r), s in zip(groups.items(), steps_run)))  # fmt: skip
+                f"p{p}: {len(r)} series, {s} meta-steps" for (p, r), s in zip(groups.items(), steps_run, strict=True)))  # fmt: skip
     for k in args.k:
         models = {}
         for algorithm in ("maml", "pretrain"):
