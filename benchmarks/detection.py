@@ -35,20 +35,20 @@ import json
 import math
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
-from tsmeta.calibration import fit_tail
+from tsmeta.data.panel import steps_since_epoch
 from tsmeta.data.synthetic import ANOMALY_KINDS, generate_blocks
 from tsmeta.detect import score_day
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
-from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, sample_tasks
-from tsmeta.meta.train import MetaConfig, MetaModel, meta_train, robust_sigma
+from tsmeta.meta.train import MetaConfig, MetaModel, calibrate, meta_train
 from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28
@@ -68,10 +68,8 @@ def unadapted(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
-    ps, pq = Adapted(model.params, model.rates, 0).predict(batch)
-    z = ((pq - batch.yq) / robust_sigma(ps - batch.ys, batch.ms)[:, None]).abs()
-    return MetaModel(model.params, model.spec, cfg, fit_tail(z[batch.mq > 0].numpy()),
-                     model.metrics, model.inner_rates)  # fmt: skip
+    tail = calibrate(model.params, batch, 0, model.rates)
+    return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
 def snaive_log_tail(values: np.ndarray, t0: int, horizon: int, period: np.ndarray) -> np.ndarray:
@@ -155,13 +153,9 @@ def flag_rates(log_tail: dict[str, np.ndarray], observed: np.ndarray, rate: floa
 
 def corpus(n: int, nights: int, seed: int, anomaly_rate: float):  # noqa: ANN201
     """(values, ids, labels, start_step) of the generator's corpus, one block concatenated."""
-    from tsmeta.data.panel import steps_since_epoch
-
     blocks = list(generate_blocks(n, "h", TRAIN_DAYS + nights, "2026-10-01", seed, anomaly_rate))
     values = np.concatenate([b.values for b in blocks]).astype(np.float32)
     ids = np.concatenate([b.series_ids for b in blocks])
-    import polars as pl
-
     labels = pl.concat([b.labels for b in blocks])
     return values, ids, labels, steps_since_epoch(datetime(2026, 10, 1), "h")
 
@@ -185,7 +179,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
     train_seconds = time.perf_counter() - t
 
-    def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, groups: dict) -> dict:
+    def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
+        groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
         n, T = values.shape
         out = {name: np.full((n, T - train), np.nan) for name in METHODS}
         seconds = dict.fromkeys(METHODS, 0.0)
@@ -201,7 +196,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                                           t0, start_step, rate)  # fmt: skip
                     seconds[name] += time.perf_counter() - t
             t = time.perf_counter()
-            per = np.where(period_of == 0, 24, period_of)
+            per = np.where(period == 0, 24, period)
             out["seasonal naive + robust z"][:, sl] = snaive_log_tail(values, t0, 24, per)
             seconds["seasonal naive + robust z"] += time.perf_counter() - t
             lt, s = mstl_log_tail(values[sf_rows], t0, 24, 14 * 24)
@@ -209,23 +204,31 @@ def run_synthetic(args: argparse.Namespace) -> dict:
             seconds["MSTL interval"] += s
         return out, seconds
 
-    period_of = period
-    scores, seconds = score_all(values, mask, ids, groups)
+    scores, seconds = score_all(values, mask, ids, period)
     # labelled points of the scored nights
     T = values.shape[1]
     event = np.full((len(ids), T - train), -1, dtype=np.int64)
     kind = np.full(event.shape, -1, dtype=np.int8)
-    row_of = {s: i for i, s in enumerate(ids)}  # a benchmark-side index, built once
-    origin = np.datetime64("2026-10-01T00:00", "h")
-    for e, (sid, k, start, end) in enumerate(
-        labels.select("series_id", "kind", "start", "end").iter_rows()
-    ):
-        a = int((np.datetime64(start.replace(tzinfo=None), "h") - origin).astype(int)) - train
-        b = int((np.datetime64(end.replace(tzinfo=None), "h") - origin).astype(int)) - train
-        if b <= 0 or a >= event.shape[1]:
-            continue
-        event[row_of[sid], max(a, 0) : b] = e
-        kind[row_of[sid], max(a, 0) : b] = ANOMALY_KINDS.index(k)
+    width = event.shape[1]
+    origin = datetime(2026, 10, 1, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    lab = (
+        labels.with_row_index("event")
+        .join(pl.DataFrame({"series_id": ids, "row": np.arange(len(ids))}), on="series_id")
+        .with_columns(
+            ((pl.col("start") - origin) / hour - train).cast(pl.Int64).clip(0, None).alias("a"),
+            ((pl.col("end") - origin) / hour - train).cast(pl.Int64).clip(None, width).alias("b"),
+            pl.col("kind").replace_strict(ANOMALY_KINDS, list(range(len(ANOMALY_KINDS)))),
+        )
+        .filter(pl.col("b") > pl.col("a"))
+    )
+    length = (lab["b"] - lab["a"]).to_numpy()
+    at_row = np.repeat(lab["row"].to_numpy(), length)
+    at_col = np.repeat(lab["a"].to_numpy(), length) + (
+        np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+    )
+    event[at_row, at_col] = np.repeat(lab["event"].to_numpy(), length)
+    kind[at_row, at_col] = np.repeat(lab["kind"].to_numpy(), length)
     observed = mask[:, train:]
     sf_rows = np.arange(min(len(ids), args.mstl_series))
     full = summarise({k: v for k, v in scores.items() if k != "MSTL interval"}, event, kind,
@@ -237,9 +240,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     cmask = ~np.isnan(cvalues)
     cper = detect_periods(cvalues[:, train - 14 * 24 : train], cmask[:, train - 14 * 24 : train],
                           (24, 168), 0.3).period  # fmt: skip
-    period_of = cper
-    cgroups = {int(p): np.flatnonzero(cper == p) for p in np.unique(cper)}
-    clean, _ = score_all(cvalues, cmask, cids, cgroups)
+    clean, _ = score_all(cvalues, cmask, cids, cper)
     cobs = cmask[:, train:]
     rates = flag_rates({k: v for k, v in clean.items() if k != "MSTL interval"}, cobs, rate)
     rates["MSTL interval"] = flag_rates(

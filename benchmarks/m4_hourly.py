@@ -106,6 +106,14 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     snaive = np.tile(values[:, cut - PERIOD : cut], (1, M4_HORIZON // PERIOD))
     add("seasonal naive", snaive.astype(np.float64), time.perf_counter() - t)
+
+    def config(algorithm: str, k: int) -> MetaConfig:
+        return MetaConfig(algorithm=algorithm, k=k, horizon=M4_HORIZON,
+                          inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                          meta_batch=args.meta_batch, meta_steps=args.meta_steps,
+                          meta_lr=args.meta_lr, cut_every=1, eval_every=50,
+                          patience=args.patience, seed=args.seed)  # fmt: skip
+
     # the product's clustering: one model per detected period (24 or 168; aperiodic -> 24)
     period = detect_periods(train_v[:, -28 * 24 :], train_m[:, -28 * 24 :], (24, 168), 0.3).period
     period = np.where(period == 168, 168, PERIOD)
@@ -116,11 +124,7 @@ def run(args: argparse.Namespace) -> dict:
             fc = np.empty_like(test)
             seconds, steps_run = 0.0, []
             for p, members in groups.items():
-                cfg = MetaConfig(algorithm=algorithm, k=k, horizon=M4_HORIZON,
-                                 inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-                                 meta_batch=args.meta_batch, meta_steps=args.meta_steps,
-                                 meta_lr=args.meta_lr, cut_every=1, eval_every=50,
-                                 patience=args.patience, seed=args.seed)  # fmt: skip
+                cfg = config(algorithm, k)
                 t = time.perf_counter()
                 gspec = FeatureSpec(
                     period=p, harmonics=args.harmonics, relative_to_lag=args.relative
@@ -136,11 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     for k in args.k:
         models = {}
         for algorithm in ("maml", "pretrain"):
-            cfg = MetaConfig(algorithm=algorithm, k=k, horizon=M4_HORIZON,
-                             inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-                             meta_batch=args.meta_batch, meta_steps=args.meta_steps,
-                             meta_lr=args.meta_lr, cut_every=1, eval_every=50,
-                             patience=args.patience, seed=args.seed)  # fmt: skip
+            cfg = config(algorithm, k)
             t = time.perf_counter()
             models[algorithm] = meta_train(train_v, train_m, start_step, spec, cfg)
             fit_seconds[f"{algorithm} k={k}"] = round(time.perf_counter() - t, 1)

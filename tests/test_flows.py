@@ -2,6 +2,7 @@
 
 from datetime import date
 
+import polars as pl
 import pytest
 import sqlalchemy as sa
 
@@ -77,6 +78,9 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     for _, frame, stats in nights:
         assert frame.height == stats["points_scored"] > 300 * 20
         assert frame.get_column("flag").sum() == stats["flagged"]
+        assert frame.filter(~pl.col("flag")).get_column("severity").null_count() == (
+            frame.height - stats["flagged"]
+        )
     last = nights[-1][1].filter("flag").sort("series_id", "ts")
     assert last.select("series_id", "ts").equals(
         stored.sort("series_id", "ts").select("series_id", "ts")

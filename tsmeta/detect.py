@@ -35,6 +35,7 @@ BASIS = (
     "fallback",  # adaptation diverged on this support: the base forecast (seasonal naive / mean)
     "unscored",  # fewer than MIN_SUPPORT_POINTS observed support points: no forecast
 )
+_ADAPTED, _PARTIAL, _FALLBACK, _UNSCORED = range(len(BASIS))
 # a flagged point's severity by its tail probability p against the false-alarm rate a
 SEVERITY = ("minor", "major", "critical")  # p < a, p < a / 10, p < a / 100
 
@@ -64,7 +65,7 @@ class ScoredDay:
     @property
     def scored(self) -> np.ndarray:
         """(n,) False where the support had too few observations to forecast."""
-        return self.basis != BASIS.index("unscored")
+        return self.basis != _UNSCORED
 
     def basis_counts(self) -> dict[str, int]:
         counts = np.bincount(self.basis, minlength=len(BASIS))
@@ -144,9 +145,9 @@ def score_day(
             tail_out[sl] = np.where(obs, tail, np.nan)
             flag[sl] = obs & (tail < false_alarm_rate)
             support_points[sl] = n_support.numpy()
-            b = np.where(n_support.numpy() < cfg.k, 1, 0)
-            b = np.where(fell_back.numpy(), 2, b)
-            basis[sl] = np.where(ok_series.numpy(), b, 3)
+            b = np.where(n_support.numpy() < cfg.k, _PARTIAL, _ADAPTED)
+            b = np.where(fell_back.numpy(), _FALLBACK, b)
+            basis[sl] = np.where(ok_series.numpy(), b, _UNSCORED)
     return ScoredDay(
         series_ids=series_ids,
         cols=np.arange(t0, T),

@@ -107,6 +107,7 @@ def build_features(
     cols: torch.Tensor,
     start_step: int,
     cut: torch.Tensor | None = None,
+    lag: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Features for target columns of normalised series.
 
@@ -115,14 +116,17 @@ def build_features(
     ``cut`` (B,) is the forecast origin: the seasonal lag of a target at or after it is
     the most recent same-phase value before it (one period back on the first period of
     the horizon, two on the second, ...), so a horizon longer than a period never reads
-    a value it is forecasting. Returns (B, N, F).
+    a value it is forecasting. ``lag``: :func:`seasonal_lag` of the same columns when the
+    caller has it already. Returns (B, N, F).
     """
     phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
     k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype, device=vnorm.device)
     ang = phase[..., None] * k  # (B, N, H)
     parts = [torch.sin(ang), torch.cos(ang)]
     if spec.seasonal_lag:
-        lag_val, lag_obs = seasonal_lag(spec, vnorm, observed, cols, cut)
+        lag_val, lag_obs = (
+            lag if lag is not None else seasonal_lag(spec, vnorm, observed, cols, cut)
+        )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
 

@@ -320,7 +320,7 @@ def score_night(
             )
     counts = {cid: {"scored": 0, "points": 0, "flagged": 0, **dict.fromkeys(BASIS, 0)}
               for cid in sizes}  # fmt: skip
-    flagged: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}
+    frames: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}  # rows kept per cluster
 
     def collect(cid: str, day: object) -> None:
         if isinstance(day, BaseException):
@@ -329,7 +329,7 @@ def score_night(
         if cid in failed:
             return
         version = models[cid][0]
-        flagged[cid].append(_points_frame(day, night_start, settings.freq, cid, version,
+        frames[cid].append(_points_frame(day, night_start, settings.freq, cid, version,
                                           settings.false_alarm_rate, keep == "all"))  # fmt: skip
         c = counts[cid]
         c["scored"] += int(day.scored.sum())
@@ -342,7 +342,7 @@ def score_night(
         if cid not in failed:
             log.error("scoring cluster %s failed: %s", cid, exc)
             failed[cid] = f"{type(exc).__name__}: {exc}"
-            flagged[cid].clear()
+            frames[cid].clear()
 
     ray_scorer = None
     if settings.executor == "ray":  # one Ray task per batch; each model travels once
@@ -419,7 +419,7 @@ def score_night(
         else:
             stats["clusters"][cid] = {"series": n_series, **counts[cid],
                                       "model_version": models[cid][0]}  # fmt: skip
-    found = [f for cid in sorted(flagged) if cid not in failed for f in flagged[cid]]
+    found = [f for cid in sorted(frames) if cid not in failed for f in frames[cid]]
     out = pl.concat(found) if found else pl.DataFrame()
     clusters = stats["clusters"].values()
     stats.update(
@@ -495,7 +495,9 @@ def _points_frame(
         },  # fmt: skip
     ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
     if every_point:
-        frame = frame.with_columns(pl.Series("flag", day.flag[rows, hours]))
+        frame = frame.with_columns(pl.Series("flag", day.flag[rows, hours])).with_columns(
+            pl.when(pl.col("flag")).then(pl.col("severity")).alias("severity")  # flags only
+        )
     return frame
 
 

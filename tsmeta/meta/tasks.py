@@ -84,16 +84,17 @@ def make_batch(
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
     yq = torch.gather(vnorm, 1, q_safe) * q_in
-    base_s = base_q = None
-    if spec.relative_to_lag:
-        base_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)[0]
-        base_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)[0]
+    base_s = base_q = lag_s = lag_q = None
+    if spec.relative_to_lag:  # the lag is both a feature and the targets' base: compute once
+        lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
+        lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)
+        base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in
     return TaskBatch(
-        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0),
+        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_s),
         ys=ys,
         ms=ms,
-        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0),
+        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_q),
         yq=yq,
         mq=(torch.gather(obs, 1, q_safe) & q_in).to(v.dtype),
         loc=loc,
