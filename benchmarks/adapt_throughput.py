@@ -115,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--devices", nargs="+", choices=["cpu", "cuda"], default=None,
+        help="devices timed (default: the CPU, and CUDA when torch sees a GPU)",
+    )  # fmt: skip
+    ap.add_argument("--gpu-chunk", type=int, default=262_144, help="score_day chunk on CUDA")
     args = ap.parse_args(argv)
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     record("task construction", "cpu", args.series, sec)
     batch = make_batch(values, mask, rows, t0, spec, K, H, panel.start_step)
 
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+    for device in devices:
         measure_device(device, batch, params, args.loop_series, record)
 
     # the whole scoring step of a night, as the nightly job runs it per batch: features,
@@ -151,16 +157,19 @@ def main(argv: list[str] | None = None) -> int:
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
-    for relative in (False, True):
-        s = FeatureSpec(24, relative_to_lag=relative)
-        model = MetaModel(params, s, MetaConfig(k=K, horizon=H, inner_steps=STEPS, inner_lr=LR),
-                          TailModel(1.0, 5.0))  # fmt: skip
-        sec = timed(lambda m=model: score_day(v_np, m_np, ids, panel.start_step, m, 1e-3))
-        record("score_day" + (" (relative)" if relative else ""), "cpu", args.series, sec)
-
+    for device in devices:
+        chunk = 8192 if device == "cpu" else args.gpu_chunk
+        for relative in (False, True):
+            s = FeatureSpec(24, relative_to_lag=relative)
+            model = MetaModel(params, s, MetaConfig(k=K, horizon=H, inner_steps=STEPS, inner_lr=LR),
+                              TailModel(1.0, 5.0))  # fmt: skip
+            sec = timed(lambda m=model, d=device, c=chunk: score_day(
+                v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
+            record("score_day" + (" (relative)" if relative else ""), device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {STEPS} inner steps, MLP 40-40, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"torch threads {torch.get_num_threads()}"
+          + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))  # fmt: skip
     print(f"{'method':<20}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
     for r in rows_out:
         adapting = r["method"] != "task construction"

@@ -52,7 +52,11 @@ from tsmeta.meta.train import MetaConfig, MetaModel, calibrate, meta_train
 from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28
-METHODS = ("tsmeta", "unadapted init", "seasonal naive + robust z", "MSTL interval")
+# "tsmeta": the model as trained (tail and per-step scales fitted on held-out series);
+# the two "1024 tasks" rows recalibrate the same model on one larger sample of tasks from
+# the training window, with and without per-step scales (the calibration ablation)
+METHODS = ("tsmeta", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+           "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -69,6 +73,18 @@ def unadapted(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, 0, model.rates)
+    return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
+
+
+def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
+                 per_step: bool) -> MetaModel:  # fmt: skip
+    """The same model, its residual tail refitted on 1024 tasks drawn from the training
+    window, with or without per-step scales."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
+                         cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
+    tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step)
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -168,7 +184,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    models, raw = {}, {}
+    models, raw, flat, stepped = {}, {}, {}, {}
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative)
@@ -177,6 +193,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         )
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
+        flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
+        stepped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, True)
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -190,7 +208,9 @@ def run_synthetic(args: argparse.Namespace) -> dict:
             sl = slice(t0 - train, t0 - train + 24)
             for p, rows in groups.items():
                 model = models.get(p, models[24])
-                for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24]))):
+                for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
+                                ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
+                                ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24]))):  # fmt: skip
                     t = time.perf_counter()
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
                                                           t0, start_step, rate)  # fmt: skip
@@ -265,6 +285,8 @@ def run_m4(args: argparse.Namespace) -> dict:
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
+    one_tail = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, False)
+    per_step = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True)
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -288,7 +310,9 @@ def run_m4(args: argparse.Namespace) -> dict:
     out = {}
     for label, vals in (("injected", injected), ("clean", values)):
         scores = {}
-        for name, m in (("tsmeta", model), ("unadapted init", raw)):
+        for name, m in (("tsmeta", model), ("unadapted init", raw),
+                        ("tsmeta, 1024 tasks, one tail", one_tail),
+                        ("tsmeta, 1024 tasks, per step", per_step)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)
@@ -301,17 +325,17 @@ def run_m4(args: argparse.Namespace) -> dict:
 def print_table(title: str, res: dict, rates: dict, rate: float) -> None:
     print(f"\n{title}")
     print(
-        f"{'method':<28} {'precision':>9} {'recall':>7} {'F1':>6} {'PR-AUC':>7} {'clean rate':>11}"
+        f"{'method':<32} {'precision':>9} {'recall':>7} {'F1':>6} {'PR-AUC':>7} {'clean rate':>11}"
     )
     for name, r in res.items():
-        print(f"{name:<28} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
+        print(f"{name:<32} {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
               f"{r['pr_auc']:7.3f} {rates.get(name, float('nan')):11.2e}")  # fmt: skip
     kinds = sorted({k for r in res.values() for k in r["per_kind"]})
     print(f"per kind, recall / PR-AUC (configured false-alarm rate {rate:g}):")
-    print(f"{'method':<28} " + " ".join(f"{k:>17}" for k in kinds))
+    print(f"{'method':<32} " + " ".join(f"{k:>17}" for k in kinds))
     for name, r in res.items():
         cells = [r["per_kind"].get(k) for k in kinds]
-        print(f"{name:<28} " + " ".join(
+        print(f"{name:<32} " + " ".join(
             f"{c['recall']:8.3f}/{c['pr_auc']:<8.3f}" if c else f"{'-':>17}" for c in cells))  # fmt: skip
 
 

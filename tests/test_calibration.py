@@ -39,3 +39,43 @@ def test_threshold_consistent_with_tail():
 def test_fit_tail_degenerate_inputs():
     assert fit_tail(np.array([1.0, 2.0])).dof == math.inf  # too few values
     assert np.isfinite(fit_tail(np.zeros(100)).scale)
+
+
+@pytest.mark.parametrize("dof", [1.5, 4.0, 30.0, math.inf])
+def test_torch_tail_equals_the_numpy_tail(dof):
+    import torch
+
+    tail = TailModel(1.3, dof)
+    z = np.concatenate([np.linspace(0, 60, 5001), np.geomspace(60, 1e7, 500), [np.nan]])
+    ref = two_sided_tail(z, tail)
+    got = two_sided_tail(torch.as_tensor(z, dtype=torch.float32), tail)
+    assert got.dtype == torch.float64
+    # float32 z: the torch path divides in float64, numpy in float32 (float32 rounding apart)
+    np.testing.assert_allclose(got.numpy(), two_sided_tail(z.astype(np.float32), tail), rtol=1e-3)
+    np.testing.assert_allclose(two_sided_tail(torch.as_tensor(z), tail).numpy(), ref, rtol=1e-9)
+    assert np.isnan(got[-1].item())
+
+
+def test_per_step_scale_recovers_errors_growing_with_the_horizon():
+    from tsmeta.calibration import fit_step_scale
+
+    rng = np.random.default_rng(3)
+    growth = np.linspace(0.5, 2.0, 24)
+    z = np.abs(rng.standard_normal((4000, 24)) * growth)
+    observed = rng.random(z.shape) > 0.1
+    steps = np.asarray(fit_step_scale(z, observed))
+    np.testing.assert_allclose(steps / steps.mean(), growth / growth.mean(), rtol=0.08)
+    # too few points at a step: 1; nothing observed: None
+    sparse = observed.copy()
+    sparse[:, 5] = False
+    assert fit_step_scale(z, sparse)[5] == 1.0
+    assert fit_step_scale(z, np.zeros_like(observed)) is None
+    # a tail fitted per step is lighter than one fitted to the mixture of scales
+    mixed = fit_tail(z[observed])
+    per_step = fit_tail((z / steps)[observed])
+    assert per_step.dof > mixed.dof
+    tail = TailModel(per_step.scale, per_step.dof, tuple(steps))
+    assert TailModel.from_dict(tail.to_dict()) == tail
+    assert TailModel.from_dict({"scale": 1.0, "dof": None}).steps(24).tolist() == [1.0] * 24
+    with pytest.raises(ValueError, match="calibrated for 24 forecast steps, not 48"):
+        tail.steps(48)

@@ -1,5 +1,8 @@
+import math
+
 import numpy as np
 import pytest
+import torch
 
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
@@ -72,7 +75,9 @@ def test_series_with_too_few_support_points_are_reported_unscored(trained):
     assert list(day.scored) == [False, False, True]
     assert not day.flag[:2].any() and np.isnan(day.score[:2]).all()
     assert [BASIS[b] for b in day.basis] == ["unscored", "unscored", "adapted"]
-    assert day.basis_counts() == {"adapted": 1, "partial": 0, "fallback": 0, "unscored": 2}
+    assert day.basis_counts() == {
+        "adapted": 1, "partial": 0, "fallback": 0, "unscored": 2, "constant": 0
+    }  # fmt: skip
 
 
 def test_cold_start_adapts_from_the_points_it_has_and_says_so(trained):
@@ -131,3 +136,67 @@ def test_bad_arguments(trained):
         score_day(values[:, -30:], mask[:, -30:], ids, start, model, 1e-3)
     with pytest.raises(ValueError, match="false_alarm_rate"):
         score_day(values, mask, ids, start, model, 0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU worker)")
+def test_scoring_on_cuda_equals_the_cpu(trained):
+    values, mask, ids, start, model = trained
+    # a cold-start series and a gap, so every basis path runs on the device too
+    mask = mask.copy()
+    mask[0, : mask.shape[1] - 30] = False
+    mask[1, -30:-27] = False
+    cpu = score_day(values, mask, ids, start, model, 1e-3, chunk_series=64)
+    gpu = score_day(values, mask, ids, start, model, 1e-3, chunk_series=64, device="cuda")
+    scale = np.nanmax(np.abs(cpu.forecast))
+    np.testing.assert_allclose(gpu.forecast, cpu.forecast, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(gpu.upper, cpu.upper, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_array_equal(gpu.basis, cpu.basis)
+    np.testing.assert_array_equal(gpu.support_points, cpu.support_points)
+    # flags may differ only where a tail sits on the threshold within float32 rounding
+    assert (gpu.flag != cpu.flag).sum() <= 2
+
+
+def test_asking_for_cuda_without_a_gpu_names_the_fix(monkeypatch):
+    from tsmeta.config import Settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="TSMETA_DEVICE=auto"):
+        Settings(device="cuda").torch_device()
+    assert Settings(device="auto").torch_device() == "cpu"
+
+
+def test_series_with_fewer_support_points_use_the_partial_tail(trained):
+    from dataclasses import replace
+
+    from tsmeta.calibration import TailModel
+    from tsmeta.meta.train import MetaModel
+
+    values, mask, ids, start, model = trained
+    assert model.partial_calibration is not None  # fitted at training (tasks with gaps)
+    again = MetaModel.from_state(model.state())
+    assert again.partial_calibration == model.partial_calibration
+    mask = mask.copy()
+    mask[0, -24 - 10 : -24] = False  # 14 of 24 support points: basis partial
+    wide = replace(model, partial_calibration=TailModel(model.calibration.scale * 10, math.inf))
+    narrow = replace(model, partial_calibration=None)  # older models: the full-support tail
+    a = score_day(values[:3], mask[:3], ids[:3], start, wide, 1e-3)
+    b = score_day(values[:3], mask[:3], ids[:3], start, narrow, 1e-3)
+    assert BASIS[a.basis[0]] == "partial" and BASIS[a.basis[1]] == "adapted"
+    np.testing.assert_allclose(a.forecast, b.forecast)
+    assert ((a.upper - a.lower)[0] > 3 * (b.upper - b.lower)[0]).all()  # partial: its own tail
+    np.testing.assert_allclose((a.upper - a.lower)[1:], (b.upper - b.lower)[1:])  # full: unchanged
+
+
+def test_a_constant_support_after_a_varying_period_is_not_scored(trained):
+    """A stuck sensor: the night after a flatline must not be flagged throughout."""
+    values, mask, ids, start, model = trained
+    v = values[:3].copy()
+    v[0, -48:-26] = v[0, -49]  # 22 of the 24 support points stuck at one value
+    v[1, :] = 42.0  # constant throughout: scored as usual
+    v[1, -5] = 80.0  # ... and its spike is flagged
+    day = score_day(v, mask[:3], ids[:3], start, model, 1e-3)
+    # (a constant series' forecast is its mean: adaptation gains nothing, basis fallback)
+    assert [BASIS[b] for b in day.basis] == ["constant", "fallback", "adapted"]
+    assert not day.flag[0].any() and np.isnan(day.tail[0]).all() and not day.scored[0]
+    assert day.flag[1, -5] and day.flag[1].sum() == 1
+    assert day.basis_counts()["constant"] == 1

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["TailModel", "fit_tail", "two_sided_tail", "t_sf"]
+__all__ = ["TailModel", "fit_tail", "fit_step_scale", "two_sided_tail", "t_sf"]
 
 DOF_GRID = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
 _X = np.concatenate([np.linspace(0.0, 50.0, 50001), np.geomspace(50.0, 1e6, 20001)[1:]])
@@ -57,17 +57,58 @@ def _t_ppf(q: float, dof: float) -> float:
 class TailModel:
     scale: float  # |z| / scale is standard-t distributed
     dof: float  # math.inf means normal
+    # per forecast step h: the residual scale at h relative to the typical one (errors grow
+    # with the horizon); z at step h is divided by it before the tail applies. None: flat.
+    step_scale: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "dof": None if math.isinf(self.dof) else self.dof}
+        return {
+            "scale": self.scale,
+            "dof": None if math.isinf(self.dof) else self.dof,
+            "step_scale": None if self.step_scale is None else list(self.step_scale),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> TailModel:
-        return cls(float(d["scale"]), math.inf if d.get("dof") is None else float(d["dof"]))
+        steps = d.get("step_scale")
+        return cls(
+            float(d["scale"]),
+            math.inf if d.get("dof") is None else float(d["dof"]),
+            None if steps is None else tuple(float(x) for x in steps),
+        )
+
+    def steps(self, horizon: int) -> np.ndarray:
+        """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
+        if self.step_scale is None:
+            return np.ones(horizon)
+        if len(self.step_scale) != horizon:
+            raise ValueError(
+                f"the tail model was calibrated for {len(self.step_scale)} forecast steps, "
+                f"not {horizon}; retrain the cluster's model with this horizon"
+            )
+        return np.asarray(self.step_scale, dtype=np.float64)
 
     def threshold(self, false_alarm_rate: float) -> float:
         """|z| above which a point's two-sided tail probability is below the rate."""
         return self.scale * _t_ppf(1 - false_alarm_rate / 2, self.dof)
+
+
+def fit_step_scale(
+    abs_z: np.ndarray, observed: np.ndarray, min_points: int = 50, clip: float = 4.0
+) -> tuple[float, ...] | None:
+    """Per-step residual scale from held-out |z| (n, H) and its mask: the median at each
+    step over the median of all, clipped to [1/clip, clip]; steps with fewer than
+    ``min_points`` observations get 1. None when there is too little data to say."""
+    z = np.where(observed, np.asarray(abs_z, dtype=np.float64), np.nan)
+    z[~np.isfinite(z)] = np.nan
+    overall = np.nanmedian(z) if np.isfinite(z).any() else np.nan
+    if not np.isfinite(overall) or overall <= 0:
+        return None
+    counts = np.isfinite(z).sum(0)
+    with np.errstate(all="ignore"):
+        per_step = np.nanmedian(np.where(counts[None, :] > 0, z, 0.0), axis=0) / overall
+    per_step = np.where(counts >= min_points, per_step, 1.0)
+    return tuple(float(x) for x in np.clip(per_step, 1.0 / clip, clip))
 
 
 def fit_tail(abs_z: np.ndarray) -> TailModel:
@@ -85,6 +126,45 @@ def fit_tail(abs_z: np.ndarray) -> TailModel:
     return TailModel(float(q50 / _t_ppf(0.75, best)), best)
 
 
-def two_sided_tail(abs_z: np.ndarray, tail: TailModel) -> np.ndarray:
-    """P(|T| > |z| / scale): 1 minus the anomaly score."""
+def two_sided_tail(abs_z, tail: TailModel):  # noqa: ANN001, ANN201 - ndarray or Tensor
+    """P(|T| > |z| / scale): 1 minus the anomaly score.
+
+    A numpy array gives a numpy array; a torch tensor gives a float64 tensor on its device
+    (the same interpolation of the same table, so nightly scoring on a GPU never brings the
+    z-scores back to the host to score them).
+    """
+    import torch
+
+    if isinstance(abs_z, torch.Tensor):
+        return _two_sided_tail_torch(abs_z, tail)
     return np.minimum(1.0, 2.0 * t_sf(np.asarray(abs_z) / tail.scale, tail.dof))
+
+
+_TORCH_TABLES: dict = {}
+
+
+def _torch_table(dof: float, device):  # noqa: ANN001, ANN202
+    import torch
+
+    key = (dof, str(device))
+    if key not in _TORCH_TABLES:
+        # np.interp between two -inf knots gives -inf; a finite floor keeps the torch lerp
+        # from producing -inf - -inf = NaN there (exp of either is 0)
+        log_sf = np.maximum(_sf_table(dof), -1e4)
+        _TORCH_TABLES[key] = (
+            torch.as_tensor(_X, dtype=torch.float64, device=device),
+            torch.as_tensor(log_sf, dtype=torch.float64, device=device),
+        )
+    return _TORCH_TABLES[key]
+
+
+def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
+    import torch
+
+    x, log_sf = _torch_table(tail.dof, abs_z.device)
+    q = abs_z.to(torch.float64).abs() / tail.scale
+    hi = torch.searchsorted(x, q).clamp_(1, len(x) - 1)
+    x0, x1 = x[hi - 1], x[hi]
+    w = ((q - x0) / (x1 - x0)).clamp_(0.0, 1.0)
+    y0 = log_sf[hi - 1]
+    return (2.0 * torch.exp(y0 + w * (log_sf[hi] - y0))).clamp_(max=1.0)

@@ -34,8 +34,14 @@ BASIS = (
     "partial",  # cold start / gaps: adapted from fewer than K (but >= MIN_SUPPORT_POINTS) points
     "fallback",  # adaptation diverged on this support: the base forecast (seasonal naive / mean)
     "unscored",  # fewer than MIN_SUPPORT_POINTS observed support points: no forecast
+    # the K support points are (near-)constant although the period before them was not (a
+    # stuck sensor, an outage filled with a constant): a forecast adapted to them says
+    # nothing about a normal night, so the night is not scored (the flatline itself was
+    # scored, and flagged, on the nights it began)
+    "constant",
 )
-_ADAPTED, _PARTIAL, _FALLBACK, _UNSCORED = range(len(BASIS))
+_ADAPTED, _PARTIAL, _FALLBACK, _UNSCORED, _CONSTANT = range(len(BASIS))
+STUCK_SHARE = 0.75  # support points at one value (the previous period varying): constant
 # a flagged point's severity by its tail probability p against the false-alarm rate a
 SEVERITY = ("minor", "major", "critical")  # p < a, p < a / 10, p < a / 100
 
@@ -64,8 +70,8 @@ class ScoredDay:
 
     @property
     def scored(self) -> np.ndarray:
-        """(n,) False where the support had too few observations to forecast."""
-        return self.basis != _UNSCORED
+        """(n,) False where the support could not be forecast from (too few points, constant)."""
+        return (self.basis != _UNSCORED) & (self.basis != _CONSTANT)
 
     def basis_counts(self) -> dict[str, int]:
         counts = np.bincount(self.basis, minlength=len(BASIS))
@@ -89,13 +95,16 @@ def score_day(
     model: MetaModel,
     false_alarm_rate: float,
     chunk_series: int = 8192,
+    device: str | torch.device = "cpu",
 ) -> ScoredDay:
     """Score the last ``model.config.horizon`` columns of a window of many series.
 
     values (n, T) float (NaN where unobserved), mask (n, T) bool. The window must hold K
     points (plus one period for the seasonal lag) before the scored day. Every series
     gets a ``basis`` saying how its forecast was made (see ``BASIS``); missing points in
-    the scored day are left unscored (NaN), never flagged.
+    the scored day are left unscored (NaN), never flagged. ``device``: where the features,
+    adaptation and residual scales are computed, one chunk at a time (``"cuda"`` on a GPU
+    worker); the tail probabilities and the returned arrays are float64/float32 on the host.
     """
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), received {false_alarm_rate}")
@@ -109,7 +118,9 @@ def score_day(
             f"window of {T} steps is too short: scoring {H} steps with K={cfg.k} and a seasonal "
             f"lag of {spec.period} needs {need + H}; read more history"
         )
-    z_alpha = model.calibration.threshold(false_alarm_rate)
+    full_tail = model.calibration
+    part_tail = model.partial_calibration or full_tail  # fewer than K support points
+    z_alpha = (full_tail.threshold(false_alarm_rate), part_tail.threshold(false_alarm_rate))
     out = {
         k: np.empty((n, H), dtype=np.float32) for k in ("forecast", "lower", "upper", "residual")
     }
@@ -117,37 +128,53 @@ def score_day(
     flag = np.zeros((n, H), dtype=bool)
     support_points = np.zeros(n, dtype=np.int32)
     basis = np.zeros(n, dtype=np.int8)
-    vals_t = torch.as_tensor(values, dtype=torch.float32)
-    mask_t = torch.as_tensor(mask, dtype=torch.bool)
-    forecaster = Adapted.from_model(model)
+    dev = torch.device(device)
+    vals_all = torch.as_tensor(values, dtype=torch.float32)
+    mask_all = torch.as_tensor(mask, dtype=torch.bool)
+    forecaster = Adapted.from_model(model).to(dev)
+    # residual scale per forecast step, of each tail
+    steps = [torch.as_tensor(t.steps(H), dtype=torch.float32, device=dev)[None, :]
+             for t in (full_tail, part_tail)]  # fmt: skip
     with torch.no_grad():
         for first in range(0, n, chunk_series):
-            rows = torch.arange(first, min(n, first + chunk_series))
-            cut = torch.full((len(rows),), t0, dtype=torch.long)
+            sl = slice(first, min(n, first + chunk_series))
+            vals_t = vals_all[sl].to(dev, non_blocking=True)
+            mask_t = mask_all[sl].to(dev, non_blocking=True)
+            rows = torch.arange(vals_t.shape[0], device=dev)
+            cut = torch.full((len(rows),), t0, dtype=torch.long, device=dev)
             batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, start_step)
             pred_s, pred_q, fell_back = forecaster.predict_guarded(batch)  # normalised
             sigma = robust_sigma(pred_s - batch.ys, batch.ms)  # (B,) normalised units
-            scale = batch.scale[:, None]
-            forecast = batch.forecast(pred_q)
-            half = scale * sigma[:, None] * z_alpha
-            actual = vals_t[rows, t0:]
-            resid = actual - forecast
-            z = (resid.abs() / (scale * sigma[:, None])).double().numpy()
-            tail = two_sided_tail(z, model.calibration)
             n_support = batch.ms.sum(1).to(torch.int32)
-            ok_series = n_support >= MIN_SUPPORT_POINTS
-            obs = (mask_t[rows, t0:] & ok_series[:, None]).numpy()
-            sl = slice(first, first + len(rows))
-            out["forecast"][sl] = forecast.numpy()
-            out["lower"][sl] = (forecast - half).numpy()
-            out["upper"][sl] = (forecast + half).numpy()
-            out["residual"][sl] = np.where(obs, resid.numpy(), np.nan)
-            tail_out[sl] = np.where(obs, tail, np.nan)
-            flag[sl] = obs & (tail < false_alarm_rate)
-            support_points[sl] = n_support.numpy()
-            b = np.where(n_support.numpy() < cfg.k, _PARTIAL, _ADAPTED)
-            b = np.where(fell_back.numpy(), _FALLBACK, b)
-            basis[sl] = np.where(ok_series.numpy(), b, _UNSCORED)
+            flat = _constant_support(
+                vals_t, mask_t, t0, cfg.k, spec.period if spec.seasonal_lag else 0
+            )
+            ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
+            partial = (n_support < cfg.k)[:, None]
+            base_unit = batch.scale[:, None] * sigma[:, None]
+            unit = base_unit * torch.where(partial, steps[1], steps[0])
+            forecast = batch.forecast(pred_q)
+            half = unit * torch.where(partial, z_alpha[1], z_alpha[0])
+            resid = vals_t[:, t0:] - forecast
+            obs = mask_t[:, t0:] & ok_series[:, None]
+            z = resid.abs() / unit
+            tail = two_sided_tail(z, full_tail)  # float64, on device
+            if part_tail is not full_tail and bool(partial.any()):
+                tail = torch.where(partial, two_sided_tail(z, part_tail), tail)
+            tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
+            b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
+            b = torch.where(fell_back, _FALLBACK, b)
+            b = torch.where(n_support >= MIN_SUPPORT_POINTS, b, _UNSCORED)
+            b = torch.where(flat & (n_support >= MIN_SUPPORT_POINTS), _CONSTANT, b)
+            # everything is computed where the chunk lives; one transfer per output array
+            out["forecast"][sl] = forecast.cpu().numpy()
+            out["lower"][sl] = (forecast - half).cpu().numpy()
+            out["upper"][sl] = (forecast + half).cpu().numpy()
+            out["residual"][sl] = torch.where(obs, resid, float("nan")).cpu().numpy()
+            tail_out[sl] = tail.cpu().numpy()
+            flag[sl] = (obs & (tail < false_alarm_rate)).cpu().numpy()
+            support_points[sl] = n_support.cpu().numpy()
+            basis[sl] = b.cpu().numpy()
     return ScoredDay(
         series_ids=series_ids,
         cols=np.arange(t0, T),
@@ -159,3 +186,39 @@ def score_day(
         basis=basis,
         **out,
     )
+
+
+def _masked_std(v: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row std and count of the observed values of v (B, N)."""
+    w = m.to(v.dtype)
+    cnt = w.sum(1)
+    x = torch.nan_to_num(v) * w
+    mean = x.sum(1) / cnt.clamp_min(1.0)
+    var = (((torch.nan_to_num(v) - mean[:, None]) * w) ** 2).sum(1) / cnt.clamp_min(1.0)
+    return var.sqrt(), cnt
+
+
+def _stuck_share(v: torch.Tensor, m: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+    """(B,) share of the observed points of v (B, N) within ``tol`` (B,) of their median."""
+    x = torch.where(m, v, torch.full((), float("nan"), dtype=v.dtype))
+    med = torch.nanmedian(x, dim=1).values
+    near = ((x - med[:, None]).abs() <= tol[:, None]) & m
+    return near.sum(1) / m.sum(1).clamp_min(1)
+
+
+def _constant_support(
+    values: torch.Tensor, mask: torch.Tensor, t0: int, k: int, before: int
+) -> torch.Tensor:
+    """(B,) bool: at least ``STUCK_SHARE`` of the K points before ``t0`` sit at one value
+    (a stuck sensor, an outage filled with a constant) while the ``before`` points
+    preceding them varied. Series that are constant (or step-like) throughout never are."""
+    if before <= 0 or t0 - k - before < 0:
+        return torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
+    sv, sm = values[:, t0 - k : t0], mask[:, t0 - k : t0]
+    ev, em = values[:, t0 - k - before : t0 - k], mask[:, t0 - k - before : t0 - k]
+    ear_std, ear_n = _masked_std(ev, em)
+    tol = 1e-3 * ear_std
+    return (
+        (sm.sum(1) >= MIN_SUPPORT_POINTS) & (ear_n >= MIN_SUPPORT_POINTS) & (ear_std > 0)
+        & (_stuck_share(sv, sm, tol) >= STUCK_SHARE) & (_stuck_share(ev, em, tol) < 0.5)
+    )  # fmt: skip

@@ -131,13 +131,14 @@ def _score_one(
     start_step: int,
     false_alarm_rate: float,
     chunk_series: int,
+    device: str = "cpu",
 ):  # noqa: ANN202
     """Runs in a Ray worker: score one chunk of series (see ``tsmeta.detect.score_day``)."""
     from tsmeta.detect import score_day
     from tsmeta.meta.train import MetaModel
 
     return score_day(values, mask, ids, start_step, MetaModel.from_state(model_state),
-                     false_alarm_rate, chunk_series)  # fmt: skip
+                     false_alarm_rate, chunk_series, device)  # fmt: skip
 
 
 class RayScorer:
@@ -147,6 +148,9 @@ class RayScorer:
     submission order as (key, batch, ScoredDay or the exception that task raised), so
     one cluster's failure is reported without stopping the others. Worker crashes are
     retried by Ray.
+
+    ``device``: ``"cuda"`` asks Ray for GPU workers (a quarter of a GPU per task, so a few
+    chunks overlap their transfers); ``"auto"`` does so when the cluster has GPUs.
     """
 
     def __init__(
@@ -155,16 +159,27 @@ class RayScorer:
         false_alarm_rate: float,
         chunk_series: int,
         in_flight: int | None = None,
+        device: str = "cpu",
     ) -> None:
         import ray
 
         ensure_ray(address)
         self._ray = ray
-        self.limit = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        resources = ray.cluster_resources()
+        if device == "auto":
+            device = "cuda" if resources.get("GPU", 0) > 0 else "cpu"
+        if device == "cuda" and resources.get("GPU", 0) <= 0:
+            raise ValueError(
+                "TSMETA_DEVICE=cuda but the Ray cluster has no GPU: "
+                "set TSMETA_DEVICE=auto (or cpu), or add GPU workers"
+            )
+        self.device = device
+        self.limit = in_flight or 2 * max(1, int(resources.get("CPU", 1)))
+        gpus = {"num_gpus": 0.25} if device == "cuda" else {}
         self.remote = ray.remote(max_retries=2, retry_exceptions=False)(_score_one).options(
-            num_cpus=1
+            num_cpus=1, **gpus
         )
-        self.args = (false_alarm_rate, chunk_series)
+        self.args = (false_alarm_rate, chunk_series, device)
         self.models: dict[str, object] = {}
         self.pending: deque = deque()
 

@@ -48,6 +48,14 @@ class Adapted:
             model.params, model.rates, steps, name or f"{model.config.algorithm}-{steps}step"
         )
 
+    def to(self, device: torch.device | str) -> Adapted:
+        """The same forecaster with its parameters (and learned rates) on ``device``."""
+        rates = self.rates
+        if isinstance(rates, dict):
+            rates = {k: v.to(device) for k, v in rates.items()}
+        params = {k: v.to(device) for k, v in self.params.items()}
+        return Adapted(params, rates, self.steps, self.name)
+
     def predict(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         ps, pq, _ = self.predict_guarded(batch)
         return ps, pq
@@ -63,7 +71,7 @@ class Adapted:
         with torch.no_grad():
             if self.steps == 0:
                 ps, pq = mlp(self.params, batch.xs), mlp(self.params, batch.xq)
-                return ps, pq, torch.zeros(len(batch), dtype=torch.bool)
+                return ps, pq, torch.zeros(len(batch), dtype=torch.bool, device=ps.device)
             ps, pq = adapt_predict(
                 self.params, batch.xs, batch.ys, batch.ms, batch.xq, self.steps, self.rates
             )

@@ -87,12 +87,16 @@ def predict(weights: BatchedMLP, x: torch.Tensor) -> torch.Tensor:
 
 def adapt_predict(
     params: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, xq: torch.Tensor,
-    steps: int, lr: Rates, chunk: int = ADAPT_CHUNK,
+    steps: int, lr: Rates, chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Adapt every series and predict its support and query points, in cache-sized chunks.
 
+    ``chunk`` defaults to ``ADAPT_CHUNK`` on the CPU (the weights stay in cache) and to the
+    whole batch on a GPU (fewer, larger kernels: launches dominate small chunks there).
     Returns (support predictions (B, K), query predictions (B, N)).
     """
+    if chunk is None:
+        chunk = ADAPT_CHUNK if xs.device.type == "cpu" else max(1, xs.shape[0])
     out_s, out_q = [], []
     for first in range(0, xs.shape[0], chunk):
         sl = slice(first, first + chunk)

@@ -7,7 +7,7 @@ it is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -38,6 +38,11 @@ class TaskBatch:
 
     def __len__(self) -> int:
         return self.xs.shape[0]
+
+    def select(self, rows: torch.Tensor) -> TaskBatch:
+        """The tasks ``rows`` (an index or boolean mask over the batch)."""
+        return TaskBatch(*(None if v is None else v[rows] for v in
+                           (getattr(self, f.name) for f in fields(self))))  # fmt: skip
 
     def forecast(self, pred_q: torch.Tensor) -> torch.Tensor:
         """Query predictions (target space) in the series' raw units."""
