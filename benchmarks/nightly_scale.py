@@ -82,7 +82,7 @@ def child(args: argparse.Namespace) -> int:
         frame, stats = jobs.score_night(settings, night, "bench")
         scored = time.perf_counter()
         written = jobs.write_night(settings, frame, night, "bench", stats["scored_clusters"])
-        out = {"series": stats["series_scored"], "points": stats["points_scored"],
+        out = {"series": stats["series"], "scored": stats["series_scored"], "points": stats["points_scored"],
                "flagged": stats["flagged"], "written": written,
                "read_wait_s": stats["read_wait_seconds"],
                "read_adapt_score_s": round(scored - t, 1),

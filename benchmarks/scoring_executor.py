@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 frame, stats = jobs.score_night(settings, night, "bench")
                 best = min(best, time.perf_counter() - t)
-            rows.append({"executor": executor, "series": stats["series_scored"], "seconds": round(best, 2),
-                         "series_per_s": round(stats["series_scored"] / best), "flagged": frame.height})  # fmt: skip
+            rows.append({"executor": executor, "series": stats["series"], "seconds": round(best, 2),
+                         "series_per_s": round(stats["series"] / best), "flagged": frame.height})  # fmt: skip
     print(f"nightly scoring of one day (read window, adapt, score), best of {args.repeat}:")
     print(f"{'executor':<10}{'series':>10}{'seconds':>10}{'series/s':>12}{'flagged':>10}")
     for r in rows:

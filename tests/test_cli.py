@@ -72,6 +72,93 @@ def test_demo_runs_the_whole_path(tmp_path, capsys, prefect_harness, ray_local):
     )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"]
+    _plot_report_evaluate(tmp_path / "demo", rows[0]["series_id"], capsys)
+
+
+def _plot_report_evaluate(data_dir, top_series, capsys):
+    """plot, report and evaluate on the demo's state (run from the demo test: one training)."""
+    import base64
+    import re
+
+    dd = ["--data-dir", str(data_dir)]
+    # the demo wrote the night's report; `report` rewrites it, idempotently
+    night = "2026-11-29"
+    demo_report = data_dir / "reports" / f"report-{night}.html"
+    assert demo_report.is_file()
+    out = data_dir / "r.html"
+    assert main(["report", *dd, "--date", night, "--top", "3", "--out", str(out)]) == 0
+    assert "3 series plotted" in capsys.readouterr().out
+    page = out.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    for needle in ("Per cluster", "model version", "Top anomalies", top_series, "its band"):
+        assert needle in page
+    assert "<script" not in page  # self-contained and static
+
+    png = data_dir / "one.png"
+    assert main(["plot", top_series, *dd, "--date", night, "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    capsys.readouterr()
+
+    assert main(["--progress", "evaluate", *dd, "--start", night, "--end", night,
+                 "--json", str(data_dir / "ev.json")]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "labelled anomalies: precision" in captured.out
+    assert "evaluate:" in captured.err and "series/s" in captured.err  # progress bars
+    card = json.loads((data_dir / "ev.json").read_text())
+    assert card["clusters"][-1]["cluster"] == "all" and card["clusters"][-1]["points"] > 0
+    assert 0 <= card["detection"]["precision"] <= 1
+
+    # bad arguments: one line, exit 2
+    for argv, needle in (
+        (["plot", "no-such-series", *dd, "--date", night], "unknown series id 'no-such-series'"),
+        (["plot", top_series, *dd, "--date", "2020-01-01"], "no data for 2020-01-01"),
+        (["report", *dd, "--date", "2026-11-02"], "no finished nightly run for 2026-11-02"),
+        (["evaluate", *dd, "--start", night, "--end", "2026-11-28"], "empty date range"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
+def test_unreachable_database_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TSMETA_DATABASE_URL", "postgresql+psycopg://tsmeta:secret@127.0.0.1:9/none")
+    assert main(["anomalies", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "cannot reach postgresql+psycopg://tsmeta:***@127.0.0.1:9/none" in err
+    )
+    assert "secret" not in err and "TSMETA_DATABASE_URL" in err
+
+
+def test_plot_draws_the_band_and_each_flag_by_direction():
+    from datetime import date
+
+    import numpy as np
+    import polars as pl
+    from matplotlib.collections import PathCollection, PolyCollection
+
+    from tsmeta.explain import SeriesNight
+    from tsmeta.report import draw
+
+    ts = np.datetime64("2026-11-20T00:00", "us") + np.arange(48) * np.timedelta64(3600, "s")
+    value = np.sin(np.arange(48) / 4.0)
+    flags = pl.DataFrame({"ts": ts[[30, 31, 40]], "value": value[[30, 31, 40]],
+                          "direction": ["up", "up", "down"]}).with_columns(
+        pl.col("ts").dt.replace_time_zone("UTC"))  # fmt: skip
+    view = SeriesNight("s1", "p24-0", 3, date(2026, 11, 21), ts, value, ts[24:], value[24:],
+                       value[24:] - 0.2, value[24:] + 0.2, np.full(24, 0.5), "adapted", flags,
+                       "stored")  # fmt: skip
+    fig = draw(view)
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    marks = {
+        c.get_label(): len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)
+    }
+    assert len(bands) == 1
+    assert marks == {"flagged up (2)": 2, "flagged down (1)": 1}
+    assert "s1" in ax.get_title(loc="left") and "model v3" in ax.get_title(loc="left")
 
 
 HOSTILE = [
@@ -189,3 +276,55 @@ def test_hostile_filter_values_are_data(stored, capsys, hostile):
 def test_anomalies_bad_filters(stored, capsys, argv, needle):
     assert main(["anomalies", "--data-dir", str(stored), *argv]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_ingest_validates_and_partitions_idempotently(tmp_path, capsys):
+    import polars as pl
+
+    from tsmeta.data.io import dataset_dates, read_window
+
+    csv = tmp_path / "metrics.csv"
+    lines = ["series_id,ts,value"] + [
+        f"host-{s},2026-11-{1 + h // 24:02d}T{h % 24:02d}:00:00,{s * 10 + h % 24}"
+        for s in range(3)
+        for h in range(72)
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    dd = ["--data-dir", str(tmp_path / "state")]
+    for _ in range(2):  # re-ingesting the same file replaces its part, never duplicates
+        assert main(["ingest", str(csv), *dd]) == 0
+        assert "ingested 216 points of 3 series" in capsys.readouterr().out
+    ds = tmp_path / "state" / "dataset"
+    assert [str(d) for d in dataset_dates(ds)] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    frame = read_window(ds, "2026-11-01", "2026-11-04")
+    assert (
+        frame.height == 216 and frame.filter(pl.col("series_id") == "host-2")["value"].max() == 43
+    )
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,ts,value\nx,2026-11-01T00:00:00,1\n")
+    off_grid = tmp_path / "off.csv"
+    off_grid.write_text("series_id,ts,value\nx,2026-11-01T00:30:00,1\n")
+    for argv, needle in (
+        (["ingest", str(bad), *dd], "series_id"),
+        (["ingest", str(off_grid), *dd], "grid"),
+        (["ingest", str(tmp_path / "metrics.txt"), *dd], "does not exist"),
+        (["ingest", str(csv.with_suffix(".json")), *dd], "does not exist"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    txt = tmp_path / "m.txt"
+    txt.write_text("x")
+    assert main(["ingest", str(txt), *dd]) == 2
+    assert "give a .csv or .parquet file" in capsys.readouterr().err
+
+
+def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    argv = ["evaluate", "--benchmark", "throughput", "--", "--series", "256", "--loop-series", "4",
+            "--devices", "cpu", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "score_day" in capsys.readouterr().out
+    assert {r["method"] for r in json.loads(out.read_text())["rows"]} >= {"score_day"}
+    assert main(["evaluate", "--benchmark", "throughput", "--", "--no-such-option"]) == 2

@@ -5,6 +5,7 @@ Real components throughout: Prefect's test harness, local Ray, the PostgreSQL se
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import polars as pl
@@ -68,7 +69,7 @@ def test_database_failure_mid_write_never_leaves_a_half_written_night(trained, m
     real = writes._insert_anomalies
     failures = {"left": 10**6}
 
-    def drop_connection_mid_write(conn, rows):
+    def drop_connection_mid_write(conn, rows, progress=None):
         real(conn, rows.head(rows.height // 2))  # half the rows are in when the connection drops
         if failures["left"] > 0:
             failures["left"] -= 1
@@ -106,7 +107,7 @@ def test_failed_first_write_of_a_night_then_rerun_completes_it(trained, monkeypa
 
     night = LAST - timedelta(days=3)
 
-    def always_down(conn, rows):
+    def always_down(conn, rows, progress=None):
         raise sa.exc.OperationalError(
             "COPY anomalies", {}, Exception("could not connect to server")
         )
@@ -239,3 +240,33 @@ def test_scoring_in_small_batches_writes_the_same_rows(trained):
     res = nightly(night=night, config={**trained, "read_chunk_rows": 2_000, "chunk_series": 40})
     assert res["status"] == "completed" and res["series_scored"] == 300
     assert night_rows(trained, night).equals(whole)
+
+
+def test_a_cluster_without_a_model_is_counted_logged_and_named_with_the_fix(
+    trained, monkeypatch, capsys
+):
+    from tsmeta.cli import main
+
+    night = LAST - timedelta(days=3)
+    real = jobs.load_latest_models
+    missing = sorted(real(jobs.engine_for(load_settings(**trained))))[0]
+    monkeypatch.setattr(
+        jobs,
+        "load_latest_models",
+        lambda engine: {c: m for c, m in real(engine).items() if c != missing},
+    )
+    for key, value in trained.items():
+        monkeypatch.setenv(f"TSMETA_{key.upper()}", value)
+    assert main(["nightly", "--night", str(night)]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert res["status"] == "partial" and res["failed_clusters"] == [missing]
+    n_missing = res["clusters"][missing]["series"]
+    assert res["no_model_series"] == n_missing > 0
+    # every series with a model went through scoring; a few may have had too few or stuck
+    # support points (basis unscored / constant) and are counted, not scored
+    assert sum(res["basis"].values()) == 300 - n_missing
+    not_scored = res["basis"]["unscored"] + res["basis"]["constant"]
+    assert res["series_scored"] == 300 - n_missing - not_scored
+    assert f"cluster {missing} ({n_missing:,} series) has no model yet" in err
+    assert f"tsmeta train --cluster {missing}" in err

@@ -74,7 +74,7 @@ def test_crash_mid_write_leaves_previous_night_intact(engine, monkeypatch):
     replace_night(engine, anomaly_frame(8), NIGHT, end, "run-1")
     real = writes._insert_anomalies
 
-    def crash_after_half(conn, rows):
+    def crash_after_half(conn, rows, progress=None):
         real(conn, rows.head(rows.height // 2))  # half the rows are in when the crash comes
         raise RuntimeError("worker died mid-write")
 

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -74,26 +73,48 @@ def _print_json(obj: object) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tsmeta import progress
     from tsmeta.data.synthetic import write_synthetic_dataset
 
     settings = _settings(args)
     out = Path(args.out) if args.out else settings.dataset_path
-    done = [0]
-    t0 = time.perf_counter()
-
-    def progress(n: int) -> None:
-        done[0] += n
-        rate = done[0] / max(time.perf_counter() - t0, 1e-9)
-        print(f"\rgenerate: {done[0]:>10,}/{args.series:,} series  {rate:,.0f} series/s",
-              end="", file=sys.stderr, flush=True)  # fmt: skip
-
-    manifest = write_synthetic_dataset(
-        out, args.series, args.freq, args.days, args.start, args.seed, args.anomaly_rate,
-        progress=progress,
-    )  # fmt: skip
-    print(file=sys.stderr)
+    with progress.bar("generate", total=args.series) as pbar:
+        manifest = write_synthetic_dataset(
+            out, args.series, args.freq, args.days, args.start, args.seed, args.anomaly_rate,
+            progress=pbar.update,
+        )  # fmt: skip
     print(f"wrote {manifest['rows']:,} rows of {args.series:,} series ({manifest['anomalies']:,} "
           f"labelled anomalies) to {out} in {manifest['seconds']}s")  # fmt: skip
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from tsmeta.data.io import write_partitioned
+    from tsmeta.data.schema import validate_long_frame
+
+    settings = _settings(args)
+    src = Path(args.file)
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"{src} does not exist: give a CSV or Parquet file of series_id, ts, value"
+        )
+    if src.suffix.lower() == ".csv":
+        frame = pl.read_csv(src, try_parse_dates=True)
+    elif src.suffix.lower() in (".parquet", ".pq"):
+        frame = pl.read_parquet(src)
+    else:
+        raise ValueError(
+            f"{src.name}: unknown file type {src.suffix!r}; give a .csv or .parquet file"
+        )
+    frame = validate_long_frame(frame, settings.freq)
+    part = args.part or f"ingest-{src.stem}"
+    files = write_partitioned(frame, settings.dataset_path, part)
+    days = frame.get_column("ts").dt.date()
+    print(f"ingested {frame.height:,} points of {frame.get_column('series_id').n_unique():,} series "
+          f"({days.min()}..{days.max()}) into {settings.dataset_path}: {files} date partition(s), "
+          f"file {part}.parquet in each (re-ingesting {src.name} replaces it)")  # fmt: skip
     return 0
 
 
@@ -121,7 +142,21 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
     res = nightly(night=args.night, config=_config(args))
     _print_json(res)
+    _warn_partial(res)
     return 0 if res["status"] in ("completed", "partial") else 1
+
+
+def _warn_partial(res: dict) -> None:
+    """One line on stderr per thing a partial night left out, with the fix."""
+    for cid, c in sorted(res.get("clusters", {}).items()):
+        if c.get("error") == "no model":
+            print(f"tsmeta nightly: warning: cluster {cid} ({c['series']:,} series) has no model "
+                  f"yet, not scored: run `tsmeta train --cluster {cid}`", file=sys.stderr)  # fmt: skip
+        elif "error" in c:
+            print(f"tsmeta nightly: warning: cluster {cid} failed: {c['error']}", file=sys.stderr)
+    if res.get("unprofiled_series"):
+        print(f"tsmeta nightly: warning: {res['unprofiled_series']:,} series have data but no "
+              "profile, not scored: run `tsmeta profile`", file=sys.stderr)  # fmt: skip
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -162,6 +197,88 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _night_or_latest(args: argparse.Namespace, settings) -> date:  # noqa: ANN001
+    """--date, else the latest night in the database, else the last date of the dataset."""
+    if args.date is not None:
+        return args.date
+    from tsmeta import jobs
+    from tsmeta.store.queries import latest_night
+
+    return latest_night(jobs.engine_for(settings)) or jobs.latest_date(settings)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from tsmeta.report import plot_series
+
+    settings = _settings(args)
+    night = _night_or_latest(args, settings)
+    out = args.out or Path(f"{args.series_id}_{night}.png")
+    path = plot_series(settings, args.series_id, night, out, args.history_days)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tsmeta.report import write_report
+
+    settings = _settings(args)
+    night = _night_or_latest(args, settings)
+    out = args.out or settings.data_dir / "reports" / f"report-{night}.html"
+    res = write_report(settings, night, out, args.top, args.history_days)
+    print(f"wrote {res['path']}: night {night}, run {res['status']}, {res['flagged']:,} anomalies, "
+          f"{res['plots']} series plotted")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    extra = list(args.benchmark_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    if extra and not args.benchmark:
+        raise ValueError(f"unexpected arguments {extra}: they are for --benchmark NAME")
+    if args.benchmark:
+        return _run_benchmark(args.benchmark, extra)
+    _require_dataset(args)
+    from tsmeta import jobs
+    from tsmeta.scorecard import evaluate_nights, format_scorecard
+
+    settings = _settings(args)
+    last = args.end or jobs.latest_date(settings)
+    first = args.start or last
+    card = evaluate_nights(settings, first, last)
+    print(format_scorecard(card))
+    if args.json:
+        args.json.write_text(json.dumps(card, indent=2, default=str))
+    return 0
+
+
+BENCHMARKS = {
+    "m4": "m4_hourly.py",  # sMAPE/MASE on M4 Hourly against seasonal naive, statsforecast, ...
+    "detection": "detection.py",  # event P/R/F1 and PR-AUC against baselines
+    "throughput": "adapt_throughput.py",
+}
+
+
+def _run_benchmark(name: str, extra: list[str]) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / BENCHMARKS[name]
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"{script} not found: the benchmarks ship with the source repository; run "
+            "`tsmeta evaluate --benchmark` from a clone"
+        )
+    argv = sys.argv
+    sys.argv = [str(script), *extra]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from tsmeta import jobs
     from tsmeta.store.migrate import current_revision
@@ -181,15 +298,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------
 
 
+def _common(sp: argparse.ArgumentParser) -> None:
+    """--verbose / --progress / --no-progress are accepted after the command too."""
+    sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                    help="show tracebacks on errors")  # fmt: skip
+    sp.add_argument("--progress", dest="progress", action="store_true", default=argparse.SUPPRESS,
+                    help="progress bars even when stderr is not a terminal")  # fmt: skip
+    sp.add_argument("--no-progress", dest="progress", action="store_false",
+                    default=argparse.SUPPRESS, help="no progress bars")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tsmeta", description="Meta-learned anomaly detection for many time series."
     )
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show progress bars even when stderr is not a terminal")  # fmt: skip
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (also TSMETA_PROGRESS=off)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
         sp = sub.add_parser(name, help=help_, description=help_)
+        _common(sp)
         sp.add_argument(
             "--data-dir",
             type=Path,
@@ -209,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)"
     )
+
+    ig = add("ingest", cmd_ingest, "validate a CSV/Parquet file of series_id, ts, value and "
+             "add it to the dataset (date-partitioned Parquet)")  # fmt: skip
+    ig.add_argument("file", help="a .csv or .parquet file in the long format")
+    ig.add_argument("--part", default=None,
+                    help="file name inside each date partition (default: ingest-<file stem>)")  # fmt: skip
 
     pr = add("profile", cmd_profile, "detect periods and assign clusters")
     pr.add_argument(
@@ -234,9 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-steps", type=_positive, default=None)
 
     n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")
-    n.add_argument(
-        "--night", type=_iso_date, default=None, help="the day to score (default: yesterday)"
-    )
+    n.add_argument("--night", "--date", dest="night", type=_iso_date, default=None,
+                   help="the day to score (default: yesterday)")  # fmt: skip
 
     b = add("backfill", cmd_backfill, "score a range of nights, night by night (resumable)")
     b.add_argument("--start", type=_iso_date, required=True, help="first night (YYYY-MM-DD)")
@@ -244,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="re-score nights that already completed")
 
     a = add("anomalies", cmd_anomalies, "list stored anomalies (default: the latest night)")
-    a.add_argument("--night", type=_iso_date, default=None, help="one night (YYYY-MM-DD)")
+    a.add_argument("--night", "--date", dest="night", type=_iso_date, default=None,
+                   help="one night (YYYY-MM-DD)")  # fmt: skip
     a.add_argument("--start", type=_iso_date, default=None, help="first night of a range")
     a.add_argument("--end", type=_iso_date, default=None, help="last night of a range (inclusive)")
     a.add_argument("--series", action="append", help="only this series id (repeatable)")
@@ -255,10 +393,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
+    pl_ = add("plot", cmd_plot, "PNG of a series: recent history, the night's forecast band, flags")
+    pl_.add_argument("series_id", help="the series to draw")
+    pl_.add_argument("--date", "--night", dest="date", type=_iso_date, default=None,
+                     help="the night (default: the latest night in the database)")  # fmt: skip
+    pl_.add_argument("--history-days", type=_positive, default=7, help="days of history drawn")
+    pl_.add_argument("--out", type=Path, default=None, help="PNG path (default: SERIES_DATE.png)")
+
+    r = add("report", cmd_report, "one self-contained HTML report of a night, with plots")
+    r.add_argument("--date", "--night", dest="date", type=_iso_date, default=None,
+                   help="the night (default: the latest night in the database)")  # fmt: skip
+    r.add_argument("--top", type=_positive, default=10, help="series of the top anomalies plotted")
+    r.add_argument("--history-days", type=_positive, default=7, help="days of history per plot")
+    r.add_argument("--out", type=Path, default=None,
+                   help="HTML path (default: <data_dir>/reports/report-DATE.html)")  # fmt: skip
+
+    e = add("evaluate", cmd_evaluate,
+            "forecast error, flag rate and (with labels) detection quality over a range of "
+            "nights; or run a benchmark (--benchmark)")  # fmt: skip
+    e.add_argument("--start", type=_iso_date, default=None, help="first night (default: --end)")
+    e.add_argument("--end", type=_iso_date, default=None,
+                   help="last night (default: the dataset's last date)")  # fmt: skip
+    e.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    e.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
+                   help="run benchmarks/<script> instead (m4: M4 Hourly accuracy; detection: "
+                        "detection quality against baselines; throughput); arguments after "
+                        "`--` go to the script")  # fmt: skip
+    e.add_argument("benchmark_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     db = sub.add_parser("db", help="database administration")
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = dbs.add_parser("upgrade", help="create or upgrade the schema")
     up.add_argument("--data-dir", type=Path, default=None)
+    _common(up)
     up.set_defaults(func=cmd_db_upgrade)
 
     d = add(
@@ -276,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _embedded_env()
     args = build_parser().parse_args(argv)
+    from tsmeta import progress
+
+    progress.set_enabled(args.progress)
     # errors are reported once, by us: Prefect's own log lines would add tracebacks. Prefect
     # reads this when it is first imported, which the commands do lazily, after this point.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if args.verbose else "CRITICAL")
@@ -287,9 +457,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for users, traceback on --verbose
         if args.verbose:
             raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"tsmeta {args.command}: error: {msg}", file=sys.stderr)
+        print(f"tsmeta {args.command}: error: {_one_line(exc, args)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
+    """The error as one line with the fix; database connection failures name the URL."""
+    try:
+        import sqlalchemy.exc as sa_exc
+    except ImportError:  # pragma: no cover
+        sa_exc = None
+    if sa_exc is not None and isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        from tsmeta.config import redact_url
+
+        try:
+            url = redact_url(_settings(args).database_url)
+        except Exception:  # noqa: BLE001
+            url = "the database"
+        cause = str(getattr(exc, "orig", exc)).strip().splitlines()
+        return (f"cannot reach {url} ({cause[0] if cause else type(exc).__name__}): check "
+                "TSMETA_DATABASE_URL and that the server is running")  # fmt: skip
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -115,6 +115,11 @@ def run_demo(
          f"({quality['events_detected']}/{quality['events']})")  # fmt: skip
     for k in quality["per_kind"]:
         _say(f"  {k['kind']:>16}: recall {k['recall']:.2f} ({k['detected']}/{k['events']})")
+    t = time.perf_counter()
+    from tsmeta.report import write_report
+
+    report = write_report(settings, night, settings.data_dir / "reports" / f"report-{night}.html")
+    timings["report"] = time.perf_counter() - t
     _say("\n=== timings (s) ===")
     _say(
         "  "
@@ -124,6 +129,12 @@ def run_demo(
     _say(f"\nanomalies are in {settings.database_url}, e.g.:")
     _say(f"  sqlite3 {settings.database_url.removeprefix('sqlite:///')} "
          "\"select series_id, ts, value, score from anomalies order by score desc limit 5\"")  # fmt: skip
+    _say(
+        f"the night's HTML report (summary, per cluster, plots of the top anomalies): {report['path']}"
+    )
+    _say(f"  one series: {sys.argv[0] if sys.argv[0].endswith('tsmeta') else 'tsmeta'} plot "
+         f"{stored.row(0, named=True)['series_id'] if stored.height else 'SERIES_ID'} "
+         f"--data-dir {data_dir} --date {night}")  # fmt: skip
     if run["written"] == 0:
         print("demo: no anomalies were written", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import polars as pl
 
+from tsmeta import progress
 from tsmeta.clustering import ClusterSet, period_of_cluster, seasonal_shape, shape_length
 from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels
@@ -107,7 +108,9 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     panels = iter_window_panels(settings.dataset_path, start, as_of, settings.freq,
                                 settings.chunk_series, settings.read_chunk_rows)  # fmt: skip
     tick = time.perf_counter()
+    pbar = progress.bar("profile")
     for i, panel in enumerate(panels):
+        pbar.update(panel.n_series)
         timings["read"] += time.perf_counter() - tick
         tick = time.perf_counter()
         res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
@@ -125,6 +128,7 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
         seen_parts.append(_seen(panel))
         timings["detect"] += time.perf_counter() - tick
         tick = time.perf_counter()
+    pbar.close()
     if not parts:
         raise EmptyInputError(f"no series in {settings.dataset_path} for [{start}, {as_of})")
 
@@ -143,8 +147,11 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     profile = pl.concat(
         [pl.DataFrame({**d, "cluster_id": d["cluster_id"].astype(str)}) for d in parts]
     )
-    write_profile(engine, profile, run_id, fitted.rows(), settings.max_cluster_size)
-    upsert_series(engine, pl.concat(seen_parts).drop_nulls("first_seen"))
+    seen = pl.concat(seen_parts).drop_nulls("first_seen")
+    with progress.bar("write profile", total=profile.height + seen.height, unit="rows") as pbar:
+        write_profile(engine, profile, run_id, fitted.rows(), settings.max_cluster_size,
+                      progress=pbar.update)  # fmt: skip
+        upsert_series(engine, seen, progress=pbar.update)
     timings["write"] = time.perf_counter() - tick
 
     sizes = dict(profile.group_by("cluster_id").len().sort("cluster_id").iter_rows())
@@ -258,7 +265,24 @@ def train_models(
         for cid in wanted
     ]  # fmt: skip
     del panels
-    results = train_clusters(jobs, settings.ray_address, on_done)
+    pbar = progress.bar("meta-train", total=len(jobs), unit="cluster")
+
+    def done(cid: str, res: object) -> None:
+        pbar.update(1)
+        if isinstance(res, BaseException):
+            pbar.write(f"  {cid}: failed: {res}")
+        else:
+            m = res["metrics"]  # type: ignore[index]
+            pbar.write(f"  {cid}: {m['n_series']:,} series, val query MSE "
+                       f"{m['val_query_mse_adapted']:.4f} adapted / "
+                       f"{m['val_query_mse_unadapted']:.4f} unadapted, {m['seconds']:.1f}s")  # fmt: skip
+        if on_done is not None:
+            on_done(cid, res)
+
+    try:
+        results = train_clusters(jobs, settings.ray_address, done)
+    finally:
+        pbar.close()
     out: dict[str, dict] = {}
     for cid, res in results.items():
         if isinstance(res, BaseException):
@@ -321,8 +345,11 @@ def score_night(
     counts = {cid: {"scored": 0, "points": 0, "flagged": 0, **dict.fromkeys(BASIS, 0)}
               for cid in sizes}  # fmt: skip
     frames: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}  # rows kept per cluster
+    pbar = progress.bar("score", total=sum(sizes.values()))
 
     def collect(cid: str, day: object) -> None:
+        if not isinstance(day, BaseException):
+            pbar.update(len(day.series_ids))
         if isinstance(day, BaseException):
             fail(cid, day)
             return
@@ -348,9 +375,8 @@ def score_night(
     if settings.executor == "ray":  # one Ray task per batch; each model travels once
         from tsmeta.execution import RayScorer
 
-        ray_scorer = RayScorer(
-            settings.ray_address, settings.false_alarm_rate, settings.chunk_series
-        )
+        ray_scorer = RayScorer(settings.ray_address, settings.false_alarm_rate,
+                               settings.chunk_series, device=settings.device)  # fmt: skip
 
     def submit(cid: str, batch: Panel) -> None:
         model = models[cid][1]
@@ -401,11 +427,13 @@ def score_night(
     if ray_scorer is not None:
         for cid, _, day in ray_scorer.drain():
             collect(cid, day)
+    pbar.close()
     basis_totals = {b: sum(c[b] for cid, c in counts.items() if cid not in failed) for b in BASIS}
-    if basis_totals["partial"] or basis_totals["unscored"] or basis_totals["fallback"]:
+    if any(basis_totals[b] for b in ("partial", "unscored", "fallback", "constant")):
         log.info(
             "forecast basis: %s (partial: fewer than K recent points; fallback: adaptation "
-            "diverged, base forecast used; unscored: fewer than %d recent points)",
+            "diverged, base forecast used; unscored: fewer than %d recent points; constant: "
+            "the recent points are constant after a varying period, not scored)",
             ", ".join(f"{b} {n:,}" for b, n in basis_totals.items()), MIN_SUPPORT_POINTS,
         )  # fmt: skip
     if stats["unprofiled_series"]:
@@ -452,7 +480,8 @@ def _stack(parts: list[Panel]) -> Panel:
 def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str):  # noqa: ANN202
     """Score one batch of a cluster's series in this process (a ScoredDay)."""
     return score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
-                     settings.false_alarm_rate, settings.chunk_series)  # fmt: skip
+                     settings.false_alarm_rate, settings.chunk_series,
+                     settings.torch_device())  # fmt: skip
 
 
 def _points_frame(
@@ -542,7 +571,9 @@ def write_night(
 ) -> int:
     """Replace the night's anomalies of the given clusters with ``frame`` (idempotent)."""
     night_start, night_end = night_bounds(night)
-    return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters)
+    with progress.bar("write", total=frame.height, unit="rows") as pbar:
+        return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters,
+                             progress=pbar.update)  # fmt: skip
 
 
 def read_night(settings: Settings, night: date) -> pl.DataFrame:

@@ -10,7 +10,7 @@ previous complete state.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import polars as pl
@@ -95,6 +95,7 @@ def write_profile(
     run_id: str,
     centroids: list[dict] | None = None,
     max_cluster_size: int | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> None:
     """Replace the profile and cluster tables with a new profiling (one transaction).
 
@@ -121,7 +122,7 @@ def write_profile(
             })  # fmt: skip
         conn.execute(sa.delete(series_profile))
         conn.execute(sa.delete(clusters))
-        _bulk_insert(conn, series_profile, prof)
+        _bulk_insert(conn, series_profile, prof, progress)
         if rows:
             conn.execute(sa.insert(clusters), rows)
 
@@ -135,7 +136,9 @@ def read_clusters(engine: sa.Engine) -> list[dict]:
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
+def upsert_series(
+    engine: sa.Engine, frame: pl.DataFrame, progress: Callable[[int], object] | None = None
+) -> int:
     """Insert or update series rows: series_id and any of attributes, first_seen, last_seen.
 
     Existing attributes are replaced only when the frame carries an ``attributes`` column;
@@ -145,7 +148,7 @@ def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
         raise ValueError("series frame needs a 'series_id' column")
     cols = [c for c in ("attributes", "first_seen", "last_seen") if c in frame.columns]
     if cols == ["first_seen", "last_seen"]:
-        return _upsert_seen(engine, frame)
+        return _upsert_seen(engine, frame, progress)
     rows = (
         frame.select("series_id", *cols)
         .with_columns(pl.col("series_id").cast(pl.String))
@@ -181,10 +184,14 @@ def upsert_series(engine: sa.Engine, frame: pl.DataFrame) -> int:
     with engine.begin() as conn:
         for batch in _batches(rows):
             conn.execute(stmt, batch)
+            if progress is not None:
+                progress(len(batch))
     return len(rows)
 
 
-def _upsert_seen(engine: sa.Engine, frame: pl.DataFrame) -> int:
+def _upsert_seen(
+    engine: sa.Engine, frame: pl.DataFrame, progress: Callable[[int], object] | None = None
+) -> int:
     """upsert_series for (series_id, first_seen, last_seen) in bulk: the rows go into a
     temporary staging table (COPY on PostgreSQL) and one INSERT ... SELECT ... ON CONFLICT
     merges them, so two million series cost one statement, not two million."""
@@ -210,7 +217,7 @@ def _upsert_seen(engine: sa.Engine, frame: pl.DataFrame) -> int:
     with engine.begin() as conn:
         stage.drop(conn, checkfirst=True)
         stage.create(conn)
-        _bulk_insert(conn, stage, rows)
+        _bulk_insert(conn, stage, rows, progress)
         conn.execute(merge, {"now": _now()})
         stage.drop(conn)
     return rows.height
@@ -266,9 +273,13 @@ def read_profile(engine: sa.Engine) -> pl.DataFrame:
     return frame
 
 
-def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: pl.DataFrame) -> None:
+def _bulk_insert(
+    conn: sa.Connection, table: sa.Table, rows: pl.DataFrame,
+    progress: Callable[[int], object] | None = None,
+) -> None:  # fmt: skip
     """Bulk insert a frame whose columns are ``table``'s: COPY on PostgreSQL, batched
-    executemany elsewhere. Runs inside the caller's transaction."""
+    executemany elsewhere. Runs inside the caller's transaction; ``progress(n)`` after
+    each batch of n rows."""
     if rows.height == 0:
         return
     if conn.dialect.name == "postgresql":
@@ -279,15 +290,23 @@ def _bulk_insert(conn: sa.Connection, table: sa.Table, rows: pl.DataFrame) -> No
             cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv)") as copy,
         ):
             for first in range(0, rows.height, _COPY_BATCH):
-                copy.write(rows.slice(first, _COPY_BATCH).write_csv(include_header=False))
+                part = rows.slice(first, _COPY_BATCH)
+                copy.write(part.write_csv(include_header=False))
+                if progress is not None:
+                    progress(part.height)
         return
     for first in range(0, rows.height, _INSERT_BATCH):
-        conn.execute(sa.insert(table), rows.slice(first, _INSERT_BATCH).to_dicts())
+        part = rows.slice(first, _INSERT_BATCH)
+        conn.execute(sa.insert(table), part.to_dicts())
+        if progress is not None:
+            progress(part.height)
 
 
-def _insert_anomalies(conn: sa.Connection, rows: pl.DataFrame) -> None:
+def _insert_anomalies(
+    conn: sa.Connection, rows: pl.DataFrame, progress: Callable[[int], object] | None = None
+) -> None:
     """The night's anomaly rows (its own name: the fault tests inject failures here)."""
-    _bulk_insert(conn, anomalies, rows)
+    _bulk_insert(conn, anomalies, rows, progress)
 
 
 def replace_night(
@@ -297,6 +316,7 @@ def replace_night(
     night_end: datetime,
     run_id: str,
     cluster_ids: list[str] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Replace this detector's anomalies in [night_start, night_end) with ``frame``.
 
@@ -374,7 +394,7 @@ def replace_night(
     with engine.begin() as conn:
         conn.execute(sa.delete(anomalies).where(cond))
         conn.execute(sa.delete(anomaly_daily_counts).where(rollup_cond))
-        _insert_anomalies(conn, rows)
+        _insert_anomalies(conn, rows, progress)
         if rollup:
             conn.execute(sa.insert(anomaly_daily_counts), rollup)
     return rows.height

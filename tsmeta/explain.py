@@ -1,0 +1,172 @@
+"""A night's scoring of a few named series, with their recent history: what ``tsmeta plot``
+and ``tsmeta report`` draw.
+
+The forecast band is recomputed with the cluster's current model (adaptation is
+deterministic, so it matches the stored night when the model has not changed since);
+the flagged points are the stored anomalies of that night when the night has been run,
+else the recomputed flags (``SeriesNight.flags_from`` says which). Only the named series
+are read from the dataset (a filtered scan), so this is cheap at millions of series.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+import polars as pl
+
+from tsmeta.config import Settings
+from tsmeta.data.io import dataset_dates, scan_dataset
+from tsmeta.data.panel import freq_timedelta, scatter_panel
+from tsmeta.detect import BASIS, score_day
+from tsmeta.jobs import engine_for, night_bounds
+from tsmeta.store.models import load_latest_models
+from tsmeta.store.queries import query_anomalies
+from tsmeta.store.writes import read_profile
+
+__all__ = ["SeriesNight", "series_night", "latest_nightly_run"]
+
+
+@dataclass
+class SeriesNight:
+    series_id: str
+    cluster_id: str
+    model_version: int
+    night: date
+    ts: np.ndarray  # (T,) datetime64[us], UTC: the history and the night
+    value: np.ndarray  # (T,) float, NaN where unobserved
+    night_ts: np.ndarray  # (H,) the night's timestamps
+    forecast: np.ndarray  # (H,)
+    lower: np.ndarray
+    upper: np.ndarray
+    score: np.ndarray  # (H,) 1 - tail probability (NaN: not scored)
+    basis: str
+    flags: pl.DataFrame  # ts, value, forecast, score, direction, severity of flagged points
+    flags_from: str  # "stored" (the night's anomaly rows) or "recomputed"
+
+
+def series_night(
+    settings: Settings, series_ids: list[str], night: date, history_days: int = 7
+) -> list[SeriesNight]:
+    """The recent history, forecast band and flagged points of ``series_ids`` on ``night``.
+
+    Raises a ValueError naming the fix for an unknown series id or a night outside the
+    dataset, and a LookupError for a cluster without a model.
+    """
+    if not series_ids:
+        raise ValueError("no series id given: name at least one (see `tsmeta anomalies`)")
+    if history_days < 1:
+        raise ValueError(f"history_days must be at least 1, received {history_days}")
+    ids = [str(s) for s in dict.fromkeys(series_ids)]
+    engine = engine_for(settings)
+    profile = read_profile(engine).with_columns(pl.col("series_id").cast(pl.String))
+    located = pl.DataFrame({"series_id": ids}).join(profile, on="series_id", how="left")
+    unknown = located.filter(pl.col("cluster_id").is_null()).get_column("series_id").to_list()
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(
+            f"unknown series id {shown}: not in the profile; list flagged series with "
+            "`tsmeta anomalies`, or run `tsmeta profile` if the series is new"
+        )
+    models = load_latest_models(engine)
+    for cid in located.get_column("cluster_id").unique().sort().to_list():
+        if cid not in models:
+            raise LookupError(f"cluster {cid} has no model yet: run `tsmeta train --cluster {cid}`")
+    dates = dataset_dates(settings.dataset_path)
+    if night not in dates:
+        span = f"{dates[0]}..{dates[-1]}" if dates else "no dates"
+        raise ValueError(
+            f"no data for {night} in {settings.dataset_path} (it holds {span}): pick a date "
+            "inside that range"
+        )
+    spd = settings.steps_per_day
+    reach = max(m.config.k + (m.spec.period if m.spec.seasonal_lag else 0)
+                for _, m in models.values())  # fmt: skip
+    days = max(history_days, math.ceil(reach / spd))
+    first = max(night - timedelta(days=days), dates[0])
+    begin, _ = night_bounds(first)
+    _, finish = night_bounds(night)
+    frame = (
+        scan_dataset(settings.dataset_path, first, night + timedelta(days=1))
+        .filter(pl.col("series_id").cast(pl.String).is_in(ids))
+        .collect()
+    )
+    panel = scatter_panel(frame, settings.freq, begin.replace(tzinfo=None),
+                          finish.replace(tzinfo=None))  # fmt: skip
+    row_of = {str(s): i for i, s in enumerate(panel.series_ids)}
+    missing = [s for s in ids if s not in row_of]
+    if missing:
+        raise ValueError(
+            f"series {missing[0]!r} has no points in {first}..{night}: it stopped reporting; "
+            "pick an earlier date"
+        )
+    stored = query_anomalies(engine, night, night, ids)
+    night_run = _night_was_run(engine, night)
+    step = np.timedelta64(int(freq_timedelta(settings.freq).total_seconds() * 1e6), "us")
+    ts = np.datetime64(panel.start, "us") + np.arange(panel.values.shape[1]) * step
+    out = []
+    for cid, part in located.group_by("cluster_id", maintain_order=True):
+        version, model = models[cid[0]]
+        rows = np.array([row_of[s] for s in part.get_column("series_id")])
+        day = score_day(panel.values[rows], panel.mask[rows], panel.series_ids[rows],
+                        panel.start_step, model, settings.false_alarm_rate)  # fmt: skip
+        H = model.config.horizon
+        for j, sid in enumerate(part.get_column("series_id").to_list()):
+            night_ts = ts[-H:]
+            if night_run:
+                flags = stored.filter(pl.col("series_id") == sid).select(
+                    "ts", "value", "forecast", "score", "direction", "severity"
+                )
+            else:
+                hit = np.flatnonzero(day.flag[j])
+                resid = day.residual[j, hit]
+                flags = pl.DataFrame({
+                    "ts": night_ts[hit], "value": day.value[j, hit].astype(float),
+                    "forecast": day.forecast[j, hit].astype(float), "score": day.score[j, hit],
+                    "direction": np.where(resid > 0, "up", "down"),
+                }).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))  # fmt: skip
+            out.append(
+                SeriesNight(
+                    series_id=sid,
+                    cluster_id=cid[0],
+                    model_version=version,
+                    night=night,
+                    ts=ts,
+                    value=np.where(panel.mask[rows[j]], panel.values[rows[j]], np.nan),
+                    night_ts=night_ts,
+                    forecast=day.forecast[j],
+                    lower=day.lower[j],
+                    upper=day.upper[j],
+                    score=day.score[j],
+                    basis=BASIS[day.basis[j]],
+                    flags=flags,
+                    flags_from="stored" if night_run else "recomputed",
+                )  # fmt: skip
+            )
+    order = {s: i for i, s in enumerate(ids)}
+    return sorted(out, key=lambda v: order[v.series_id])
+
+
+def _night_was_run(engine, night: date) -> bool:  # noqa: ANN001
+    """Whether a nightly run of ``night`` finished (then its stored rows are the flags)."""
+    return latest_nightly_run(engine, night) is not None
+
+
+def latest_nightly_run(engine, night: date) -> dict | None:  # noqa: ANN001
+    """The most recent completed/partial nightly run record of ``night`` (or None)."""
+    import sqlalchemy as sa
+
+    from tsmeta.store.schema import runs
+
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(runs).where(runs.c.flow == "nightly").order_by(runs.c.started_at.desc())
+        ).mappings()
+        for r in found:
+            if (r["parameters"] or {}).get("night") == night.isoformat() and r["status"] in (
+                "completed", "partial",
+            ):  # fmt: skip
+                return dict(r)
+    return None
