@@ -19,6 +19,7 @@ when present.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -151,18 +152,22 @@ def main(argv: list[str] | None = None) -> int:
 
     # the whole scoring step of a night, as the nightly job runs it per batch: features,
     # adaptation, the divergence guard, residual scale, calibrated tails, flags
-    from tsmeta.calibration import TailModel
+    from tsmeta.calibration import fit_tail
     from tsmeta.detect import score_day
     from tsmeta.meta.train import MetaConfig, MetaModel
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
+    # a tail as training leaves it: a t, empirical knots and per-step scales (a partial one too)
+    rng = np.random.default_rng(0)
+    tail = fit_tail(np.abs(rng.standard_t(5.0, size=100_000)))
+    tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)))
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
         for relative in (False, True):
             s = FeatureSpec(24, relative_to_lag=relative)
             model = MetaModel(params, s, MetaConfig(k=K, horizon=H, inner_steps=STEPS, inner_lr=LR),
-                              TailModel(1.0, 5.0))  # fmt: skip
+                              tail, partial_calibration=tail)  # fmt: skip
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
             record("score_day" + (" (relative)" if relative else ""), device, args.series, sec)

@@ -35,6 +35,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,8 +55,9 @@ from tsmeta.periodicity import detect_periods
 TRAIN_DAYS = 28
 # "tsmeta": the model as trained (tail and per-step scales fitted on held-out series);
 # the two "1024 tasks" rows recalibrate the same model on one larger sample of tasks from
-# the training window, with and without per-step scales (the calibration ablation)
-METHODS = ("tsmeta", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+# the training window, with and without per-step scales (the calibration ablation);
+# "t tail only": the model as trained without the empirical tail knots (the t alone)
+METHODS = ("tsmeta", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
@@ -74,6 +76,13 @@ def unadapted(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, 0, model.rates)
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
+
+
+def t_only(model: MetaModel) -> MetaModel:
+    """The same model, its tails without the empirical knots (the Student-t alone)."""
+    part = model.partial_calibration
+    return replace(model, calibration=replace(model.calibration, knots=None),
+                   partial_calibration=None if part is None else replace(part, knots=None))  # fmt: skip
 
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
@@ -209,6 +218,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
             for p, rows in groups.items():
                 model = models.get(p, models[24])
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
+                                ("tsmeta, t tail only", t_only(model)),
                                 ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
                                 ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24]))):  # fmt: skip
                     t = time.perf_counter()
@@ -310,7 +320,7 @@ def run_m4(args: argparse.Namespace) -> dict:
     out = {}
     for label, vals in (("injected", injected), ("clean", values)):
         scores = {}
-        for name, m in (("tsmeta", model), ("unadapted init", raw),
+        for name, m in (("tsmeta", model), ("unadapted init", raw), ("tsmeta, t tail only", t_only(model)),
                         ("tsmeta, 1024 tasks, one tail", one_tail),
                         ("tsmeta, 1024 tasks, per step", per_step)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)

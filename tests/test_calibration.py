@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,3 +80,53 @@ def test_per_step_scale_recovers_errors_growing_with_the_horizon():
     assert TailModel.from_dict({"scale": 1.0, "dof": None}).steps(24).tolist() == [1.0] * 24
     with pytest.raises(ValueError, match="calibrated for 24 forecast steps, not 48"):
         tail.steps(48)
+
+
+def _light_far_tail(rng, n):
+    """|z| with a t3 body whose tail beyond 3 grows only like a square root: a t fitted to
+    the body (the 50th/90th percentiles) puts the far tail much too far out."""
+    x = np.abs(rng.standard_t(3, size=n))
+    return np.where(x > 3, 3 + np.sqrt(np.maximum(x - 3, 0.0)), x)
+
+
+def test_the_empirical_tail_places_the_rate_where_the_t_fitted_to_the_body_does_not():
+    rng = np.random.default_rng(1)
+    tail = fit_tail(_light_far_tail(rng, 100_000))
+    assert tail.knots is not None
+    fresh = _light_far_tail(rng, 1_000_000)
+    with_knots = (two_sided_tail(fresh, tail) < 1e-3).mean()
+    t_alone = (two_sided_tail(fresh, replace(tail, knots=None)) < 1e-3).mean()
+    assert 0.0007 < with_knots < 0.0014
+    assert t_alone < 1e-4  # what the t alone gets wrong (10x too few flags)
+    # no knots without enough points beyond the rate's quantile, or when asked for none
+    assert fit_tail(_light_far_tail(rng, 400)).knots is None
+    assert fit_tail(_light_far_tail(rng, 100_000), empirical=False).knots is None
+
+
+def test_contamination_of_the_calibration_sample_cannot_tighten_the_tail():
+    """2% gross outliers in the sample raise its empirical tail above the t's: the t
+    decides, as it did without the knots."""
+    rng = np.random.default_rng(2)
+    z = np.abs(rng.standard_t(4, size=100_000))
+    z[:2000] *= 20
+    tail = fit_tail(z)
+    fresh = np.abs(rng.standard_t(4, size=500_000))
+    np.testing.assert_array_equal(
+        two_sided_tail(fresh, tail) < 1e-3, two_sided_tail(fresh, replace(tail, knots=None)) < 1e-3
+    )
+
+
+@pytest.mark.parametrize("rate", [1e-2, 1e-3, 1e-6])  # within the knots and beyond the last
+def test_threshold_with_knots_is_where_the_tail_reaches_the_rate(rate):
+    import torch
+
+    rng = np.random.default_rng(3)
+    tail = fit_tail(_light_far_tail(rng, 100_000))
+    thr = tail.threshold(rate)
+    assert two_sided_tail(np.array([thr]), tail)[0] == pytest.approx(rate, rel=0.02)
+    assert thr <= replace(tail, knots=None).threshold(rate)
+    assert TailModel.from_dict(tail.to_dict()) == tail
+    z = np.concatenate([np.linspace(0, 60, 5001), np.geomspace(60, 1e7, 500), [np.nan]])
+    got = two_sided_tail(torch.as_tensor(z), tail).numpy()
+    np.testing.assert_allclose(got, two_sided_tail(z, tail), rtol=1e-9)
+    assert np.all(np.diff(got[:-1]) <= 0)  # a tail probability never rises with |z|

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -208,7 +208,12 @@ def query_mse(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> flo
 
 
 def calibrate(
-    params: Params, batch: TaskBatch, steps: int, rates: Rates, per_step: bool = True
+    params: Params,
+    batch: TaskBatch,
+    steps: int,
+    rates: Rates,
+    per_step: bool = True,
+    empirical: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on held-out tasks.
 
@@ -222,8 +227,7 @@ def calibrate(
     step_scale = fit_step_scale(z, observed) if per_step else None
     if step_scale is not None:
         z = z / np.asarray(step_scale)[None, :]
-    tail = fit_tail(z[observed])
-    return TailModel(tail.scale, tail.dof, step_scale)
+    return replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale)
 
 
 def meta_train(
