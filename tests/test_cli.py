@@ -159,6 +159,12 @@ def test_plot_draws_the_band_and_each_flag_by_direction():
     assert len(bands) == 1
     assert marks == {"flagged up (2)": 2, "flagged down (1)": 1}
     assert "s1" in ax.get_title(loc="left") and "model v3" in ax.get_title(loc="left")
+    # a night that was not scored (stuck recent points) shows no band and says why
+    from dataclasses import replace
+
+    ax = draw(replace(view, basis="constant", flags=flags.head(0))).axes[0]
+    assert not [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert "not scored: the recent points are stuck" in ax.get_title(loc="left")
 
 
 HOSTILE = [

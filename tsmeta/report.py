@@ -34,6 +34,12 @@ def render_plot(view: SeriesNight, width: float = 11.0, height: float = 3.6) -> 
         plt.close(fig)
 
 
+_NOT_SCORED = {
+    "unscored": "fewer than 3 of the recent points were observed",
+    "constant": "the recent points are stuck at one value after a varying period",
+}
+
+
 def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: ANN201 - a Figure
     """The matplotlib Figure of :func:`render_plot` (the caller closes it)."""
     import matplotlib
@@ -45,9 +51,13 @@ def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: 
     ts = view.ts.astype("datetime64[us]").astype(object)
     night_ts = view.night_ts.astype("datetime64[us]").astype(object)
     ax.plot(ts, view.value, color="0.35", lw=1.0, label="observed")
-    ax.fill_between(night_ts, view.lower, view.upper, color="tab:orange", alpha=0.25,
-                    lw=0, label="forecast band")  # fmt: skip
-    ax.plot(night_ts, view.forecast, color="tab:orange", lw=1.4, label="forecast")
+    # a series that was not scored (too few or stuck recent points) has no band to show:
+    # drawing the forecast it was not judged by would suggest it had been
+    scored = view.basis not in _NOT_SCORED
+    if scored:
+        ax.fill_between(night_ts, view.lower, view.upper, color="tab:orange", alpha=0.25,
+                        lw=0, label="forecast band")  # fmt: skip
+        ax.plot(night_ts, view.forecast, color="tab:orange", lw=1.4, label="forecast")
     ax.axvline(night_ts[0], color="0.6", ls=":", lw=1)
     for direction, colour, marker in (("up", _UP, "^"), ("down", _DOWN, "v")):
         f = view.flags.filter(pl.col("direction") == direction)
@@ -57,16 +67,19 @@ def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: 
                        s=70, zorder=5, edgecolor="black", lw=0.6,
                        label=f"flagged {direction} ({f.height})")  # fmt: skip
     n_flags = view.flags.height
+    what = (f"{n_flags} flagged ({view.flags_from}), forecast basis {view.basis}" if scored
+            else f"not scored: {_NOT_SCORED[view.basis]}")  # fmt: skip
     ax.set_title(
         f"{view.series_id}  -  cluster {view.cluster_id} (model v{view.model_version}), "
-        f"{view.night}: {n_flags} flagged ({view.flags_from}), forecast basis {view.basis}",
+        f"{view.night}: {what}",
         fontsize=10, loc="left",
     )  # fmt: skip
     ax.set_ylabel("value")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, ncols=5, frameon=False)
-    lo = np.nanmin([np.nanmin(view.value), np.nanmin(view.lower)])
-    hi = np.nanmax([np.nanmax(view.value), np.nanmax(view.upper)])
+    shown = [view.value, view.lower, view.upper] if scored else [view.value]
+    lo = np.nanmin([np.nanmin(v) for v in shown])
+    hi = np.nanmax([np.nanmax(v) for v in shown])
     pad = 0.25 * (hi - lo if hi > lo else 1.0)
     ax.set_ylim(lo - 0.1 * pad, hi + pad)  # room for the legend
     fig.autofmt_xdate()
