@@ -15,6 +15,7 @@ CREATE TABLE anomalies (
 	direction VARCHAR(4) NOT NULL,
 	severity VARCHAR(8),
 	basis VARCHAR(8),
+	surprise FLOAT,
 	cluster_id VARCHAR(64) NOT NULL,
 	model_version INTEGER NOT NULL,
 	run_id VARCHAR(36) NOT NULL,

@@ -201,3 +201,26 @@ def test_feedback_is_validated(engine):
         record_feedback(engine, "a", NIGHT, "maybe", author="ana")
     with pytest.raises(ValueError, match="author"):
         record_feedback(engine, "a", NIGHT, "true_positive", author="")
+
+
+def test_surprise_ranks_anomalies_whose_score_has_saturated(engine):
+    """Tail probabilities of 1e-20 and 1e-40 both store a score of exactly 1.0; the
+    surprise (-log10 p) keeps them apart, and the anomalies query ranks by it within a tie
+    (rows written before the column existed, NULL, come last)."""
+    import numpy as np
+
+    from tsmeta.detect import surprise_of
+    from tsmeta.store.queries import query_anomalies
+
+    tails = np.array([1e-20, 1e-40, 1e-3, 0.0, np.nan])
+    np.testing.assert_allclose(surprise_of(tails)[:4], [20.0, 40.0, 3.0, 300.0])
+    assert np.isnan(surprise_of(tails)[4])
+    assert 1.0 - 1e-20 == 1.0 - 1e-40 == 1.0  # what the score alone cannot tell apart
+    frame = anomaly_frame(4).with_columns(
+        pl.Series("score", [1.0, 1.0, 1.0, 0.9995]),
+        pl.Series("surprise", [20.0, 40.0, None, 3.3]),
+    )
+    replace_night(engine, frame, NIGHT, NIGHT + timedelta(days=1), "run-1")
+    got = query_anomalies(engine, NIGHT.date(), NIGHT.date())
+    assert got.get_column("series_id").to_list() == ["s1", "s0", "s2", "s3"]
+    assert got.get_column("surprise").to_list() == [40.0, 20.0, None, 3.3]

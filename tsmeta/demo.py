@@ -107,7 +107,7 @@ def run_demo(
     _say("\n=== top anomalies ===")
     with pl.Config(tbl_rows=10, tbl_cols=10, tbl_width_chars=150, float_precision=2):
         _say(str(stored.head(10).select("series_id", "ts", "value", "forecast", "lower", "upper",
-                                         "score", "direction", "cluster_id")))  # fmt: skip
+                                         "score", "surprise", "direction", "cluster_id")))  # fmt: skip
     _say("\n=== detection quality against the generator's labels ===")
     _say(f"precision (flagged points inside a labelled anomaly): {quality['precision']:.3f} "
          f"({quality['true_flagged_points']}/{quality['flagged_points']})")  # fmt: skip

@@ -25,7 +25,9 @@ from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
 from tsmeta.meta.train import MetaModel, robust_sigma
 
-__all__ = ["ScoredDay", "score_day", "severity_of", "MIN_SUPPORT_POINTS", "BASIS", "SEVERITY"]
+__all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
+           "SEVERITY"]  # fmt: skip
+MAX_SURPRISE = 300.0  # -log10 of the smallest tail probability kept (float64 tails floor there)
 
 MIN_SUPPORT_POINTS = 3  # fewer observed support points: the series is reported unscored
 # how each series' forecast was made (ScoredDay.basis)
@@ -80,6 +82,15 @@ class ScoredDay:
     def flagged_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(series row, horizon index) of every flagged point."""
         return np.nonzero(self.flag)
+
+
+def surprise_of(tail: np.ndarray) -> np.ndarray:
+    """-log10 of tail probabilities, in [0, MAX_SURPRISE] (NaN where not scored): 3 means a
+    residual this large comes one night-point in a thousand on normal data. Unlike the
+    score (1 - p, which rounds to 1.0 below p ~ 1e-16) it keeps ranking the strongest."""
+    p = np.asarray(tail, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.minimum(-np.log10(np.maximum(p, 10.0**-MAX_SURPRISE)), MAX_SURPRISE) + 0.0
 
 
 def severity_of(tail: np.ndarray, false_alarm_rate: float) -> np.ndarray:

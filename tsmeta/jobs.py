@@ -23,7 +23,14 @@ from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
-from tsmeta.detect import BASIS, MIN_SUPPORT_POINTS, SEVERITY, score_day, severity_of
+from tsmeta.detect import (
+    BASIS,
+    MIN_SUPPORT_POINTS,
+    SEVERITY,
+    score_day,
+    severity_of,
+    surprise_of,
+)
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
@@ -509,6 +516,7 @@ def _points_frame(
             "upper": day.upper[rows, hours].astype(np.float64),
             "residual": resid.astype(np.float64),
             "score": day.score[rows, hours].astype(np.float64),
+            "surprise": surprise_of(day.tail[rows, hours]),
             "direction": np.where(resid > 0, "up", "down"),
             "severity": np.asarray(SEVERITY)[severity_of(day.tail[rows, hours], false_alarm_rate)],
             "basis": np.asarray(BASIS)[day.basis[rows]],

@@ -177,11 +177,13 @@ def _page(settings, night, run, counts, anomalies, plots) -> str:  # noqa: ANN00
     timing_t = _table(list(timings), [list(timings.values())], set(range(len(timings))))
     top_rows = anomalies.head(25)
     top_t = _table(
-        ["series", "time (UTC)", "value", "forecast", "score", "direction", "severity", "cluster"],
+        ["series", "time (UTC)", "value", "forecast", "score", "surprise", "direction", "severity",
+         "cluster"],
         [[r["series_id"], str(r["ts"])[:16], f"{r['value']:.3f}", f"{r['forecast']:.3f}",
-          f"{r['score']:.6f}", r["direction"], r.get("severity") or "", r["cluster_id"]]
+          f"{r['score']:.6f}", "" if r.get("surprise") is None else f"{r['surprise']:.1f}",
+          r["direction"], r.get("severity") or "", r["cluster_id"]]
          for r in top_rows.iter_rows(named=True)],
-        numeric={2, 3, 4},
+        numeric={2, 3, 4, 5},
     ) if anomalies.height else "<p>No anomalies were flagged this night.</p>"  # fmt: skip
     figures = "".join(
         f'<figure><img alt="{_esc(v.series_id)}" src="data:image/png;base64,{b64}">'
@@ -229,6 +231,9 @@ sensor): not scored tonight.</p>
 {timing_t}
 <h2>Top anomalies</h2>
 {top_t}
+<p>score: 1 minus the probability of a residual at least this large on a normal night;
+surprise: -log10 of that probability (3: one in a thousand), which still ranks the points
+whose score has reached 1.0.</p>
 <h2>The series of the top anomalies</h2>
 <p>Grey: observed; orange: the night's forecast and its band (at the configured false-alarm
 rate); red up / blue down triangles: flagged points.</p>

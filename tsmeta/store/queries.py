@@ -12,8 +12,8 @@ from tsmeta.store.schema import anomalies, anomaly_daily_counts, series, series_
 __all__ = ["query_anomalies", "latest_night", "ANOMALY_OUTPUT_COLUMNS"]
 
 ANOMALY_OUTPUT_COLUMNS = (
-    "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score", "direction",
-    "severity", "basis", "cluster_id", "model_version", "run_id",
+    "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score", "surprise",
+    "direction", "severity", "basis", "cluster_id", "model_version", "run_id",
 )  # fmt: skip
 
 
@@ -40,7 +40,8 @@ def query_anomalies(
     top: int | None = None,
 ) -> pl.DataFrame:
     """Anomalies of the nights ``start..end`` (inclusive; default: the latest night),
-    optionally only some series or clusters and a minimum score; highest score first.
+    optionally only some series or clusters and a minimum score; highest score first (ties
+    at a saturated score broken by the larger surprise, -log10 of the tail probability).
     """
     if start is None and end is None:
         start = end = latest_night(engine)
@@ -62,7 +63,12 @@ def query_anomalies(
             anomalies.c.ts >= _day_start(start),
             anomalies.c.ts < _day_start(end + timedelta(days=1)),
         )
-        .order_by(anomalies.c.score.desc(), anomalies.c.series_id, anomalies.c.ts)
+        .order_by(
+            anomalies.c.score.desc(),
+            sa.nulls_last(anomalies.c.surprise.desc()),
+            anomalies.c.series_id,
+            anomalies.c.ts,
+        )  # fmt: skip
     )
     if series_ids:
         query = query.where(anomalies.c.series_id.in_(series_ids))

@@ -121,6 +121,9 @@ anomalies = sa.Table(
     sa.Column("direction", sa.String(4), nullable=False),  # up / down
     sa.Column("severity", sa.String(8)),  # minor / major / critical (tail p < a, a/10, a/100)
     sa.Column("basis", sa.String(8)),  # how the forecast was made: adapted / partial / fallback
+    # -log10 of the tail probability (3: one in a thousand on a normal night; capped at 300):
+    # it keeps ranking where the score has saturated at 1.0
+    sa.Column("surprise", sa.Float),
     sa.Column("cluster_id", sa.String(64), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),

@@ -48,7 +48,7 @@ ANOMALY_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
     "direction", "cluster_id", "model_version",
 )  # fmt: skip
-OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis")  # NULL when a frame lacks them
+OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise")  # NULL when a frame lacks them
 _INSERT_BATCH = 20_000  # rows per executemany (SQLite)
 _COPY_BATCH = 200_000  # rows per CSV chunk streamed into COPY (PostgreSQL)
 
