@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def config(algorithm: str, k: int) -> MetaConfig:
         return MetaConfig(algorithm=algorithm, k=k, horizon=M4_HORIZON,
-                          inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                          inner_steps=args.inner_steps, inner_lr=args.inner_lr, hidden=args.hidden,
                           meta_batch=args.meta_batch, meta_steps=args.meta_steps,
                           meta_lr=args.meta_lr, cut_every=1, eval_every=50,
                           patience=args.patience, seed=args.seed)  # fmt: skip
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         help="targets relative to the seasonal lag (FeatureSpec.relative_to_lag)",
     )
     ap.add_argument("--inner-steps", type=int, default=5)
+    ap.add_argument("--hidden", type=int, default=40, help="width of the MLP's two hidden layers")
     ap.add_argument("--inner-lr", type=float, default=0.1)
     ap.add_argument("--meta-steps", type=int, default=2000)
     ap.add_argument("--meta-batch", type=int, default=64)
