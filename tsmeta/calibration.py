@@ -192,7 +192,8 @@ def log_tail(abs_z: np.ndarray, tail: TailModel) -> np.ndarray:
 
 
 def two_sided_tail(abs_z, tail: TailModel):  # noqa: ANN001, ANN201 - ndarray or Tensor
-    """P(|T| > |z| / scale): 1 minus the anomaly score.
+    """P(|Z| > |z|): the smaller of the t's two-sided tail P(|T| > |z| / scale) and the
+    calibration sample's own (the knots, where the model has them); 1 minus the score.
 
     A numpy array gives a numpy array; a torch tensor gives a float64 tensor on its device
     (the same interpolation of the same table, so nightly scoring on a GPU never brings the
