@@ -3,8 +3,8 @@
 z = residual / (per-series residual scale) is a scale mixture: the scale is estimated from
 only K support points, so |z| has heavier tails than a normal (on clean synthetic data
 its 99.9th percentile is ~5.8 where a normal gives 3.3). We fit a Student-t with scale
-``c`` and ``dof`` to the 50th and 90th percentiles of |z| on held-out tasks: low enough
-quantiles that the anomalies of a training window (a few % of points) do not move them,
+``c`` and ``dof`` to the 50th and 90th percentiles of |z| on calibration tasks (query
+points the adaptation never saw): low enough quantiles that the anomalies of a training window (a few % of points) do not move them,
 and then take tail probabilities from that t.
 
 A t fitted to the body does not always place the far tail: on M4 Hourly it put the 1e-3
@@ -126,7 +126,7 @@ class TailModel:
 def fit_step_scale(
     abs_z: np.ndarray, observed: np.ndarray, min_points: int = 50, clip: float = 4.0
 ) -> tuple[float, ...] | None:
-    """Per-step residual scale from held-out |z| (n, H) and its mask: the median at each
+    """Per-step residual scale from out-of-sample |z| (n, H) and its mask: the median at each
     step over the median of all, clipped to [1/clip, clip]; steps with fewer than
     ``min_points`` observations get 1. None when there is too little data to say."""
     z = np.where(observed, np.asarray(abs_z, dtype=np.float64), np.nan)

@@ -4,7 +4,7 @@ For each series the cluster's initialisation takes ``inner_steps`` gradient step
 points before the scored day (all series of a chunk in one batched computation,
 ``tsmeta.meta.batched``), then forecasts the day. The residual of each observed point is
 divided by the series' robust support-residual scale, giving a z-score whose distribution
-on held-out data the cluster's tail model describes (``tsmeta.calibration``); the score is
+on out-of-sample data the cluster's tail model describes (``tsmeta.calibration``); the score is
 ``1 - two-sided tail probability`` and a point is flagged when that tail probability is
 below the false-alarm rate, with its direction (the residual's sign) and a severity.
 

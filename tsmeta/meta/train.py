@@ -215,7 +215,8 @@ def calibrate(
     per_step: bool = True,
     empirical: bool = True,
 ) -> TailModel:
-    """Tail model of out-of-sample z = r_query / sigma_support on held-out tasks.
+    """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
+    (the query points are never part of the support the series adapts on).
 
     With ``per_step`` the residual scale of each forecast step is fitted first (errors
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
