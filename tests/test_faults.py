@@ -253,7 +253,7 @@ def test_a_cluster_without_a_model_is_counted_logged_and_named_with_the_fix(
     monkeypatch.setattr(
         jobs,
         "load_latest_models",
-        lambda engine: {c: m for c, m in real(engine).items() if c != missing},
+        lambda engine, **kw: {c: m for c, m in real(engine, **kw).items() if c != missing},
     )
     for key, value in trained.items():
         monkeypatch.setenv(f"TSMETA_{key.upper()}", value)

@@ -1,4 +1,5 @@
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -224,3 +225,30 @@ def test_surprise_ranks_anomalies_whose_score_has_saturated(engine):
     got = query_anomalies(engine, NIGHT.date(), NIGHT.date())
     assert got.get_column("series_id").to_list() == ["s1", "s0", "s2", "s3"]
     assert got.get_column("surprise").to_list() == [40.0, 20.0, None, 3.3]
+
+
+def test_models_load_from_any_working_directory_and_after_a_move(engine, tmp_path, monkeypatch):
+    """A relative model directory (the embedded default, tsmeta-data/models) must not tie
+    later loads to the directory training ran in; a moved model directory loads through
+    ``model_dir``; a missing one names both places it looked and the fix."""
+    import shutil
+
+    from tsmeta.store.schema import models
+
+    spec, cfg = FeatureSpec(24), MetaConfig(meta_steps=1)
+    params = init_params(spec.n_features, 8, torch.Generator().manual_seed(0))
+    model = MetaModel(params, spec, cfg, TailModel(1.2, 6.0), {})
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    save_model(engine, Path("tsmeta-data/models"), "p24", model, "r1")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the registered path still resolves
+    assert load_latest_models(engine)["p24"][0] == 1
+    # a registry row from before paths were stored resolved, and the files moved since
+    with engine.begin() as conn:
+        conn.execute(sa.update(models).values(path="tsmeta-data/models/cluster=p24/version=1"))
+    shutil.move(tmp_path / "work" / "tsmeta-data", tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="TSMETA_MODEL_DIR"):
+        load_latest_models(engine)
+    version, loaded = load_latest_models(engine, model_dir=tmp_path / "moved" / "models")["p24"]
+    assert version == 1
+    torch.testing.assert_close(loaded.params["w1"], params["w1"])

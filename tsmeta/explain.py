@@ -70,7 +70,7 @@ def series_night(
             f"unknown series id {shown}: not in the profile; list flagged series with "
             "`tsmeta anomalies`, or run `tsmeta profile` if the series is new"
         )
-    models = load_latest_models(engine)
+    models = load_latest_models(engine, model_dir=settings.model_dir)
     for cid in located.get_column("cluster_id").unique().sort().to_list():
         if cid not in models:
             raise LookupError(f"cluster {cid} has no model yet: run `tsmeta train --cluster {cid}`")

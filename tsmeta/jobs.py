@@ -325,7 +325,7 @@ def score_night(
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
     t = time.perf_counter()
     engine = engine_for(settings)
-    models = load_latest_models(engine)
+    models = load_latest_models(engine, model_dir=settings.model_dir)
     profile = read_profile(engine)
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")

@@ -47,7 +47,9 @@ def save_model(
                 cluster_id=cluster_id,
                 version=version,
                 algorithm=model.config.algorithm,
-                path=str(folder),
+                # absolute: a relative model_dir would tie every later load to the
+                # working directory this training ran in
+                path=str(folder.resolve()),
                 k=model.config.k,
                 horizon=model.config.horizon,
                 metrics={k: v for k, v in model.metrics.items() if k != "history"},
@@ -60,17 +62,27 @@ def save_model(
     return version
 
 
-def load_model(path: str | Path) -> MetaModel:
-    file = Path(path) / "model.pt"
-    if not file.is_file():
+def load_model(path: str | Path, *fallbacks: str | Path) -> MetaModel:
+    """The model saved in folder ``path``, or in the first of ``fallbacks`` that has one."""
+    tried = [Path(p) / "model.pt" for p in (path, *fallbacks)]
+    file = next((f for f in tried if f.is_file()), None)
+    if file is None:
         raise FileNotFoundError(
-            f"model file {file} is missing: retrain the cluster (`tsmeta train`)"
+            f"model file {' or '.join(map(str, dict.fromkeys(tried)))} is missing: retrain the "
+            "cluster (`tsmeta train`), or point TSMETA_MODEL_DIR (or --data-dir) at the models"
         )
     return MetaModel.from_state(torch.load(file, weights_only=False))
 
 
-def load_latest_models(engine: sa.Engine) -> dict[str, tuple[int, MetaModel]]:
-    """{cluster_id: (version, model)} for the newest version of every cluster."""
+def load_latest_models(
+    engine: sa.Engine, model_dir: Path | None = None
+) -> dict[str, tuple[int, MetaModel]]:
+    """{cluster_id: (version, model)} for the newest version of every cluster.
+
+    A version's files are looked for where the registry says, then under ``model_dir``
+    (``cluster=<id>/version=<n>``): registries written with a relative model directory,
+    or a data directory moved since, still load from wherever the command runs.
+    """
     latest = (
         sa.select(models.c.cluster_id, sa.func.max(models.c.version).label("version"))
         .group_by(models.c.cluster_id)
@@ -82,4 +94,11 @@ def load_latest_models(engine: sa.Engine) -> dict[str, tuple[int, MetaModel]]:
     )
     with engine.connect() as conn:
         rows = conn.execute(query).all()
-    return {r.cluster_id: (r.version, load_model(r.path)) for r in rows}
+    return {
+        r.cluster_id: (
+            r.version,
+            load_model(r.path, *([Path(model_dir) / f"cluster={r.cluster_id}" / f"version={r.version}"]
+                                 if model_dir is not None else [])),
+        )
+        for r in rows
+    }  # fmt: skip
