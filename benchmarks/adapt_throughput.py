@@ -56,7 +56,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_device(device: str, batch, params: dict, loop_series: int, record) -> None:  # noqa: ANN001
+def measure_device(device: str, batch, params: dict, loop_series: int, record,  # noqa: ANN001
+                   steps: int = STEPS) -> None:  # fmt: skip
     """Time the three ways of adapting ``batch`` on ``device`` and ``record`` each."""
     from tsmeta.meta.tasks import TaskBatch
 
@@ -72,7 +73,7 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record) -
     def explicit() -> None:
         with torch.no_grad():
             adapt_predict(
-                p, b.xs, b.ys, b.ms, b.xq, STEPS, LR, chunk=1024 if device == "cpu" else 65_536
+                p, b.xs, b.ys, b.ms, b.xq, steps, LR, chunk=1024 if device == "cpu" else 65_536
             )
         sync(device)
 
@@ -90,7 +91,7 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record) -
                     b.loc[sl],
                     b.scale[sl],
                 )
-                predict_batch(adapt_batch(p, part, STEPS, LR), part.xq)
+                predict_batch(adapt_batch(p, part, steps, LR), part.xq)
         sync(device)
 
     n_loop = min(loop_series, n)
@@ -98,7 +99,7 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record) -
     def loop() -> None:
         with torch.no_grad():
             for i in range(n_loop):
-                mlp(adapt(p, b.xs[i], b.ys[i], b.ms[i], STEPS, LR), b.xq[i])
+                mlp(adapt(p, b.xs[i], b.ys[i], b.ms[i], steps, LR), b.xq[i])
         sync(device)
 
     record("batched explicit", device, n, timed(explicit))
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "--loop-series", type=int, default=256, help="series timed in the per-series loop"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--hidden", type=int, default=40, help="width of the MLP's two hidden layers")
+    ap.add_argument("--inner-steps", type=int, default=STEPS, help="adaptation steps")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
         "--devices", nargs="+", choices=["cpu", "cuda"], default=None,
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     values = torch.as_tensor(np.tile(panel.values, (reps, 1))[: args.series])
     mask = torch.as_tensor(np.tile(panel.mask, (reps, 1))[: args.series])
     spec = FeatureSpec(24)
-    params = init_params(spec.n_features, 40, torch.Generator().manual_seed(0))
+    params = init_params(spec.n_features, args.hidden, torch.Generator().manual_seed(0))
     rows = torch.arange(args.series)
     t0 = torch.full((args.series,), values.shape[1] - H)
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = make_batch(values, mask, rows, t0, spec, K, H, panel.start_step)
 
     for device in devices:
-        measure_device(device, batch, params, args.loop_series, record)
+        measure_device(device, batch, params, args.loop_series, record, args.inner_steps)
 
     # the whole scoring step of a night, as the nightly job runs it per batch: features,
     # adaptation, the divergence guard, residual scale, calibrated tails, flags
@@ -166,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
         for relative in (False, True):
             s = FeatureSpec(24, relative_to_lag=relative)
-            model = MetaModel(params, s, MetaConfig(k=K, horizon=H, inner_steps=STEPS, inner_lr=LR),
-                              tail, partial_calibration=tail)  # fmt: skip
+            cfg = MetaConfig(k=K, horizon=H, inner_steps=args.inner_steps, inner_lr=LR,
+                             hidden=args.hidden)  # fmt: skip
+            model = MetaModel(params, s, cfg, tail, partial_calibration=tail)
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
             record("score_day" + (" (relative)" if relative else ""), device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
-    print(f"adaptation throughput: K={K}, H={H}, {STEPS} inner steps, MLP 40-40, "
+    print(f"adaptation throughput: K={K}, H={H}, {args.inner_steps} inner steps, "
+          f"MLP {args.hidden}-{args.hidden}, "
           f"torch threads {torch.get_num_threads()}"
           + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))  # fmt: skip
     print(f"{'method':<20}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")

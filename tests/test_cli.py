@@ -100,6 +100,22 @@ def _plot_report_evaluate(data_dir, top_series, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     capsys.readouterr()
 
+    # a night that was not run: the flags are recomputed, the same points the run stored
+    from datetime import date
+    from unittest import mock
+
+    from tsmeta import explain
+    from tsmeta.config import load_settings
+
+    settings = load_settings(data_dir=data_dir)
+    (stored,) = explain.series_night(settings, [top_series], date.fromisoformat(night))
+    with mock.patch.object(explain, "_night_was_run", return_value=False):
+        (again,) = explain.series_night(settings, [top_series], date.fromisoformat(night))
+    assert stored.flags_from == "stored" and again.flags_from == "recomputed"
+    assert stored.flags.height > 0
+    cols = ("ts", "direction", "severity")
+    assert again.flags.select(cols).sort("ts").equals(stored.flags.select(cols).sort("ts"))
+
     assert main(["--progress", "evaluate", *dd, "--start", night, "--end", night,
                  "--json", str(data_dir / "ev.json")]) == 0  # fmt: skip
     captured = capsys.readouterr()

@@ -89,26 +89,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from tsmeta.data.io import write_partitioned
-    from tsmeta.data.schema import validate_long_frame
+    from tsmeta.data.io import read_long_file, write_partitioned
 
     settings = _settings(args)
     src = Path(args.file)
-    if not src.is_file():
-        raise FileNotFoundError(
-            f"{src} does not exist: give a CSV or Parquet file of series_id, ts, value"
-        )
-    if src.suffix.lower() == ".csv":
-        frame = pl.read_csv(src, try_parse_dates=True)
-    elif src.suffix.lower() in (".parquet", ".pq"):
-        frame = pl.read_parquet(src)
-    else:
-        raise ValueError(
-            f"{src.name}: unknown file type {src.suffix!r}; give a .csv or .parquet file"
-        )
-    frame = validate_long_frame(frame, settings.freq)
+    frame = read_long_file(src, settings.freq)
     part = args.part or f"ingest-{src.stem}"
     files = write_partitioned(frame, settings.dataset_path, part)
     days = frame.get_column("ts").dt.date()
@@ -141,22 +126,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from pipelines.flows import nightly
 
     res = nightly(night=args.night, config=_config(args))
-    _print_json(res)
-    _warn_partial(res)
+    _print_json(res)  # what a partial night left out is on stderr already (the job's log)
     return 0 if res["status"] in ("completed", "partial") else 1
-
-
-def _warn_partial(res: dict) -> None:
-    """One line on stderr per thing a partial night left out, with the fix."""
-    for cid, c in sorted(res.get("clusters", {}).items()):
-        if c.get("error") == "no model":
-            print(f"tsmeta nightly: warning: cluster {cid} ({c['series']:,} series) has no model "
-                  f"yet, not scored: run `tsmeta train --cluster {cid}`", file=sys.stderr)  # fmt: skip
-        elif "error" in c:
-            print(f"tsmeta nightly: warning: cluster {cid} failed: {c['error']}", file=sys.stderr)
-    if res.get("unprofiled_series"):
-        print(f"tsmeta nightly: warning: {res['unprofiled_series']:,} series have data but no "
-              "profile, not scored: run `tsmeta profile`", file=sys.stderr)  # fmt: skip
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -298,25 +269,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------
 
 
-def _common(sp: argparse.ArgumentParser) -> None:
-    """--verbose / --progress / --no-progress are accepted after the command too."""
-    sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+def _common(sp: argparse.ArgumentParser, top: bool = False) -> None:
+    """--verbose / --progress / --no-progress, before the command (``top``: they set the
+    defaults) and after it (they only override what was given)."""
+    keep = argparse.SUPPRESS
+    sp.add_argument("--verbose", action="store_true", default=False if top else keep,
                     help="show tracebacks on errors")  # fmt: skip
-    sp.add_argument("--progress", dest="progress", action="store_true", default=argparse.SUPPRESS,
-                    help="progress bars even when stderr is not a terminal")  # fmt: skip
+    sp.add_argument("--progress", dest="progress", action="store_true",
+                    default=None if top else keep,
+                    help="show progress bars even when stderr is not a terminal")  # fmt: skip
     sp.add_argument("--no-progress", dest="progress", action="store_false",
-                    default=argparse.SUPPRESS, help="no progress bars")  # fmt: skip
+                    default=None if top else keep,
+                    help="no progress bars (also TSMETA_PROGRESS=off)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tsmeta", description="Meta-learned anomaly detection for many time series."
     )
-    p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="show progress bars even when stderr is not a terminal")  # fmt: skip
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (also TSMETA_PROGRESS=off)")  # fmt: skip
+    _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
@@ -463,11 +434,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
     """The error as one line with the fix; database connection failures name the URL."""
-    try:
-        import sqlalchemy.exc as sa_exc
-    except ImportError:  # pragma: no cover
-        sa_exc = None
-    if sa_exc is not None and isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         from tsmeta.config import redact_url
 
         try:

@@ -21,27 +21,29 @@ import numpy as np
 import torch
 
 from tsmeta.calibration import two_sided_tail
+from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
 from tsmeta.meta.train import MetaModel, robust_sigma
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
-           "SEVERITY"]  # fmt: skip
+           "BASIS_MEANING", "NOT_SCORED", "SEVERITY"]  # fmt: skip
 MAX_SURPRISE = 300.0  # -log10 of the smallest tail probability kept (float64 tails floor there)
 
 MIN_SUPPORT_POINTS = 3  # fewer observed support points: the series is reported unscored
-# how each series' forecast was made (ScoredDay.basis)
-BASIS = (
-    "adapted",  # adapted from all K support points
-    "partial",  # cold start / gaps: adapted from fewer than K (but >= MIN_SUPPORT_POINTS) points
-    "fallback",  # adaptation diverged on this support: the base forecast (seasonal naive / mean)
-    "unscored",  # fewer than MIN_SUPPORT_POINTS observed support points: no forecast
-    # the K support points are (near-)constant although the period before them was not (a
-    # stuck sensor, an outage filled with a constant): a forecast adapted to them says
-    # nothing about a normal night, so the night is not scored (the flatline itself was
-    # scored, and flagged, on the nights it began)
-    "constant",
-)
+# how each series' forecast was made (ScoredDay.basis), in the words the logs, the report
+# and the plots use. "constant": a forecast adapted to a flatline (a stuck sensor, an
+# outage filled with a constant) says nothing about a normal night, so the night is not
+# scored (the flatline itself was scored, and flagged, on the night it began).
+BASIS_MEANING = {
+    "adapted": "from all K recent points",
+    "partial": "cold start or gaps: from fewer than K recent points",
+    "fallback": "adaptation diverged: the base forecast (seasonal naive or mean) is used",
+    "unscored": f"fewer than {MIN_SUPPORT_POINTS} of the recent points were observed",
+    "constant": "the recent points are stuck at one value after a varying period",
+}
+BASIS = tuple(BASIS_MEANING)
+NOT_SCORED = ("unscored", "constant")  # bases whose series get no forecast judged that night
 _ADAPTED, _PARTIAL, _FALLBACK, _UNSCORED, _CONSTANT = range(len(BASIS))
 STUCK_SHARE = 0.75  # support points at one value (the previous period varying): constant
 # a flagged point's severity by its tail probability p against the false-alarm rate a
@@ -113,9 +115,9 @@ def score_day(
     values (n, T) float (NaN where unobserved), mask (n, T) bool. The window must hold K
     points (plus one period for the seasonal lag) before the scored day. Every series
     gets a ``basis`` saying how its forecast was made (see ``BASIS``); missing points in
-    the scored day are left unscored (NaN), never flagged. ``device``: where the features,
-    adaptation and residual scales are computed, one chunk at a time (``"cuda"`` on a GPU
-    worker); the tail probabilities and the returned arrays are float64/float32 on the host.
+    the scored day are left unscored (NaN), never flagged. ``device``: where the whole
+    chunk is computed (features, adaptation, residual scales, tail probabilities, flags;
+    ``"cuda"`` on a GPU worker); the returned arrays are numpy, on the host.
     """
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), received {false_alarm_rate}")
@@ -199,16 +201,6 @@ def score_day(
     )
 
 
-def _masked_std(v: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row std and count of the observed values of v (B, N)."""
-    w = m.to(v.dtype)
-    cnt = w.sum(1)
-    x = torch.nan_to_num(v) * w
-    mean = x.sum(1) / cnt.clamp_min(1.0)
-    var = (((torch.nan_to_num(v) - mean[:, None]) * w) ** 2).sum(1) / cnt.clamp_min(1.0)
-    return var.sqrt(), cnt
-
-
 def _stuck_share(v: torch.Tensor, m: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
     """(B,) share of the observed points of v (B, N) within ``tol`` (B,) of their median."""
     x = torch.where(m, v, torch.full((), float("nan"), dtype=v.dtype))
@@ -227,9 +219,9 @@ def _constant_support(
         return torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
     sv, sm = values[:, t0 - k : t0], mask[:, t0 - k : t0]
     ev, em = values[:, t0 - k - before : t0 - k], mask[:, t0 - k - before : t0 - k]
-    ear_std, ear_n = _masked_std(ev, em)
+    _, ear_std = masked_mean_std(torch.nan_to_num(ev), em)
     tol = 1e-3 * ear_std
     return (
-        (sm.sum(1) >= MIN_SUPPORT_POINTS) & (ear_n >= MIN_SUPPORT_POINTS) & (ear_std > 0)
+        (sm.sum(1) >= MIN_SUPPORT_POINTS) & (em.sum(1) >= MIN_SUPPORT_POINTS) & (ear_std > 0)
         & (_stuck_share(sv, sm, tol) >= STUCK_SHARE) & (_stuck_share(ev, em, tol) < 0.5)
     )  # fmt: skip

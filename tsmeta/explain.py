@@ -21,7 +21,7 @@ from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, scan_dataset
 from tsmeta.data.panel import freq_timedelta, scatter_panel
 from tsmeta.detect import BASIS, score_day
-from tsmeta.jobs import engine_for, night_bounds
+from tsmeta.jobs import engine_for, night_bounds, points_frame
 from tsmeta.store.models import load_latest_models
 from tsmeta.store.queries import query_anomalies
 from tsmeta.store.writes import read_profile
@@ -87,7 +87,7 @@ def series_night(
     days = max(history_days, math.ceil(reach / spd))
     first = max(night - timedelta(days=days), dates[0])
     begin, _ = night_bounds(first)
-    _, finish = night_bounds(night)
+    night_start, finish = night_bounds(night)
     frame = (
         scan_dataset(settings.dataset_path, first, night + timedelta(days=1))
         .filter(pl.col("series_id").cast(pl.String).is_in(ids))
@@ -113,20 +113,16 @@ def series_night(
         day = score_day(panel.values[rows], panel.mask[rows], panel.series_ids[rows],
                         panel.start_step, model, settings.false_alarm_rate)  # fmt: skip
         H = model.config.horizon
+        night_ts = ts[-H:]
+        # the night's flags: the stored rows when the night was run, else this scoring's,
+        # as the nightly job would have written them
+        found = stored if night_run else points_frame(
+            day, night_start, settings.freq, cid[0], version, settings.false_alarm_rate
+        )  # fmt: skip
         for j, sid in enumerate(part.get_column("series_id").to_list()):
-            night_ts = ts[-H:]
-            if night_run:
-                flags = stored.filter(pl.col("series_id") == sid).select(
-                    "ts", "value", "forecast", "score", "direction", "severity"
-                )
-            else:
-                hit = np.flatnonzero(day.flag[j])
-                resid = day.residual[j, hit]
-                flags = pl.DataFrame({
-                    "ts": night_ts[hit], "value": day.value[j, hit].astype(float),
-                    "forecast": day.forecast[j, hit].astype(float), "score": day.score[j, hit],
-                    "direction": np.where(resid > 0, "up", "down"),
-                }).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))  # fmt: skip
+            flags = found.filter(pl.col("series_id") == sid).select(
+                "ts", "value", "forecast", "score", "direction", "severity"
+            )
             out.append(
                 SeriesNight(
                     series_id=sid,

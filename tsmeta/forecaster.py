@@ -27,6 +27,7 @@ __all__ = [
     "mlp",
     "masked_mse",
     "support_normalisation",
+    "masked_mean_std",
     "build_features",
     "seasonal_lag",
 ]
@@ -93,11 +94,19 @@ def support_normalisation(
     y (B, K), m (B, K) float -> loc (B,), scale (B,). The scale is floored at ``rel_floor``
     of |loc| (and an absolute 1e-6) so near-constant series do not blow up residuals.
     """
-    cnt = m.sum(-1).clamp_min(1.0)
-    loc = (y * m).sum(-1) / cnt
-    var = (((y - loc[:, None]) ** 2) * m).sum(-1) / cnt
-    scale = torch.maximum(var.sqrt(), rel_floor * loc.abs()).clamp_min(1e-6)
+    loc, std = masked_mean_std(y, m)
+    scale = torch.maximum(std, rel_floor * loc.abs()).clamp_min(1e-6)
     return loc, scale
+
+
+def masked_mean_std(y: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and (population) std of the points of y (B, N) where m (B, N) is set;
+    y must be finite where m is not (NaNs there: zero them first)."""
+    w = m.to(y.dtype)
+    cnt = w.sum(-1).clamp_min(1.0)
+    loc = (y * w).sum(-1) / cnt
+    var = (((y - loc[:, None]) ** 2) * w).sum(-1) / cnt
+    return loc, var.sqrt()
 
 
 def build_features(

@@ -23,14 +23,7 @@ from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, iter_window_panels
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
-from tsmeta.detect import (
-    BASIS,
-    MIN_SUPPORT_POINTS,
-    SEVERITY,
-    score_day,
-    severity_of,
-    surprise_of,
-)
+from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
@@ -46,6 +39,7 @@ from tsmeta.store.writes import (
 
 __all__ = [
     "engine_for",
+    "points_frame",
     "profile_series",
     "train_models",
     "score_night",
@@ -341,7 +335,8 @@ def score_night(
     failed: dict[str, str] = {}
     for cid, n_series in sorted(sizes.items()):
         if cid not in models:
-            log.warning("cluster %s (%d series) has no model yet: not scored", cid, n_series)
+            log.warning("cluster %s (%s series) has no model yet, not scored: run "
+                        "`tsmeta train --cluster %s`", cid, f"{n_series:,}", cid)  # fmt: skip
             stats["no_model_series"] += n_series
             failed[cid] = "no model"
         elif models[cid][1].config.horizon != spd:
@@ -349,21 +344,21 @@ def score_night(
                 f"ValueError: model forecasts {models[cid][1].config.horizon} steps but a night "
                 f"has {spd}; retrain it with horizon={spd}"
             )
+            log.warning("cluster %s not scored: %s", cid, failed[cid])
     counts = {cid: {"scored": 0, "points": 0, "flagged": 0, **dict.fromkeys(BASIS, 0)}
               for cid in sizes}  # fmt: skip
     frames: dict[str, list[pl.DataFrame]] = {cid: [] for cid in sizes}  # rows kept per cluster
     pbar = progress.bar("score", total=sum(sizes.values()))
 
     def collect(cid: str, day: object) -> None:
-        if not isinstance(day, BaseException):
-            pbar.update(len(day.series_ids))
         if isinstance(day, BaseException):
             fail(cid, day)
             return
+        pbar.update(len(day.series_ids))
         if cid in failed:
             return
         version = models[cid][0]
-        frames[cid].append(_points_frame(day, night_start, settings.freq, cid, version,
+        frames[cid].append(points_frame(day, night_start, settings.freq, cid, version,
                                           settings.false_alarm_rate, keep == "all"))  # fmt: skip
         c = counts[cid]
         c["scored"] += int(day.scored.sum())
@@ -436,16 +431,13 @@ def score_night(
             collect(cid, day)
     pbar.close()
     basis_totals = {b: sum(c[b] for cid, c in counts.items() if cid not in failed) for b in BASIS}
-    if any(basis_totals[b] for b in ("partial", "unscored", "fallback", "constant")):
-        log.info(
-            "forecast basis: %s (partial: fewer than K recent points; fallback: adaptation "
-            "diverged, base forecast used; unscored: fewer than %d recent points; constant: "
-            "the recent points are constant after a varying period, not scored)",
-            ", ".join(f"{b} {n:,}" for b, n in basis_totals.items()), MIN_SUPPORT_POINTS,
-        )  # fmt: skip
+    if any(basis_totals[b] for b in BASIS[1:]):  # anything but "adapted"
+        log.info("forecast basis: %s (%s)",
+                 ", ".join(f"{b} {n:,}" for b, n in basis_totals.items()),
+                 "; ".join(f"{b}: {BASIS_MEANING[b]}" for b in BASIS[1:]))  # fmt: skip
     if stats["unprofiled_series"]:
-        log.warning("%d series have data but no profile (run `tsmeta profile`); not scored",
-                    stats["unprofiled_series"])  # fmt: skip
+        log.warning("%s series have data but no profile, not scored: run `tsmeta profile`",
+                    f"{stats['unprofiled_series']:,}")  # fmt: skip
 
     for cid, n_series in sorted(sizes.items()):
         if cid in failed:
@@ -491,7 +483,7 @@ def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str): 
                      settings.torch_device())  # fmt: skip
 
 
-def _points_frame(
+def points_frame(
     day, night_start: datetime, freq: str, cluster_id: str, version: int,
     false_alarm_rate: float, every_point: bool = False,
 ) -> pl.DataFrame:  # noqa: ANN001  # fmt: skip

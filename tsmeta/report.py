@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from tsmeta.config import Settings, redact_url
+from tsmeta.detect import BASIS, BASIS_MEANING, NOT_SCORED
 from tsmeta.explain import SeriesNight, latest_nightly_run, series_night
 
 __all__ = ["plot_series", "render_plot", "write_report"]
@@ -34,12 +35,6 @@ def render_plot(view: SeriesNight, width: float = 11.0, height: float = 3.6) -> 
         plt.close(fig)
 
 
-_NOT_SCORED = {
-    "unscored": "fewer than 3 of the recent points were observed",
-    "constant": "the recent points are stuck at one value after a varying period",
-}
-
-
 def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: ANN201 - a Figure
     """The matplotlib Figure of :func:`render_plot` (the caller closes it)."""
     import matplotlib
@@ -53,7 +48,7 @@ def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: 
     ax.plot(ts, view.value, color="0.35", lw=1.0, label="observed")
     # a series that was not scored (too few or stuck recent points) has no band to show:
     # drawing the forecast it was not judged by would suggest it had been
-    scored = view.basis not in _NOT_SCORED
+    scored = view.basis not in NOT_SCORED
     if scored:
         ax.fill_between(night_ts, view.lower, view.upper, color="tab:orange", alpha=0.25,
                         lw=0, label="forecast band")  # fmt: skip
@@ -68,7 +63,7 @@ def draw(view: SeriesNight, width: float = 11.0, height: float = 3.6):  # noqa: 
                        label=f"flagged {direction} ({f.height})")  # fmt: skip
     n_flags = view.flags.height
     what = (f"{n_flags} flagged ({view.flags_from}), forecast basis {view.basis}" if scored
-            else f"not scored: {_NOT_SCORED[view.basis]}")  # fmt: skip
+            else f"not scored: {BASIS_MEANING[view.basis]}")  # fmt: skip
     ax.set_title(
         f"{view.series_id}  -  cluster {view.cluster_id} (model v{view.model_version}), "
         f"{view.night}: {what}",
@@ -164,14 +159,14 @@ def _page(settings, night, run, counts, anomalies, plots) -> str:  # noqa: ANN00
     )  # fmt: skip
     basis = counts.get("basis", {})
     basis_t = _table(list(basis), [[f"{v:,}" for v in basis.values()]], set(range(len(basis))))
+    others = BASIS[1:]  # the bases other than "adapted", one column each
     per_cluster = _table(
-        ["cluster", "series", "scored", "points", "flagged", "model version", "partial",
-         "fallback", "unscored", "constant", "error"],
+        ["cluster", "series", "scored", "points", "flagged", "model version", *others, "error"],
         [[cid, f"{c.get('series', 0):,}", f"{c.get('scored', 0):,}", f"{c.get('points', 0):,}",
-          f"{c.get('flagged', 0):,}", c.get("model_version", ""), c.get("partial", ""),
-          c.get("fallback", ""), c.get("unscored", ""), c.get("constant", ""), c.get("error", "")]
+          f"{c.get('flagged', 0):,}", c.get("model_version", ""), *(c.get(b, "") for b in others),
+          c.get("error", "")]
          for cid, c in sorted(clusters.items())],
-        numeric={1, 2, 3, 4, 5, 6, 7, 8, 9},
+        numeric=set(range(1, 6 + len(others))),
     )  # fmt: skip
     timings = {k: v for k, v in counts.items() if k.endswith("seconds")}
     timing_t = _table(list(timings), [list(timings.values())], set(range(len(timings))))
@@ -220,10 +215,8 @@ finished {_esc(run.get("finished_at"))}.</p>
 {summary}
 {f'<ul class="warn">{warn}</ul>' if warn else ""}
 <h2>Forecast basis</h2>
-<p>adapted: from all K recent points; partial: cold start or gaps (fewer points);
-fallback: adaptation diverged, base forecast used; unscored: too few recent points;
-constant: the recent points are constant although the period before varied (a stuck
-sensor): not scored tonight.</p>
+<p>{_esc("; ".join(f"{b}: {m}" for b, m in BASIS_MEANING.items()))}. Series with basis
+{" or ".join(NOT_SCORED)} are not scored that night.</p>
 {basis_t}
 <h2>Per cluster</h2>
 {per_cluster}

@@ -38,6 +38,7 @@ __all__ = [
     "write_partitioned",
     "write_parquet_atomic",
     "read_csv",
+    "read_long_file",
     "read_sql_table",
 ]
 
@@ -280,6 +281,21 @@ def read_csv(path: str | Path, freq: str = "h", **kwargs: object) -> pl.DataFram
     """Read a long-format CSV (``series_id,ts,value``) and validate it."""
     frame = pl.read_csv(path, try_parse_dates=True, **kwargs)  # type: ignore[arg-type]
     return validate_long_frame(frame, freq)
+
+
+def read_long_file(path: str | Path, freq: str = "h") -> pl.DataFrame:
+    """Read and validate a long-format ``.csv`` or ``.parquet`` file (``tsmeta ingest``)."""
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"{src} does not exist: give a CSV or Parquet file of series_id, ts, value"
+        )
+    suffix = src.suffix.lower()
+    if suffix == ".csv":
+        return read_csv(src, freq)
+    if suffix in (".parquet", ".pq"):
+        return validate_long_frame(pl.read_parquet(src), freq)
+    raise ValueError(f"{src.name}: unknown file type {src.suffix!r}; give a .csv or .parquet file")
 
 
 def read_sql_table(
