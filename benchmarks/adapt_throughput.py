@@ -155,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # the whole scoring step of a night, as the nightly job runs it per batch: features,
     # adaptation, the divergence guard, residual scale, calibrated tails, flags
-    from tsmeta.calibration import fit_tail
+    from tsmeta.calibration import fit_tail, fit_windows
     from tsmeta.detect import score_day
     from tsmeta.meta.train import MetaConfig, MetaModel
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
-    # a tail as training leaves it: a t, empirical knots and per-step scales (a partial one too)
+    # a tail as training leaves it: a t, empirical knots, per-step scales and the window
+    # statistics' tails (a partial one too)
     rng = np.random.default_rng(0)
-    tail = fit_tail(np.abs(rng.standard_t(5.0, size=100_000)))
-    tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)))
+    z_cal = rng.standard_t(5.0, size=(4096, H))
+    tail = fit_tail(np.abs(z_cal).ravel())
+    windows = fit_windows(torch.as_tensor(z_cal), torch.ones(z_cal.shape, dtype=torch.bool), tail)
+    tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
         for relative in (False, True):

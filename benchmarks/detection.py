@@ -56,8 +56,9 @@ TRAIN_DAYS = 28
 # "tsmeta": the model as trained (tail and per-step scales fitted on held-out series);
 # the two "1024 tasks" rows recalibrate the same model on one larger sample of tasks from
 # the training window, with and without per-step scales (the calibration ablation);
-# "t tail only": the model as trained without the empirical tail knots (the t alone)
-METHODS = ("tsmeta", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+# "points only": the model as trained without the window statistics (each point judged
+# alone); "t tail only": the model as trained without the empirical tail knots (the t alone)
+METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
@@ -79,10 +80,18 @@ def unadapted(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step
 
 
 def t_only(model: MetaModel) -> MetaModel:
-    """The same model, its tails without the empirical knots (the Student-t alone)."""
+    """The same model, its point tails without the empirical knots (the Student-t alone, no
+    window statistics): the calibration of two steps back."""
     part = model.partial_calibration
-    return replace(model, calibration=replace(model.calibration, knots=None),
-                   partial_calibration=None if part is None else replace(part, knots=None))  # fmt: skip
+    return replace(model, calibration=replace(model.calibration.point, knots=None),
+                   partial_calibration=None if part is None else replace(part.point, knots=None))  # fmt: skip
+
+
+def points_only(model: MetaModel) -> MetaModel:
+    """The same model, its tails without the window statistics (each point judged alone)."""
+    part = model.partial_calibration
+    return replace(model, calibration=model.calibration.point,
+                   partial_calibration=None if part is None else part.point)  # fmt: skip
 
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
@@ -218,6 +227,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
             for p, rows in groups.items():
                 model = models.get(p, models[24])
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
+                                ("tsmeta, points only", points_only(model)),
                                 ("tsmeta, t tail only", t_only(model)),
                                 ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
                                 ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24]))):  # fmt: skip
@@ -320,7 +330,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     out = {}
     for label, vals in (("injected", injected), ("clean", values)):
         scores = {}
-        for name, m in (("tsmeta", model), ("unadapted init", raw), ("tsmeta, t tail only", t_only(model)),
+        for name, m in (("tsmeta", model), ("unadapted init", raw), ("tsmeta, points only", points_only(model)),
+                        ("tsmeta, t tail only", t_only(model)),
                         ("tsmeta, 1024 tasks, one tail", one_tail),
                         ("tsmeta, 1024 tasks, per step", per_step)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)

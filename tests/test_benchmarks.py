@@ -95,7 +95,8 @@ def test_detection_small(tmp_path):
     res = run("detection", "--series", "120", "--nights", "1", "--mstl-series", "20",
               "--meta-steps", "20", "--skip-m4", tmp_path=tmp_path)  # fmt: skip
     syn = res["synthetic"]
-    assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, t tail only", "tsmeta, 1024 tasks, one tail",
+    assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, points only", "tsmeta, t tail only",
+                                       "tsmeta, 1024 tasks, one tail",
                                        "tsmeta, 1024 tasks, per step", "unadapted init",
                                        "seasonal naive + robust z", "MSTL interval"}  # fmt: skip
     for r in syn["all_series"].values():

@@ -130,3 +130,112 @@ def test_threshold_with_knots_is_where_the_tail_reaches_the_rate(rate):
     got = two_sided_tail(torch.as_tensor(z), tail).numpy()
     np.testing.assert_allclose(got, two_sided_tail(z, tail), rtol=1e-9)
     assert np.all(np.diff(got[:-1]) <= 0)  # a tail probability never rises with |z|
+
+
+# window statistics: sustained deviations whose single points stay inside the band
+
+
+def _correlated_z(rng, n, horizon=24, rho=0.6, dof=5.0):
+    """(n, horizon) heavy-tailed z-scores correlated along the horizon (as forecast errors
+    of one forecast are), unit-ish scale."""
+    e = rng.standard_t(dof, size=(n, horizon))
+    z = np.empty_like(e)
+    z[:, 0] = e[:, 0]
+    for h in range(1, horizon):
+        z[:, h] = rho * z[:, h - 1] + math.sqrt(1 - rho**2) * e[:, h]
+    return z
+
+
+def test_window_statistics_equal_a_loop_over_centred_windows():
+    import torch
+
+    from tsmeta.calibration import window_sums
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 10))
+    obs = rng.random((5, 10)) > 0.2
+    got = window_sums(torch.as_tensor(z), torch.as_tensor(obs), 4).numpy()
+    for i in range(5):
+        for t in range(10):
+            lo, hi = max(t - 2, 0), min(t + 2, 10)
+            sel = np.sort(z[i, lo:hi][obs[i, lo:hi]])
+            low_median = sel[(len(sel) - 1) // 2]  # of an even count, the lower middle one
+            want = low_median * math.sqrt(len(sel)) if obs[i, t] else 0.0
+            assert got[i, t] == pytest.approx(want, abs=1e-12)
+
+
+def _fit_with_windows(z):
+    import torch
+
+    from tsmeta.calibration import fit_windows
+
+    point = fit_tail(np.abs(z).ravel())
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    return replace(point, windows=fit_windows(torch.as_tensor(z), obs, point))
+
+
+def test_window_statistics_keep_the_clean_flag_rate():
+    import torch
+
+    from tsmeta.calibration import tail_probability
+
+    rng = np.random.default_rng(1)
+    tail = _fit_with_windows(_correlated_z(rng, 8000))
+    assert tail.windows is not None and tail.windows.widths == (5, 12)
+    assert 1.0 <= tail.windows.factor <= 3.0
+    fresh = torch.as_tensor(_correlated_z(rng, 20000))
+    p = tail_probability(fresh, torch.ones(fresh.shape, dtype=torch.bool), tail).numpy()
+    assert np.all((p >= 0) & (p <= 1))
+    assert 0.5e-3 < (p < 1e-3).mean() < 2e-3
+
+
+def test_a_sustained_shift_inside_the_band_is_flagged_only_with_windows():
+    import torch
+
+    from tsmeta.calibration import tail_probability
+
+    rng = np.random.default_rng(2)
+    tail = _fit_with_windows(_correlated_z(rng, 8000))
+    thr = tail.threshold(1e-3)
+    z = np.zeros((1, 24))
+    z[0, 6:18] = 0.65 * thr  # twelve hours shifted, every point well inside the band
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    with_windows = tail_probability(torch.as_tensor(z), obs, tail).numpy()[0]
+    alone = tail_probability(torch.as_tensor(z), obs, tail.point).numpy()[0]
+    assert (alone >= 1e-3).all()
+    assert (with_windows[9:15] < 1e-3).all()
+    assert (with_windows[:3] >= 1e-3).all() and (with_windows[21:] >= 1e-3).all()
+
+
+def test_the_band_is_where_an_isolated_point_reaches_the_rate():
+    import torch
+
+    from tsmeta.calibration import tail_probability
+
+    rng = np.random.default_rng(3)
+    tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
+    thr = tail.threshold(1e-3)
+    z = np.zeros((2, 24))
+    z[0, 10], z[1, 10] = 1.01 * thr, 0.99 * thr
+    p = tail_probability(torch.as_tensor(z), torch.ones(z.shape, dtype=torch.bool), tail).numpy()
+    assert p[0, 10] < 1e-3 <= p[1, 10]
+
+
+def test_window_tails_round_trip_and_older_models_load_without_them():
+    tail = _fit_with_windows(_correlated_z(np.random.default_rng(4), 4000))
+    assert TailModel.from_dict(tail.to_dict()) == tail
+    old = tail.point.to_dict()
+    del old["windows"]
+    assert TailModel.from_dict(old).windows is None
+
+
+def test_one_spike_lends_its_size_to_no_neighbour():
+    import torch
+
+    from tsmeta.calibration import tail_probability
+
+    tail = _fit_with_windows(_correlated_z(np.random.default_rng(5), 8000))
+    z = np.zeros((1, 24))
+    z[0, 12] = 1e6
+    p = tail_probability(torch.as_tensor(z), torch.ones(z.shape, dtype=torch.bool), tail).numpy()
+    assert p[0, 12] < 1e-20 and (np.delete(p[0], 12) > 0.1).all()

@@ -14,8 +14,17 @@ own two-sided tail is kept too (knots down to the probability that still has
 two. Anomalies in the calibration windows can only raise the empirical tail, never lower
 it, so where it is below the t's the t is too heavy for certain; where contamination makes
 it the higher one, the t decides as before. Beyond the last knot the empirical tail is
-continued with the t's shape. Pure numpy (and the same interpolation in torch for scoring
-on a device); tables cached per dof.
+continued with the t's shape.
+
+Single points miss what is sustained: a level shift of 2 z-units for twelve hours leaves
+every point inside the band. ``WindowTails`` adds, per point, the median z of the centred
+windows of ``WINDOWS`` steps around it (times the square root of their count), each with
+its own tail fitted on the same calibration sample, and calibrates the smallest of the
+point's and its windows' tail probabilities on that sample too, so the flag rate on clean
+data stays the configured one. Medians: one spike never flags its neighbours.
+
+Pure numpy for fitting the point tail (and the same interpolation in torch for scoring on
+a device; the window statistics are torch throughout); tables cached per dof.
 """
 
 from __future__ import annotations
@@ -26,10 +35,16 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["TailModel", "fit_tail", "fit_step_scale", "two_sided_tail", "t_sf", "EMP_MIN_EXCEED"]
+__all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "two_sided_tail",
+           "tail_probability", "window_sums", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
 EMP_MIN_EXCEED = 30  # the empirical tail reaches the probability with this many points beyond
 EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5 down
+# widths of the centred windows whose sums of z reveal a sustained deviation (a level shift,
+# a stuck value, a changed season) whose single points stay inside the band
+WINDOWS = (5, 12)
+COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilities is read (high
+# enough that anomalies in the calibration windows, a percent or so of points, barely move it)
 
 DOF_GRID = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
 _X = np.concatenate([np.linspace(0.0, 50.0, 50001), np.geomspace(50.0, 1e6, 20001)[1:]])
@@ -77,6 +92,9 @@ class TailModel:
     # (after the step scale); the tail probability is the smaller of the t's and this.
     # None: the t alone (models calibrated before it existed load so)
     knots: tuple[tuple[float, float], ...] | None = None
+    # sustained deviations: the tails of centred window sums of z and how the smallest of
+    # the point's and the windows' tail probabilities is calibrated. None: the point alone
+    windows: WindowTails | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -84,17 +102,24 @@ class TailModel:
             "dof": None if math.isinf(self.dof) else self.dof,
             "step_scale": None if self.step_scale is None else list(self.step_scale),
             "knots": None if self.knots is None else [list(k) for k in self.knots],
+            "windows": None if self.windows is None else self.windows.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> TailModel:
-        steps, knots = d.get("step_scale"), d.get("knots")
+        steps, knots, windows = d.get("step_scale"), d.get("knots"), d.get("windows")
         return cls(
             float(d["scale"]),
             math.inf if d.get("dof") is None else float(d["dof"]),
             None if steps is None else tuple(float(x) for x in steps),
             None if knots is None else tuple((float(a), float(b)) for a, b in knots),
+            None if windows is None else WindowTails.from_dict(windows),
         )
+
+    @property
+    def point(self) -> TailModel:
+        """The tail of single points (this model without the window statistics)."""
+        return self if self.windows is None else replace(self, windows=None)
 
     def steps(self, horizon: int) -> np.ndarray:
         """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
@@ -108,7 +133,13 @@ class TailModel:
         return np.asarray(self.step_scale, dtype=np.float64)
 
     def threshold(self, false_alarm_rate: float) -> float:
-        """|z| above which a point's two-sided tail probability is below the rate."""
+        """|z| above which a point's tail probability is below the rate on its own (with
+        window statistics, a point of a sustained deviation may be flagged inside it)."""
+        if self.windows is None:
+            return self._point_threshold(false_alarm_rate)
+        return self._point_threshold(math.exp(-self.windows.surprise_at(false_alarm_rate)))
+
+    def _point_threshold(self, false_alarm_rate: float) -> float:
         thr_t = self.scale * _t_ppf(1 - false_alarm_rate / 2, self.dof)
         if self.knots is None:
             return thr_t
@@ -121,6 +152,134 @@ class TailModel:
             target = la - kp[-1] + float(np.interp(kz[-1] / self.scale, _X, log_sf))
             thr_e = self.scale * float(np.interp(target, log_sf[::-1], _X[::-1]))
         return min(thr_t, thr_e)
+
+
+@dataclass(frozen=True)
+class WindowTails:
+    """Sustained deviations: for each width w of ``widths`` the tail of |S_w|, the median of
+    the observed z of the centred window of w steps around a point times the square root of
+    their count (``window_sums``: a shift of 2 z-units for 12 hours gives S_12 ~ 7 where no
+    single point leaves the band). A point's tail probability is then that of m, the smallest of its own
+    and its windows' tail probabilities, on the calibration sample: below the knots' reach
+    ``factor * m`` (the smallest of several probabilities is below x about ``factor`` x as
+    often as one is, 1 <= factor <= 1 + len(widths)), and the smaller of that and the
+    sample's own tail of -log m (``knots``, as (u, log P(-log m > u)), u rising) within."""
+
+    widths: tuple[int, ...]
+    tails: tuple[TailModel, ...]
+    factor: float
+    knots: tuple[tuple[float, float], ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "widths": list(self.widths),
+            "tails": [t.to_dict() for t in self.tails],
+            "factor": self.factor,
+            "knots": None if self.knots is None else [list(k) for k in self.knots],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WindowTails:
+        knots = d.get("knots")
+        return cls(
+            tuple(int(w) for w in d["widths"]),
+            tuple(TailModel.from_dict(t) for t in d["tails"]),
+            float(d["factor"]),
+            None if knots is None else tuple((float(a), float(b)) for a, b in knots),
+        )
+
+    def surprise_at(self, false_alarm_rate: float) -> float:
+        """u = -log m at which the calibrated tail probability reaches the rate."""
+        la = math.log(false_alarm_rate)
+        u = math.log(self.factor) - la
+        if self.knots is not None:
+            ku, kp = _knot_arrays(self.knots)
+            u_emp = float(np.interp(-la, -kp, ku)) if la >= kp[-1] else ku[-1] + kp[-1] - la
+            u = min(u, u_emp)
+        return max(u, 0.0)
+
+
+def window_sums(z, observed, width: int):  # noqa: ANN001, ANN201 - torch tensors
+    """(B, H) float64: for each observed point, the median of the observed z (B, H, signed) of
+    the centred window of ``width`` steps around it (cut at the horizon's ends) times the
+    square root of their count; 0 where the point itself is unobserved. A median, so that
+    one spike never lends its size to its neighbours: a window is extreme only when most of
+    its points deviate the same way (a level shift, a stuck value, a changed season)."""
+    import torch
+
+    H = z.shape[1]
+    w = min(int(width), H)
+    obs = observed.to(torch.bool)
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=z.device)
+    x = torch.where(obs, z.to(torch.float64), nan)
+    left = w // 2
+    x = torch.nn.functional.pad(x, (left, w - 1 - left), value=float("nan"))
+    win = x.unfold(1, w, 1)  # (B, H, w)
+    med = torch.nanmedian(win, dim=2).values
+    count = (~torch.isnan(win)).sum(2).to(torch.float64)
+    return torch.where(
+        obs, med * count.sqrt(), torch.zeros((), dtype=torch.float64, device=z.device)
+    )
+
+
+def _smallest_log_tail(z, observed, tail: TailModel):  # noqa: ANN001, ANN202
+    """log of the smallest of the point's and its windows' tail probabilities (torch)."""
+    import torch
+
+    m = _log_tail_torch(z.abs(), tail)
+    for width, wt in zip(tail.windows.widths, tail.windows.tails, strict=True):
+        m = torch.minimum(m, _log_tail_torch(window_sums(z, observed, width).abs(), wt))
+    return m
+
+
+def tail_probability(z, observed, tail: TailModel):  # noqa: ANN001, ANN201 - torch tensors
+    """Two-sided tail probability (float64, on z's device) of every point of signed z-scores
+    (B, H) whose observed points are ``observed``: the point's own tail, or with window
+    statistics the calibrated smallest of its own and its windows'. 1 minus the score."""
+    import torch
+
+    if tail.windows is None:
+        return _two_sided_tail_torch(z.abs(), tail)
+    u = -_smallest_log_tail(z, observed, tail)
+    wt = tail.windows
+    out = math.log(wt.factor) - u
+    if wt.knots is not None:
+        ku_np, kp_np = _knot_arrays(wt.knots)
+        ku = torch.as_tensor(ku_np, dtype=torch.float64, device=u.device)
+        kp = torch.as_tensor(kp_np, dtype=torch.float64, device=u.device)
+        emp = torch.where(u > ku_np[-1], kp_np[-1] - (u - ku_np[-1]), _interp_torch(u, ku, kp))
+        out = torch.minimum(out, emp)
+    return torch.exp(out.clamp(max=0.0))
+
+
+def fit_windows(
+    z, observed, point: TailModel, widths: tuple[int, ...] = WINDOWS
+) -> WindowTails | None:  # noqa: ANN001 - torch tensors
+    """The window statistics' tails and their combination with the point tail ``point``,
+    from out-of-sample signed z (B, H) (already divided by the per-step scales) and their
+    mask. None when the sample is too small to say."""
+    import torch
+
+    obs = observed.to(torch.bool)
+    if int(obs.sum()) < 1000 or z.shape[1] < 2:
+        return None
+    widths = tuple(sorted({min(int(w), z.shape[1]) for w in widths} - {1}))
+    if not widths:
+        return None
+    tails = tuple(fit_tail(window_sums(z, obs, w).abs()[obs].cpu().numpy()) for w in widths)
+    draft = WindowTails(widths, tails, 1.0)
+    m = _smallest_log_tail(z, obs, replace(point, windows=draft))[obs].cpu().numpy()
+    factor = float(np.clip((m < math.log(COMBINE_AT)).mean() / COMBINE_AT, 1.0, 1.0 + len(widths)))
+    u = -m
+    p_min = EMP_MIN_EXCEED / u.size
+    knots = None
+    if p_min < 0.05:
+        probs = np.geomspace(0.5, p_min, EMP_KNOTS)
+        ku = np.maximum.accumulate(np.quantile(u, 1.0 - probs))
+        knots = ((0.0, 0.0),) + tuple(
+            (float(a), float(b)) for a, b in zip(ku, np.log(probs), strict=True)
+        )
+    return WindowTails(widths, tails, factor, knots)
 
 
 def fit_step_scale(
@@ -235,6 +394,13 @@ def _interp_torch(q, x, y):  # noqa: ANN001, ANN202
 def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
     import torch
 
+    return torch.exp(_log_tail_torch(abs_z, tail))
+
+
+def _log_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
+    """log P(|Z| > |z|) of single points (torch, float64): ``log_tail`` on a device."""
+    import torch
+
     x, log_sf = _torch_table(tail.dof, abs_z.device)
     u = abs_z.to(torch.float64).abs()
     t_part = _interp_torch(u / tail.scale, x, log_sf)
@@ -246,4 +412,4 @@ def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
         edge = float(np.interp(kz_np[-1] / tail.scale, _X, _floored_table(tail.dof)))
         emp = torch.where(u > kz_np[-1], kp_np[-1] + t_part - edge, _interp_torch(u, kz, kp))
         out = torch.minimum(out, emp)
-    return torch.exp(out)
+    return out

@@ -4,9 +4,14 @@ For each series the cluster's initialisation takes ``inner_steps`` gradient step
 points before the scored day (all series of a chunk in one batched computation,
 ``tsmeta.meta.batched``), then forecasts the day. The residual of each observed point is
 divided by the series' robust support-residual scale, giving a z-score whose distribution
-on out-of-sample data the cluster's tail model describes (``tsmeta.calibration``); the score is
-``1 - two-sided tail probability`` and a point is flagged when that tail probability is
-below the false-alarm rate, with its direction (the residual's sign) and a severity.
+on out-of-sample data the cluster's tail model describes (``tsmeta.calibration``). A point's
+tail probability is the calibrated smallest of its own and those of the windows around it
+(the median z of 5 and of 12 steps: a level shift or a stuck value whose single points stay
+inside the band is still caught, while one spike never flags its neighbours); the score
+is ``1 - tail probability`` and a point is flagged when that tail probability is below the
+false-alarm rate, with its direction (the residual's sign) and a severity. The band
+(lower, upper) is where an isolated point would be flagged, so a flagged point inside it
+is part of a sustained deviation.
 
 Every series says how it was forecast (``BASIS``): from all K points, from fewer (cold
 start, gaps), from the base forecast when adaptation diverged, or not at all (fewer than
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tsmeta.calibration import two_sided_tail
+from tsmeta.calibration import tail_probability
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
@@ -170,10 +175,11 @@ def score_day(
             half = unit * torch.where(partial, z_alpha[1], z_alpha[0])
             resid = vals_t[:, t0:] - forecast
             obs = mask_t[:, t0:] & ok_series[:, None]
-            z = resid.abs() / unit
-            tail = two_sided_tail(z, full_tail)  # float64, on device
-            if part_tail is not full_tail and bool(partial.any()):
-                tail = torch.where(partial, two_sided_tail(z, part_tail), tail)
+            z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
+            tail = tail_probability(z, obs, full_tail)  # float64, on device
+            if part_tail is not full_tail and bool(partial.any()):  # only those rows again
+                part_rows = partial[:, 0].nonzero().squeeze(1)
+                tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail)
             tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
             b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
             b = torch.where(fell_back, _FALLBACK, b)

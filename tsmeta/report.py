@@ -228,8 +228,10 @@ finished {_esc(run.get("finished_at"))}.</p>
 surprise: -log10 of that probability (3: one in a thousand), which still ranks the points
 whose score has reached 1.0.</p>
 <h2>The series of the top anomalies</h2>
-<p>Grey: observed; orange: the night's forecast and its band (at the configured false-alarm
-rate); red up / blue down triangles: flagged points.</p>
+<p>Grey: observed; orange: the night's forecast and its band (where a single point is
+flagged at the configured false-alarm rate); red up / blue down triangles: flagged points. A
+flagged point inside the band is part of a sustained deviation: most points of the 5 or 12
+hours around it strayed the same way.</p>
 {figures or "<p>Nothing to plot.</p>"}
 </body></html>
 """

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tsmeta import __version__
-from tsmeta.calibration import TailModel, fit_step_scale, fit_tail
+from tsmeta.calibration import TailModel, fit_step_scale, fit_tail, fit_windows
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta.maml import Params, Rates, adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import NORMALISATION, TaskBatch, sample_tasks
@@ -214,21 +214,28 @@ def calibrate(
     rates: Rates,
     per_step: bool = True,
     empirical: bool = True,
+    windows: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
 
     With ``per_step`` the residual scale of each forecast step is fitted first (errors
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
-    steps would mix scales and come out heavier than any step's.
+    steps would mix scales and come out heavier than any step's. With ``windows`` the
+    tails of sustained deviations are fitted on the same sample (``fit_windows``).
     """
     ps, pq = adapted_predictions(params, batch, steps, rates)
-    z = ((pq - batch.yq) / robust_sigma(ps - batch.ys, batch.ms)[:, None]).abs().cpu().numpy()
+    signed = ((pq - batch.yq) / robust_sigma(ps - batch.ys, batch.ms)[:, None]).detach().cpu()
+    z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
     step_scale = fit_step_scale(z, observed) if per_step else None
     if step_scale is not None:
         z = z / np.asarray(step_scale)[None, :]
-    return replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale)
+        signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
+    point = replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale)
+    if not windows:
+        return point
+    return replace(point, windows=fit_windows(signed, torch.as_tensor(observed), point))
 
 
 def meta_train(
