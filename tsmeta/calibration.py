@@ -36,11 +36,11 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "two_sided_tail",
-           "tail_probability", "window_sums", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
+           "tail_probability", "window_medians", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
 EMP_MIN_EXCEED = 30  # the empirical tail reaches the probability with this many points beyond
 EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5 down
-# widths of the centred windows whose sums of z reveal a sustained deviation (a level shift,
+# widths of the centred windows whose median z reveals a sustained deviation (a level shift,
 # a stuck value, a changed season) whose single points stay inside the band
 WINDOWS = (5, 12)
 COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilities is read (high
@@ -92,7 +92,7 @@ class TailModel:
     # (after the step scale); the tail probability is the smaller of the t's and this.
     # None: the t alone (models calibrated before it existed load so)
     knots: tuple[tuple[float, float], ...] | None = None
-    # sustained deviations: the tails of centred window sums of z and how the smallest of
+    # sustained deviations: the tails of centred window medians of z and how the smallest of
     # the point's and the windows' tail probabilities is calibrated. None: the point alone
     windows: WindowTails | None = None
 
@@ -158,7 +158,7 @@ class TailModel:
 class WindowTails:
     """Sustained deviations: for each width w of ``widths`` the tail of |S_w|, the median of
     the observed z of the centred window of w steps around a point times the square root of
-    their count (``window_sums``: a shift of 2 z-units for 12 hours gives S_12 ~ 7 where no
+    their count (``window_medians``: a shift of 2 z-units for 12 hours gives S_12 ~ 7 where no
     single point leaves the band). A point's tail probability is then that of m, the smallest of its own
     and its windows' tail probabilities, on the calibration sample: below the knots' reach
     ``factor * m`` (the smallest of several probabilities is below x about ``factor`` x as
@@ -199,7 +199,7 @@ class WindowTails:
         return max(u, 0.0)
 
 
-def window_sums(z, observed, width: int):  # noqa: ANN001, ANN201 - torch tensors
+def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch tensors
     """(B, H) float64: for each observed point, the median of the observed z (B, H, signed) of
     the centred window of ``width`` steps around it (cut at the horizon's ends) times the
     square root of their count; 0 where the point itself is unobserved. A median, so that
@@ -228,7 +228,7 @@ def _smallest_log_tail(z, observed, tail: TailModel):  # noqa: ANN001, ANN202
 
     m = _log_tail_torch(z.abs(), tail)
     for width, wt in zip(tail.windows.widths, tail.windows.tails, strict=True):
-        m = torch.minimum(m, _log_tail_torch(window_sums(z, observed, width).abs(), wt))
+        m = torch.minimum(m, _log_tail_torch(window_medians(z, observed, width).abs(), wt))
     return m
 
 
@@ -244,9 +244,7 @@ def tail_probability(z, observed, tail: TailModel):  # noqa: ANN001, ANN201 - to
     wt = tail.windows
     out = math.log(wt.factor) - u
     if wt.knots is not None:
-        ku_np, kp_np = _knot_arrays(wt.knots)
-        ku = torch.as_tensor(ku_np, dtype=torch.float64, device=u.device)
-        kp = torch.as_tensor(kp_np, dtype=torch.float64, device=u.device)
+        ku_np, kp_np, ku, kp = _knots_torch(wt.knots, u.device)
         emp = torch.where(u > ku_np[-1], kp_np[-1] - (u - ku_np[-1]), _interp_torch(u, ku, kp))
         out = torch.minimum(out, emp)
     return torch.exp(out.clamp(max=0.0))
@@ -261,25 +259,16 @@ def fit_windows(
     import torch
 
     obs = observed.to(torch.bool)
-    if int(obs.sum()) < 1000 or z.shape[1] < 2:
+    if int(obs.sum()) < 1000:
         return None
     widths = tuple(sorted({min(int(w), z.shape[1]) for w in widths} - {1}))
     if not widths:
         return None
-    tails = tuple(fit_tail(window_sums(z, obs, w).abs()[obs].cpu().numpy()) for w in widths)
+    tails = tuple(fit_tail(window_medians(z, obs, w).abs()[obs].cpu().numpy()) for w in widths)
     draft = WindowTails(widths, tails, 1.0)
     m = _smallest_log_tail(z, obs, replace(point, windows=draft))[obs].cpu().numpy()
     factor = float(np.clip((m < math.log(COMBINE_AT)).mean() / COMBINE_AT, 1.0, 1.0 + len(widths)))
-    u = -m
-    p_min = EMP_MIN_EXCEED / u.size
-    knots = None
-    if p_min < 0.05:
-        probs = np.geomspace(0.5, p_min, EMP_KNOTS)
-        ku = np.maximum.accumulate(np.quantile(u, 1.0 - probs))
-        knots = ((0.0, 0.0),) + tuple(
-            (float(a), float(b)) for a, b in zip(ku, np.log(probs), strict=True)
-        )
-    return WindowTails(widths, tails, factor, knots)
+    return WindowTails(widths, tails, factor, _empirical_knots(-m))
 
 
 def fit_step_scale(
@@ -314,15 +303,22 @@ def fit_tail(abs_z: np.ndarray, empirical: bool = True) -> TailModel:
     # |z| quantiles 0.5 / 0.9 are the t's 0.75 / 0.95 quantiles
     best = min(DOF_GRID, key=lambda d: abs(_t_ppf(0.95, d) / _t_ppf(0.75, d) - ratio))
     tail = TailModel(float(q50 / _t_ppf(0.75, best)), best)
-    p_min = EMP_MIN_EXCEED / z.size
-    if not empirical or p_min >= 0.05:  # too few points for the tail to say more than the t
-        return tail
+    knots = _empirical_knots(z) if empirical else None
+    return tail if knots is None else replace(tail, knots=knots)
+
+
+def _empirical_knots(sample: np.ndarray) -> tuple[tuple[float, float], ...] | None:
+    """The sample's own tail as knots (x, log P(X > x)), x rising, down to the probability
+    that still has ``EMP_MIN_EXCEED`` points beyond it; None when the sample is too small
+    for its tail to say more than a fitted shape."""
+    p_min = EMP_MIN_EXCEED / sample.size
+    if p_min >= 0.05:
+        return None
     probs = np.geomspace(0.5, p_min, EMP_KNOTS)
-    kz = np.maximum.accumulate(np.quantile(z, 1.0 - probs))
-    knots = ((0.0, 0.0),) + tuple(
-        (float(a), float(b)) for a, b in zip(kz, np.log(probs), strict=True)
+    kx = np.maximum.accumulate(np.quantile(sample, 1.0 - probs))
+    return ((0.0, 0.0),) + tuple(
+        (float(a), float(b)) for a, b in zip(kx, np.log(probs), strict=True)
     )
-    return replace(tail, knots=knots)
 
 
 def _knot_arrays(knots: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -397,6 +393,15 @@ def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
     return torch.exp(_log_tail_torch(abs_z, tail))
 
 
+def _knots_torch(knots, device):  # noqa: ANN001, ANN202
+    """Knots as numpy arrays (x, log p) and as float64 tensors on ``device``."""
+    import torch
+
+    x, p = _knot_arrays(knots)
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    return x, p, as_t(x), as_t(p)
+
+
 def _log_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
     """log P(|Z| > |z|) of single points (torch, float64): ``log_tail`` on a device."""
     import torch
@@ -406,9 +411,7 @@ def _log_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
     t_part = _interp_torch(u / tail.scale, x, log_sf)
     out = (math.log(2.0) + t_part).clamp_(max=0.0)
     if tail.knots is not None:
-        kz_np, kp_np = _knot_arrays(tail.knots)
-        kz = torch.as_tensor(kz_np, dtype=torch.float64, device=u.device)
-        kp = torch.as_tensor(kp_np, dtype=torch.float64, device=u.device)
+        kz_np, kp_np, kz, kp = _knots_torch(tail.knots, u.device)
         edge = float(np.interp(kz_np[-1] / tail.scale, _X, _floored_table(tail.dof)))
         emp = torch.where(u > kz_np[-1], kp_np[-1] + t_part - edge, _interp_torch(u, kz, kp))
         out = torch.minimum(out, emp)
