@@ -5,7 +5,9 @@ points, 5 inner SGD steps, the default network (MLP 40-40 on 8 features). Compar
 same run:
 
 * ``batched explicit``: ``tsmeta.meta.batched.adapt_predict`` (per-series weights, hand-
-  written backward, chunks of 1024 series): the path nightly scoring uses;
+  written backward, chunks of 1024 series): the path nightly scoring uses for MAML;
+* ``batched anil``: the same function with the output layer's rates alone (ANIL: the
+  hidden layers shared, run once; the steps adapt the output layer);
 * ``batched vmap``: ``vmap`` of ``torch.func.grad`` over all series (the reference);
 * ``per-series loop``: the same computation one series at a time (a sample of series,
   rate extrapolated).
@@ -31,7 +33,7 @@ import torch
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
 from tsmeta.forecaster import FeatureSpec, init_params, mlp
-from tsmeta.meta.batched import adapt_predict
+from tsmeta.meta.batched import HEAD, adapt_predict
 from tsmeta.meta.maml import adapt, adapt_batch, predict_batch
 from tsmeta.meta.tasks import make_batch
 
@@ -102,7 +104,14 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
                 mlp(adapt(p, b.xs[i], b.ys[i], b.ms[i], steps, LR), b.xq[i])
         sync(device)
 
+    def head_only() -> None:
+        with torch.no_grad():
+            adapt_predict(p, b.xs, b.ys, b.ms, b.xq, steps, dict.fromkeys(HEAD, LR),
+                          chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
+        sync(device)
+
     record("batched explicit", device, n, timed(explicit))
+    record("batched anil", device, n, timed(head_only))
     record("batched vmap", device, n, timed(vmapped))
     record("per-series loop", device, n_loop, timed(loop))
 
@@ -170,20 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
-        for relative in (False, True):
+        for algorithm, relative in (("maml", False), ("maml", True), ("anil", False)):
             s = FeatureSpec(24, relative_to_lag=relative)
-            cfg = MetaConfig(k=K, horizon=H, inner_steps=args.inner_steps, inner_lr=LR,
-                             hidden=args.hidden)  # fmt: skip
+            cfg = MetaConfig(algorithm=algorithm, k=K, horizon=H, inner_steps=args.inner_steps,
+                             inner_lr=LR, hidden=args.hidden)  # fmt: skip
             model = MetaModel(params, s, cfg, tail, partial_calibration=tail)
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
-            record("score_day" + (" (relative)" if relative else ""), device, args.series, sec)
+            name = (
+                "score_day"
+                + (" (relative)" if relative else "")
+                + (", anil" if algorithm == "anil" else "")
+            )
+            record(name, device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {args.inner_steps} inner steps, "
           f"MLP {args.hidden}-{args.hidden}, "
           f"torch threads {torch.get_num_threads()}"
           + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))  # fmt: skip
-    print(f"{'method':<20}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
+    print(f"{'method':<22}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
     for r in rows_out:
         adapting = r["method"] != "task construction"
         ratio = (
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             else float("nan")
         )
         r["ratio_vs_loop"] = round(ratio, 1)
-        print(f"{r['method']:<20}{r['device']:<8}{r['series']:>9,}{r['seconds']:>10.3f}"
+        print(f"{r['method']:<22}{r['device']:<8}{r['series']:>9,}{r['seconds']:>10.3f}"
               f"{r['series_per_s']:>12,}{ratio:>9.1f}x")  # fmt: skip
     if args.json:
         args.json.write_text(

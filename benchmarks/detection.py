@@ -43,11 +43,13 @@ import numpy as np
 import polars as pl
 import torch
 
+from tsmeta.config import Settings
 from tsmeta.data.panel import steps_since_epoch
 from tsmeta.data.synthetic import ANOMALY_KINDS, generate_blocks
 from tsmeta.detect import score_day
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
+from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.tasks import earliest_cut, sample_tasks
 from tsmeta.meta.train import MetaConfig, MetaModel, calibrate, meta_train
 from tsmeta.periodicity import detect_periods
@@ -206,9 +208,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative)
-        cfg = MetaConfig(
-            k=24, horizon=24, meta_steps=args.meta_steps, meta_batch=32, seed=args.seed
-        )
+        cfg = MetaConfig(algorithm=args.algorithm, k=24, horizon=24, meta_steps=args.meta_steps,
+                         meta_batch=32, seed=args.seed)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
@@ -301,7 +302,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     start_step = (-cut) % 168
     H = M4_HORIZON
     spec = FeatureSpec(period=24, relative_to_lag=args.relative)
-    cfg = MetaConfig(k=48, horizon=H, meta_steps=args.m4_meta_steps, meta_batch=64, cut_every=1,
+    cfg = MetaConfig(algorithm=args.algorithm, k=48, horizon=H, meta_steps=args.m4_meta_steps,
+                     meta_batch=64, cut_every=1,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
@@ -367,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", type=int, default=3000, help="generator corpus size")
     ap.add_argument("--nights", type=int, default=3)
     ap.add_argument("--mstl-series", type=int, default=600, help="series MSTL scores (slow)")
+    ap.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=Settings.model_fields["algorithm"].default,
+        help="tsmeta's meta-learner (default: the product's)",
+    )
     ap.add_argument("--meta-steps", type=int, default=300)
     ap.add_argument("--m4-meta-steps", type=int, default=1500)
     ap.add_argument("--rate", type=float, default=1e-3, help="configured false-alarm rate")

@@ -7,6 +7,9 @@ the 48 test hours from what lies before the cut:
   training parts only (the test hours are never seen), adapted to each series from its K
   most recent points with the model's inner steps, all series in one batch;
 * ``maml, unadapted``: the same initialisation without adaptation (0 steps);
+* ``anil``: the same, meta-trained and adapted with the inner loop on the output layer
+  only (``MetaConfig.algorithm="anil"``: the hidden layers are shared features, several
+  times cheaper to adapt nightly); ``--algorithms`` picks the meta-learners run;
 * ``pretrain + fine-tune``: the transfer-learning baseline: one network fit to all
   training tasks jointly, then fine-tuned on the same K points with the same steps and
   rate; ``pretrain, no fine-tune`` is it before fine-tuning;
@@ -119,8 +122,8 @@ def run(args: argparse.Namespace) -> dict:
     period = np.where(period == 168, 168, PERIOD)
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
     for k in args.k:
-        for algorithm, label in (("maml", "maml (tsmeta), per period"),
-                                 ("pretrain", "pretrain + fine-tune, per period")):  # fmt: skip
+        for algorithm, label in [(a, f"{a}, per period") for a in args.algorithms] + [
+            ("pretrain", "pretrain + fine-tune, per period")]:  # fmt: skip
             fc = np.empty_like(test)
             seconds, steps_run = 0.0, []
             for p, members in groups.items():
@@ -139,13 +142,13 @@ def run(args: argparse.Namespace) -> dict:
                 f"p{p}: {len(r)} series, {s} meta-steps" for (p, r), s in zip(groups.items(), steps_run, strict=True)))  # fmt: skip
     for k in args.k:
         models = {}
-        for algorithm in ("maml", "pretrain"):
+        for algorithm in (*args.algorithms, "pretrain"):
             cfg = config(algorithm, k)
             t = time.perf_counter()
             models[algorithm] = meta_train(train_v, train_m, start_step, spec, cfg)
             fit_seconds[f"{algorithm} k={k}"] = round(time.perf_counter() - t, 1)
         for label, algorithm, steps in (
-            ("maml (tsmeta)", "maml", None), ("maml, unadapted", "maml", 0),
+            *((a, a, None) for a in args.algorithms), (f"{args.algorithms[0]}, unadapted", args.algorithms[0], 0),
             ("pretrain + fine-tune", "pretrain", args.inner_steps),
             ("pretrain, no fine-tune", "pretrain", 0),
         ):  # fmt: skip
@@ -175,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="targets relative to the seasonal lag (FeatureSpec.relative_to_lag)",
+    )
+    ap.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["maml", "anil"],
+        choices=["maml", "fomaml", "anil", "metasgd"],
+        help="meta-learners to run",
     )
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--hidden", type=int, default=40, help="width of the MLP's two hidden layers")

@@ -109,11 +109,13 @@ def profile(as_of: date | None = None, recluster: bool = False, config: dict | N
 def meta_train(
     as_of: date | None = None,
     clusters: list[str] | None = None,
-    algorithm: str = "maml",
+    algorithm: str | None = None,
     meta_steps: int | None = None,
     config: dict | None = None,
 ) -> dict:
-    """Meta-train one model per cluster (all, or those named) on the days before ``as_of``."""
+    """Meta-train one model per cluster (all, or those named) on the days before ``as_of``.
+    ``algorithm`` (default: the settings', ``TSMETA_ALGORITHM``) is one of
+    ``tsmeta.meta.train.ALGORITHMS``."""
     settings = load_settings(**(config or {}))
     as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
     params = {"as_of": str(as_of), "clusters": clusters, "algorithm": algorithm,

@@ -36,7 +36,8 @@ def test_sine_quick(tmp_path):
 def test_adapt_throughput_small(tmp_path):
     res = run("adapt_throughput", "--series", "512", "--loop-series", "8", tmp_path=tmp_path)
     methods = {r["method"] for r in res["rows"]}
-    assert {"batched explicit", "batched vmap", "per-series loop"} <= methods
+    assert {"batched explicit", "batched anil", "batched vmap", "per-series loop", "score_day",
+            "score_day, anil"} <= methods  # fmt: skip
     assert all(r["series_per_s"] > 0 for r in res["rows"])
 
 
@@ -87,7 +88,12 @@ def test_m4_hourly_small(tmp_path):
     res = run("m4_hourly", "--limit", "40", "--k", "24", "--meta-steps", "20", "--no-statsforecast",
               tmp_path=tmp_path)  # fmt: skip
     methods = {r["method"] for r in res["rows"]}
-    assert {"seasonal naive", "maml (tsmeta), per period", "pretrain + fine-tune"} <= methods
+    assert {
+        "seasonal naive",
+        "maml, per period",
+        "anil, per period",
+        "pretrain + fine-tune",
+    } <= methods
     assert all(r["smape"] > 0 and r["mase"] > 0 for r in res["rows"])
 
 

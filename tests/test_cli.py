@@ -20,6 +20,7 @@ def test_generate_writes_dataset(tmp_path, capsys):
         (["generate", "--start", "yesterday"], "expected YYYY-MM-DD"),
         (["generate", "--freq", "weekly"], "invalid choice"),
         (["nightly", "--night", "2026-13-01"], "expected YYYY-MM-DD"),
+        (["train", "--algorithm", "reptile"], "'maml', 'fomaml', 'anil'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, needle, capsys):

@@ -58,8 +58,20 @@ def test_missing_config_file(monkeypatch, tmp_path):
         ({"k": 1}, "greater than or equal to 2"),
         ({"false_alarm_rate": 1.5}, "less than 1"),
         ({"databse_url": "x"}, "Extra inputs are not permitted"),
+        ({"algorithm": "reptile"}, "'maml', 'fomaml', 'anil', 'metasgd' or 'pretrain'"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, needle):
     with pytest.raises((ValidationError, ValueError), match=needle):
         load_settings(**kwargs)
+
+
+def test_the_meta_learner_is_a_setting(monkeypatch):
+    from tsmeta.jobs import meta_config
+
+    assert meta_config(load_settings()).algorithm == "maml"
+    monkeypatch.setenv("TSMETA_ALGORITHM", "anil")
+    s = load_settings()
+    assert s.algorithm == "anil" and meta_config(s).algorithm == "anil"
+    assert meta_config(s, algorithm="fomaml").algorithm == "fomaml"  # a flow's argument wins
+    assert meta_config(s, algorithm=None).algorithm == "anil"

@@ -200,6 +200,39 @@ def test_explicit_batched_adaptation_equals_vmap_reference(per_param):
     torch.testing.assert_close(chunked, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rates", [{"w3": 0.1, "b3": 0.1}, {"w3": 0.2}])
+def test_head_only_adaptation_equals_vmap_reference_and_keeps_the_hidden_layers(rates):
+    batch = tiny_batch(dtype=torch.float32, B=6, K=12, H=5, F=8)
+    batch.ms[1, :4] = 0
+    params = init_params(8, hidden=16, generator=torch.Generator().manual_seed(4))
+    fast = adapt_batch(params, batch, 4, rates)
+    for k in ("w1", "b1", "w2", "b2") + (("b3",) if "b3" not in rates else ()):
+        assert torch.equal(fast[k], params[k].expand_as(fast[k])), k  # not adapted
+    assert not torch.equal(fast["w3"][0], params["w3"])
+    ref_s, ref_q = predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
+    weights = adapt_mlp(params, batch.xs, batch.ys, batch.ms, 4, rates)
+    torch.testing.assert_close(predict(weights, batch.xq), ref_q, rtol=1e-5, atol=1e-5)
+    ps, pq = adapt_predict(params, batch.xs, batch.ys, batch.ms, batch.xq, 4, rates, chunk=4)
+    torch.testing.assert_close(ps, ref_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pq, ref_q, rtol=1e-5, atol=1e-5)
+
+
+def test_inner_rates_naming_unknown_parameters_are_rejected():
+    batch = tiny_batch(dtype=torch.float32, B=2, K=6, H=3, F=8)
+    params = init_params(8, hidden=4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="lacks: \\['w9'\\]"):
+        adapt_batch(params, batch, 1, {"w9": 0.1})
+
+
+def test_anil_meta_gradient_reaches_the_shared_hidden_layers():
+    cfg = MetaConfig(algorithm="anil", inner_steps=2, inner_lr=0.1)
+    learner = MetaLearner(init_params(4, 8, torch.Generator().manual_seed(6)), cfg)
+    assert learner.inner_rates == {"w3": 0.1, "b3": 0.1}
+    learner.loss(tiny_batch(dtype=torch.float32)).backward()
+    for k, p in learner.params.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, k
+
+
 def test_explicit_path_rejects_other_networks():
     with pytest.raises(ValueError, match="default MLP"):
         adapt_mlp(
@@ -244,7 +277,7 @@ def test_pretrain_fits_the_initialisation_without_an_inner_loop():
     assert last < first
 
 
-@pytest.mark.parametrize("algorithm", ["fomaml", "metasgd", "pretrain"])
+@pytest.mark.parametrize("algorithm", ["fomaml", "anil", "metasgd", "pretrain"])
 def test_every_algorithm_trains_on_a_cluster(cluster_window, algorithm):
     values, mask, start_step = cluster_window
     cfg = MetaConfig(algorithm=algorithm, meta_steps=20, eval_every=10, meta_batch=8, val_tasks=32)
@@ -252,6 +285,8 @@ def test_every_algorithm_trains_on_a_cluster(cluster_window, algorithm):
     assert np.isfinite(model.metrics["val_query_mse_adapted"])
     assert (model.inner_rates is not None) == (algorithm == "metasgd")
     restored = MetaModel.from_state(model.state())
+    if algorithm == "anil":  # only the output layer adapts, from the state as saved
+        assert restored.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
     if algorithm == "metasgd":
         for k in model.inner_rates:
             torch.testing.assert_close(restored.inner_rates[k], model.inner_rates[k])

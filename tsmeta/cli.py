@@ -284,6 +284,8 @@ def _common(sp: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tsmeta.meta import ALGORITHMS
+
     p = argparse.ArgumentParser(
         prog="tsmeta", description="Meta-learned anomaly detection for many time series."
     )
@@ -339,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_iso_date, default=None, help="train on the days before this date"
     )
     t.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
-    t.add_argument("--algorithm", choices=["maml", "fomaml", "metasgd", "pretrain"], default="maml")
+    t.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        default=None,
+        help="meta-learner (default: TSMETA_ALGORITHM, else the settings' default)",
+    )
     t.add_argument("--meta-steps", type=_positive, default=None)
 
     n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")

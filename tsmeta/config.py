@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tsmeta.meta import ALGORITHMS
+
 __all__ = ["Settings", "load_settings", "FREQ_ALIASES", "normalise_freq", "redact_url"]
 
 # Accepted spellings of the two supported frequencies -> canonical ("h" or "d").
@@ -75,6 +77,9 @@ class Settings(BaseSettings):
     read_chunk_rows: int = Field(50_000_000, ge=1)  # rows read at once (bounds peak memory)
 
     # meta-learning
+    # "maml" adapts every layer nightly; "anil" (MAML with the inner loop on the output
+    # layer, the hidden layers shared) adapts several times faster; see tsmeta.meta.train
+    algorithm: Literal[ALGORITHMS] = "maml"  # type: ignore[valid-type]
     hidden: int = 40  # MLP width, as in the MAML paper's regression network
     # forecast the change from the most recent same-phase value (seasonal naive + a learned,
     # adapted correction) rather than the level: M4 Hourly MASE 0.917 against 1.4 (level)

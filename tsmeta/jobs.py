@@ -193,7 +193,8 @@ def _seen(panel) -> pl.DataFrame:  # noqa: ANN001 - a Panel
 
 def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
     values = {
-        "k": settings.k, "horizon": settings.horizon, "hidden": settings.hidden,
+        "algorithm": settings.algorithm, "k": settings.k, "horizon": settings.horizon,
+        "hidden": settings.hidden,
         "inner_steps": settings.inner_steps, "inner_lr": settings.inner_lr,
         "meta_batch": settings.meta_batch, "meta_steps": settings.meta_steps,
         "meta_lr": settings.meta_lr, "seed": settings.seed, "cut_every": settings.steps_per_day,

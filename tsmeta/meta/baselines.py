@@ -52,7 +52,7 @@ class Adapted:
         """The same forecaster with its parameters (and learned rates) on ``device``."""
         rates = self.rates
         if isinstance(rates, dict):
-            rates = {k: v.to(device) for k, v in rates.items()}
+            rates = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rates.items()}
         params = {k: v.to(device) for k, v in self.params.items()}
         return Adapted(params, rates, self.steps, self.name)
 

@@ -7,6 +7,11 @@ It computes exactly what ``maml.adapt_batch`` (vmap of torch.func.grad) computes
 the tests check, and is about 30% faster on CPU. It is specific to the default network
 (``forecaster.mlp``: two hidden ReLU layers); other networks use ``adapt_batch``.
 Chunks of about a thousand series keep the per-series weights in cache.
+
+When the rates name only the output layer (ANIL: ``HEAD``), the hidden layers are shared
+by every series: they run once, as two plain matrix products over all support and query
+points of the chunk, and the inner steps are a linear regression's gradient steps on
+the 40 hidden features (about 8x fewer operations than adapting every layer).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 from tsmeta.meta.maml import Params, Rates
 
-__all__ = ["BatchedMLP", "adapt_mlp", "adapt_predict", "ADAPT_CHUNK"]
+__all__ = ["BatchedMLP", "adapt_mlp", "adapt_predict", "ADAPT_CHUNK", "HEAD", "head_only"]
 
 ADAPT_CHUNK = 1024  # series per batched adaptation: bigger chunks spill the weights out of cache
 _KEYS = ("w1", "b1", "w2", "b2", "w3", "b3")
@@ -25,11 +30,45 @@ BatchedMLP = tuple[
 ]  # w1 (B,F,H) b1 (B,1,H) w2 (B,H,H) b2 (B,1,H) w3 (B,H,1) b3 (B,1,1)
 
 
+HEAD = ("w3", "b3")  # the output layer: what ANIL adapts
+
+
+def head_only(lr: Rates) -> bool:
+    """True when the rates adapt the output layer alone (ANIL)."""
+    return isinstance(lr, dict) and set(lr) <= set(HEAD)
+
+
 def _rate(lr: Rates, name: str, like: torch.Tensor) -> torch.Tensor | float:
     if isinstance(lr, dict):
         r = lr[name]
-        return r.reshape(1, 1, -1) if name.startswith("b") else r
+        return r.reshape(1, 1, -1) if name.startswith("b") and torch.is_tensor(r) else r
     return lr
+
+
+def _hidden(params: Params, x: torch.Tensor) -> torch.Tensor:
+    """The shared hidden layers on every point at once: x (B, N, F) -> (B, N, H)."""
+    B, N, F = x.shape
+    h = torch.addmm(params["b1"], x.reshape(B * N, F), params["w1"]).relu_()
+    return torch.addmm(params["b2"], h, params["w2"]).relu_().reshape(B, N, -1)
+
+
+def _adapt_head(
+    params: Params, h: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, steps: int, lr: Rates
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-series output layers (w3 (B, H, 1), b3 (B, 1, 1)) after ``steps`` SGD steps on
+    the masked support MSE of the hidden features h (B, K, H)."""
+    B = h.shape[0]
+    w3 = params["w3"].expand(B, *params["w3"].shape)
+    b3 = params["b3"].expand(B, 1, -1)
+    scale = (2.0 * ms / ms.sum(1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
+    y = ys.unsqueeze(-1)
+    ht = h.transpose(1, 2)
+    r_w, r_b = lr.get("w3", 0.0), lr.get("b3", 0.0)  # type: ignore[union-attr]
+    for _ in range(steps):
+        d = (torch.baddbmm(b3, h, w3) - y).mul_(scale)  # (B, K, 1) dL/d(out)
+        w3 = w3 - r_w * torch.bmm(ht, d)
+        b3 = b3 - r_b * d.sum(1, keepdim=True)
+    return w3, b3
 
 
 def adapt_mlp(
@@ -44,6 +83,11 @@ def adapt_mlp(
             f"adapt_mlp needs the default MLP's parameters {_KEYS}, received {sorted(params)}"
         )
     B = xs.shape[0]
+    if head_only(lr):  # shared hidden layers, per-series output layers
+        w3, b3 = _adapt_head(params, _hidden(params, xs), ys, ms, steps, lr)
+        shared = (params[k].expand(B, *params[k].shape) for k in ("w1", "b1", "w2", "b2"))
+        w1, b1, w2, b2 = shared
+        return w1, b1.unsqueeze(1), w2, b2.unsqueeze(1), w3, b3
     w1 = params["w1"].expand(B, *params["w1"].shape)
     b1 = params["b1"].expand(B, 1, -1)
     w2 = params["w2"].expand(B, *params["w2"].shape)
@@ -100,6 +144,12 @@ def adapt_predict(
     out_s, out_q = [], []
     for first in range(0, xs.shape[0], chunk):
         sl = slice(first, first + chunk)
+        if head_only(lr):  # the hidden features once, then the per-series output layers
+            hs, hq = _hidden(params, xs[sl]), _hidden(params, xq[sl])
+            w3, b3 = _adapt_head(params, hs, ys[sl], ms[sl], steps, lr)
+            out_s.append(torch.baddbmm(b3, hs, w3).squeeze(-1))
+            out_q.append(torch.baddbmm(b3, hq, w3).squeeze(-1))
+            continue
         w = adapt_mlp(params, xs[sl], ys[sl], ms[sl], steps, lr)
         out_s.append(predict(w, xs[sl]))
         out_q.append(predict(w, xq[sl]))

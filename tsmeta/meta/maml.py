@@ -4,8 +4,10 @@ The inner loop adapts a parameter dict with a few gradient steps on a task's sup
 set; the outer objective is the query loss after adaptation, averaged over tasks with
 ``vmap`` (no Python loop over tasks). Second-order by default: the outer gradient flows
 through the inner steps. ``first_order=True`` stops it there (FOMAML). The inner step
-size is a float (MAML) or a dict of per-parameter rate tensors learned in the outer loop
-(Meta-SGD, Li et al. 2017).
+size is a float (MAML) or a dict of per-parameter rates: tensors learned in the outer loop
+(Meta-SGD, Li et al. 2017), or rates for the output layer only (ANIL, Raghu et al. 2020).
+Parameters a rate dict leaves out are not adapted: the inner loop differentiates and steps
+only the ones it names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch.func import grad, vmap
 from tsmeta.forecaster import masked_mse, mlp
 from tsmeta.meta.tasks import TaskBatch
 
-__all__ = ["Params", "Rates", "adapt", "adapt_batch", "maml_loss", "predict_batch"]
+__all__ = ["Params", "Rates", "adapt", "adapted_names", "adapt_batch", "maml_loss", "predict_batch"]
 
 Params = dict[str, torch.Tensor]
 Rates = float | dict[str, torch.Tensor]
@@ -28,18 +30,38 @@ def _step(params: Params, g: Params, lr: Rates) -> Params:
     return {name: params[name] - lr * g[name] for name in params}
 
 
+def adapted_names(params: Params, lr: Rates) -> tuple[str, ...]:
+    """The parameters the inner loop adapts: every one, or those a rate dict names."""
+    if not isinstance(lr, dict):
+        return tuple(params)
+    unknown = sorted(set(lr) - set(params))
+    if unknown:
+        raise ValueError(f"inner rates name parameters the network lacks: {unknown}")
+    return tuple(name for name in params if name in lr)
+
+
 def adapt(
     params: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor,
     steps: int, lr: Rates, first_order: bool = False,
 ) -> Params:  # fmt: skip
-    """``steps`` gradient steps on one task's support set (xs (K, F), ys (K,), ms (K,))."""
-    loss_grad = grad(masked_mse)
+    """``steps`` gradient steps on one task's support set (xs (K, F), ys (K,), ms (K,)).
+
+    Only the parameters ``adapted_names`` picks move; the others stay shared (and, in the
+    outer loop, still receive the meta-gradient through the adapted ones)."""
+    names = adapted_names(params, lr)
+    fixed = {k: v for k, v in params.items() if k not in names}
+
+    def support_loss(sub: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor):  # noqa: ANN202
+        return masked_mse({**fixed, **sub}, xs, ys, ms)
+
+    loss_grad = grad(support_loss)
+    sub = {k: params[k] for k in names}
     for _ in range(steps):
-        g = loss_grad(params, xs, ys, ms)
+        g = loss_grad(sub, xs, ys, ms)
         if first_order:
             g = {name: t.detach() for name, t in g.items()}
-        params = _step(params, g, lr)
-    return params
+        sub = _step(sub, g, lr)
+    return {**fixed, **sub}
 
 
 def maml_loss(

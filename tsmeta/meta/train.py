@@ -4,6 +4,10 @@ Algorithms (``MetaConfig.algorithm``):
 
 * ``maml``: second-order MAML (Finn, Abbeel and Levine, 2017).
 * ``fomaml``: first-order MAML (same paper, section 5.2): no gradient through the inner steps.
+* ``anil``: MAML whose inner loop adapts only the output layer (ANIL, Raghu, Raghu, Bengio
+  and Vinyals, 2020, "Rapid learning or feature reuse?"); second-order. The hidden layers
+  are meta-learned features every series shares, so nightly adaptation runs them once and
+  steps a linear layer: several times cheaper than adapting every layer.
 * ``metasgd``: Meta-SGD (Li, Zhou, Chen and Li, 2017): per-parameter inner learning rates
   learned with the initialisation.
 * ``pretrain``: the transfer-learning baseline: the initialisation is fit to all tasks
@@ -27,6 +31,8 @@ import torch
 from tsmeta import __version__
 from tsmeta.calibration import TailModel, fit_step_scale, fit_tail, fit_windows
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
+from tsmeta.meta import ALGORITHMS
+from tsmeta.meta.batched import HEAD
 from tsmeta.meta.maml import Params, Rates, adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import NORMALISATION, TaskBatch, sample_tasks
 
@@ -35,13 +41,12 @@ __all__ = [
     "MetaConfig",
     "MetaModel",
     "MetaLearner",
+    "inner_rates_of",
     "meta_train",
     "robust_sigma",
     "calibrate",
     "calibrate_partial",
 ]
-
-ALGORITHMS = ("maml", "fomaml", "metasgd", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,16 @@ class MetaConfig:
             raise ValueError(f"algorithm {self.algorithm!r} is not one of {ALGORITHMS}")
 
 
+def inner_rates_of(cfg: MetaConfig, learned: dict[str, torch.Tensor] | None = None) -> Rates:
+    """What the inner loop steps with: Meta-SGD's learned rates, the output layer's rate
+    alone (ANIL), or one rate for every parameter."""
+    if learned is not None:
+        return learned
+    if cfg.algorithm == "anil":
+        return dict.fromkeys(HEAD, cfg.inner_lr)
+    return cfg.inner_lr
+
+
 @dataclass
 class MetaModel:
     """A cluster's learned initialisation plus everything needed to adapt with it."""
@@ -87,8 +102,8 @@ class MetaModel:
 
     @property
     def rates(self) -> Rates:
-        """What the inner loop steps with: learned per-parameter rates or the fixed one."""
-        return self.inner_rates if self.inner_rates is not None else self.config.inner_lr
+        """What the inner loop steps with (``inner_rates_of``)."""
+        return inner_rates_of(self.config, self.inner_rates)
 
     def state(self) -> dict:
         """Plain, picklable state (tensors on CPU)."""
@@ -145,7 +160,7 @@ class MetaLearner:
 
     @property
     def inner_rates(self) -> Rates:
-        return self.rates if self.rates is not None else self.cfg.inner_lr
+        return inner_rates_of(self.cfg, self.rates)
 
     def loss(self, batch: TaskBatch) -> torch.Tensor:
         cfg = self.cfg
@@ -290,7 +305,7 @@ def meta_train(
                 if stale >= cfg.patience:
                     break
     params, rates = best[1]
-    eff_rates: Rates = rates if rates is not None else cfg.inner_lr
+    eff_rates = inner_rates_of(cfg, rates)
     metrics = {
         "val_query_mse_adapted": best[0],
         "val_query_mse_unadapted": query_mse(params, val_batch, 0, eff_rates),
