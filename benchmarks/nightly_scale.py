@@ -43,7 +43,7 @@ FREQS = {  # freq: (dataset days, period, settings overrides)
 }
 
 
-def settings_for(work: Path, freq: str, url: str):  # noqa: ANN201
+def settings_for(work: Path, freq: str, url: str, algorithm: str | None = None):  # noqa: ANN201
     from tsmeta.config import load_settings
 
     days, _, extra = FREQS[freq]
@@ -51,6 +51,7 @@ def settings_for(work: Path, freq: str, url: str):  # noqa: ANN201
     return load_settings(
         data_dir=str(root), dataset_path=str(root / "dataset"), model_dir=str(root / "models"),
         database_url=url, freq=freq, **({"history_days": 28} if freq == "h" else {}), **extra,
+        **({"algorithm": algorithm} if algorithm else {}),
     )  # fmt: skip
 
 
@@ -65,7 +66,7 @@ def child(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     from tsmeta import jobs
 
-    settings = settings_for(args.work, args.freq, args.url)
+    settings = settings_for(args.work, args.freq, args.url, args.algorithm)
     night = night_of(args.freq)
     t, cpu = time.perf_counter(), time.process_time()
     out: dict = {}
@@ -104,6 +105,8 @@ def child(args: argparse.Namespace) -> int:
 def run_child(args: argparse.Namespace, stage: str, freq: str, url: str) -> dict:
     cmd = [sys.executable, __file__, "--child", stage, "--url", url, "--freq", freq,
            "--work", str(args.work), "--series", str(args.series)]  # fmt: skip
+    if args.algorithm:
+        cmd += ["--algorithm", args.algorithm]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.stderr.write(proc.stderr[-5000:])
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-url", default=None,
                     help="PostgreSQL server (a scratch database is created and dropped)")  # fmt: skip
     ap.add_argument("--sample", type=int, default=100, help="series the peers forecast")
+    ap.add_argument("--algorithm", default=None,
+                    help="meta-learner (default: the settings', e.g. TSMETA_ALGORITHM)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--url", default=None, help=argparse.SUPPRESS)
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             urls = {"postgresql": pg, **urls}
         try:
             main_url = next(iter(urls.values()))
-            row = {"freq": freq, "series": n, "period": period}
+            algorithm = settings_for(args.work, freq, main_url, args.algorithm).algorithm
+            row = {"freq": freq, "series": n, "period": period, "algorithm": algorithm}
             report["runs"].append(row)
             print(f"[{freq}] profile ...", flush=True)
             row["profile"] = run_child(args, "profile", freq, main_url)
@@ -259,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in report["runs"]:
         n = row["series"]
         print(f"\n{'hourly' if row['freq'] == 'h' else 'daily'}: {n:,} series, period "
-              f"{row['period']}, night {night_of(row['freq'])}")  # fmt: skip
+              f"{row['period']}, night {night_of(row['freq'])}, {row['algorithm']}")  # fmt: skip
         print(f"  profile {row['profile']['seconds']} s ({row['profile']['clusters']} clusters, "
               f"peak {row['profile']['peak_rss_gib']} GiB); train {row['train']['seconds']} s "
               f"(peak {row['train']['peak_rss_gib']} GiB)")  # fmt: skip
