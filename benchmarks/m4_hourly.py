@@ -39,6 +39,7 @@ import torch
 from tsmeta.data.m4 import M4_HORIZON, m4_panel
 from tsmeta.evaluation import mase, smape
 from tsmeta.forecaster import FeatureSpec
+from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import make_batch
 from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "--algorithms",
         nargs="+",
         default=["maml", "anil"],
-        choices=["maml", "fomaml", "anil", "metasgd"],
+        choices=[a for a in ALGORITHMS if a != "pretrain"],  # pretrain is always the baseline
         help="meta-learners to run",
     )
     ap.add_argument("--inner-steps", type=int, default=5)

@@ -85,9 +85,9 @@ def adapt_mlp(
     B = xs.shape[0]
     if head_only(lr):  # shared hidden layers, per-series output layers
         w3, b3 = _adapt_head(params, _hidden(params, xs), ys, ms, steps, lr)
-        shared = (params[k].expand(B, *params[k].shape) for k in ("w1", "b1", "w2", "b2"))
-        w1, b1, w2, b2 = shared
-        return w1, b1.unsqueeze(1), w2, b2.unsqueeze(1), w3, b3
+        w1, w2 = (params[k].expand(B, *params[k].shape) for k in ("w1", "w2"))
+        b1, b2 = (params[k].expand(B, 1, -1) for k in ("b1", "b2"))
+        return w1, b1, w2, b2, w3, b3
     w1 = params["w1"].expand(B, *params["w1"].shape)
     b1 = params["b1"].expand(B, 1, -1)
     w2 = params["w2"].expand(B, *params["w2"].shape)

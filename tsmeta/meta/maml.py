@@ -21,7 +21,7 @@ from tsmeta.meta.tasks import TaskBatch
 __all__ = ["Params", "Rates", "adapt", "adapted_names", "adapt_batch", "maml_loss", "predict_batch"]
 
 Params = dict[str, torch.Tensor]
-Rates = float | dict[str, torch.Tensor]
+Rates = float | dict[str, torch.Tensor | float]  # a dict adapts only the names it holds
 
 
 def _step(params: Params, g: Params, lr: Rates) -> Params:
