@@ -146,22 +146,31 @@ def _correlated_z(rng, n, horizon=24, rho=0.6, dof=5.0):
     return z
 
 
-def test_window_statistics_equal_a_loop_over_centred_windows():
+@pytest.mark.parametrize("width", [1, 2, 4, 5, 12, 30])
+def test_window_statistics_equal_a_loop_over_centred_windows(width):
     import torch
 
     from tsmeta.calibration import window_medians
 
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(5, 10))
-    obs = rng.random((5, 10)) > 0.2
-    got = window_medians(torch.as_tensor(z), torch.as_tensor(obs), 4).numpy()
-    for i in range(5):
-        for t in range(10):
-            lo, hi = max(t - 2, 0), min(t + 2, 10)
-            sel = np.sort(z[i, lo:hi][obs[i, lo:hi]])
+    rng = np.random.default_rng(width)
+    n, H = 6, 10
+    z = rng.normal(size=(n, H)).astype(np.float32)
+    z[0, 3] = np.inf  # an observed infinity sorts like any value, not like a missing one
+    z[1, :] = 2.5  # ties
+    obs = rng.random((n, H)) > 0.2
+    obs[2] = False  # nothing observed
+    got = window_medians(torch.as_tensor(z), torch.as_tensor(obs), width).numpy()
+    w = min(width, H)
+    left, right = w // 2, w - 1 - w // 2
+    for i in range(n):
+        for t in range(H):
+            if not obs[i, t]:
+                assert got[i, t] == 0.0
+                continue
+            lo, hi = max(t - left, 0), min(t + right + 1, H)
+            sel = np.sort(z[i, lo:hi][obs[i, lo:hi]].astype(np.float64))
             low_median = sel[(len(sel) - 1) // 2]  # of an even count, the lower middle one
-            want = low_median * math.sqrt(len(sel)) if obs[i, t] else 0.0
-            assert got[i, t] == pytest.approx(want, abs=1e-12)
+            assert got[i, t] == pytest.approx(low_median * math.sqrt(len(sel)), abs=1e-12)
 
 
 def _fit_with_windows(z):
@@ -239,3 +248,21 @@ def test_one_spike_lends_its_size_to_no_neighbour():
     z[0, 12] = 1e6
     p = tail_probability(torch.as_tensor(z), torch.ones(z.shape, dtype=torch.bool), tail).numpy()
     assert p[0, 12] < 1e-20 and (np.delete(p[0], 12) > 0.1).all()
+
+
+def test_the_tail_table_lookup_without_a_search_equals_np_interp():
+    import torch
+
+    from tsmeta.calibration import _X, _floored_table, _interp_table, _torch_table
+
+    rng = np.random.default_rng(1)
+    q = np.concatenate([
+        rng.exponential(2.0, 20_000), rng.uniform(45.0, 60.0, 5_000),
+        10 ** rng.uniform(1.5, 7.0, 5_000), _X[::97], _X[1::1013] * (1 + 1e-16),
+        [0.0, 1e-300, 50.0, 1e6, 2e6, np.inf],
+    ])  # fmt: skip
+    for dof in (1.5, 5.0, math.inf):
+        x, y = _torch_table(dof, "cpu")
+        got = _interp_table(torch.as_tensor(q), x, y).numpy()
+        want = np.interp(q, _X, _floored_table(dof))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

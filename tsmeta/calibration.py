@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -47,7 +47,10 @@ COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilit
 # enough that anomalies in the calibration windows, a percent or so of points, barely move it)
 
 DOF_GRID = (1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
-_X = np.concatenate([np.linspace(0.0, 50.0, 50001), np.geomspace(50.0, 1e6, 20001)[1:]])
+_LIN_END, _LIN_N, _GEO_N = 50.0, 50_000, 20_000  # the grid: linear to 50, then geometric
+_X = np.concatenate([np.linspace(0.0, _LIN_END, _LIN_N + 1),
+                     np.geomspace(_LIN_END, 1e6, _GEO_N + 1)[1:]])  # fmt: skip
+_LIN_STEP, _GEO_LOG_STEP = _LIN_END / _LIN_N, math.log(1e6 / _LIN_END) / _GEO_N
 
 
 @lru_cache(maxsize=len(DOF_GRID))
@@ -204,22 +207,63 @@ def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch ten
     the centred window of ``width`` steps around it (cut at the horizon's ends) times the
     square root of their count; 0 where the point itself is unobserved. A median, so that
     one spike never lends its size to its neighbours: a window is extreme only when most of
-    its points deviate the same way (a level shift, a stuck value, a changed season)."""
+    its points deviate the same way (a level shift, a stuck value, a changed season). Of an
+    even count, the lower of the two middle values.
+
+    Every window is sorted at once by a sorting network (``_sorting_network``): elementwise
+    minima and maxima of whole time-major columns, about twice as fast on the CPU as
+    ``torch.nanmedian`` over the unfolded windows, and exactly the same values (a median
+    is a selection, so it is taken in z's own precision)."""
     import torch
 
-    H = z.shape[1]
+    B, H = z.shape
     w = min(int(width), H)
     obs = observed.to(torch.bool)
-    nan = torch.full((), float("nan"), dtype=torch.float64, device=z.device)
-    x = torch.where(obs, z.to(torch.float64), nan)
-    left = w // 2
-    x = torch.nn.functional.pad(x, (left, w - 1 - left), value=float("nan"))
-    win = x.unfold(1, w, 1)  # (B, H, w)
-    med = torch.nanmedian(win, dim=2).values
-    count = (~torch.isnan(win)).sum(2).to(torch.float64)
-    return torch.where(
-        obs, med * count.sqrt(), torch.zeros((), dtype=torch.float64, device=z.device)
-    )
+    left, right = w // 2, w - 1 - w // 2
+    inf = torch.full((), float("inf"), dtype=z.dtype, device=z.device)
+    # time-major (H + w - 1, B): every window position is a contiguous slice of rows;
+    # unobserved points and the padding are +inf, sorted past every observed value
+    x = torch.nn.functional.pad(torch.where(obs, z, inf).T, (0, 0, left, right), value=float("inf"))
+    o = torch.nn.functional.pad(obs.T.to(torch.int32), (0, 0, left, right))
+    cols = [x[k : k + H] for k in range(w)]
+    for i, j in _sorting_network(w):
+        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
+    count = sum(o[k : k + H] for k in range(w))  # (H, B) observed points of each window
+    rank = ((count - 1).clamp_min(0) // 2).to(torch.int64)
+    med = torch.stack(cols).gather(0, rank[None]).squeeze(0)
+    out = med.to(torch.float64) * count.to(torch.float64).sqrt()
+    return torch.where(obs.T, out, torch.zeros((), dtype=torch.float64, device=z.device)).T
+
+
+@cache
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort of n inputs: applying
+    (min, max) to each pair in turn sorts any n values. Built for the next power of two;
+    comparators reaching past n are dropped (as if the extra inputs were +inf, which no
+    comparator ever moves)."""
+    size = 1
+    while size < n:
+        size *= 2
+    out: list[tuple[int, int]] = []
+
+    def merge(lo: int, length: int, r: int) -> None:
+        step = 2 * r
+        if step < length:
+            merge(lo, length, step)
+            merge(lo + r, length, step)
+            out.extend((i, i + r) for i in range(lo + r, lo + length - r, step))
+        else:
+            out.append((lo, lo + r))
+
+    def sort(lo: int, length: int) -> None:
+        if length > 1:
+            half = length // 2
+            sort(lo, half)
+            sort(lo + half, half)
+            merge(lo, length, 1)
+
+    sort(0, size)
+    return tuple((i, j) for i, j in out if j < n)
 
 
 def _smallest_log_tail(z, observed, tail: TailModel):  # noqa: ANN001, ANN202
@@ -387,6 +431,27 @@ def _interp_torch(q, x, y):  # noqa: ANN001, ANN202
     return y0 + w * (y[hi] - y0)
 
 
+def _interp_table(q, x, y):  # noqa: ANN001, ANN202
+    """``_interp_torch(q, x, y)`` for the grid ``_X`` (x is ``_X`` as a tensor), without a
+    binary search: a point's interval follows from the grid's two arithmetic pieces
+    (linear steps of ``_LIN_STEP`` up to ``_LIN_END``, then geometric ones), is corrected
+    by one step either way against the grid's own rounding, and gives the same value."""
+    import torch
+
+    last = len(x) - 1
+    qc = q.clamp(0.0, float(_X[-1]))
+    lin = (qc * (1.0 / _LIN_STEP)).floor_().add_(1.0)
+    geo = (torch.log(qc.clamp_min(_LIN_END) / _LIN_END) / _GEO_LOG_STEP).ceil_().add_(_LIN_N)
+    hi = torch.where(qc < _LIN_END, lin, geo).long().clamp_(1, last)
+    hi += (x[hi] < qc).long()
+    hi.clamp_(1, last)
+    hi -= (x[hi - 1] > qc).long()
+    hi.clamp_(1, last)
+    x0, y0 = x[hi - 1], y[hi - 1]
+    w = ((q - x0) / (x[hi] - x0).clamp_min(1e-300)).clamp_(0.0, 1.0)
+    return y0 + w * (y[hi] - y0)
+
+
 def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
     import torch
 
@@ -408,7 +473,7 @@ def _log_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202
 
     x, log_sf = _torch_table(tail.dof, abs_z.device)
     u = abs_z.to(torch.float64).abs()
-    t_part = _interp_torch(u / tail.scale, x, log_sf)
+    t_part = _interp_table(u / tail.scale, x, log_sf)
     out = (math.log(2.0) + t_part).clamp_(max=0.0)
     if tail.knots is not None:
         kz_np, kp_np, kz, kp = _knots_torch(tail.knots, u.device)
