@@ -59,6 +59,7 @@ def test_missing_config_file(monkeypatch, tmp_path):
         ({"false_alarm_rate": 1.5}, "less than 1"),
         ({"databse_url": "x"}, "Extra inputs are not permitted"),
         ({"algorithm": "reptile"}, "'maml', 'fomaml', 'anil', 'metasgd' or 'pretrain'"),
+        ({"score_threads": -1}, "greater than or equal to 0"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, needle):

@@ -21,9 +21,30 @@ def config(tiny_dataset, tmp_path, db_url):
     return {"data_dir": str(tmp_path), "dataset_path": str(root), "database_url": db_url}
 
 
+def test_in_process_scoring_sets_its_torch_threads_and_restores_them():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with jobs._torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with jobs._torch_threads(0):  # 0: left as they are
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), jobs._torch_threads(1):
+            raise RuntimeError("a failed night")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
+    import torch
+
     from pipelines.flows import meta_train, nightly, profile
 
+    threads = torch.get_num_threads()
     prof = profile(as_of=NIGHT, config=config)
     assert prof["status"] == "completed" and prof["series"] == 300
     assert (
@@ -90,6 +111,7 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     with pytest.raises(ValueError, match="empty date range"):
         next(jobs.replay(settings, NIGHT, date(2026, 11, 28), "x"))
     engine.dispose()
+    assert torch.get_num_threads() == threads  # scoring's own thread count was restored
 
 
 def test_nightly_without_models_fails_and_is_recorded(tiny_dataset, tmp_path, prefect_harness):

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -314,10 +315,33 @@ def score_night(
     batches of about ``chunk_series`` series per cluster, so memory stays bounded and the
     batched adaptation runs on full batches. Series without a profile, clusters without a
     model and series with too few recent points are counted and logged, never silently
-    dropped; one cluster's failure is recorded and the others finish.
+    dropped; one cluster's failure is recorded and the others finish. In-process scoring
+    runs on ``settings.score_threads`` torch threads (restored afterwards).
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
+    with _torch_threads(settings.score_threads if settings.executor == "local" else 0):
+        return _score_night(settings, night, run_id, keep)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside (0: left as they are), then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+def _score_night(
+    settings: Settings, night: date, run_id: str, keep: str
+) -> tuple[pl.DataFrame, dict]:
     t = time.perf_counter()
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)

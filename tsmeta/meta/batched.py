@@ -11,7 +11,8 @@ Chunks of about a thousand series keep the per-series weights in cache.
 When the rates name only the output layer (ANIL: ``HEAD``), the hidden layers are shared
 by every series: they run once, as two plain matrix products over all support and query
 points of the chunk, and the inner steps are a linear regression's gradient steps on
-the 40 hidden features (about 8x fewer operations than adapting every layer).
+the 40 hidden features (about 8x fewer operations than adapting every layer), as
+elementwise products and sums (tiny batched matrix products cost more than they compute).
 """
 
 from __future__ import annotations
@@ -52,23 +53,36 @@ def _hidden(params: Params, x: torch.Tensor) -> torch.Tensor:
     return torch.addmm(params["b2"], h, params["w2"]).relu_().reshape(B, N, -1)
 
 
+def _head_rates(lr: Rates) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """The output layer's rates shaped for ``_adapt_head``'s (B, H) weights and (B,) bias."""
+    r_w, r_b = lr.get("w3", 0.0), lr.get("b3", 0.0)  # type: ignore[union-attr]
+    return (r_w.reshape(-1) if torch.is_tensor(r_w) else r_w,
+            r_b.reshape(()) if torch.is_tensor(r_b) else r_b)  # fmt: skip
+
+
 def _adapt_head(
     params: Params, h: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, steps: int, lr: Rates
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-series output layers (w3 (B, H, 1), b3 (B, 1, 1)) after ``steps`` SGD steps on
-    the masked support MSE of the hidden features h (B, K, H)."""
+    """Per-series output layers (weights (B, H), biases (B,)) after ``steps`` SGD steps on
+    the masked support MSE of the hidden features h (B, K, H).
+
+    Each step is two matrix-vector products per series, written as elementwise products
+    and sums over the whole chunk: about 3x less CPU than ``bmm`` of B tiny matrices."""
     B = h.shape[0]
-    w3 = params["w3"].expand(B, *params["w3"].shape)
-    b3 = params["b3"].expand(B, 1, -1)
-    scale = (2.0 * ms / ms.sum(1, keepdim=True).clamp_min(1.0)).unsqueeze(-1)
-    y = ys.unsqueeze(-1)
-    ht = h.transpose(1, 2)
-    r_w, r_b = lr.get("w3", 0.0), lr.get("b3", 0.0)  # type: ignore[union-attr]
+    w = params["w3"].reshape(1, -1).expand(B, -1)
+    b = params["b3"].reshape(()).expand(B)
+    scale = 2.0 * ms / ms.sum(1, keepdim=True).clamp_min(1.0)  # (B, K)
+    r_w, r_b = _head_rates(lr)
     for _ in range(steps):
-        d = (torch.baddbmm(b3, h, w3) - y).mul_(scale)  # (B, K, 1) dL/d(out)
-        w3 = w3 - r_w * torch.bmm(ht, d)
-        b3 = b3 - r_b * d.sum(1, keepdim=True)
-    return w3, b3
+        d = (_head_predict(h, w, b) - ys).mul_(scale)  # (B, K) dL/d(out)
+        w = w - r_w * (h * d.unsqueeze(-1)).sum(1)
+        b = b - r_b * d.sum(1)
+    return w, b
+
+
+def _head_predict(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-series output layers (w (B, H), b (B,)) on hidden features h (B, N, H) -> (B, N)."""
+    return (h * w.unsqueeze(1)).sum(-1).add_(b.unsqueeze(1))
 
 
 def adapt_mlp(
@@ -84,7 +98,8 @@ def adapt_mlp(
         )
     B = xs.shape[0]
     if head_only(lr):  # shared hidden layers, per-series output layers
-        w3, b3 = _adapt_head(params, _hidden(params, xs), ys, ms, steps, lr)
+        w, b = _adapt_head(params, _hidden(params, xs), ys, ms, steps, lr)
+        w3, b3 = w.unsqueeze(-1), b.reshape(B, 1, 1)
         w1, w2 = (params[k].expand(B, *params[k].shape) for k in ("w1", "w2"))
         b1, b2 = (params[k].expand(B, 1, -1) for k in ("b1", "b2"))
         return w1, b1, w2, b2, w3, b3
@@ -146,9 +161,9 @@ def adapt_predict(
         sl = slice(first, first + chunk)
         if head_only(lr):  # the hidden features once, then the per-series output layers
             hs, hq = _hidden(params, xs[sl]), _hidden(params, xq[sl])
-            w3, b3 = _adapt_head(params, hs, ys[sl], ms[sl], steps, lr)
-            out_s.append(torch.baddbmm(b3, hs, w3).squeeze(-1))
-            out_q.append(torch.baddbmm(b3, hq, w3).squeeze(-1))
+            w, b = _adapt_head(params, hs, ys[sl], ms[sl], steps, lr)
+            out_s.append(_head_predict(hs, w, b))
+            out_q.append(_head_predict(hq, w, b))
             continue
         w = adapt_mlp(params, xs[sl], ys[sl], ms[sl], steps, lr)
         out_s.append(predict(w, xs[sl]))
