@@ -160,6 +160,11 @@ def test_profile_replaced_as_a_whole(engine):
     write_profile(engine, prof.head(2), "r2")
     got = read_profile(engine)
     assert sorted(got["series_id"].to_list()) == ["a", "b"]
+    assert got.columns == ["series_id", "period", "strength", "cluster_id"]
+    routing = read_profile(engine, ("series_id", "cluster_id"))  # what the nightly job reads
+    assert routing.sort("series_id").rows() == [("a", "p24"), ("b", "p24")]
+    with pytest.raises(ValueError, match="unknown columns"):
+        read_profile(engine, ("series_id", "cluster"))
 
 
 def test_model_versions_roundtrip(engine, tmp_path):

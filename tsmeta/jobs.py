@@ -345,7 +345,7 @@ def _score_night(
     t = time.perf_counter()
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
-    profile = read_profile(engine)
+    profile = read_profile(engine, ("series_id", "cluster_id"))
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     spd = settings.steps_per_day

@@ -260,14 +260,17 @@ def completed_nights(engine: sa.Engine) -> set[str]:
     return {night for night, status in latest.items() if status in ("completed", "partial")}
 
 
-def read_profile(engine: sa.Engine) -> pl.DataFrame:
-    """series_id, period, strength, cluster_id of the current profiling."""
-    query = sa.select(
-        series_profile.c.series_id, series_profile.c.period,
-        series_profile.c.strength, series_profile.c.cluster_id,
-    )  # fmt: skip
+def read_profile(engine: sa.Engine, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
+    """series_id, period, strength, cluster_id of the current profiling (or only
+    ``columns`` of them: fewer columns read faster, one Python row per series)."""
+    names = columns or ("series_id", "period", "strength", "cluster_id")
+    unknown = set(names) - {"series_id", "period", "strength", "cluster_id"}
+    if unknown:
+        raise ValueError(f"read_profile: unknown columns {sorted(unknown)}")
+    query = sa.select(*(series_profile.c[n] for n in names))
+    overrides = {"series_id": pl.String} if "series_id" in names else {}
     with engine.connect() as conn:
-        frame = pl.read_database(query, connection=conn, schema_overrides={"series_id": pl.String})
+        frame = pl.read_database(query, connection=conn, schema_overrides=overrides)
     if frame.height == 0:
         raise LookupError("no series profile in the database: run `tsmeta profile` first")
     return frame
