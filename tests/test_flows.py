@@ -39,6 +39,23 @@ def test_in_process_scoring_sets_its_torch_threads_and_restores_them():
         torch.set_num_threads(before)
 
 
+def test_scoring_threads_follow_the_setting_or_the_models(tmp_path):
+    from tsmeta.forecaster import FeatureSpec
+    from tsmeta.meta.train import MetaConfig, MetaModel
+
+    def model(algorithm):
+        cfg = MetaConfig(algorithm=algorithm)
+        return MetaModel({}, FeatureSpec(24), cfg, None, {})
+
+    anil, maml = {"a": (1, model("anil"))}, {"a": (1, model("anil")), "b": (1, model("maml"))}
+    auto = load_settings(data_dir=str(tmp_path))
+    assert jobs.score_threads(auto, anil) == 1  # head-only steps: one thread
+    assert jobs.score_threads(auto, maml) == 0  # MAML's matrix products use every core
+    assert jobs.score_threads(load_settings(data_dir=str(tmp_path), score_threads=3), maml) == 3
+    on_ray = load_settings(data_dir=str(tmp_path), score_threads=3, executor="ray")
+    assert jobs.score_threads(on_ray, anil) == 0  # Ray workers set their own
+
+
 def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     import torch
 

@@ -96,11 +96,13 @@ class Settings(BaseSettings):
     # scoring
     false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data
     chunk_series: int = Field(8192, ge=1)  # series per batched adaptation chunk
-    # torch threads of in-process nightly scoring on the CPU (0: torch's default, one per
-    # core). Chunks are scored one after another while the next is read in a background
-    # thread; intra-op threads on these small per-chunk operations mostly spin. 2M series
-    # on 2 cores: the same wall time with 1 as with 2, and 27% less CPU (benchmarks/README)
-    score_threads: int = Field(1, ge=0)
+    # torch threads of in-process nightly scoring on the CPU; 0: torch's default (one per
+    # core); unset: 1 when every model adapts its output layer only (ANIL: small elementwise
+    # steps whose intra-op threads mostly spin while the next chunk is read), else torch's
+    # default (MAML's batched matrix products do use them). Measured on 2M series, 2 cores:
+    # ANIL the same wall time on 1 thread as on 2 with about a quarter less CPU; MAML 264 s
+    # on 1 thread against 167 s on 2, for 12% less CPU (benchmarks/README)
+    score_threads: int | None = Field(None, ge=0)
     # where nightly adaptation runs: "auto" takes a CUDA GPU when torch sees one (with the
     # Ray executor: when the cluster has GPUs), else the CPU. On a GPU raise chunk_series
     # to 65536 or more (2M series scored at 0.9-1.06M series/s on an H100; 8192 is slower)

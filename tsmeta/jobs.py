@@ -26,6 +26,7 @@ from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
 from tsmeta.forecaster import FeatureSpec
+from tsmeta.meta.batched import head_only
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
@@ -316,12 +317,20 @@ def score_night(
     batched adaptation runs on full batches. Series without a profile, clusters without a
     model and series with too few recent points are counted and logged, never silently
     dropped; one cluster's failure is recorded and the others finish. In-process scoring
-    runs on ``settings.score_threads`` torch threads (restored afterwards).
+    runs on ``settings.score_threads`` torch threads (see there; restored afterwards).
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
-    with _torch_threads(settings.score_threads if settings.executor == "local" else 0):
-        return _score_night(settings, night, run_id, keep)
+    return _score_night(settings, night, run_id, keep)
+
+
+def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
+    """torch threads for in-process scoring of ``models`` (0: leave torch's as they are)."""
+    if settings.executor != "local":
+        return 0  # each Ray worker sets its own
+    if settings.score_threads is not None:
+        return settings.score_threads
+    return 1 if models and all(head_only(m.rates) for _, m in models.values()) else 0
 
 
 @contextmanager
@@ -345,6 +354,13 @@ def _score_night(
     t = time.perf_counter()
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
+    with _torch_threads(score_threads(settings, models)):
+        return _score_models(settings, night, keep, engine, models, t)
+
+
+def _score_models(
+    settings: Settings, night: date, keep: str, engine: object, models: dict, t: float
+) -> tuple[pl.DataFrame, dict]:
     profile = read_profile(engine, ("series_id", "cluster_id"))
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
