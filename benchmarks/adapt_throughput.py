@@ -104,14 +104,14 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
                 mlp(adapt(p, b.xs[i], b.ys[i], b.ms[i], steps, LR), b.xq[i])
         sync(device)
 
-    def head_only() -> None:
+    def anil() -> None:
         with torch.no_grad():
             adapt_predict(p, b.xs, b.ys, b.ms, b.xq, steps, dict.fromkeys(HEAD, LR),
                           chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
         sync(device)
 
     record("batched explicit", device, n, timed(explicit))
-    record("batched anil", device, n, timed(head_only))
+    record("batched anil", device, n, timed(anil))
     record("batched vmap", device, n, timed(vmapped))
     record("per-series loop", device, n_loop, timed(loop))
 

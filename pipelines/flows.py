@@ -115,7 +115,7 @@ def meta_train(
 ) -> dict:
     """Meta-train one model per cluster (all, or those named) on the days before ``as_of``.
     ``algorithm`` (default: the settings', ``TSMETA_ALGORITHM``) is one of
-    ``tsmeta.meta.train.ALGORITHMS``."""
+    ``tsmeta.meta.ALGORITHMS``."""
     settings = load_settings(**(config or {}))
     as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
     params = {"as_of": str(as_of), "clusters": clusters, "algorithm": algorithm,

@@ -216,7 +216,7 @@ def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch ten
     is a selection, so it is taken in z's own precision)."""
     import torch
 
-    B, H = z.shape
+    H = z.shape[1]
     w = min(int(width), H)
     obs = observed.to(torch.bool)
     left, right = w // 2, w - 1 - w // 2
@@ -424,10 +424,13 @@ def _interp_torch(q, x, y):  # noqa: ANN001, ANN202
     """np.interp(q, x, y) in torch (x rising; clamped at both ends)."""
     import torch
 
-    hi = torch.searchsorted(x, q.contiguous()).clamp_(1, len(x) - 1)
-    x0, x1 = x[hi - 1], x[hi]
-    w = ((q - x0) / (x1 - x0).clamp_min(1e-300)).clamp_(0.0, 1.0)
-    y0 = y[hi - 1]
+    return _lerp(q, x, y, torch.searchsorted(x, q.contiguous()).clamp_(1, len(x) - 1))
+
+
+def _lerp(q, x, y, hi):  # noqa: ANN001, ANN202
+    """Linear interpolation of q between knots hi - 1 and hi (clamped to them)."""
+    x0, y0 = x[hi - 1], y[hi - 1]
+    w = ((q - x0) / (x[hi] - x0).clamp_min(1e-300)).clamp_(0.0, 1.0)
     return y0 + w * (y[hi] - y0)
 
 
@@ -447,9 +450,7 @@ def _interp_table(q, x, y):  # noqa: ANN001, ANN202
     hi.clamp_(1, last)
     hi -= (x[hi - 1] > qc).long()
     hi.clamp_(1, last)
-    x0, y0 = x[hi - 1], y[hi - 1]
-    w = ((q - x0) / (x[hi] - x0).clamp_min(1e-300)).clamp_(0.0, 1.0)
-    return y0 + w * (y[hi] - y0)
+    return _lerp(q, x, y, hi)
 
 
 def _two_sided_tail_torch(abs_z, tail: TailModel):  # noqa: ANN001, ANN202

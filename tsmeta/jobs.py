@@ -321,7 +321,11 @@ def score_night(
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
-    return _score_night(settings, night, run_id, keep)
+    t = time.perf_counter()
+    engine = engine_for(settings)
+    models = load_latest_models(engine, model_dir=settings.model_dir)
+    with _torch_threads(score_threads(settings, models)):
+        return _score_models(settings, night, keep, engine, models, t)
 
 
 def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
@@ -346,16 +350,6 @@ def _torch_threads(n: int) -> Iterator[None]:
     finally:
         if n:
             torch.set_num_threads(before)
-
-
-def _score_night(
-    settings: Settings, night: date, run_id: str, keep: str
-) -> tuple[pl.DataFrame, dict]:
-    t = time.perf_counter()
-    engine = engine_for(settings)
-    models = load_latest_models(engine, model_dir=settings.model_dir)
-    with _torch_threads(score_threads(settings, models)):
-        return _score_models(settings, night, keep, engine, models, t)
 
 
 def _score_models(

@@ -260,15 +260,17 @@ def completed_nights(engine: sa.Engine) -> set[str]:
     return {night for night, status in latest.items() if status in ("completed", "partial")}
 
 
-def read_profile(engine: sa.Engine, columns: tuple[str, ...] | None = None) -> pl.DataFrame:
-    """series_id, period, strength, cluster_id of the current profiling (or only
-    ``columns`` of them: fewer columns read faster, one Python row per series)."""
-    names = columns or ("series_id", "period", "strength", "cluster_id")
-    unknown = set(names) - {"series_id", "period", "strength", "cluster_id"}
+PROFILE_COLUMNS = ("series_id", "period", "strength", "cluster_id")
+
+
+def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) -> pl.DataFrame:
+    """``PROFILE_COLUMNS`` of the current profiling (or only ``columns`` of them: fewer
+    columns read faster, one Python row per series)."""
+    unknown = set(columns) - set(PROFILE_COLUMNS)
     if unknown:
         raise ValueError(f"read_profile: unknown columns {sorted(unknown)}")
-    query = sa.select(*(series_profile.c[n] for n in names))
-    overrides = {"series_id": pl.String} if "series_id" in names else {}
+    query = sa.select(*(series_profile.c[n] for n in columns))
+    overrides = {"series_id": pl.String} if "series_id" in columns else {}
     with engine.connect() as conn:
         frame = pl.read_database(query, connection=conn, schema_overrides=overrides)
     if frame.height == 0:
