@@ -8,6 +8,8 @@ same run:
   written backward, chunks of 1024 series): the path nightly scoring uses for MAML;
 * ``batched anil``: the same function with the output layer's rates alone (ANIL: the
   hidden layers shared, run once; the steps adapt the output layer);
+* ``batched ridge``: the same shared hidden layers with the output layer solved in closed
+  form (``ridge``), leave-one-out support residuals included;
 * ``batched vmap``: ``vmap`` of ``torch.func.grad`` over all series (the reference);
 * ``per-series loop``: the same computation one series at a time (a sample of series,
   rate extrapolated).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +37,7 @@ from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
 from tsmeta.forecaster import FeatureSpec, init_params, mlp
 from tsmeta.meta.batched import HEAD, adapt_predict
-from tsmeta.meta.maml import adapt, adapt_batch, predict_batch
+from tsmeta.meta.maml import RIDGE, adapt, adapt_batch, predict_batch
 from tsmeta.meta.tasks import make_batch
 
 K = H = 24
@@ -110,8 +113,15 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
                           chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
         sync(device)
 
+    def ridge() -> None:
+        with torch.no_grad():
+            adapt_predict(p, b.xs, b.ys, b.ms, b.xq, steps, {RIDGE: math.log(LR)},
+                          chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
+        sync(device)
+
     record("batched explicit", device, n, timed(explicit))
     record("batched anil", device, n, timed(anil))
+    record("batched ridge", device, n, timed(ridge))
     record("batched vmap", device, n, timed(vmapped))
     record("per-series loop", device, n_loop, timed(loop))
 
@@ -179,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
-        for algorithm, relative in (("maml", False), ("maml", True), ("anil", False)):
+        for algorithm, relative in (("maml", False), ("maml", True), ("anil", False),
+                                    ("ridge", False)):  # fmt: skip
             s = FeatureSpec(24, relative_to_lag=relative)
             cfg = MetaConfig(algorithm=algorithm, k=K, horizon=H, inner_steps=args.inner_steps,
                              inner_lr=LR, hidden=args.hidden)  # fmt: skip
@@ -189,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             name = (
                 "score_day"
                 + (" (relative)" if relative else "")
-                + (", anil" if algorithm == "anil" else "")
+                + (f", {algorithm}" if algorithm != "maml" else "")
             )
             record(name, device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}

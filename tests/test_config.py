@@ -58,7 +58,7 @@ def test_missing_config_file(monkeypatch, tmp_path):
         ({"k": 1}, "greater than or equal to 2"),
         ({"false_alarm_rate": 1.5}, "less than 1"),
         ({"databse_url": "x"}, "Extra inputs are not permitted"),
-        ({"algorithm": "reptile"}, "'maml', 'fomaml', 'anil', 'metasgd' or 'pretrain'"),
+        ({"algorithm": "reptile"}, "'maml', 'fomaml', 'anil', 'ridge', 'metasgd' or 'pretrain'"),
         ({"score_threads": -1}, "greater than or equal to 0"),
     ],
 )

@@ -237,3 +237,36 @@ def test_an_anil_model_scores_a_night_like_its_reference(trained):
     ok = day.basis[:20] == BASIS.index("adapted")
     np.testing.assert_allclose(day.forecast[:20][ok], ref[ok], rtol=1e-4,
                                atol=1e-4 * np.abs(ref).max())  # fmt: skip
+
+
+def test_a_ridge_model_scores_a_night_like_its_reference(trained):
+    """The closed-form head through the whole scoring step: forecasts equal the vmap
+    reference's, clean data stays near the configured rate, and the residual scale comes
+    from leave-one-out support residuals (an in-sample fit of 41 parameters to 24 points
+    would leave almost none)."""
+    from tsmeta.meta.maml import adapt_batch, predict_batch
+    from tsmeta.meta.tasks import earliest_cut, make_batch
+
+    values, mask, ids, start, model = trained
+    cfg = replace(model.config, algorithm="ridge")
+    f, _, meta = generate_frame(600, "h", 28, seed=9, anomaly_rate=0.0)
+    p = build_panel(f, "h")
+    rows = meta.sort("series_id")["period"].to_numpy() == 24
+    ridge = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24], p.start_step,
+                       FeatureSpec(24), cfg)  # fmt: skip
+    assert set(ridge.rates) == {"log_ridge"}
+    day = score_day(values, mask, ids, start, ridge, 1e-3)
+    rate = day.flag.sum() / day.observed.sum()
+    assert rate < 0.01
+    T = values.shape[1]
+    t0 = T - cfg.horizon
+    assert t0 >= earliest_cut(ridge.spec, cfg.k)
+    v, m = torch.as_tensor(values), torch.as_tensor(mask)
+    r = torch.arange(20)
+    batch = make_batch(v, m, r, torch.full_like(r, t0), ridge.spec, cfg.k, cfg.horizon, start)
+    fast = adapt_batch(ridge.params, batch, cfg.inner_steps, ridge.rates)
+    ref = batch.forecast(predict_batch(fast, batch.xq)).numpy()
+    ok = day.basis[:20] == BASIS.index("adapted")
+    assert ok.sum() >= 15
+    np.testing.assert_allclose(day.forecast[:20][ok], ref[ok], rtol=1e-4,
+                               atol=1e-4 * np.abs(ref).max())  # fmt: skip

@@ -277,16 +277,19 @@ def test_pretrain_fits_the_initialisation_without_an_inner_loop():
     assert last < first
 
 
-@pytest.mark.parametrize("algorithm", ["fomaml", "anil", "metasgd", "pretrain"])
+@pytest.mark.parametrize("algorithm", ["fomaml", "anil", "ridge", "metasgd", "pretrain"])
 def test_every_algorithm_trains_on_a_cluster(cluster_window, algorithm):
     values, mask, start_step = cluster_window
     cfg = MetaConfig(algorithm=algorithm, meta_steps=20, eval_every=10, meta_batch=8, val_tasks=32)
     model = meta_train(values, mask, start_step, FeatureSpec(24), cfg)
     assert np.isfinite(model.metrics["val_query_mse_adapted"])
-    assert (model.inner_rates is not None) == (algorithm == "metasgd")
+    assert (model.inner_rates is not None) == (algorithm in ("metasgd", "ridge"))
     restored = MetaModel.from_state(model.state())
     if algorithm == "anil":  # only the output layer adapts, from the state as saved
         assert restored.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
+    if algorithm == "ridge":  # the learned penalty, as saved
+        assert set(restored.rates) == {"log_ridge"}
+        torch.testing.assert_close(restored.rates["log_ridge"], model.inner_rates["log_ridge"])
     if algorithm == "metasgd":
         for k in model.inner_rates:
             torch.testing.assert_close(restored.inner_rates[k], model.inner_rates[k])

@@ -78,14 +78,15 @@ class Settings(BaseSettings):
 
     # meta-learning
     # "maml" adapts every layer nightly; "anil" (MAML with the inner loop on the output
-    # layer, the hidden layers shared) adapts several times faster; see tsmeta.meta.train
+    # layer, the hidden layers shared) adapts several times faster; "ridge" shares the
+    # hidden layers too and solves the output layer in closed form; see tsmeta.meta.train
     algorithm: Literal[ALGORITHMS] = "maml"  # type: ignore[valid-type]
     hidden: int = 40  # MLP width, as in the MAML paper's regression network
     # forecast the change from the most recent same-phase value (seasonal naive + a learned,
     # adapted correction) rather than the level: M4 Hourly MASE 0.917 against 1.4 (level)
     relative_to_lag: bool = False
     inner_steps: int = Field(5, ge=1)  # gradient steps of nightly adaptation
-    inner_lr: float = Field(0.1, gt=0)  # step size of those steps (normalised units)
+    inner_lr: float = Field(0.1, gt=0)  # step size of those steps; ridge: initial penalty
     meta_batch: int = Field(32, ge=1)  # tasks per outer step
     meta_steps: int = Field(300, ge=1)  # outer steps per cluster
     meta_lr: float = Field(1e-3, gt=0)

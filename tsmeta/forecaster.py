@@ -25,6 +25,7 @@ __all__ = [
     "FeatureSpec",
     "init_params",
     "mlp",
+    "hidden_features",
     "masked_mse",
     "support_normalisation",
     "masked_mean_std",
@@ -71,11 +72,15 @@ def init_params(
     return {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3, "b3": b3}
 
 
+def hidden_features(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The two hidden layers: x (..., F) -> (..., hidden)."""
+    h = torch.relu(x @ params["w1"] + params["b1"])
+    return torch.relu(h @ params["w2"] + params["b2"])
+
+
 def mlp(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """x (..., F) -> (...,)"""
-    h = torch.relu(x @ params["w1"] + params["b1"])
-    h = torch.relu(h @ params["w2"] + params["b2"])
-    return (h @ params["w3"] + params["b3"]).squeeze(-1)
+    return (hidden_features(params, x) @ params["w3"] + params["b3"]).squeeze(-1)
 
 
 def masked_mse(

@@ -2,4 +2,4 @@
 
 # The meta-learners ``MetaConfig.algorithm`` accepts (described in tsmeta.meta.train); here,
 # without torch, so settings and the CLI can name them cheaply.
-ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "pretrain")
+ALGORITHMS = ("maml", "fomaml", "anil", "ridge", "metasgd", "pretrain")

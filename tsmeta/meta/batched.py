@@ -13,13 +13,15 @@ by every series: they run once, as two plain matrix products over all support an
 points of the chunk, and the inner steps are a linear regression's gradient steps on
 the 40 hidden features (about 8x fewer operations than adapting every layer), as
 elementwise products and sums (tiny batched matrix products cost more than they compute).
+With ``RIDGE`` rates the output layer is solved in closed form instead
+(``tsmeta.meta.maml.ridge_head``), on the same shared features.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tsmeta.meta.maml import Params, Rates
+from tsmeta.meta.maml import RIDGE, Params, Rates, is_ridge, ridge_head
 
 __all__ = ["BatchedMLP", "adapt_mlp", "adapt_predict", "ADAPT_CHUNK", "HEAD", "head_only"]
 
@@ -35,8 +37,8 @@ HEAD = ("w3", "b3")  # the output layer: what ANIL adapts
 
 
 def head_only(lr: Rates) -> bool:
-    """True when the rates adapt the output layer alone (ANIL)."""
-    return isinstance(lr, dict) and set(lr) <= set(HEAD)
+    """True when the rates adapt the output layer alone (ANIL, the ridge head)."""
+    return isinstance(lr, dict) and (set(lr) <= set(HEAD) or is_ridge(lr))
 
 
 def _rate(lr: Rates, name: str, like: torch.Tensor) -> torch.Tensor | float:
@@ -67,7 +69,10 @@ def _adapt_head(
     the masked support MSE of the hidden features h (B, K, H).
 
     Each step is two matrix-vector products per series, written as elementwise products
-    and sums over the whole chunk: about 3x less CPU than ``bmm`` of B tiny matrices."""
+    and sums over the whole chunk: about 3x less CPU than ``bmm`` of B tiny matrices.
+    With ``RIDGE`` rates: the closed-form head (``ridge_head``; ``steps`` > 0 only)."""
+    if is_ridge(lr):
+        return ridge_head(h, ys, ms, params["w3"], params["b3"], lr[RIDGE])  # type: ignore[index]
     B = h.shape[0]
     w = params["w3"].reshape(1, -1).expand(B, -1)
     b = params["b3"].reshape(()).expand(B)
@@ -159,6 +164,13 @@ def adapt_predict(
     out_s, out_q = [], []
     for first in range(0, xs.shape[0], chunk):
         sl = slice(first, first + chunk)
+        if is_ridge(lr):  # the closed-form head; support "predictions" are leave-one-out
+            hs, hq = _hidden(params, xs[sl]), _hidden(params, xq[sl])
+            w, b, loo = ridge_head(hs, ys[sl], ms[sl], params["w3"], params["b3"], lr[RIDGE],
+                                   loo=True)  # type: ignore[index]  # fmt: skip
+            out_s.append(ys[sl] - loo)
+            out_q.append(_head_predict(hq, w, b))
+            continue
         if head_only(lr):  # the hidden features once, then the per-series output layers
             hs, hq = _hidden(params, xs[sl]), _hidden(params, xq[sl])
             w, b = _adapt_head(params, hs, ys[sl], ms[sl], steps, lr)

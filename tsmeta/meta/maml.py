@@ -8,6 +8,12 @@ size is a float (MAML) or a dict of per-parameter rates: tensors learned in the 
 (Meta-SGD, Li et al. 2017), or rates for the output layer only (ANIL, Raghu et al. 2020).
 Parameters a rate dict leaves out are not adapted: the inner loop differentiates and steps
 only the ones it names.
+
+A rate dict holding ``RIDGE`` (a learned log penalty) replaces the inner steps by their
+limit: the output layer solved in closed form, a ridge regression of the support points on
+the shared hidden features, shrunk towards the meta-learned head (``ridge_head``; R2-D2,
+Bertinetto, Henriques, Torr and Vedaldi, 2019, "Meta-learning with differentiable
+closed-form solvers"). The outer loop differentiates through the solve.
 """
 
 from __future__ import annotations
@@ -15,13 +21,66 @@ from __future__ import annotations
 import torch
 from torch.func import grad, vmap
 
-from tsmeta.forecaster import masked_mse, mlp
+from tsmeta.forecaster import hidden_features, masked_mse, mlp
+from tsmeta.meta.linalg import spd_solve
 from tsmeta.meta.tasks import TaskBatch
 
-__all__ = ["Params", "Rates", "adapt", "adapted_names", "adapt_batch", "maml_loss", "predict_batch"]
+__all__ = ["Params", "Rates", "RIDGE", "adapt", "adapted_names", "adapt_batch", "maml_loss",
+           "predict_batch", "ridge_head", "is_ridge"]  # fmt: skip
 
 Params = dict[str, torch.Tensor]
 Rates = float | dict[str, torch.Tensor | float]  # a dict adapts only the names it holds
+RIDGE = "log_ridge"  # the rates key of the closed-form head: log of the ridge penalty
+
+
+def is_ridge(lr: Rates) -> bool:
+    """True when the rates ask for the closed-form ridge head (``RIDGE``)."""
+    return isinstance(lr, dict) and RIDGE in lr
+
+
+def ridge_head(
+    h: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
+    log_penalty: torch.Tensor | float, loo: bool = False,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """Per-series output layers minimising the masked support MSE plus ``exp(log_penalty)``
+    times the squared distance to the shared head (w0 (H,), b0 ()).
+
+    h (B, K, H) hidden features, ys and ms (B, K); returns w (B, H), b (B,) and, with
+    ``loo``, each support point's leave-one-out residual (B, K): what the head fitted
+    without that point misses it by, in closed form (zero where unobserved). Unobserved
+    support points drop out (their rows are zeroed). The smaller of the two equivalent
+    systems is solved: K x K (the kernel form) when K <= H + 1, else (H + 1) x (H + 1).
+    """
+    B, K, H = h.shape
+    m = ms.unsqueeze(-1)
+    phi = torch.cat([h, torch.ones_like(h[..., :1])], -1) * m  # (B, K, P): features and bias
+    r = ((ys - h @ w0.reshape(-1) - b0.reshape(())) * ms).unsqueeze(-1)  # (B, K, 1)
+    penalty = torch.as_tensor(log_penalty, dtype=h.dtype, device=h.device).exp()
+    lam = (penalty * ms.sum(1).clamp_min(1.0)).reshape(B, 1, 1)  # MSE's mean: penalty x count
+    P = H + 1
+    if K <= P:  # kernel form: alpha = G^-1 r, residuals lam alpha, 1 - hat_ii = lam G^-1_ii
+        gram = phi @ phi.transpose(1, 2) + lam * torch.eye(K, dtype=h.dtype, device=h.device)
+        if torch.is_grad_enabled():  # training (autograd, vmap): torch.linalg
+            inv = torch.linalg.inv(gram) if loo else None
+            alpha = inv @ r if inv is not None else torch.linalg.solve(gram, r)
+            inv_diag = None if inv is None else torch.diagonal(inv, dim1=1, dim2=2)
+        else:  # scoring: the batch-vectorised Cholesky (LAPACK goes matrix by matrix)
+            a, inv_diag = spd_solve(gram, r.squeeze(-1), inverse_diagonal=loo)
+            alpha = a.unsqueeze(-1)
+        d = (phi * alpha).sum(1)  # phi^T alpha; elementwise: B tiny products cost more
+        if loo:
+            resid_loo = alpha.squeeze(-1) / inv_diag * ms
+    else:
+        gram = phi.transpose(1, 2) @ phi + lam * torch.eye(P, dtype=h.dtype, device=h.device)
+        if loo:
+            a_phi = torch.linalg.solve(gram, phi.transpose(1, 2))  # (B, P, K)
+            d = (a_phi @ r).squeeze(-1)
+            hat = (phi * a_phi.transpose(1, 2)).sum(-1)  # (B, K)
+            resid_loo = (r.squeeze(-1) - (phi @ d.unsqueeze(-1)).squeeze(-1)) / (1 - hat) * ms
+        else:
+            d = torch.linalg.solve(gram, phi.transpose(1, 2) @ r).squeeze(-1)
+    w, b = w0.reshape(1, -1) + d[:, :H], b0.reshape(()) + d[:, H]
+    return (w, b, resid_loo) if loo else (w, b)
 
 
 def _step(params: Params, g: Params, lr: Rates) -> Params:
@@ -47,7 +106,15 @@ def adapt(
     """``steps`` gradient steps on one task's support set (xs (K, F), ys (K,), ms (K,)).
 
     Only the parameters ``adapted_names`` picks move; the others stay shared (and, in the
-    outer loop, still receive the meta-gradient through the adapted ones)."""
+    outer loop, still receive the meta-gradient through the adapted ones). With ``RIDGE``
+    rates the output layer is solved in closed form (any ``steps`` > 0)."""
+    if is_ridge(lr):
+        if steps == 0:
+            return dict(params)
+        h = hidden_features(params, xs).unsqueeze(0)
+        w, b = ridge_head(h, ys.unsqueeze(0), ms.unsqueeze(0), params["w3"], params["b3"],
+                          lr[RIDGE])  # type: ignore[index]  # fmt: skip
+        return {**params, "w3": w.reshape(params["w3"].shape), "b3": b.reshape(params["b3"].shape)}
     names = adapted_names(params, lr)
     fixed = {k: v for k, v in params.items() if k not in names}
 

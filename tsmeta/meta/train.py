@@ -8,6 +8,11 @@ Algorithms (``MetaConfig.algorithm``):
   and Vinyals, 2020, "Rapid learning or feature reuse?"); second-order. The hidden layers
   are meta-learned features every series shares, so nightly adaptation runs them once and
   steps a linear layer: several times cheaper than adapting every layer.
+* ``ridge``: ANIL's shared hidden layers with the output layer solved in closed form: a
+  ridge regression of the K support points on the hidden features, shrunk towards the
+  meta-learned head by a learned penalty (R2-D2, Bertinetto, Henriques, Torr and Vedaldi,
+  2019). The limit ANIL's inner steps approach, exact and without a step size to tune;
+  ``inner_lr`` is the penalty's initial value, ``inner_steps`` is not used (any > 0).
 * ``metasgd``: Meta-SGD (Li, Zhou, Chen and Li, 2017): per-parameter inner learning rates
   learned with the initialisation.
 * ``pretrain``: the transfer-learning baseline: the initialisation is fit to all tasks
@@ -32,8 +37,8 @@ from tsmeta import __version__
 from tsmeta.calibration import TailModel, fit_step_scale, fit_tail, fit_windows
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta import ALGORITHMS
-from tsmeta.meta.batched import HEAD
-from tsmeta.meta.maml import Params, Rates, adapt_batch, maml_loss, predict_batch
+from tsmeta.meta.batched import HEAD, adapt_predict
+from tsmeta.meta.maml import RIDGE, Params, Rates, adapt_batch, is_ridge, maml_loss, predict_batch
 from tsmeta.meta.tasks import NORMALISATION, TaskBatch, sample_tasks
 
 __all__ = [
@@ -77,10 +82,12 @@ class MetaConfig:
 
 
 def inner_rates_of(cfg: MetaConfig, learned: dict[str, torch.Tensor] | None = None) -> Rates:
-    """What the inner loop steps with: Meta-SGD's learned rates, the output layer's rate
-    alone (ANIL), or one rate for every parameter."""
+    """What the inner loop steps with: learned rates (Meta-SGD's, the ridge head's
+    penalty), the output layer's rate alone (ANIL), or one rate for every parameter."""
     if learned is not None:
         return learned
+    if cfg.algorithm == "ridge":  # before training: the initial penalty
+        return {RIDGE: torch.tensor(math.log(cfg.inner_lr))}
     if cfg.algorithm == "anil":
         return dict.fromkeys(HEAD, cfg.inner_lr)
     return cfg.inner_lr
@@ -95,7 +102,7 @@ class MetaModel:
     config: MetaConfig
     calibration: TailModel  # distribution of out-of-sample residual z-scores
     metrics: dict = field(default_factory=dict)
-    inner_rates: dict[str, torch.Tensor] | None = None  # Meta-SGD's learned rates
+    inner_rates: dict[str, torch.Tensor] | None = None  # learned: Meta-SGD's, ridge's penalty
     # the tail of series adapted from fewer than K points (gaps, cold start): heavier than
     # the full-support tail; None (older models): the full-support one is used
     partial_calibration: TailModel | None = None
@@ -149,13 +156,19 @@ class MetaLearner:
         self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
         self.rates: dict[str, torch.Tensor] | None = None
         leaves = list(self.params.values())
+        groups: list[dict] = [{"params": leaves}]
         if cfg.algorithm == "metasgd":
             self.rates = {
                 k: torch.full_like(v, cfg.inner_lr).requires_grad_(True)
                 for k, v in self.params.items()
             }
-            leaves += list(self.rates.values())
-        self.opt = torch.optim.Adam(leaves, lr=cfg.meta_lr)
+            groups[0]["params"] = leaves = leaves + list(self.rates.values())
+        if cfg.algorithm == "ridge":  # one scalar: a larger step, or it barely moves in 300
+            self.rates = {RIDGE: torch.tensor(math.log(cfg.inner_lr), device=device,
+                                              requires_grad=True)}  # fmt: skip
+            groups.append({"params": list(self.rates.values()), "lr": 10 * cfg.meta_lr})
+            leaves = leaves + list(self.rates.values())
+        self.opt = torch.optim.Adam(groups, lr=cfg.meta_lr)
         self._leaves = leaves
 
     @property
@@ -212,6 +225,8 @@ def adapted_predictions(
     with torch.no_grad():
         if steps == 0:
             return mlp(params, batch.xs), mlp(params, batch.xq)
+        if is_ridge(rates):  # leave-one-out support predictions, as nightly scoring has them
+            return adapt_predict(params, batch.xs, batch.ys, batch.ms, batch.xq, steps, rates)
         fast = adapt_batch(params, batch, steps, rates)
         return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
 
