@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--algorithms",
         nargs="+",
-        default=["maml", "anil"],
+        default=["maml", "anil", "ridge"],
         choices=[a for a in ALGORITHMS if a != "pretrain"],  # pretrain is always the baseline
         help="meta-learners to run",
     )

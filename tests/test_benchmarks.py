@@ -92,6 +92,7 @@ def test_m4_hourly_small(tmp_path):
         "seasonal naive",
         "maml, per period",
         "anil, per period",
+        "ridge, per period",
         "pretrain + fine-tune",
     } <= methods
     assert all(r["smape"] > 0 and r["mase"] > 0 for r in res["rows"])

@@ -70,7 +70,7 @@ def test_bad_settings_are_rejected(kwargs, needle):
 def test_the_meta_learner_is_a_setting(monkeypatch):
     from tsmeta.jobs import meta_config
 
-    assert meta_config(load_settings()).algorithm == "maml"
+    assert meta_config(load_settings()).algorithm == "ridge"
     monkeypatch.setenv("TSMETA_ALGORITHM", "anil")
     s = load_settings()
     assert s.algorithm == "anil" and meta_config(s).algorithm == "anil"

@@ -77,10 +77,12 @@ class Settings(BaseSettings):
     read_chunk_rows: int = Field(50_000_000, ge=1)  # rows read at once (bounds peak memory)
 
     # meta-learning
-    # "maml" adapts every layer nightly; "anil" (MAML with the inner loop on the output
-    # layer, the hidden layers shared) adapts several times faster; "ridge" shares the
-    # hidden layers too and solves the output layer in closed form; see tsmeta.meta.train
-    algorithm: Literal[ALGORITHMS] = "maml"  # type: ignore[valid-type]
+    # "ridge" (the default) shares meta-learned hidden layers across the cluster and solves
+    # each series' output layer in closed form; "maml" adapts every layer nightly by
+    # gradient steps (5x slower to score; ranks sustained anomalies of the generator's
+    # corpus better); "anil" steps the output layer alone. Measured in benchmarks/README
+    # ("The ridge head"); see tsmeta.meta.train
+    algorithm: Literal[ALGORITHMS] = "ridge"  # type: ignore[valid-type]
     hidden: int = 40  # MLP width, as in the MAML paper's regression network
     # forecast the change from the most recent same-phase value (seasonal naive + a learned,
     # adapted correction) rather than the level: M4 Hourly MASE 0.917 against 1.4 (level)
