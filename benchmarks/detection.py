@@ -209,7 +209,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative)
         cfg = MetaConfig(algorithm=args.algorithm, k=24, horizon=24, meta_steps=args.meta_steps,
-                         meta_batch=32, seed=args.seed)  # fmt: skip
+                         meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
@@ -303,7 +303,7 @@ def run_m4(args: argparse.Namespace) -> dict:
     H = M4_HORIZON
     spec = FeatureSpec(period=24, relative_to_lag=args.relative)
     cfg = MetaConfig(algorithm=args.algorithm, k=48, horizon=H, meta_steps=args.m4_meta_steps,
-                     meta_batch=64, cut_every=1,
+                     meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         help="tsmeta's meta-learner (default: the product's)",
     )
     ap.add_argument("--meta-steps", type=int, default=300)
+    ap.add_argument("--inner-lr", type=float, default=0.1,
+                    help="inner step size (ridge: the penalty's initial value)")  # fmt: skip
     ap.add_argument("--m4-meta-steps", type=int, default=1500)
     ap.add_argument("--rate", type=float, default=1e-3, help="configured false-alarm rate")
     ap.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True)

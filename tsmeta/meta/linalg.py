@@ -29,10 +29,8 @@ def spd_solve(
     # copies, batch axis last (contiguous() alone may return a view when n == 1)
     low = a.permute(1, 2, 0).clone(memory_format=torch.contiguous_format)  # (n, n, B): L
     z = r.t().clone(memory_format=torch.contiguous_format)  # (n, B)
-    nan = torch.full((), float("nan"), dtype=a.dtype, device=a.device)
     for j in range(n):
-        piv = low[j, j]
-        piv.copy_(torch.where(piv > 0, piv.sqrt(), nan))
+        piv = low[j, j].sqrt_()  # NaN where the matrix is not positive definite
         col = low[j + 1 :, j].div_(piv)  # (n - j - 1, B)
         z[j].div_(piv)
         if j + 1 < n:  # rank-one update of the trailing block, and of the right-hand side
@@ -47,12 +45,13 @@ def spd_solve(
     # diag(a^-1)_i = sum_j (L^-1)_ji^2: L^-1 by forward substitution on the identity's
     # columns; row j of L^-1 has entries in columns 0..j only
     inv = torch.zeros_like(low)
-    idx = torch.arange(n, device=a.device)
-    inv[idx, idx] = 1.0
-    for j in range(n):
-        inv[j, : j + 1].div_(low[j, j])
+    inv.diagonal(dim1=0, dim2=1).fill_(1.0)
+    diag = torch.zeros_like(z)  # (n, B)
+    for j in range(n):  # row j of L^-1 is final once divided
+        row = inv[j, : j + 1].div_(low[j, j])
+        diag[: j + 1].addcmul_(row, row)
         if j + 1 < n:
             inv[j + 1 :, : j + 1].addcmul_(
-                low[j + 1 :, j].unsqueeze(1), inv[j, : j + 1].unsqueeze(0), value=-1.0
+                low[j + 1 :, j].unsqueeze(1), row.unsqueeze(0), value=-1.0
             )
-    return z.t(), inv.square().sum(0).t()
+    return z.t(), diag.t()

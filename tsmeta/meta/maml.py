@@ -52,33 +52,38 @@ def ridge_head(
     systems is solved: K x K (the kernel form) when K <= H + 1, else (H + 1) x (H + 1).
     """
     B, K, H = h.shape
-    m = ms.unsqueeze(-1)
-    phi = torch.cat([h, torch.ones_like(h[..., :1])], -1) * m  # (B, K, P): features and bias
-    r = ((ys - h @ w0.reshape(-1) - b0.reshape(())) * ms).unsqueeze(-1)  # (B, K, 1)
+    r = (ys - h @ w0.reshape(-1) - b0.reshape(())) * ms  # (B, K) residuals of the prior head
     penalty = torch.as_tensor(log_penalty, dtype=h.dtype, device=h.device).exp()
-    lam = (penalty * ms.sum(1).clamp_min(1.0)).reshape(B, 1, 1)  # MSE's mean: penalty x count
-    P = H + 1
-    if K <= P:  # kernel form: alpha = G^-1 r, residuals lam alpha, 1 - hat_ii = lam G^-1_ii
-        gram = phi @ phi.transpose(1, 2) + lam * torch.eye(K, dtype=h.dtype, device=h.device)
+    lam = penalty * ms.sum(1).clamp_min(1.0)  # (B,) the MSE's mean: penalty x count
+    if K <= H + 1:  # kernel form: alpha = G^-1 r, residuals lam alpha, 1 - hat_ii = lam G^-1_ii
+        # G = (h h^T + 1) masked on both sides (the 1: the bias's feature) + lam I; an
+        # unobserved point's row is lam e_i and its r_i is 0, so its alpha_i is 0 and it
+        # drops out of d below without a mask
+        gram = torch.baddbmm(torch.ones((), dtype=h.dtype, device=h.device), h, h.transpose(1, 2))
+        gram.mul_(ms.unsqueeze(2)).mul_(ms.unsqueeze(1))
+        gram.diagonal(dim1=1, dim2=2).add_(lam.unsqueeze(1))
         if torch.is_grad_enabled():  # training (autograd, vmap): torch.linalg
             inv = torch.linalg.inv(gram) if loo else None
-            alpha = inv @ r if inv is not None else torch.linalg.solve(gram, r)
+            alpha = (inv @ r.unsqueeze(-1)).squeeze(-1) if inv is not None else (
+                torch.linalg.solve(gram, r.unsqueeze(-1)).squeeze(-1))  # fmt: skip
             inv_diag = None if inv is None else torch.diagonal(inv, dim1=1, dim2=2)
         else:  # scoring: the batch-vectorised Cholesky (LAPACK goes matrix by matrix)
-            a, inv_diag = spd_solve(gram, r.squeeze(-1), inverse_diagonal=loo)
-            alpha = a.unsqueeze(-1)
-        d = (phi * alpha).sum(1)  # phi^T alpha; elementwise: B tiny products cost more
+            alpha, inv_diag = spd_solve(gram, r, inverse_diagonal=loo)
+        # h^T alpha and sum(alpha); elementwise: B tiny matrix products cost more
+        d = torch.cat([(h * alpha.unsqueeze(-1)).sum(1), alpha.sum(1, keepdim=True)], 1)
         if loo:
-            resid_loo = alpha.squeeze(-1) / inv_diag * ms
+            resid_loo = alpha / inv_diag * ms
     else:
-        gram = phi.transpose(1, 2) @ phi + lam * torch.eye(P, dtype=h.dtype, device=h.device)
+        phi = torch.cat([h, torch.ones_like(h[..., :1])], -1) * ms.unsqueeze(-1)  # (B, K, P)
+        eye = torch.eye(H + 1, dtype=h.dtype, device=h.device)
+        gram = phi.transpose(1, 2) @ phi + lam.reshape(B, 1, 1) * eye
         if loo:
             a_phi = torch.linalg.solve(gram, phi.transpose(1, 2))  # (B, P, K)
-            d = (a_phi @ r).squeeze(-1)
+            d = (a_phi @ r.unsqueeze(-1)).squeeze(-1)
             hat = (phi * a_phi.transpose(1, 2)).sum(-1)  # (B, K)
-            resid_loo = (r.squeeze(-1) - (phi @ d.unsqueeze(-1)).squeeze(-1)) / (1 - hat) * ms
+            resid_loo = (r - (phi @ d.unsqueeze(-1)).squeeze(-1)) / (1 - hat) * ms
         else:
-            d = torch.linalg.solve(gram, phi.transpose(1, 2) @ r).squeeze(-1)
+            d = torch.linalg.solve(gram, phi.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)
     w, b = w0.reshape(1, -1) + d[:, :H], b0.reshape(()) + d[:, H]
     return (w, b, resid_loo) if loo else (w, b)
 
