@@ -128,3 +128,16 @@ def test_ridge_learns_its_penalty_and_the_shared_layers(hidden):
         assert p.grad is not None and p.grad.abs().sum() > 0, k
     learner.step(b)
     assert float(learner.rates[RIDGE].detach()) != before
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 40])
+def test_the_ridge_path_gives_the_same_bits_in_any_chunk_size(chunk):
+    """Nightly rows must not depend on how series are batched (test_faults checks the
+    stored rows): the head's sums run in an order independent of the chunk's size."""
+    b = _batch(200, 24, 24, 8, dtype=torch.float32)
+    params = init_params(8, 40, torch.Generator().manual_seed(7))
+    rates = {RIDGE: torch.tensor(math.log(0.05))}
+    with torch.no_grad():
+        whole = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates)
+        parts = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates, chunk=chunk)
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])

@@ -69,8 +69,14 @@ def ridge_head(
             inv_diag = None if inv is None else torch.diagonal(inv, dim1=1, dim2=2)
         else:  # scoring: the batch-vectorised Cholesky (LAPACK goes matrix by matrix)
             alpha, inv_diag = spd_solve(gram, r, inverse_diagonal=loo)
-        # h^T alpha and sum(alpha); elementwise: B tiny matrix products cost more
-        d = torch.cat([(h * alpha.unsqueeze(-1)).sum(1), alpha.sum(1, keepdim=True)], 1)
+        # h^T alpha (elementwise: B tiny matrix products cost more) and sum(alpha), each in
+        # an order that does not depend on how many series the chunk holds: torch's sums
+        # of a (B, K) tensor over K are not (a series' bias changed in its last bit with
+        # the chunk size, and with it the stored scores), so the bias adds K columns in turn
+        d_b = alpha[:, 0]
+        for k in range(1, K):
+            d_b = d_b + alpha[:, k]
+        d = torch.cat([(h * alpha.unsqueeze(-1)).sum(1), d_b.unsqueeze(1)], 1)
         if loo:
             resid_loo = alpha / inv_diag * ms
     else:
