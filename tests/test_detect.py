@@ -210,61 +210,35 @@ def test_a_constant_support_after_a_varying_period_is_not_scored(trained):
     assert day.basis_counts()["constant"] == 1
 
 
-def test_an_anil_model_scores_a_night_like_its_reference(trained):
-    """ANIL (the inner loop on the output layer only) through the whole scoring step: the
-    forecasts equal the vmap reference's, and clean data stays near the rate."""
+@pytest.mark.parametrize("algorithm", ["anil", "ridge"])
+def test_a_shared_feature_model_scores_a_night_like_its_reference(trained, algorithm):
+    """ANIL (the inner loop on the output layer only) and the ridge head (the output layer
+    solved in closed form; support residuals leave-one-out, since 41 parameters fitted to 24
+    points leave almost none in sample) through the whole scoring step: the forecasts equal
+    the vmap reference's, and clean data stays near the rate."""
     from tsmeta.meta.maml import adapt_batch, predict_batch
     from tsmeta.meta.tasks import earliest_cut, make_batch
 
     values, mask, ids, start, model = trained
-    cfg = replace(model.config, algorithm="anil")
+    cfg = replace(model.config, algorithm=algorithm)
     f, _, meta = generate_frame(600, "h", 28, seed=9, anomaly_rate=0.0)
     p = build_panel(f, "h")
     rows = meta.sort("series_id")["period"].to_numpy() == 24
-    anil = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24], p.start_step,
-                      FeatureSpec(24), cfg)  # fmt: skip
-    assert anil.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
-    day = score_day(values, mask, ids, start, anil, 1e-3)
+    shared = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24], p.start_step,
+                        FeatureSpec(24), cfg)  # fmt: skip
+    if algorithm == "anil":
+        assert shared.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
+    else:
+        assert set(shared.rates) == {"log_ridge"}
+    day = score_day(values, mask, ids, start, shared, 1e-3)
     assert day.flag.sum() / day.observed.sum() < 0.01
     T = values.shape[1]
     t0 = T - cfg.horizon
-    assert t0 >= earliest_cut(anil.spec, cfg.k)
+    assert t0 >= earliest_cut(shared.spec, cfg.k)
     v, m = torch.as_tensor(values), torch.as_tensor(mask)
     r = torch.arange(20)
-    batch = make_batch(v, m, r, torch.full_like(r, t0), anil.spec, cfg.k, cfg.horizon, start)
-    fast = adapt_batch(anil.params, batch, cfg.inner_steps, anil.rates)
-    ref = batch.forecast(predict_batch(fast, batch.xq)).numpy()
-    ok = day.basis[:20] == BASIS.index("adapted")
-    np.testing.assert_allclose(day.forecast[:20][ok], ref[ok], rtol=1e-4,
-                               atol=1e-4 * np.abs(ref).max())  # fmt: skip
-
-
-def test_a_ridge_model_scores_a_night_like_its_reference(trained):
-    """The closed-form head through the whole scoring step: forecasts equal the vmap
-    reference's, clean data stays near the configured rate, and the residual scale comes
-    from leave-one-out support residuals (an in-sample fit of 41 parameters to 24 points
-    would leave almost none)."""
-    from tsmeta.meta.maml import adapt_batch, predict_batch
-    from tsmeta.meta.tasks import earliest_cut, make_batch
-
-    values, mask, ids, start, model = trained
-    cfg = replace(model.config, algorithm="ridge")
-    f, _, meta = generate_frame(600, "h", 28, seed=9, anomaly_rate=0.0)
-    p = build_panel(f, "h")
-    rows = meta.sort("series_id")["period"].to_numpy() == 24
-    ridge = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24], p.start_step,
-                       FeatureSpec(24), cfg)  # fmt: skip
-    assert set(ridge.rates) == {"log_ridge"}
-    day = score_day(values, mask, ids, start, ridge, 1e-3)
-    rate = day.flag.sum() / day.observed.sum()
-    assert rate < 0.01
-    T = values.shape[1]
-    t0 = T - cfg.horizon
-    assert t0 >= earliest_cut(ridge.spec, cfg.k)
-    v, m = torch.as_tensor(values), torch.as_tensor(mask)
-    r = torch.arange(20)
-    batch = make_batch(v, m, r, torch.full_like(r, t0), ridge.spec, cfg.k, cfg.horizon, start)
-    fast = adapt_batch(ridge.params, batch, cfg.inner_steps, ridge.rates)
+    batch = make_batch(v, m, r, torch.full_like(r, t0), shared.spec, cfg.k, cfg.horizon, start)
+    fast = adapt_batch(shared.params, batch, cfg.inner_steps, shared.rates)
     ref = batch.forecast(predict_batch(fast, batch.xq)).numpy()
     ok = day.basis[:20] == BASIS.index("adapted")
     assert ok.sum() >= 15
