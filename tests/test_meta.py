@@ -287,8 +287,11 @@ def test_every_algorithm_trains_on_a_cluster(cluster_window, algorithm):
     restored = MetaModel.from_state(model.state())
     if algorithm == "anil":  # only the output layer adapts, from the state as saved
         assert restored.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
-    if algorithm == "ridge":  # the learned penalty, as saved
+    if algorithm == "ridge":  # the learned penalty, as saved, and in the metrics
         assert set(restored.rates) == {"log_ridge"}
+        assert model.metrics["ridge_penalty"] == pytest.approx(
+            float(model.inner_rates["log_ridge"].exp())
+        )
         torch.testing.assert_close(restored.rates["log_ridge"], model.inner_rates["log_ridge"])
     if algorithm == "metasgd":
         for k in model.inner_rates:

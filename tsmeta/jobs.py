@@ -277,9 +277,11 @@ def train_models(
             pbar.write(f"  {cid}: failed: {res}")
         else:
             m = res["metrics"]  # type: ignore[index]
+            penalty = f", ridge penalty {m['ridge_penalty']:.3g}" if "ridge_penalty" in m else ""
             pbar.write(f"  {cid}: {m['n_series']:,} series, val query MSE "
                        f"{m['val_query_mse_adapted']:.4f} adapted / "
-                       f"{m['val_query_mse_unadapted']:.4f} unadapted, {m['seconds']:.1f}s")  # fmt: skip
+                       f"{m['val_query_mse_unadapted']:.4f} unadapted{penalty}, "
+                       f"{m['seconds']:.1f}s")  # fmt: skip
         if on_done is not None:
             on_done(cid, res)
 

@@ -332,6 +332,8 @@ def meta_train(
         "n_steps": int(values.shape[1]),
         "seconds": round(time.perf_counter() - t_begin, 3),
     }
+    if rates is not None and RIDGE in rates:  # the learned penalty, for the registry and logs
+        metrics["ridge_penalty"] = float(rates[RIDGE].exp())
     calib_batch = tasks(torch_values, torch_mask, cfg.calib_tasks)
     tail = calibrate(params, calib_batch, cfg.inner_steps, eff_rates)
     partial = calibrate_partial(params, calib_batch, torch_values, torch_mask, spec, cfg,
