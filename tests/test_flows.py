@@ -50,6 +50,7 @@ def test_scoring_threads_follow_the_setting_or_the_models(tmp_path):
     anil, maml = {"a": (1, model("anil"))}, {"a": (1, model("anil")), "b": (1, model("maml"))}
     auto = load_settings(data_dir=str(tmp_path))
     assert jobs.score_threads(auto, anil) == 1  # head-only steps: one thread
+    assert jobs.score_threads(auto, {"a": (1, model("ridge"))}) == 1  # the closed-form head too
     assert jobs.score_threads(auto, maml) == 0  # MAML's matrix products use every core
     assert jobs.score_threads(load_settings(data_dir=str(tmp_path), score_threads=3), maml) == 3
     on_ray = load_settings(data_dir=str(tmp_path), score_threads=3, executor="ray")

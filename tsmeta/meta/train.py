@@ -155,21 +155,21 @@ class MetaLearner:
         self.cfg = cfg
         self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
         self.rates: dict[str, torch.Tensor] | None = None
-        leaves = list(self.params.values())
-        groups: list[dict] = [{"params": leaves}]
+        rate_lr = cfg.meta_lr
         if cfg.algorithm == "metasgd":
             self.rates = {
                 k: torch.full_like(v, cfg.inner_lr).requires_grad_(True)
                 for k, v in self.params.items()
             }
-            groups[0]["params"] = leaves = leaves + list(self.rates.values())
         if cfg.algorithm == "ridge":  # one scalar: a larger step, or it barely moves in 300
             self.rates = {RIDGE: torch.tensor(math.log(cfg.inner_lr), device=device,
                                               requires_grad=True)}  # fmt: skip
-            groups.append({"params": list(self.rates.values()), "lr": 10 * cfg.meta_lr})
-            leaves = leaves + list(self.rates.values())
+            rate_lr = 10 * cfg.meta_lr
+        groups = [{"params": list(self.params.values())}]
+        if self.rates is not None:
+            groups.append({"params": list(self.rates.values()), "lr": rate_lr})
         self.opt = torch.optim.Adam(groups, lr=cfg.meta_lr)
-        self._leaves = leaves
+        self._leaves = [p for g in groups for p in g["params"]]
 
     @property
     def inner_rates(self) -> Rates:
@@ -332,7 +332,7 @@ def meta_train(
         "n_steps": int(values.shape[1]),
         "seconds": round(time.perf_counter() - t_begin, 3),
     }
-    if rates is not None and RIDGE in rates:  # the learned penalty, for the registry and logs
+    if is_ridge(rates):  # the learned penalty, for the registry and logs
         metrics["ridge_penalty"] = float(rates[RIDGE].exp())
     calib_batch = tasks(torch_values, torch_mask, cfg.calib_tasks)
     tail = calibrate(params, calib_batch, cfg.inner_steps, eff_rates)
