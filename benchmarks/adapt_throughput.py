@@ -12,7 +12,10 @@ same run:
   form (``ridge``), leave-one-out support residuals included;
 * ``batched vmap``: ``vmap`` of ``torch.func.grad`` over all series (the reference);
 * ``per-series loop``: the same computation one series at a time (a sample of series,
-  rate extrapolated).
+  rate extrapolated);
+* ``solve, vectorised`` against ``solve, torch.linalg``: the ridge head's K x K systems
+  alone (with the inverse's diagonal), through ``tsmeta.meta.linalg.spd_solve`` and
+  through torch's batched Cholesky, to check the choice on each device.
 
 Task construction (features, normalisation) is timed separately. CUDA is measured too
 when present.
@@ -37,6 +40,7 @@ from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
 from tsmeta.forecaster import FeatureSpec, init_params, mlp
 from tsmeta.meta.batched import HEAD, adapt_predict
+from tsmeta.meta.linalg import spd_solve
 from tsmeta.meta.maml import RIDGE, adapt, adapt_batch, predict_batch
 from tsmeta.meta.tasks import make_batch
 
@@ -119,6 +123,27 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
                           chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
         sync(device)
 
+    # the ridge head's solve alone (n systems of K x K, as scoring builds them, with the
+    # inverse's diagonal for the leave-one-out residuals): the vectorised Cholesky against
+    # torch.linalg's batched one
+    h = torch.randn(n, K, 41, device=device, generator=torch.Generator(device).manual_seed(0))
+    system = [h @ h.transpose(1, 2) + 2.4 * torch.eye(K, device=device),
+              torch.randn(n, K, device=device, generator=torch.Generator(device).manual_seed(1))]  # fmt: skip
+    del h
+
+    def solve_vectorised() -> None:
+        spd_solve(*system, inverse_diagonal=True)
+        sync(device)
+
+    def solve_linalg() -> None:
+        low, _ = torch.linalg.cholesky_ex(system[0])
+        torch.cholesky_solve(system[1].unsqueeze(-1), low)
+        torch.diagonal(torch.cholesky_inverse(low), dim1=1, dim2=2)
+        sync(device)
+
+    record("solve, vectorised", device, n, timed(solve_vectorised))
+    record("solve, torch.linalg", device, n, timed(solve_linalg))
+    system.clear()
     record("batched explicit", device, n, timed(explicit))
     record("batched anil", device, n, timed(anil))
     record("batched ridge", device, n, timed(ridge))

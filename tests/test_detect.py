@@ -26,6 +26,25 @@ def trained():
     return values[:, first:], mask[:, first:], ids, p.start_step + first, model
 
 
+@pytest.fixture(scope="module")
+def shared_feature_model():
+    """``shared_feature_model(algorithm)``: the fixture's cluster trained with ``algorithm``
+    (one training per algorithm and module)."""
+    cache = {}
+
+    def train(algorithm):
+        if algorithm not in cache:
+            cfg = MetaConfig(meta_steps=150, eval_every=50, val_tasks=256, algorithm=algorithm)
+            f, _, meta = generate_frame(600, "h", 28, seed=9, anomaly_rate=0.0)
+            p = build_panel(f, "h")
+            rows = meta.sort("series_id")["period"].to_numpy() == 24
+            cache[algorithm] = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24],
+                                          p.start_step, FeatureSpec(24), cfg)  # fmt: skip
+        return cache[algorithm]
+
+    return train
+
+
 def test_batched_scoring_equals_per_series_loop(trained):
     values, mask, ids, start, model = trained
     batched = score_day(values[:20], mask[:20], ids[:20], start, model, 1e-3, chunk_series=7)
@@ -147,8 +166,11 @@ def test_bad_arguments(trained):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU worker)")
-def test_scoring_on_cuda_equals_the_cpu(trained):
+@pytest.mark.parametrize("algorithm", ["maml", "anil", "ridge"])
+def test_scoring_on_cuda_equals_the_cpu(trained, shared_feature_model, algorithm):
     values, mask, ids, start, model = trained
+    if algorithm != "maml":
+        model = shared_feature_model(algorithm)
     # a cold-start series and a gap, so every basis path runs on the device too
     mask = mask.copy()
     mask[0, : mask.shape[1] - 30] = False
@@ -211,7 +233,9 @@ def test_a_constant_support_after_a_varying_period_is_not_scored(trained):
 
 
 @pytest.mark.parametrize("algorithm", ["anil", "ridge"])
-def test_a_shared_feature_model_scores_a_night_like_its_reference(trained, algorithm):
+def test_a_shared_feature_model_scores_a_night_like_its_reference(
+    trained, shared_feature_model, algorithm
+):
     """ANIL (the inner loop on the output layer only) and the ridge head (the output layer
     solved in closed form; support residuals leave-one-out, since 41 parameters fitted to 24
     points leave almost none in sample) through the whole scoring step: the forecasts equal
@@ -220,12 +244,8 @@ def test_a_shared_feature_model_scores_a_night_like_its_reference(trained, algor
     from tsmeta.meta.tasks import earliest_cut, make_batch
 
     values, mask, ids, start, model = trained
-    cfg = replace(model.config, algorithm=algorithm)
-    f, _, meta = generate_frame(600, "h", 28, seed=9, anomaly_rate=0.0)
-    p = build_panel(f, "h")
-    rows = meta.sort("series_id")["period"].to_numpy() == 24
-    shared = meta_train(p.values[rows][:, : 27 * 24], p.mask[rows][:, : 27 * 24], p.start_step,
-                        FeatureSpec(24), cfg)  # fmt: skip
+    shared = shared_feature_model(algorithm)
+    cfg = shared.config
     if algorithm == "anil":
         assert shared.rates == {"w3": cfg.inner_lr, "b3": cfg.inner_lr}
     else:

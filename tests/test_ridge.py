@@ -136,3 +136,25 @@ def test_the_ridge_path_gives_the_same_bits_in_any_chunk_size(chunk):
         whole = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates)
         parts = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates, chunk=chunk)
     assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU worker)")
+def test_the_ridge_head_on_cuda_equals_the_cpu():
+    """The vectorised Cholesky, the leave-one-out residuals and the nightly path on a GPU
+    (float32, as scoring runs) against the CPU's."""
+    b = _batch(4096, 24, 24, 8, dtype=torch.float32)
+    params = init_params(8, 40, torch.Generator().manual_seed(8))
+    rates = {RIDGE: torch.tensor(math.log(0.1))}
+    gpu = lambda t: t.cuda()  # noqa: E731
+    with torch.no_grad():
+        cpu_out = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates)
+        cuda_out = adapt_predict({k: gpu(v) for k, v in params.items()}, gpu(b.xs), gpu(b.ys),
+                                 gpu(b.ms), gpu(b.xq), 1, {RIDGE: gpu(rates[RIDGE])})  # fmt: skip
+    for c, g in zip(cpu_out, cuda_out, strict=True):
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-4, atol=1e-4 * float(c.abs().max()))
+    a = torch.randn(256, 24, 24, dtype=torch.float64)
+    a = a @ a.transpose(1, 2) + 0.1 * torch.eye(24, dtype=torch.float64)
+    r = torch.randn(256, 24, dtype=torch.float64)
+    sol, inv_diag = spd_solve(a.cuda(), r.cuda(), inverse_diagonal=True)
+    torch.testing.assert_close(sol.cpu(), torch.linalg.solve(a, r.unsqueeze(-1)).squeeze(-1))
+    torch.testing.assert_close(inv_diag.cpu(), torch.diagonal(torch.linalg.inv(a), dim1=1, dim2=2))
