@@ -6,7 +6,8 @@ Two corpora, each scored by every method on the same points:
     profile and meta-train on (one model per detected period, as the product does), then
     ``--nights`` nights scored one at a time, as the nightly job scores them; every
     anomaly kind is reported separately;
-(b) M4 Hourly: one model meta-trained on the training parts (horizon 48, K = 48), the 48
+(b) M4 Hourly: one model meta-trained on the training parts (horizon 48, K = 48 or
+    ``--m4-k``), the 48
     test hours scored after labelled anomalies (spikes, dips, level shifts, sized in units
     of each series' own seasonal-difference spread) are injected into half the series.
 
@@ -59,8 +60,11 @@ TRAIN_DAYS = 28
 # the two "1024 tasks" rows recalibrate the same model on one larger sample of tasks from
 # the training window, with and without per-step scales (the calibration ablation);
 # "points only": the model as trained without the window statistics (each point judged
-# alone); "t tail only": the model as trained without the empirical tail knots (the t alone)
+# alone); "t tail only": the model as trained without the empirical tail knots (the t alone);
+# "1024 tasks, no floor": as "1024 tasks, per step" without the seasonal-difference floor
+# of the residual scale (sigma from the support residuals alone, as before 2026-11-23)
 METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+           "tsmeta, 1024 tasks, no floor",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
@@ -97,14 +101,15 @@ def points_only(model: MetaModel) -> MetaModel:
 
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
-                 per_step: bool) -> MetaModel:  # fmt: skip
+                 per_step: bool, spread: bool = True) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
-    window, with or without per-step scales."""
+    window, with or without per-step scales, with or without the spread floor."""
     cfg = model.config
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
-    tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step)
+    tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
+                     spread=spread)  # fmt: skip
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -204,7 +209,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    models, raw, flat, stepped = {}, {}, {}, {}
+    models, raw, flat, stepped, unfloored = {}, {}, {}, {}, {}
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative)
@@ -214,6 +219,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
         stepped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, True)
+        unfloored[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
+                                    True, spread=False)  # fmt: skip
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -231,7 +238,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, points only", points_only(model)),
                                 ("tsmeta, t tail only", t_only(model)),
                                 ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
-                                ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24]))):  # fmt: skip
+                                ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24])),
+                                ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24]))):  # fmt: skip
                     t = time.perf_counter()
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
                                                           t0, start_step, rate)  # fmt: skip
@@ -302,13 +310,14 @@ def run_m4(args: argparse.Namespace) -> dict:
     start_step = (-cut) % 168
     H = M4_HORIZON
     spec = FeatureSpec(period=24, relative_to_lag=args.relative)
-    cfg = MetaConfig(algorithm=args.algorithm, k=48, horizon=H, meta_steps=args.m4_meta_steps,
+    cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
     one_tail = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, False)
     per_step = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True)
+    no_floor = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, spread=False)
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -335,7 +344,8 @@ def run_m4(args: argparse.Namespace) -> dict:
         for name, m in (("tsmeta", model), ("unadapted init", raw), ("tsmeta, points only", points_only(model)),
                         ("tsmeta, t tail only", t_only(model)),
                         ("tsmeta, 1024 tasks, one tail", one_tail),
-                        ("tsmeta, 1024 tasks, per step", per_step)):  # fmt: skip
+                        ("tsmeta, 1024 tasks, per step", per_step),
+                        ("tsmeta, 1024 tasks, no floor", no_floor)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)
@@ -383,25 +393,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--m4-dir", type=Path, default=None)
     ap.add_argument("--skip-m4", action="store_true")
+    ap.add_argument("--skip-generator", action="store_true", help="the M4 corpus alone")
+    ap.add_argument("--m4-k", type=int, default=48, help="support points K on M4")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     res: dict = {"rate": args.rate, "config": {k: str(v) for k, v in vars(args).items()}}
-    res["synthetic"] = run_synthetic(args)
-    syn = res["synthetic"]
-    print(f"(a) generator corpus: {syn['series']} series x {syn['nights']} nights "
-          f"(periods {syn['periods']}), meta-training {syn['train_seconds']} s")  # fmt: skip
-    print_table(
-        "all series (MSTL not run on all)", syn["all_series"], syn["clean_flag_rate"], args.rate
-    )
-    if syn["mstl_sample"]:
-        print_table(f"the first {syn['mstl_series']} series, every method", syn["mstl_sample"],
-                    syn["clean_flag_rate"], args.rate)  # fmt: skip
-    print(
-        "seconds per series and night:",
-        {k: f"{v:.2e}" for k, v in syn["seconds_per_series_night"].items()},
-    )
+    if not args.skip_generator:
+        res["synthetic"] = run_synthetic(args)
+        syn = res["synthetic"]
+        print(f"(a) generator corpus: {syn['series']} series x {syn['nights']} nights "
+              f"(periods {syn['periods']}), meta-training {syn['train_seconds']} s")  # fmt: skip
+        print_table(
+            "all series (MSTL not run on all)", syn["all_series"], syn["clean_flag_rate"], args.rate
+        )
+        if syn["mstl_sample"]:
+            print_table(f"the first {syn['mstl_series']} series, every method", syn["mstl_sample"],
+                        syn["clean_flag_rate"], args.rate)  # fmt: skip
+        print(
+            "seconds per series and night:",
+            {k: f"{v:.2e}" for k, v in syn["seconds_per_series_night"].items()},
+        )
     if not args.skip_m4:
         try:
             res["m4"] = run_m4(args)

@@ -104,7 +104,8 @@ def test_detection_small(tmp_path):
     syn = res["synthetic"]
     assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, points only", "tsmeta, t tail only",
                                        "tsmeta, 1024 tasks, one tail",
-                                       "tsmeta, 1024 tasks, per step", "unadapted init",
+                                       "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, no floor",
+                                       "unadapted init",
                                        "seasonal naive + robust z", "MSTL interval"}  # fmt: skip
     for r in syn["all_series"].values():
         assert 0 <= r["pr_auc"] <= 1 and r["events"] > 0

@@ -264,3 +264,31 @@ def test_a_shared_feature_model_scores_a_night_like_its_reference(
     assert ok.sum() >= 15
     np.testing.assert_allclose(day.forecast[:20][ok], ref[ok], rtol=1e-4,
                                atol=1e-4 * np.abs(ref).max())  # fmt: skip
+
+
+def test_the_spread_floor_widens_the_band_after_an_anomalous_support(trained):
+    """A head fitted to a support that shifted away from the day before takes the shift
+    for normal and would flag the recovery: the seasonal-difference spread floors the
+    residual scale, so the night after flags far fewer points. The floor's factor is fitted
+    at calibration (stored with the tail); a tail without one (models calibrated before
+    it) scores by the support residuals alone."""
+    from tsmeta.calibration import TailModel
+
+    values, mask, ids, start, model = trained
+    floor = model.calibration.spread_floor
+    assert floor is not None and floor > 0
+    assert TailModel.from_dict(model.calibration.to_dict()) == model.calibration
+    old = {k: v for k, v in model.calibration.to_dict().items() if k != "spread_floor"}
+    assert TailModel.from_dict(old).spread_floor is None
+    unfloored = replace(model, calibration=replace(model.calibration, spread_floor=None))
+    v = values[:40].copy()
+    T, H = v.shape[1], model.config.horizon
+    spread = np.nanstd(v[:, : T - H], axis=1)
+    v[:, T - H - 24 : T - H] += 4 * spread[:, None]  # the support's day shifted up
+    day = score_day(v, mask[:40], ids[:40], start, model, 1e-3)
+    old_day = score_day(v, mask[:40], ids[:40], start, unfloored, 1e-3)
+    assert (day.upper - day.lower >= old_day.upper - old_day.lower - 1e-4).all()
+    assert day.flag.sum() < 0.5 * old_day.flag.sum()
+    # on clean data the floor keeps flags near the rate
+    clean = score_day(values, mask, ids, start, model, 1e-3)
+    assert clean.flag.sum() / clean.observed.sum() < 0.01

@@ -334,3 +334,25 @@ def test_baselines_share_the_interface(cluster_window):
     assert query_mse(scratch, batch) < query_mse(init, batch)
     with pytest.raises(ValueError, match="seasonal-lag"):
         SeasonalNaive(FeatureSpec(24, seasonal_lag=False))
+
+
+def test_the_support_spread_is_the_robust_scale_of_its_seasonal_differences():
+    """TaskBatch.spread: 1.4826 x the median |y_t - y_(t - period)| over the support points
+    observed at both ends, in normalised units (0 when none is)."""
+    g = np.random.default_rng(3)
+    values = torch.as_tensor(g.normal(10, 2, size=(3, 80)), dtype=torch.float64)
+    mask = torch.ones(3, 80, dtype=torch.bool)
+    mask[1, 40:50] = False  # support points and lag points missing
+    mask[2, 8:56] = False  # no pair observed at both ends
+    spec = FeatureSpec(24)
+    b = make_batch(values, mask, torch.arange(3), torch.full((3,), 56), spec, 24, 24, 0)
+    for i in range(2):
+        t = torch.arange(32, 56)
+        ok = mask[i, t] & mask[i, t - 24]
+        d = (values[i, t] - values[i, t - 24])[ok] / b.scale[i]
+        expect = 1.4826 * d.abs().sort().values[(int(ok.sum()) - 1) // 2]
+        torch.testing.assert_close(b.spread[i], expect)
+    assert b.spread[2] == 0
+    no_lag = make_batch(values, mask, torch.arange(3), torch.full((3,), 56),
+                        FeatureSpec(24, seasonal_lag=False), 24, 24, 0)  # fmt: skip
+    assert no_lag.spread is None and len(b.select(torch.tensor([0, 2])).spread) == 2

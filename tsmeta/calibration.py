@@ -98,6 +98,10 @@ class TailModel:
     # sustained deviations: the tails of centred window medians of z and how the smallest of
     # the point's and the windows' tail probabilities is calibrated. None: the point alone
     windows: WindowTails | None = None
+    # a series' residual scale is at least spread_floor times the robust spread of its
+    # support's seasonal differences (TaskBatch.spread; see ``residual_sigma``). None: the
+    # support residuals alone (models calibrated before it existed load so)
+    spread_floor: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -106,6 +110,7 @@ class TailModel:
             "step_scale": None if self.step_scale is None else list(self.step_scale),
             "knots": None if self.knots is None else [list(k) for k in self.knots],
             "windows": None if self.windows is None else self.windows.to_dict(),
+            "spread_floor": self.spread_floor,
         }
 
     @classmethod
@@ -117,6 +122,7 @@ class TailModel:
             None if steps is None else tuple(float(x) for x in steps),
             None if knots is None else tuple((float(a), float(b)) for a, b in knots),
             None if windows is None else WindowTails.from_dict(windows),
+            None if d.get("spread_floor") is None else float(d["spread_floor"]),
         )
 
     @property

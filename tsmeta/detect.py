@@ -29,7 +29,7 @@ from tsmeta.calibration import tail_probability
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
-from tsmeta.meta.train import MetaModel, robust_sigma
+from tsmeta.meta.train import MetaModel, residual_sigma
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
            "BASIS_MEANING", "NOT_SCORED", "SEVERITY"]  # fmt: skip
@@ -162,8 +162,12 @@ def score_day(
             cut = torch.full((len(rows),), t0, dtype=torch.long, device=dev)
             batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, start_step)
             pred_s, pred_q, fell_back = forecaster.predict_guarded(batch)  # normalised
-            sigma = robust_sigma(pred_s - batch.ys, batch.ms)  # (B,) normalised units
             n_support = batch.ms.sum(1).to(torch.int32)
+            # (B,) normalised units, floored as each tail was calibrated
+            sigma = residual_sigma(pred_s, batch, full_tail.spread_floor)
+            if part_tail.spread_floor != full_tail.spread_floor:
+                sigma = torch.where(n_support < cfg.k,
+                                    residual_sigma(pred_s, batch, part_tail.spread_floor), sigma)  # fmt: skip
             flat = _constant_support(
                 vals_t, mask_t, t0, cfg.k, spec.period if spec.seasonal_lag else 0
             )

@@ -13,7 +13,14 @@ import torch
 
 from tsmeta.forecaster import FeatureSpec, build_features, seasonal_lag, support_normalisation
 
-__all__ = ["TaskBatch", "make_batch", "sample_tasks", "earliest_cut", "NORMALISATION"]
+__all__ = [
+    "TaskBatch",
+    "make_batch",
+    "sample_tasks",
+    "earliest_cut",
+    "robust_sigma",
+    "NORMALISATION",
+]
 
 CLIP = 10.0  # normalised values are winsorised at +-CLIP
 REL_FLOOR = 0.01  # scale >= REL_FLOOR * |location|
@@ -35,6 +42,9 @@ class TaskBatch:
     # what targets are relative to (normalised; FeatureSpec.relative_to_lag), None: zero
     base_s: torch.Tensor | None = None  # (B, K)
     base_q: torch.Tensor | None = None  # (B, H)
+    # robust spread of the support's seasonal differences (normalised units; 0 where none
+    # is observed), None without a seasonal lag: a floor for the residual scale
+    spread: torch.Tensor | None = None  # (B,)
 
     def __len__(self) -> int:
         return self.xs.shape[0]
@@ -53,6 +63,21 @@ class TaskBatch:
 def earliest_cut(spec: FeatureSpec, k: int) -> int:
     """First t0 whose support points all have their seasonal lag inside the window."""
     return k + (spec.period if spec.seasonal_lag else 0)
+
+
+def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """Per-row robust residual scale: 1.4826 * median |r| over observed points, floored.
+
+    resid, m (B, N) -> (B,). Unobserved points are pushed to +inf and the median is taken
+    over the observed ones by counting (a row with none gives 1.4826, floored).
+    """
+    a = torch.where(m > 0, resid.abs(), torch.full_like(resid, float("inf")))
+    a_sorted, _ = torch.sort(a, dim=1)
+    cnt = m.sum(1).long()
+    idx = ((cnt - 1).clamp_min(0) // 2).unsqueeze(1)
+    med = torch.gather(a_sorted, 1, idx).squeeze(1)
+    med = torch.where(cnt > 0, med, torch.ones_like(med))
+    return (1.4826 * med).clamp_min(floor)
 
 
 def make_batch(
@@ -89,9 +114,14 @@ def make_batch(
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
     yq = torch.gather(vnorm, 1, q_safe) * q_in
-    base_s = base_q = lag_s = lag_q = None
-    if spec.relative_to_lag:  # the lag is both a feature and the targets' base: compute once
+    base_s = base_q = lag_s = lag_q = spread = None
+    if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
+        # seasonal differences of the support, not centred: a support that moved away from
+        # the period before it (a level shift, a changed shape) gets a wide spread
+        both = ms * lag_s[1]
+        spread = robust_sigma(ys - lag_s[0], both, 0.0) * (both.sum(1) > 0)
+    if spec.relative_to_lag:  # the lag is both a feature and the targets' base: compute once
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)
         base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in
@@ -106,6 +136,7 @@ def make_batch(
         scale=scale,
         base_s=base_s,
         base_q=base_q,
+        spread=spread,
     )
 
 
