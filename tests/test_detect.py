@@ -292,3 +292,17 @@ def test_the_spread_floor_widens_the_band_after_an_anomalous_support(trained):
     # on clean data the floor keeps flags near the rate
     clean = score_day(values, mask, ids, start, model, 1e-3)
     assert clean.flag.sum() / clean.observed.sum() < 0.01
+    # a series adapted from fewer than K points is floored by the partial tail's factor,
+    # the others by the full tail's
+    gappy = mask[:6].copy()
+    gappy[:3, T - H - 10 : T - H] = False  # 14 of the 24 support points left
+    part = model.partial_calibration or model.calibration
+    wide = replace(model, partial_calibration=replace(part, spread_floor=50.0))
+    none = replace(model, partial_calibration=replace(part, spread_floor=None))
+    a = score_day(values[:6], gappy, ids[:6], start, wide, 1e-3)
+    b = score_day(values[:6], gappy, ids[:6], start, none, 1e-3)
+    partial = a.basis == BASIS.index("partial")
+    assert partial[:3].all() and (a.basis == BASIS.index("adapted")).any()
+    band = lambda d: d.upper - d.lower  # noqa: E731
+    assert (band(a)[partial] > 2 * band(b)[partial]).all()
+    np.testing.assert_array_equal(band(a)[~partial], band(b)[~partial])

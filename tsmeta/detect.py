@@ -153,6 +153,13 @@ def score_day(
     # residual scale per forecast step, of each tail
     steps = [torch.as_tensor(t.steps(H), dtype=torch.float32, device=dev)[None, :]
              for t in (full_tail, part_tail)]  # fmt: skip
+    # the residual scale's spread floor of each tail (one sort per chunk either way): one
+    # factor when the tails share it, else one per row by its tail (a tail calibrated
+    # before the floor existed has none: 0 floors nothing)
+    floor, by_tail = full_tail.spread_floor, None
+    if part_tail.spread_floor != floor:
+        by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
+                               dtype=torch.float32, device=dev)  # fmt: skip
     with torch.no_grad():
         for first in range(0, n, chunk_series):
             sl = slice(first, min(n, first + chunk_series))
@@ -163,11 +170,9 @@ def score_day(
             batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, start_step)
             pred_s, pred_q, fell_back = forecaster.predict_guarded(batch)  # normalised
             n_support = batch.ms.sum(1).to(torch.int32)
-            # (B,) normalised units, floored as each tail was calibrated
-            sigma = residual_sigma(pred_s, batch, full_tail.spread_floor)
-            if part_tail.spread_floor != full_tail.spread_floor:
-                sigma = torch.where(n_support < cfg.k,
-                                    residual_sigma(pred_s, batch, part_tail.spread_floor), sigma)  # fmt: skip
+            # (B,) normalised units, each row floored as its tail was calibrated
+            row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
+            sigma = residual_sigma(pred_s, batch, row_floor)
             flat = _constant_support(
                 vals_t, mask_t, t0, cfg.k, spec.period if spec.seasonal_lag else 0
             )

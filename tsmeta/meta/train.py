@@ -245,21 +245,24 @@ def spread_floor_of(sigma: torch.Tensor, spread: torch.Tensor | None) -> float |
 
 
 def residual_sigma(
-    pred_s: torch.Tensor, batch: TaskBatch, spread_floor: float | None
+    pred_s: torch.Tensor, batch: TaskBatch, spread_floor: float | torch.Tensor | None
 ) -> torch.Tensor:
     """(B,) each series' residual scale (normalised units): the robust scale of its support
-    residuals (leave-one-out for the ridge head), floored at ``spread_floor`` times the
-    robust spread of its support's seasonal differences.
+    residuals (leave-one-out for the ridge head), floored at ``spread_floor`` (a float, or
+    one per series) times the robust spread of its support's seasonal differences.
 
     24 support residuals give a noisy scale, and a head fitted closely to its support
     (or to an anomalous support) gives one too small: its normal points then score as
     anomalies, and rank above real ones across series. The seasonal differences of the
     same points measure the series' own variability independently of the fit, and grow
     when the support moved away from the period before it."""
-    sigma = robust_sigma(pred_s - batch.ys, batch.ms)
-    if spread_floor is None or batch.spread is None:
+    return _floored(robust_sigma(pred_s - batch.ys, batch.ms), batch.spread, spread_floor)
+
+
+def _floored(sigma: torch.Tensor, spread: torch.Tensor | None, floor) -> torch.Tensor:  # noqa: ANN001
+    if floor is None or spread is None:
         return sigma
-    return torch.maximum(sigma, spread_floor * batch.spread)
+    return torch.maximum(sigma, floor * spread)
 
 
 def calibrate(
@@ -285,8 +288,9 @@ def calibrate(
     tails of sustained deviations are fitted on the same sample (``fit_windows``).
     """
     ps, pq = adapted_predictions(params, batch, steps, rates)
-    floor = spread_floor_of(robust_sigma(ps - batch.ys, batch.ms), batch.spread) if spread else None
-    sigma = residual_sigma(ps, batch, floor)
+    sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
+    floor = spread_floor_of(sigma, batch.spread) if spread else None
+    sigma = _floored(sigma, batch.spread, floor)
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
