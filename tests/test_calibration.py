@@ -261,8 +261,51 @@ def test_the_tail_table_lookup_without_a_search_equals_np_interp():
         10 ** rng.uniform(1.5, 7.0, 5_000), _X[::97], _X[1::1013] * (1 + 1e-16),
         [0.0, 1e-300, 50.0, 1e6, 2e6, np.inf],
     ])  # fmt: skip
+
+    def _floored_table_of(key):  # noqa: ANN001, ANN202
+        return _floored_table(key[1])
+
     for dof in (1.5, 5.0, math.inf):
-        x, y = _torch_table(dof, "cpu")
-        got = _interp_table(torch.as_tensor(q), x, y).numpy()
+        cells = _torch_table(("t", dof), _floored_table_of, "cpu")
+        got = _interp_table(torch.as_tensor(q), cells).numpy()
         want = np.interp(q, _X, _floored_table(dof))
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_the_tabulated_tails_equal_the_composition_they_stand_for():
+    """Scoring reads each tail from one table over the grid (``_point_table``,
+    ``_combined_table``); the table is the composition of the t, the knots and their
+    minimum at every node, linear between them."""
+    import torch
+
+    from tsmeta.calibration import (
+        _X,
+        _exact_log_tail,
+        _knot_arrays,
+        _point_table,
+        _smallest_log_tail,
+        log_tail,
+        tail_probability,
+    )
+
+    rng = np.random.default_rng(5)
+    tail = _fit_with_windows(_correlated_z(rng, 8000))
+    assert tail.knots is not None and tail.windows.knots is not None
+    nodes = _X[rng.integers(0, len(_X), 5000)]
+    np.testing.assert_array_equal(_point_table(tail.point)[np.searchsorted(_X, nodes)],
+                                  _exact_log_tail(nodes, tail))  # fmt: skip
+    u = np.concatenate([np.abs(rng.standard_t(3.0, 50_000)) * 3, [0.0, 49.9995, 1e3, 9e5]])
+    exact = _exact_log_tail(u, tail)
+    np.testing.assert_allclose(log_tail(u, tail), exact, rtol=0, atol=1e-3)
+    # mostly far closer: beyond the knots' own cells the two differ by the curvature of
+    # the t's table over one cell
+    assert np.quantile(np.abs(log_tail(u, tail) - exact), 0.99) < 1e-6
+    # the calibrated smallest of the point's and its windows' tails, against its formula
+    z = torch.as_tensor(_correlated_z(rng, 2000))
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    m = -_smallest_log_tail(z, obs, tail).numpy()
+    ku, kp = _knot_arrays(tail.windows.knots)
+    emp = np.where(m > ku[-1], kp[-1] - (m - ku[-1]), np.interp(m, ku, kp))
+    want = np.minimum(np.minimum(np.log(tail.windows.factor) - m, emp), 0.0)
+    got = np.log(tail_probability(z, obs, tail).numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
