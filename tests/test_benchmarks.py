@@ -105,6 +105,7 @@ def test_detection_small(tmp_path):
     assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, points only", "tsmeta, t tail only",
                                        "tsmeta, 1024 tasks, one tail",
                                        "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, no floor",
+                                       "tsmeta, 1024 tasks, no veto",
                                        "unadapted init",
                                        "seasonal naive + robust z", "MSTL interval"}  # fmt: skip
     for r in syn["all_series"].values():

@@ -309,3 +309,49 @@ def test_the_tabulated_tails_equal_the_composition_they_stand_for():
     want = np.minimum(np.minimum(np.log(tail.windows.factor) - m, emp), 0.0)
     got = np.log(tail_probability(z, obs, tail).numpy())
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_the_seasonal_naive_veto_lifts_what_the_day_before_explains():
+    """The larger of the model's tail probability and the normal tail of the seasonal-naive
+    deviation, recalibrated: a point that repeats the support's last same-phase value is
+    not flagged however far it is from the forecast, one far from both is, the clean flag
+    rate stays near the rate, the knots round-trip and older tails load without a veto."""
+    import torch
+
+    from tsmeta.calibration import fit_veto, naive_log_tail, tail_probability
+
+    rng = np.random.default_rng(6)
+    tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
+    z_cal = torch.as_tensor(rng.standard_t(5.0, size=(8000, 24)))
+    naive_cal = torch.as_tensor(rng.normal(0.0, 1.0, (8000, 24)) + 0.7 * z_cal.numpy())
+    obs = torch.ones(z_cal.shape, dtype=torch.bool)
+    veto = fit_veto(torch.log(tail_probability(z_cal, obs, tail)), naive_cal, obs)
+    vetoed = replace(tail, veto=veto)
+    assert veto is not None and TailModel.from_dict(vetoed.to_dict()) == vetoed
+    assert TailModel.from_dict({k: v for k, v in vetoed.to_dict().items() if k != "veto"}) == tail
+    thr = vetoed.threshold(1e-3)
+    z = torch.zeros((3, 24), dtype=torch.float64)
+    z[:, 10] = 1.5 * thr
+    naive = torch.full((3, 24), 0.3, dtype=torch.float64)
+    naive[1, 10] = 6.0  # far from the day before too
+    naive[2] = float("inf")  # no reference: no veto
+    p = tail_probability(z, torch.ones(z.shape, dtype=torch.bool), vetoed, naive).numpy()
+    assert p[0, 10] >= 1e-3  # the day before explains it
+    assert p[1, 10] < 1e-3 and p[2, 10] < 1e-3
+    assert np.isneginf(naive_log_tail(naive[2]).numpy()).all()
+    # without the naive deviations, or without a veto, the model's own probability
+    own = tail_probability(z, torch.ones(z.shape, dtype=torch.bool), tail).numpy()
+    np.testing.assert_array_equal(
+        tail_probability(z, torch.ones(z.shape, dtype=torch.bool), vetoed).numpy(), own
+    )
+    # the veto only ever lowers what it leaves: recalibrated, never above the model's own
+    assert p[1, 10] <= own[1, 10] + 1e-15
+    # clean data drawn like the calibration sample flags near the rate
+    z_new = torch.as_tensor(rng.standard_t(5.0, size=(20000, 24)))
+    n_new = torch.as_tensor(rng.normal(0.0, 1.0, (20000, 24)) + 0.7 * z_new.numpy())
+    rate = (
+        (tail_probability(z_new, torch.ones(z_new.shape, dtype=torch.bool), vetoed, n_new) < 1e-3)
+        .numpy()
+        .mean()
+    )
+    assert 0.5e-3 < rate < 2e-3

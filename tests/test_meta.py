@@ -356,3 +356,13 @@ def test_the_support_spread_is_the_robust_scale_of_its_seasonal_differences():
     no_lag = make_batch(values, mask, torch.arange(3), torch.full((3,), 56),
                         FeatureSpec(24, seasonal_lag=False), 24, 24, 0)  # fmt: skip
     assert no_lag.spread is None and len(b.select(torch.tensor([0, 2])).spread) == 2
+    # TaskBatch.naive: each query point's deviation from the support's last same-phase
+    # value, over the spread; +inf where the reference is missing or there is no spread
+    q = torch.arange(56, 80)
+    ref = 56 - 24 + (q - 56) % 24
+    for i in range(2):
+        expect = (values[i, q] - values[i, ref]) / b.scale[i] / b.spread[i]
+        expect = torch.where(mask[i, ref], expect, torch.full_like(expect, float("inf")))
+        torch.testing.assert_close(b.naive[i], expect)
+    assert torch.isinf(b.naive[1, 40 - 32]) and torch.isinf(b.naive[2]).all()
+    assert no_lag.naive is None

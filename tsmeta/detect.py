@@ -185,10 +185,12 @@ def score_day(
             resid = vals_t[:, t0:] - forecast
             obs = mask_t[:, t0:] & ok_series[:, None]
             z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
-            tail = tail_probability(z, obs, full_tail)  # float64, on device
+            naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
+            tail = tail_probability(z, obs, full_tail, naive)  # float64, on device
             if part_tail is not full_tail and bool(partial.any()):  # only those rows again
                 part_rows = partial[:, 0].nonzero().squeeze(1)
-                tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail)
+                tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
+                                                   None if naive is None else naive[part_rows])  # fmt: skip
             tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
             b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
             b = torch.where(fell_back, _FALLBACK, b)

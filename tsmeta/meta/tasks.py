@@ -45,6 +45,10 @@ class TaskBatch:
     # robust spread of the support's seasonal differences (normalised units; 0 where none
     # is observed), None without a seasonal lag: a floor for the residual scale
     spread: torch.Tensor | None = None  # (B,)
+    # each query point's seasonal-naive deviation in units of ``spread``: its value minus
+    # the support's last same-phase value, over the spread (+inf where either is missing
+    # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.calibration``
+    naive: torch.Tensor | None = None  # (B, H)
 
     def __len__(self) -> int:
         return self.xs.shape[0]
@@ -114,15 +118,18 @@ def make_batch(
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
     yq = torch.gather(vnorm, 1, q_safe) * q_in
-    base_s = base_q = lag_s = lag_q = spread = None
+    base_s = base_q = lag_s = lag_q = spread = naive = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
         # seasonal differences of the support, not centred: a support that moved away from
         # the period before it (a level shift, a changed shape) gets a wide spread
         both = ms * lag_s[1]
         spread = robust_sigma(ys - lag_s[0], both, 0.0) * (both.sum(1) > 0)
-    if spec.relative_to_lag:  # the lag is both a feature and the targets' base: compute once
-        lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)
+        lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
+        ok = lag_q[1] & (spread > 0)[:, None]
+        naive = torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None],
+                            torch.full((), float("inf"), dtype=v.dtype, device=dev))  # fmt: skip
+    if spec.relative_to_lag:  # the lag is both a feature and the targets' base
         base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in
     return TaskBatch(
@@ -137,6 +144,7 @@ def make_batch(
         base_s=base_s,
         base_q=base_q,
         spread=spread,
+        naive=naive,
     )
 
 

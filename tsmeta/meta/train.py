@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from tsmeta import __version__
-from tsmeta.calibration import TailModel, fit_step_scale, fit_tail, fit_windows
+from tsmeta.calibration import (
+    TailModel,
+    fit_step_scale,
+    fit_tail,
+    fit_veto,
+    fit_windows,
+    tail_probability,
+)
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.batched import HEAD, adapt_predict
@@ -274,6 +281,7 @@ def calibrate(
     empirical: bool = True,
     windows: bool = True,
     spread: bool = True,
+    veto: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -285,7 +293,10 @@ def calibrate(
     With ``per_step`` the residual scale of each forecast step is fitted first (errors
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
     steps would mix scales and come out heavier than any step's. With ``windows`` the
-    tails of sustained deviations are fitted on the same sample (``fit_windows``).
+    tails of sustained deviations are fitted on the same sample (``fit_windows``). With
+    ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
+    a point the support's last same-phase value explains is not an anomaly, however badly
+    the model forecast it.
     """
     ps, pq = adapted_predictions(params, batch, steps, rates)
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
@@ -300,9 +311,12 @@ def calibrate(
         signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
     point = replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale,
                     spread_floor=floor)  # fmt: skip
-    if not windows:
-        return point
-    return replace(point, windows=fit_windows(signed, torch.as_tensor(observed), point))
+    obs = torch.as_tensor(observed)
+    tail = replace(point, windows=fit_windows(signed, obs, point)) if windows else point
+    if not veto or batch.naive is None:
+        return tail
+    log_p = torch.log(tail_probability(signed, obs, tail))
+    return replace(tail, veto=fit_veto(log_p, batch.naive.cpu(), obs))
 
 
 def meta_train(
