@@ -11,7 +11,9 @@ inside the band is still caught, while one spike never flags its neighbours); th
 is ``1 - tail probability`` and a point is flagged when that tail probability is below the
 false-alarm rate, with its direction (the residual's sign) and a severity. The band
 (lower, upper) is where an isolated point would be flagged, so a flagged point inside it
-is part of a sustained deviation.
+is part of a sustained deviation. A point outside it is not flagged when the support's
+last same-phase value explains it (the seasonal-naive veto, ``TailModel.veto``: the
+forecast missed what the series repeated from one period before).
 
 Every series says how it was forecast (``BASIS``): from all K points, from fewer (cold
 start, gaps), from the base forecast when adaptation diverged, or not at all (fewer than
