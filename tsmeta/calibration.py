@@ -353,7 +353,8 @@ def fit_veto(log_p, naive, observed) -> tuple[tuple[float, float], ...] | None: 
     import torch
 
     obs = observed.to(torch.bool)
-    v = -torch.maximum(log_p, naive_log_tail(naive))
+    # finite: a probability that underflowed with no naive reference would be +inf here
+    v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)
     return _empirical_knots(v[obs].cpu().numpy())
 
 
