@@ -181,7 +181,9 @@ class TailModel:
         window statistics, a point of a sustained deviation may be flagged inside it; with
         the veto, a point outside it that the seasonal-naive reference explains is not)."""
         if self.veto is not None:  # the model's own probability that the veto maps to the rate
-            false_alarm_rate = math.exp(-_veto_surprise_at(self.veto, math.log(false_alarm_rate)))
+            false_alarm_rate = math.exp(
+                -_knot_tail_surprise(0.0, self.veto, math.log(false_alarm_rate))
+            )
         if self.windows is None:
             return self._point_threshold(false_alarm_rate)
         return self._point_threshold(math.exp(-self.windows.surprise_at(false_alarm_rate)))
@@ -237,11 +239,7 @@ class WindowTails:
 
     def surprise_at(self, false_alarm_rate: float) -> float:
         """u = -log m at which the calibrated tail probability reaches the rate."""
-        la = math.log(false_alarm_rate)
-        u = math.log(self.factor) - la
-        if self.knots is not None:
-            u = min(u, _surprise_at(self.knots, la))
-        return max(u, 0.0)
+        return _knot_tail_surprise(math.log(self.factor), self.knots, math.log(false_alarm_rate))
 
 
 def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch tensors
@@ -369,41 +367,50 @@ def fit_veto(log_p, naive, observed) -> tuple[tuple[float, float], ...] | None: 
 @lru_cache(maxsize=_TABLES_CACHED)
 def _veto_table(knots: tuple[tuple[float, float], ...]) -> np.ndarray:
     """The veto's calibrated log tail probability at every node v of ``_T``: the smaller of
-    -v and the sample's own tail (the knots, continued with slope -1 beyond the last).
+    -v and the sample's own tail (``_knot_tail_table`` with factor 1).
 
     V = -log max(p, q) is never above the model's own -log p, whose tail is calibrated:
     P(V > v) <= exp(-v). The sample's tail can only be raised by the anomalies of the
     calibration windows (where it is, -v decides, as without the veto); where it is below
     -v, it gives the points the veto did not lift back the rate the veto took away."""
-    kv, kp = _knot_arrays(knots)
-    out = np.where(_T > kv[-1], kp[-1] - (_T - kv[-1]), np.interp(_T, kv, kp))
-    return np.minimum(np.minimum(out, -_T), 0.0)
-
-
-def _surprise_at(knots: tuple[tuple[float, float], ...], log_rate: float) -> float:
-    """The v at which knots (v, log P(V > v)), continued with slope -1, reach ``log_rate``."""
-    kv, kp = _knot_arrays(knots)
-    v = float(np.interp(-log_rate, -kp, kv)) if log_rate >= kp[-1] else kv[-1] + kp[-1] - log_rate
-    return max(v, 0.0)
-
-
-def _veto_surprise_at(knots: tuple[tuple[float, float], ...], log_rate: float) -> float:
-    """The v at which ``_veto_table`` reaches ``log_rate``: the smaller of -log_rate and
-    the knots' own."""
-    return min(-log_rate, _surprise_at(knots, log_rate))
+    return _knot_tail_table(0.0, knots)
 
 
 @lru_cache(maxsize=_TABLES_CACHED)
 def _combined_table(wt: WindowTails) -> np.ndarray:
     """The calibrated log tail probability of the smallest of a point's and its windows'
     tail probabilities, at every node u = -log(smallest) of ``_T``: ``log(factor) - u``,
-    or below it the calibration sample's own tail (its knots, continued with slope -1)."""
-    u = _T
-    out = math.log(wt.factor) - u
-    if wt.knots is not None:
-        ku, kp = _knot_arrays(wt.knots)
-        out = np.minimum(out, np.where(u > ku[-1], kp[-1] - (u - ku[-1]), np.interp(u, ku, kp)))
+    or below it the calibration sample's own tail (``_knot_tail_table``)."""
+    return _knot_tail_table(math.log(wt.factor), wt.knots)
+
+
+def _knot_tail_table(
+    log_factor: float, knots: tuple[tuple[float, float], ...] | None
+) -> np.ndarray:
+    """At every node u of ``_T``: the smaller of ``log_factor - u`` and, with knots (u,
+    log P(U > u)), the sample's own tail, continued with slope -1 beyond the last knot;
+    never above 0. The calibration of both the windows' combination and the veto."""
+    out = log_factor - _T
+    if knots is not None:
+        ku, kp = _knot_arrays(knots)
+        out = np.minimum(out, np.where(_T > ku[-1], kp[-1] - (_T - ku[-1]), np.interp(_T, ku, kp)))
     return np.minimum(out, 0.0)
+
+
+def _knot_tail_surprise(
+    log_factor: float, knots: tuple[tuple[float, float], ...] | None, log_rate: float
+) -> float:
+    """The u at which ``_knot_tail_table(log_factor, knots)`` reaches ``log_rate``."""
+    u = log_factor - log_rate
+    if knots is not None:
+        ku, kp = _knot_arrays(knots)
+        emp = (
+            float(np.interp(-log_rate, -kp, ku))
+            if log_rate >= kp[-1]
+            else ku[-1] + kp[-1] - log_rate
+        )
+        u = min(u, emp)
+    return max(u, 0.0)
 
 
 def fit_windows(
@@ -506,7 +513,7 @@ def _point_table(tail: TailModel) -> np.ndarray:
     """log P(|Z| > x) of the point tail ``tail`` (no windows) at every node x of ``_T``.
 
     Scoring interpolates this one table instead of composing the t's table, the knots and
-    their minimum per point (a quarter of the nightly scoring step's time went there): the
+    their minimum per point (a quarter of `score_day`'s time went there, in a profile of it alone): the
     same function at the nodes, linear between them (cells 0.01 wide up to |z| = 50). It
     departs from the composition by up to 5e-4 in log p inside the cells around the knots,
     by 5e-5 or less at 99% of points. |z| beyond the grid's end (1e6) reads as 1e6."""
