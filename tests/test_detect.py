@@ -56,6 +56,22 @@ def test_batched_scoring_equals_per_series_loop(trained):
         np.testing.assert_array_equal(batched.flag[i], one.flag[0])
 
 
+def test_a_longer_window_than_the_model_reads_scores_the_same(trained):
+    """A night's window is as long as its longest-reaching model needs (a weekly lag reads
+    a week): the columns before what this model reads change nothing."""
+    values, mask, ids, start, model = trained
+    need = 24 + 24 + 24  # K, the seasonal lag and the scored day
+    values, mask, start = values[:50, 5:], mask[:50, 5:], start + 5  # not whole days long
+    long = score_day(values, mask, ids[:50], start, model, 1e-3)
+    cut = values.shape[1] - need
+    short = score_day(values[:, cut:], mask[:, cut:], ids[:50], start + cut, model, 1e-3)
+    assert cut % 24 and list(long.cols) == list(short.cols + cut)
+    for name in ("forecast", "lower", "upper", "residual", "tail"):
+        np.testing.assert_array_equal(getattr(long, name), getattr(short, name))
+    np.testing.assert_array_equal(long.flag, short.flag)
+    np.testing.assert_array_equal(long.basis, short.basis)
+
+
 def _without_veto(model):  # noqa: ANN001, ANN202
     part = model.partial_calibration
     return replace(model, calibration=replace(model.calibration, veto=None),

@@ -137,6 +137,38 @@ def test_written_rows_read_back_exactly(engine):
     )
 
 
+def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(tmp_path):
+    """SQLite's bulk path hands plain tuples to the driver: every column, timestamps
+    included, must hold the same text SQLAlchemy's own insert would have stored (or the
+    analysts' range queries would compare text of two formats)."""
+    from tsmeta.store.writes import _bulk_insert
+
+    e = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    create_schema(e)
+    frame = anomaly_frame(3).with_columns(
+        pl.lit("run").alias("run_id"), pl.lit("v1").alias("detector_version"),
+        pl.lit(NIGHT + timedelta(microseconds=123456)).alias("written_at"),
+        pl.Series("surprise", [3.5, None, float("nan")]), pl.lit(None, pl.String).alias("severity"),
+    )  # fmt: skip
+    with e.begin() as conn:
+        _bulk_insert(conn, anomalies, frame)
+        conn.execute(
+            sa.insert(anomalies),
+            frame.with_columns(pl.lit("v2").alias("detector_version")).to_dicts(),
+        )
+    cols = ", ".join(c for c in frame.columns if c != "detector_version")
+    with e.connect() as conn:  # the stored text, not what SQLAlchemy parses it into
+        ours, theirs = (
+            conn.execute(sa.text(f"SELECT {cols}, typeof(ts) FROM anomalies WHERE "
+                                 f"detector_version = :v ORDER BY series_id"), {"v": v}).all()
+            for v in ("v1", "v2")
+        )  # fmt: skip
+    assert len(ours) == 3 and [tuple(map(str, r)) for r in ours] == [
+        tuple(map(str, r)) for r in theirs
+    ]
+    e.dispose()
+
+
 def test_rows_outside_the_night_are_rejected(engine):
     frame = anomaly_frame(2).with_columns(pl.col("ts") + timedelta(days=2))
     with pytest.raises(ValueError, match="outside the night"):

@@ -149,8 +149,12 @@ def score_day(
     support_points = np.zeros(n, dtype=np.int32)
     basis = np.zeros(n, dtype=np.int8)
     dev = torch.device(device)
-    vals_all = torch.as_tensor(values, dtype=torch.float32)
-    mask_all = torch.as_tensor(mask, dtype=torch.bool)
+    # the leading columns no feature reads are left out (a night's window is as long as its
+    # longest-reaching model needs: weekly lags read a week that daily ones never look at)
+    skip = t0 - need
+    vals_all = torch.as_tensor(values[:, skip:], dtype=torch.float32)
+    mask_all = torch.as_tensor(mask[:, skip:], dtype=torch.bool)
+    t_in, step_in = need, start_step + skip  # the scored day's first column, column 0's step
     forecaster = Adapted.from_model(model).to(dev)
     # residual scale per forecast step, of each tail
     steps = [torch.as_tensor(t.steps(H), dtype=torch.float32, device=dev)[None, :]
@@ -168,15 +172,15 @@ def score_day(
             vals_t = vals_all[sl].to(dev, non_blocking=True)
             mask_t = mask_all[sl].to(dev, non_blocking=True)
             rows = torch.arange(vals_t.shape[0], device=dev)
-            cut = torch.full((len(rows),), t0, dtype=torch.long, device=dev)
-            batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, start_step)
+            cut = torch.full((len(rows),), t_in, dtype=torch.long, device=dev)
+            batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, step_in)
             pred_s, pred_q, fell_back = forecaster.predict_guarded(batch)  # normalised
             n_support = batch.ms.sum(1).to(torch.int32)
             # (B,) normalised units, each row floored as its tail was calibrated
             row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
             sigma = residual_sigma(pred_s, batch, row_floor)
             flat = _constant_support(
-                vals_t, mask_t, t0, cfg.k, spec.period if spec.seasonal_lag else 0
+                vals_t, mask_t, t_in, cfg.k, spec.period if spec.seasonal_lag else 0
             )
             ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
             partial = (n_support < cfg.k)[:, None]
@@ -184,8 +188,8 @@ def score_day(
             unit = base_unit * torch.where(partial, steps[1], steps[0])
             forecast = batch.forecast(pred_q)
             half = unit * torch.where(partial, z_alpha[1], z_alpha[0])
-            resid = vals_t[:, t0:] - forecast
-            obs = mask_t[:, t0:] & ok_series[:, None]
+            resid = vals_t[:, t_in:] - forecast
+            obs = mask_t[:, t_in:] & ok_series[:, None]
             z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
             naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
             tail = tail_probability(z, obs, full_tail, naive)  # float64, on device

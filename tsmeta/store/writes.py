@@ -300,11 +300,40 @@ def _bulk_insert(
                 if progress is not None:
                     progress(part.height)
         return
+    if conn.dialect.name == "sqlite":  # the driver's executemany on plain tuples
+        raw = conn.connection.driver_connection  # sqlite3: same connection, same transaction
+        cols = rows.columns
+        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        cursor = raw.cursor()
+        try:
+            for first in range(0, rows.height, _INSERT_BATCH):
+                part = _sqlite_values(rows.slice(first, _INSERT_BATCH))
+                cursor.executemany(sql, part.iter_rows())
+                if progress is not None:
+                    progress(part.height)
+        finally:
+            cursor.close()
+        return
     for first in range(0, rows.height, _INSERT_BATCH):
         part = rows.slice(first, _INSERT_BATCH)
         conn.execute(sa.insert(table), part.to_dicts())
         if progress is not None:
             progress(part.height)
+
+
+# how SQLAlchemy's SQLite dialect stores DateTime and Date values (text; a zone's fields as
+# they are): rows written by the driver directly read back exactly as its own would
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%6f"
+_SQLITE_DATE = "%Y-%m-%d"
+
+
+def _sqlite_values(part: pl.DataFrame) -> pl.DataFrame:
+    """``part`` with its timestamps and dates as the text SQLAlchemy's SQLite dialect stores."""
+    return part.with_columns(
+        [pl.col(c).dt.strftime(_SQLITE_DATETIME) for c, t in part.schema.items()
+         if isinstance(t, pl.Datetime)]
+        + [pl.col(c).dt.strftime(_SQLITE_DATE) for c, t in part.schema.items() if t == pl.Date]
+    )  # fmt: skip
 
 
 def _insert_anomalies(
