@@ -261,6 +261,8 @@ def completed_nights(engine: sa.Engine) -> set[str]:
 
 
 PROFILE_COLUMNS = ("series_id", "period", "strength", "cluster_id")
+_PROFILE_TYPES = {"series_id": pl.String, "period": pl.Int64, "strength": pl.Float64,
+                  "cluster_id": pl.String}  # fmt: skip
 
 
 def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) -> pl.DataFrame:
@@ -270,9 +272,14 @@ def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) 
     if unknown:
         raise ValueError(f"read_profile: unknown columns {sorted(unknown)}")
     query = sa.select(*(series_profile.c[n] for n in columns))
-    overrides = {"series_id": pl.String} if "series_id" in columns else {}
-    with engine.connect() as conn:
-        frame = pl.read_database(query, connection=conn, schema_overrides=overrides)
+    with engine.connect() as conn:  # the driver's own rows: no per-row result processing
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(str(query.compile(dialect=conn.dialect)))
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    frame = pl.DataFrame(rows, schema={n: _PROFILE_TYPES[n] for n in columns}, orient="row")
     if frame.height == 0:
         raise LookupError("no series profile in the database: run `tsmeta profile` first")
     return frame
