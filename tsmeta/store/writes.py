@@ -261,8 +261,7 @@ def completed_nights(engine: sa.Engine) -> set[str]:
 
 
 PROFILE_COLUMNS = ("series_id", "period", "strength", "cluster_id")
-_PROFILE_TYPES = {"series_id": pl.String, "period": pl.Int64, "strength": pl.Float64,
-                  "cluster_id": pl.String}  # fmt: skip
+_POLARS_TYPE = {str: pl.String, int: pl.Int64, float: pl.Float64}  # by the column's Python type
 
 
 def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) -> pl.DataFrame:
@@ -279,7 +278,8 @@ def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) 
             rows = cursor.fetchall()
         finally:
             cursor.close()
-    frame = pl.DataFrame(rows, schema={n: _PROFILE_TYPES[n] for n in columns}, orient="row")
+    schema = {n: _POLARS_TYPE[series_profile.c[n].type.python_type] for n in columns}
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
     if frame.height == 0:
         raise LookupError("no series profile in the database: run `tsmeta profile` first")
     return frame
@@ -289,8 +289,9 @@ def _bulk_insert(
     conn: sa.Connection, table: sa.Table, rows: pl.DataFrame,
     progress: Callable[[int], object] | None = None,
 ) -> None:  # fmt: skip
-    """Bulk insert a frame whose columns are ``table``'s: COPY on PostgreSQL, batched
-    executemany elsewhere. Runs inside the caller's transaction; ``progress(n)`` after
+    """Bulk insert a frame whose columns are ``table``'s: COPY on PostgreSQL, the driver's
+    batched executemany of plain tuples on SQLite (the store's two databases: its merges
+    use their ON CONFLICT). Runs inside the caller's transaction; ``progress(n)`` after
     each batch of n rows."""
     if rows.height == 0:
         return
@@ -307,25 +308,18 @@ def _bulk_insert(
                 if progress is not None:
                     progress(part.height)
         return
-    if conn.dialect.name == "sqlite":  # the driver's executemany on plain tuples
-        raw = conn.connection.driver_connection  # sqlite3: same connection, same transaction
-        cols = rows.columns
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        cursor = raw.cursor()
-        try:
-            for first in range(0, rows.height, _INSERT_BATCH):
-                part = _sqlite_values(rows.slice(first, _INSERT_BATCH))
-                cursor.executemany(sql, part.iter_rows())
-                if progress is not None:
-                    progress(part.height)
-        finally:
-            cursor.close()
-        return
-    for first in range(0, rows.height, _INSERT_BATCH):
-        part = rows.slice(first, _INSERT_BATCH)
-        conn.execute(sa.insert(table), part.to_dicts())
-        if progress is not None:
-            progress(part.height)
+    raw = conn.connection.driver_connection  # sqlite3: same connection, same transaction
+    cols = rows.columns
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    cursor = raw.cursor()
+    try:
+        for first in range(0, rows.height, _INSERT_BATCH):
+            part = _sqlite_values(rows.slice(first, _INSERT_BATCH))
+            cursor.executemany(sql, part.iter_rows())
+            if progress is not None:
+                progress(part.height)
+    finally:
+        cursor.close()
 
 
 # how SQLAlchemy's SQLite dialect stores DateTime and Date values (text; a zone's fields as
