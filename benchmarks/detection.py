@@ -240,7 +240,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     models, raw, flat, stepped, unfloored, unvetoed = {}, {}, {}, {}, {}, {}
     t = time.perf_counter()
     for p, rows in groups.items():
-        spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative)
+        spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
+                           veto_lag=168 if args.week_veto and (p or 24) < 168 else 0)  # fmt: skip
         cfg = MetaConfig(algorithm=args.algorithm, k=24, horizon=24, meta_steps=args.meta_steps,
                          meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
@@ -346,7 +347,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     ids, values, mask, cut = m4_panel(args.m4_dir)
     start_step = (-cut) % 168
     H = M4_HORIZON
-    spec = FeatureSpec(period=24, relative_to_lag=args.relative)
+    spec = FeatureSpec(period=24, relative_to_lag=args.relative,
+                       veto_lag=168 if args.week_veto else 0)  # fmt: skip
     cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--m4-meta-steps", type=int, default=1500)
     ap.add_argument("--rate", type=float, default=1e-3, help="configured false-alarm rate")
     ap.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--week-veto", action=argparse.BooleanOptionalAction, default=True,
+                    help="the veto's second reference a week back, as the product's hourly "
+                         "models of a daily period have (FeatureSpec.veto_lag)")  # fmt: skip
     ap.add_argument("--m4-dir", type=Path, default=None)
     ap.add_argument("--skip-m4", action="store_true")
     ap.add_argument("--skip-generator", action="store_true", help="the M4 corpus alone")

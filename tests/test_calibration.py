@@ -325,10 +325,12 @@ def test_the_seasonal_naive_veto_lifts_what_the_day_before_explains():
     z_cal = torch.as_tensor(rng.standard_t(5.0, size=(8000, 24)))
     naive_cal = torch.as_tensor(rng.normal(0.0, 1.0, (8000, 24)) + 0.7 * z_cal.numpy())
     obs = torch.ones(z_cal.shape, dtype=torch.bool)
-    veto = fit_veto(torch.log(tail_probability(z_cal, obs, tail)), naive_cal, obs)
-    vetoed = replace(tail, veto=veto)
-    assert veto is not None and TailModel.from_dict(vetoed.to_dict()) == vetoed
-    assert TailModel.from_dict({k: v for k, v in vetoed.to_dict().items() if k != "veto"}) == tail
+    veto, factor = fit_veto(torch.log(tail_probability(z_cal, obs, tail)), naive_cal, obs)
+    vetoed = replace(tail, veto=veto, veto_factor=factor)
+    assert veto is not None and 0.05 <= factor < 1.0
+    assert TailModel.from_dict(vetoed.to_dict()) == vetoed
+    older = {k: v for k, v in vetoed.to_dict().items() if k not in ("veto", "veto_factor")}
+    assert TailModel.from_dict(older) == tail
     thr = vetoed.threshold(1e-3)
     z = torch.zeros((3, 24), dtype=torch.float64)
     z[:, 10] = 1.5 * thr
@@ -355,3 +357,36 @@ def test_the_seasonal_naive_veto_lifts_what_the_day_before_explains():
         .mean()
     )
     assert 0.5e-3 < rate < 2e-3
+
+
+def test_the_veto_factor_gives_back_what_contamination_hides():
+    """The calibration windows' anomalies (far from the forecast and from the naive
+    reference alike) fill the sample's deep tail, so the veto's knots alone cannot give the
+    points it leaves back the rate it took away; the factor, read where those anomalies
+    are a small part of the points, does (at least part of it), and never flags beyond
+    the rate."""
+    import torch
+
+    from tsmeta.calibration import fit_veto, tail_probability
+
+    rng = np.random.default_rng(6)
+    z_cal = rng.standard_t(5.0, size=(8000, 24))
+    naive_cal = rng.normal(0.0, 1.0, z_cal.shape) + 0.7 * z_cal
+    bad = rng.random(z_cal.shape) < 0.02  # 2% anomalies, far from both
+    z_cal[bad], naive_cal[bad] = 30.0, 30.0
+    tail = _fit_with_windows(z_cal)
+    z_cal, naive_cal = torch.as_tensor(z_cal), torch.as_tensor(naive_cal)
+    obs = torch.ones(z_cal.shape, dtype=torch.bool)
+    veto, factor = fit_veto(torch.log(tail_probability(z_cal, obs, tail)), naive_cal, obs)
+    assert 0.3 < factor < 0.9
+    z = torch.as_tensor(rng.standard_t(5.0, size=(40000, 24)))
+    naive = torch.as_tensor(rng.normal(0.0, 1.0, z.shape) + 0.7 * z.numpy())
+    new_obs = torch.ones(z.shape, dtype=torch.bool)
+
+    def clean_rate(t: TailModel) -> float:
+        return float((tail_probability(z, new_obs, t, naive) < 1e-3).double().mean())
+
+    with_factor = clean_rate(replace(tail, veto=veto, veto_factor=factor))
+    knots_alone = clean_rate(replace(tail, veto=veto))
+    assert with_factor > 1.8 * knots_alone and with_factor < 1e-3
+    assert with_factor <= clean_rate(tail)  # the veto never flags more than the model alone

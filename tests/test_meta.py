@@ -6,7 +6,7 @@ from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta.maml import adapt, adapt_batch, maml_loss, predict_batch
-from tsmeta.meta.tasks import make_batch, sample_tasks
+from tsmeta.meta.tasks import earliest_cut, make_batch, sample_tasks
 from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
 
 
@@ -366,3 +366,47 @@ def test_the_support_spread_is_the_robust_scale_of_its_seasonal_differences():
         torch.testing.assert_close(b.naive[i], expect)
     assert torch.isinf(b.naive[1, 40 - 32]) and torch.isinf(b.naive[2]).all()
     assert no_lag.naive is None
+
+
+def test_the_veto_takes_the_nearer_of_the_day_before_and_the_week_before():
+    """FeatureSpec.veto_lag: each query point's naive deviation is the smaller of its
+    deviations from the support's last same-phase value (over the spread of the support's
+    differences at the period) and from the value veto_lag steps back (over the spread of
+    its differences at veto_lag); a missing reference leaves the other; the window must
+    hold the support's second references (earliest_cut)."""
+    g = np.random.default_rng(4)
+    T, t0 = 224, 200
+    values = torch.as_tensor(g.normal(10, 2, size=(3, T)), dtype=torch.float64)
+    values[0, t0:] = values[0, t0 - 168 : t0 - 144]  # the night repeats the week before
+    mask = torch.ones(3, T, dtype=torch.bool)
+    mask[2, t0 - 168 : t0 - 144] = False  # no week-before reference
+    spec = FeatureSpec(24, veto_lag=168)
+    assert earliest_cut(spec, 24) == 192 and earliest_cut(FeatureSpec(24), 24) == 48
+    b = make_batch(values, mask, torch.arange(3), torch.full((3,), t0), spec, 24, 24, 0)
+    day = make_batch(values, mask, torch.arange(3), torch.full((3,), t0), FeatureSpec(24),
+                     24, 24, 0)  # fmt: skip
+    q, sup = torch.arange(t0, T), torch.arange(t0 - 24, t0)
+    for i in range(3):
+        d = (values[i, sup] - values[i, sup - 168]) / b.scale[i]  # the support's week diffs
+        spread = 1.4826 * d.abs().sort().values[11]
+        week = (values[i, q] - values[i, q - 168]) / b.scale[i] / spread
+        week = torch.where(mask[i, q - 168], week, torch.full_like(week, float("inf")))
+        expect = torch.where(week.abs() < day.naive[i].abs(), week, day.naive[i])
+        torch.testing.assert_close(b.naive[i], expect)
+    assert (b.naive[0].abs() < 1e-6).all() and not (day.naive[0].abs() < 1e-6).any()
+    torch.testing.assert_close(b.naive[2], day.naive[2])  # the day before alone
+    with pytest.raises(ValueError, match="veto_lag"):
+        FeatureSpec(24, veto_lag=-1)
+    with pytest.raises(ValueError, match="veto_lag"):
+        FeatureSpec(24, seasonal_lag=False, veto_lag=168)
+
+
+def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference():
+    from tsmeta.config import Settings
+    from tsmeta.jobs import _spec_for
+
+    hourly, daily = Settings(freq="h"), Settings(freq="d")
+    assert _spec_for(hourly, "p24-0").veto_lag == 168
+    assert _spec_for(hourly, "p0-0").veto_lag == 168  # aperiodic: the natural day
+    assert _spec_for(hourly, "p168-0").veto_lag == 0  # its seasonal lag is the week
+    assert _spec_for(daily, "p7-0").veto_lag == 0 and _spec_for(daily, "p0-0").veto_lag == 0

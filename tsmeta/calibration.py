@@ -24,13 +24,15 @@ point's and its windows' tail probabilities on that sample too, so the flag rate
 data stays the configured one. Medians: one spike never flags its neighbours.
 
 A forecast can miss what the series itself repeated: the model mispredicts a day that
-is the same as the day before. The seasonal-naive veto (``TailModel.veto``) takes the
+is the same as the day before (or, for hourly models of a daily period, as the week
+before: ``FeatureSpec.veto_lag``). The seasonal-naive veto (``TailModel.veto``) takes the
 larger of the model's tail probability and the normal tail of the point's deviation from
-the support's last same-phase value in units of the support's seasonal-difference spread
+the nearer reference, in units of the spread of the support's differences at that lag
 (``TaskBatch.naive``), so such a point is not flagged however badly it was forecast, and
-recalibrates the result on the same sample (only ever lowering it, as the knots do: the
-points the veto leaves get back the rate it took away). A real spike, dip or shift is
-far from the naive reference and keeps its probability.
+recalibrates the result on the same sample (only ever lowering it: the points the veto
+leaves get back the rate it took away, by the share of extreme points it left at
+``COMBINE_AT``, ``TailModel.veto_factor``, and by the sample's own tail where that is
+lower). A real spike, dip or shift is far from both references and keeps its probability.
 
 Pure numpy for fitting the point tail (and the same interpolation in torch for scoring on
 a device; the window statistics are torch throughout). Scoring reads each tail from one
@@ -60,6 +62,7 @@ WINDOWS = (5, 12)
 # anomalies at PR-AUC 0.390, 0.381, 0.371, 0.365, 0.358 and the generator's at 0.335,
 # 0.371, 0.387, 0.394, 0.395 (benchmarks/README.md)
 NAIVE_VETO_SCALE = 1.0
+VETO_FACTOR_MIN = 0.05  # the veto's factor is never below this (fit_veto)
 COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilities is read (high
 # enough that anomalies in the calibration windows, a percent or so of points, barely move it)
 
@@ -132,6 +135,10 @@ class TailModel:
     # the point's seasonal-naive deviation (TaskBatch.naive). None: no veto (models
     # calibrated before it existed load so)
     veto: tuple[tuple[float, float], ...] | None = None
+    # the share of the points the model alone puts below COMBINE_AT that stay below it with
+    # the veto (the veto's probability is multiplied by it: the rate the veto took away is
+    # given back to the points it leaves). None: 1 (models calibrated before it existed)
+    veto_factor: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -142,6 +149,7 @@ class TailModel:
             "windows": None if self.windows is None else self.windows.to_dict(),
             "spread_floor": self.spread_floor,
             "veto": None if self.veto is None else [list(k) for k in self.veto],
+            "veto_factor": self.veto_factor,
         }
 
     @classmethod
@@ -155,6 +163,7 @@ class TailModel:
             None if windows is None else WindowTails.from_dict(windows),
             None if d.get("spread_floor") is None else float(d["spread_floor"]),
             None if veto is None else tuple((float(a), float(b)) for a, b in veto),
+            None if d.get("veto_factor") is None else float(d["veto_factor"]),
         )
 
     @property
@@ -163,7 +172,7 @@ class TailModel:
         veto, whose calibration is that of the whole)."""
         if self.windows is None and self.veto is None:
             return self
-        return replace(self, windows=None, veto=None)
+        return replace(self, windows=None, veto=None, veto_factor=None)
 
     def steps(self, horizon: int) -> np.ndarray:
         """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
@@ -181,9 +190,8 @@ class TailModel:
         window statistics, a point of a sustained deviation may be flagged inside it; with
         the veto, a point outside it that the seasonal-naive reference explains is not)."""
         if self.veto is not None:  # the model's own probability that the veto maps to the rate
-            false_alarm_rate = math.exp(
-                -_knot_tail_surprise(0.0, self.veto, math.log(false_alarm_rate))
-            )
+            false_alarm_rate = math.exp(-_knot_tail_surprise(
+                math.log(self.veto_factor or 1.0), self.veto, math.log(false_alarm_rate)))  # fmt: skip
         if self.windows is None:
             return self._point_threshold(false_alarm_rate)
         return self._point_threshold(math.exp(-self.windows.surprise_at(false_alarm_rate)))
@@ -328,7 +336,8 @@ def tail_probability(z, observed, tail: TailModel, naive=None):  # noqa: ANN001,
     if tail.veto is None or naive is None:
         return torch.exp(log_p)
     v = -torch.maximum(log_p, naive_log_tail(naive))
-    return torch.exp(_interp_table(v, _torch_table(tail.veto, _veto_table, v.device)))
+    key = (tail.veto, tail.veto_factor or 1.0)
+    return torch.exp(_interp_table(v, _torch_table(key, _veto_table, v.device)))
 
 
 def _model_log_tail(z, observed, tail: TailModel):  # noqa: ANN001, ANN202
@@ -352,28 +361,37 @@ def naive_log_tail(naive):  # noqa: ANN001, ANN201 - a torch tensor
     return math.log(2.0) + torch.special.log_ndtr(-a)
 
 
-def fit_veto(log_p, naive, observed) -> tuple[tuple[float, float], ...] | None:  # noqa: ANN001
-    """The veto's knots from the calibration sample: the model's log tail probabilities
-    (B, H), the points' seasonal-naive deviations and their mask (torch tensors). None
-    when the sample is too small to place the configured rates."""
+def fit_veto(log_p, naive, observed) -> tuple[tuple[tuple[float, float], ...] | None, float]:  # noqa: ANN001
+    """The veto's knots and factor from the calibration sample: the model's log tail
+    probabilities (B, H), the points' seasonal-naive deviations and their mask (torch
+    tensors). The knots are None when the sample is too small to place the configured
+    rates; the factor is the share of the points with p < ``COMBINE_AT`` that keep
+    max(p, q) below it (1 when there are none; at least ``VETO_FACTOR_MIN``)."""
     import torch
 
     obs = observed.to(torch.bool)
     # finite: a probability that underflowed with no naive reference would be +inf here
-    v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)
-    return _empirical_knots(v[obs].cpu().numpy())
+    v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)[obs]
+    u = -math.log(COMBINE_AT)
+    below = int((-log_p[obs] > u).sum())
+    factor = int((v > u).sum()) / below if below else 1.0
+    return _empirical_knots(v.cpu().numpy()), max(factor, VETO_FACTOR_MIN)
 
 
 @lru_cache(maxsize=_TABLES_CACHED)
-def _veto_table(knots: tuple[tuple[float, float], ...]) -> np.ndarray:
+def _veto_table(key: tuple[tuple[tuple[float, float], ...], float]) -> np.ndarray:
     """The veto's calibrated log tail probability at every node v of ``_T``: the smaller of
-    -v and the sample's own tail (``_knot_tail_table`` with factor 1).
+    log(factor) - v and the sample's own tail (``_knot_tail_table``); key (knots, factor).
 
     V = -log max(p, q) is never above the model's own -log p, whose tail is calibrated:
-    P(V > v) <= exp(-v). The sample's tail can only be raised by the anomalies of the
-    calibration windows (where it is, -v decides, as without the veto); where it is below
-    -v, it gives the points the veto did not lift back the rate the veto took away."""
-    return _knot_tail_table(0.0, knots)
+    P(V > v) <= exp(-v), and on clean data about factor * exp(-v): the veto lifts that
+    share of the model's extreme points, and the factor, read at ``COMBINE_AT`` where
+    the calibration windows' anomalies are a small part of the points, gives the points
+    it leaves back the rate it took away. The sample's own tail deep down is raised by
+    those anomalies (there it is above, and the factor decides); where it is below, it
+    decides."""
+    knots, factor = key
+    return _knot_tail_table(math.log(factor), knots)
 
 
 @lru_cache(maxsize=_TABLES_CACHED)

@@ -12,8 +12,9 @@ is ``1 - tail probability`` and a point is flagged when that tail probability is
 false-alarm rate, with its direction (the residual's sign) and a severity. The band
 (lower, upper) is where an isolated point would be flagged, so a flagged point inside it
 is part of a sustained deviation. A point outside it is not flagged when the support's
-last same-phase value explains it (the seasonal-naive veto, ``TailModel.veto``: the
-forecast missed what the series repeated from one period before).
+last same-phase value explains it, or for hourly models of a daily period the value a
+week before (the seasonal-naive veto, ``TailModel.veto``: the forecast missed what the
+series repeated from one period, or one week, before).
 
 Every series says how it was forecast (``BASIS``): from all K points, from fewer (cold
 start, gaps), from the base forecast when adaptation diverged, or not at all (fewer than

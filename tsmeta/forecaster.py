@@ -31,6 +31,7 @@ __all__ = [
     "masked_mean_std",
     "build_features",
     "seasonal_lag",
+    "lagged",
 ]
 
 
@@ -42,10 +43,20 @@ class FeatureSpec:
     # targets relative to the seasonal lag: the network forecasts the change from the most
     # recent same-phase value (seasonal naive + a learned, adapted correction)
     relative_to_lag: bool = False
+    # a second reference of the seasonal-naive veto (``TaskBatch.naive``): the value this
+    # many steps before each forecast point (the most recent such one known at the cut);
+    # 0: the support's last same phase alone. Hourly models of a daily period take the
+    # week (168): a day the series repeated from a week before is not an anomaly either
+    veto_lag: int = 0
 
     def __post_init__(self) -> None:
         if self.relative_to_lag and not self.seasonal_lag:
             raise ValueError("relative_to_lag needs seasonal_lag=True (the lag is the base)")
+        if self.veto_lag < 0 or (self.veto_lag and not self.seasonal_lag):
+            raise ValueError(
+                f"veto_lag must be 0 or a positive lag with seasonal_lag=True (the veto's "
+                f"first reference is the seasonal lag), received {self.veto_lag}"
+            )
 
     @property
     def n_features(self) -> int:
@@ -157,10 +168,23 @@ def seasonal_lag(
     Shapes as :func:`build_features`; the value is 0 where that point is unobserved or
     before the window.
     """
+    return lagged(spec.period, vnorm, observed, cols, cut)
+
+
+def lagged(
+    lag: int,
+    vnorm: torch.Tensor,
+    observed: torch.Tensor,
+    cols: torch.Tensor,
+    cut: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, observed) of the point a multiple of ``lag`` steps before each target: one
+    ``lag`` back, or with ``cut`` the most recent such point before it (a target ``lag`` or
+    more past the cut reads two lags back, ...). 0 / False before the window."""
     periods_back = 1
     if cut is not None:
-        periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // spec.period
-    lag_cols = cols - spec.period * periods_back
+        periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // lag
+    lag_cols = cols - lag * periods_back
     ok = lag_cols >= 0
     safe = lag_cols.clamp_min(0)
     lag_obs = torch.gather(observed, 1, safe) & ok

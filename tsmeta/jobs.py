@@ -27,6 +27,7 @@ from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.batched import head_only
+from tsmeta.meta.tasks import earliest_cut
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
@@ -206,9 +207,13 @@ def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
 
 
 def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
+    period = period_of_cluster(cluster_id) or settings.period_default
+    week = 7 * settings.steps_per_day
     return FeatureSpec(
-        period=period_of_cluster(cluster_id) or settings.period_default,
+        period=period,
         relative_to_lag=settings.relative_to_lag,
+        # the veto also asks what the series did a week before, where the period is shorter
+        veto_lag=week if period < week else 0,
     )
 
 
@@ -361,9 +366,7 @@ def _score_models(
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     spd = settings.steps_per_day
-    reach = max(
-        m.config.k + (m.spec.period if m.spec.seasonal_lag else 0) for _, m in models.values()
-    )
+    reach = max(earliest_cut(m.spec, m.config.k) for _, m in models.values())
     start = _window_start(settings, night, math.ceil(reach / spd))
     night_start, _ = night_bounds(night)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())

@@ -11,7 +11,13 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from tsmeta.forecaster import FeatureSpec, build_features, seasonal_lag, support_normalisation
+from tsmeta.forecaster import (
+    FeatureSpec,
+    build_features,
+    lagged,
+    seasonal_lag,
+    support_normalisation,
+)
 
 __all__ = [
     "TaskBatch",
@@ -47,7 +53,9 @@ class TaskBatch:
     spread: torch.Tensor | None = None  # (B,)
     # each query point's seasonal-naive deviation in units of ``spread``: its value minus
     # the support's last same-phase value, over the spread (+inf where either is missing
-    # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.calibration``
+    # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.calibration``.
+    # With ``FeatureSpec.veto_lag``, the smaller of that and the deviation from the value
+    # veto_lag steps back over the robust spread of the support's differences at that lag
     naive: torch.Tensor | None = None  # (B, H)
 
     def __len__(self) -> int:
@@ -65,8 +73,9 @@ class TaskBatch:
 
 
 def earliest_cut(spec: FeatureSpec, k: int) -> int:
-    """First t0 whose support points all have their seasonal lag inside the window."""
-    return k + (spec.period if spec.seasonal_lag else 0)
+    """First t0 whose support points all have their seasonal lag inside the window (and
+    of the veto's second reference, ``FeatureSpec.veto_lag``)."""
+    return k + max(spec.period if spec.seasonal_lag else 0, spec.veto_lag)
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -129,6 +138,16 @@ def make_batch(
         ok = lag_q[1] & (spread > 0)[:, None]
         naive = torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None],
                             torch.full((), float("inf"), dtype=v.dtype, device=dev))  # fmt: skip
+        if spec.veto_lag:  # the second reference, in units of the support's own differences
+            # at its lag (a week drifts more than a day): the nearer of the two deviations
+            ref_s, ref_s_obs = lagged(spec.veto_lag, vnorm, obs, s_cols)
+            both = ms * ref_s_obs
+            spread_v = robust_sigma(ys - ref_s, both, 0.0) * (both.sum(1) > 0)
+            ref, ref_obs = lagged(spec.veto_lag, vnorm, obs, q_cols, t0)
+            ok = ref_obs & (spread_v > 0)[:, None]
+            other = torch.where(ok, (yq - ref) / spread_v.clamp_min(1e-30)[:, None],
+                                torch.full((), float("inf"), dtype=v.dtype, device=dev))  # fmt: skip
+            naive = torch.where(other.abs() < naive.abs(), other, naive)
     if spec.relative_to_lag:  # the lag is both a feature and the targets' base
         base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in

@@ -316,7 +316,8 @@ def calibrate(
     if not veto or batch.naive is None:
         return tail
     log_p = torch.log(tail_probability(signed, obs, tail))
-    return replace(tail, veto=fit_veto(log_p, batch.naive.cpu(), obs))
+    knots, factor = fit_veto(log_p, batch.naive.cpu(), obs)
+    return replace(tail, veto=knots, veto_factor=factor)
 
 
 def meta_train(
