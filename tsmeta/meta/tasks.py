@@ -93,6 +93,25 @@ def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> t
     return (1.4826 * med).clamp_min(floor)
 
 
+def _naive_deviation(
+    ys: torch.Tensor,
+    ms: torch.Tensor,
+    yq: torch.Tensor,
+    lag_s: tuple[torch.Tensor, torch.Tensor],
+    lag_q: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spread (B,), deviation (B, H)) of one reference: the robust spread of the support's
+    differences from its references ``lag_s`` (not centred: a support that moved away from
+    them, a level shift or a changed shape, gets a wide spread; 0 where no pair is
+    observed), and each query point's difference from its reference ``lag_q`` over it
+    (+inf where the reference is missing or the spread is 0)."""
+    both = ms * lag_s[1]
+    spread = robust_sigma(ys - lag_s[0], both, 0.0) * (both.sum(1) > 0)
+    ok = lag_q[1] & (spread > 0)[:, None]
+    inf = torch.full((), float("inf"), dtype=yq.dtype, device=yq.device)
+    return spread, torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None], inf)
+
+
 def make_batch(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -130,23 +149,12 @@ def make_batch(
     base_s = base_q = lag_s = lag_q = spread = naive = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
-        # seasonal differences of the support, not centred: a support that moved away from
-        # the period before it (a level shift, a changed shape) gets a wide spread
-        both = ms * lag_s[1]
-        spread = robust_sigma(ys - lag_s[0], both, 0.0) * (both.sum(1) > 0)
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
-        ok = lag_q[1] & (spread > 0)[:, None]
-        naive = torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None],
-                            torch.full((), float("inf"), dtype=v.dtype, device=dev))  # fmt: skip
+        spread, naive = _naive_deviation(ys, ms, yq, lag_s, lag_q)
         if spec.veto_lag:  # the second reference, in units of the support's own differences
             # at its lag (a week drifts more than a day): the nearer of the two deviations
-            ref_s, ref_s_obs = lagged(spec.veto_lag, vnorm, obs, s_cols)
-            both = ms * ref_s_obs
-            spread_v = robust_sigma(ys - ref_s, both, 0.0) * (both.sum(1) > 0)
-            ref, ref_obs = lagged(spec.veto_lag, vnorm, obs, q_cols, t0)
-            ok = ref_obs & (spread_v > 0)[:, None]
-            other = torch.where(ok, (yq - ref) / spread_v.clamp_min(1e-30)[:, None],
-                                torch.full((), float("inf"), dtype=v.dtype, device=dev))  # fmt: skip
+            _, other = _naive_deviation(ys, ms, yq, lagged(spec.veto_lag, vnorm, obs, s_cols),
+                                        lagged(spec.veto_lag, vnorm, obs, q_cols, t0))  # fmt: skip
             naive = torch.where(other.abs() < naive.abs(), other, naive)
     if spec.relative_to_lag:  # the lag is both a feature and the targets' base
         base_s, base_q = lag_s[0], lag_q[0]
