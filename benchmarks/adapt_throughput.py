@@ -206,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
     # a tail as training leaves it: a t, empirical knots, per-step scales and the window
-    # statistics' tails (a partial one too)
+    # statistics' and the isolation's tails (a partial one too)
     rng = np.random.default_rng(0)
     z_cal = rng.standard_t(5.0, size=(4096, H))
     tail = fit_tail(np.abs(z_cal).ravel())
-    windows = fit_windows(torch.as_tensor(z_cal), torch.ones(z_cal.shape, dtype=torch.bool), tail)
+    windows = fit_windows(torch.as_tensor(z_cal), torch.ones(z_cal.shape, dtype=torch.bool), tail,
+                          rel=torch.ones(len(z_cal), dtype=torch.float64))  # fmt: skip
     tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk

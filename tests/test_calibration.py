@@ -390,3 +390,111 @@ def test_the_veto_factor_gives_back_what_contamination_hides():
     knots_alone = clean_rate(replace(tail, veto=veto))
     assert with_factor > 1.8 * knots_alone and with_factor < 1e-3
     assert with_factor <= clean_rate(tail)  # the veto never flags more than the model alone
+
+
+def _isolation_loop(z, obs):
+    """The isolation statistic point by point: the observed neighbours' jumps."""
+    out = np.zeros(z.shape)
+    for i in range(z.shape[0]):
+        for t in range(z.shape[1]):
+            if not obs[i, t]:
+                continue
+            jumps = [z[i, t] - z[i, u] for u in (t - 1, t + 1) if 0 <= u < z.shape[1] and obs[i, u]]
+            if not jumps:
+                continue
+            if len(jumps) == 1:
+                out[i, t] = jumps[0]
+            elif np.sign(jumps[0]) == np.sign(jumps[1]):
+                out[i, t] = np.sign(jumps[0]) * min(abs(jumps[0]), abs(jumps[1]))
+    return out
+
+
+def test_isolation_equals_a_loop_over_neighbours():
+    import torch
+
+    from tsmeta.calibration import isolation
+
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((40, 24))
+    obs = rng.random(z.shape) > 0.2
+    obs[0] = False  # nothing observed
+    obs[1] = False
+    obs[1, 5] = True  # one point alone: no neighbour, 0
+    got = isolation(torch.as_tensor(z), torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(got, _isolation_loop(z, obs), rtol=0, atol=1e-12)
+    assert (got[0] == 0).all() and (got[1] == 0).all()
+
+
+def test_contrast_sigma_equals_a_direct_computation():
+    import torch
+
+    from tsmeta.meta.train import contrast_sigma
+
+    rng = np.random.default_rng(12)
+    r = rng.standard_normal((30, 24))
+    m = rng.random(r.shape) > 0.15
+    got = contrast_sigma(torch.as_tensor(r), torch.as_tensor(m, dtype=torch.float64), 0.0).numpy()
+    for i in range(len(r)):
+        c = []
+        for t in range(24):
+            nb = [r[i, u] for u in (t - 1, t + 1) if 0 <= u < 24 and m[i, u]]
+            if m[i, t] and nb:
+                c.append(r[i, t] - np.mean(nb))
+        a = np.sort(np.abs(c))
+        assert got[i] == pytest.approx(1.4826 * a[(len(a) - 1) // 2], rel=1e-9)
+
+
+def test_fit_tail_of_a_sample_of_mostly_zeros_keeps_its_rate():
+    """isolation is 0 at every slope and step: more than half a sample can be zeros. The
+    t is then fitted to the nonzero values and the knots place the whole sample's tail
+    (a normal sized from the 90th percentile, as before, flagged it 30x too often)."""
+    rng = np.random.default_rng(13)
+    z = np.where(rng.random(400_000) < 0.6, 0.0, np.abs(rng.standard_t(3.0, 400_000)))
+    tail = fit_tail(z)
+    assert tail.knots is not None
+    fresh = np.where(rng.random(400_000) < 0.6, 0.0, np.abs(rng.standard_t(3.0, 400_000)))
+    for rate in (1e-2, 1e-3):
+        assert 0.5 * rate < (two_sided_tail(fresh, tail) < rate).mean() < 2 * rate
+
+
+def _fit_with_isolation(z):
+    import torch
+
+    from tsmeta.calibration import fit_windows
+
+    point = fit_tail(np.abs(z).ravel())
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    rel = torch.ones(z.shape[0], dtype=torch.float64)
+    return replace(point, windows=fit_windows(torch.as_tensor(z), obs, point, rel=rel))
+
+
+def test_a_spike_inside_the_band_is_flagged_by_its_isolation_alone():
+    """Forecast errors that drift smoothly (rho 0.95) make a wide band; a spike inside it
+    jumps far from both neighbours and is flagged, its neighbours are not, and fresh
+    clean data keeps the rate."""
+    import torch
+
+    from tsmeta.calibration import tail_probability
+
+    rng = np.random.default_rng(14)
+    tail = _fit_with_isolation(_correlated_z(rng, 8000, rho=0.95))
+    assert tail.windows.isolation is not None
+    assert tail.windows.factor <= 4.0
+    thr = tail.threshold(1e-3)
+    z = np.zeros((1, 24))
+    z[0, 12] = 0.6 * thr
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    ones = torch.ones(1, dtype=torch.float64)
+    with_iso = tail_probability(torch.as_tensor(z), obs, tail, rel=ones).numpy()[0]
+    without = tail_probability(torch.as_tensor(z), obs, tail).numpy()[0]
+    assert with_iso[12] < 1e-3 <= without[12]
+    assert (np.delete(with_iso, 12) >= 1e-3).all()
+    fresh = torch.as_tensor(_correlated_z(rng, 20000, rho=0.95))
+    p = tail_probability(fresh, torch.ones(fresh.shape, dtype=torch.bool), tail,
+                         rel=torch.ones(len(fresh), dtype=torch.float64)).numpy()  # fmt: skip
+    assert 0.5e-3 < (p < 1e-3).mean() < 2e-3
+    # round trip; tails fitted before isolation existed load without it
+    assert TailModel.from_dict(tail.to_dict()) == tail
+    old = tail.to_dict()
+    del old["windows"]["isolation"]
+    assert TailModel.from_dict(old).windows.isolation is None

@@ -7,7 +7,9 @@ divided by the series' robust support-residual scale, giving a z-score whose dis
 on out-of-sample data the cluster's tail model describes (``tsmeta.calibration``). A point's
 tail probability is the calibrated smallest of its own and those of the windows around it
 (the median z of 5 and of 12 steps: a level shift or a stuck value whose single points stay
-inside the band is still caught, while one spike never flags its neighbours); the score
+inside the band is still caught, while one spike never flags its neighbours) and of its
+isolation (its jump away from both neighbours, in units of the series' own jumps: a spike
+is caught where the forecast was off for hours anyway); the score
 is ``1 - tail probability`` and a point is flagged when that tail probability is below the
 false-alarm rate, with its direction (the residual's sign) and a severity. The band
 (lower, upper) is where an isolated point would be flagged, so a flagged point inside it
@@ -32,7 +34,7 @@ from tsmeta.calibration import tail_probability
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch
-from tsmeta.meta.train import MetaModel, residual_sigma
+from tsmeta.meta.train import MetaModel, contrast_sigma, residual_sigma
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
            "BASIS_MEANING", "NOT_SCORED", "SEVERITY"]  # fmt: skip
@@ -180,6 +182,7 @@ def score_day(
             # (B,) normalised units, each row floored as its tail was calibrated
             row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
             sigma = residual_sigma(pred_s, batch, row_floor)
+            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms)  # (B,) isolation's unit
             flat = _constant_support(
                 vals_t, mask_t, t_in, cfg.k, spec.period if spec.seasonal_lag else 0
             )
@@ -193,11 +196,12 @@ def score_day(
             obs = mask_t[:, t_in:] & ok_series[:, None]
             z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
             naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
-            tail = tail_probability(z, obs, full_tail, naive)  # float64, on device
+            tail = tail_probability(z, obs, full_tail, naive, rel)  # float64, on device
             if part_tail is not full_tail and bool(partial.any()):  # only those rows again
                 part_rows = partial[:, 0].nonzero().squeeze(1)
                 tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
-                                                   None if naive is None else naive[part_rows])  # fmt: skip
+                                                   None if naive is None else naive[part_rows],
+                                                   rel[part_rows])  # fmt: skip
             tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
             b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
             b = torch.where(fell_back, _FALLBACK, b)

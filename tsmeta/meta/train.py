@@ -57,6 +57,7 @@ __all__ = [
     "meta_train",
     "robust_sigma",
     "residual_sigma",
+    "contrast_sigma",
     "calibrate",
     "calibrate_partial",
 ]
@@ -266,6 +267,22 @@ def residual_sigma(
     return _floored(robust_sigma(pred_s - batch.ys, batch.ms), batch.spread, spread_floor)
 
 
+def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """(B,) the robust scale of the local contrast of support residuals (B, K) whose
+    observed points are ``m``: 1.4826 * median |r_t - mean(r_(t-1), r_(t+1))| (one
+    neighbour at the ends and next to gaps), floored. The unit of
+    ``tsmeta.calibration.isolation`` (via ``rel``): how much a series' points jump on
+    their own, whatever its forecast misses (leave-one-out residuals for the ridge head)."""
+    obs = m > 0
+    x = torch.where(obs, resid, float("nan"))
+    nan = torch.full((x.shape[0], 1), float("nan"), dtype=x.dtype, device=x.device)
+    nb = torch.stack([torch.cat([nan, x[:, :-1]], 1), torch.cat([x[:, 1:], nan], 1)])
+    ref = nb.nanmean(0)
+    c = x - ref
+    ok = obs & ~c.isnan()
+    return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
+
+
 def _floored(sigma: torch.Tensor, spread: torch.Tensor | None, floor) -> torch.Tensor:  # noqa: ANN001
     if floor is None or spread is None:
         return sigma
@@ -282,6 +299,7 @@ def calibrate(
     windows: bool = True,
     spread: bool = True,
     veto: bool = True,
+    isolation: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -293,7 +311,8 @@ def calibrate(
     With ``per_step`` the residual scale of each forecast step is fitted first (errors
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
     steps would mix scales and come out heavier than any step's. With ``windows`` the
-    tails of sustained deviations are fitted on the same sample (``fit_windows``). With
+    tails of sustained deviations are fitted on the same sample (``fit_windows``), and with
+    ``isolation`` that of single points jumping away from both neighbours. With
     ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
     a point the support's last same-phase value explains is not an anomaly, however badly
     the model forecast it.
@@ -302,6 +321,7 @@ def calibrate(
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
     floor = spread_floor_of(sigma, batch.spread) if spread else None
     sigma = _floored(sigma, batch.spread, floor)
+    rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if isolation else None
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
@@ -312,10 +332,10 @@ def calibrate(
     point = replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale,
                     spread_floor=floor)  # fmt: skip
     obs = torch.as_tensor(observed)
-    tail = replace(point, windows=fit_windows(signed, obs, point)) if windows else point
+    tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel)) if windows else point
     if not veto or batch.naive is None:
         return tail
-    log_p = torch.log(tail_probability(signed, obs, tail))
+    log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
     knots, factor = fit_veto(log_p, batch.naive.cpu(), obs)
     return replace(tail, veto=knots, veto_factor=factor)
 
