@@ -106,6 +106,7 @@ def test_detection_small(tmp_path):
                                        "tsmeta, 1024 tasks, one tail",
                                        "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, no floor",
                                        "tsmeta, 1024 tasks, no veto",
+                                       "tsmeta, 1024 tasks, no isolation",
                                        "unadapted init",
                                        "seasonal naive + robust z", "MSTL interval"}  # fmt: skip
     for r in syn["all_series"].values():
