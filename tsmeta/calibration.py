@@ -28,9 +28,9 @@ Hourly the clean test hours hold single points 10-20 z-units out, and a spike of
 spreads hides among them. What a spike has and a forecast miss has not is a jump away
 from both neighbours. ``isolation`` measures it (the smaller of a point's two jumps when
 both go the same way, zero otherwise: a neighbour of a spike, or a step, jumps one way
-only), in units of the series' own jumps (the support residuals' local contrast,
-``rel``; ``tsmeta.meta.train.contrast_sigma``), and ``WindowTails.isolation`` is its tail, a third member of the calibrated
-smallest.
+only), in units of the series' own jumps (the support residuals' local contrast, ``rel``;
+``tsmeta.meta.train.contrast_sigma``), and ``WindowTails.isolation`` is its tail, one more
+member of the calibrated smallest (with the point and its two windows).
 
 A forecast can miss what the series itself repeated: the model mispredicts a day that
 is the same as the day before (or, for hourly models of a daily period, as the week
