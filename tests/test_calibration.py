@@ -447,7 +447,8 @@ def test_contrast_sigma_equals_a_direct_computation():
 def test_fit_tail_of_a_sample_of_mostly_zeros_keeps_its_rate():
     """isolation is 0 at every slope and step: more than half a sample can be zeros. The
     t is then fitted to the nonzero values and the knots place the whole sample's tail
-    (a normal sized from the 90th percentile, as before, flagged it 30x too often)."""
+    (a normal sized from the 90th percentile, as before, flagged it 26x too often at 1e-3
+    and 4.4x at 1e-2)."""
     rng = np.random.default_rng(13)
     z = np.where(rng.random(400_000) < 0.6, 0.0, np.abs(rng.standard_t(3.0, 400_000)))
     tail = fit_tail(z)
@@ -479,7 +480,6 @@ def test_a_spike_inside_the_band_is_flagged_by_its_isolation_alone():
     rng = np.random.default_rng(14)
     tail = _fit_with_isolation(_correlated_z(rng, 8000, rho=0.95))
     assert tail.windows.isolation is not None
-    assert tail.windows.factor <= 4.0
     thr = tail.threshold(1e-3)
     z = np.zeros((1, 24))
     z[0, 12] = 0.6 * thr

@@ -59,7 +59,7 @@ import numpy as np
 
 __all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "fit_veto",
            "two_sided_tail", "tail_probability", "naive_log_tail", "window_medians", "isolation",
-           "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
+           "neighbours", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
 EMP_MIN_EXCEED = 30  # the empirical tail reaches the probability with this many points beyond
 EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5 down
@@ -298,6 +298,15 @@ def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch ten
     return torch.where(obs.T, out, torch.zeros((), dtype=torch.float64, device=z.device)).T
 
 
+def neighbours(x):  # noqa: ANN001, ANN201 - a torch tensor
+    """(before, after), each (B, N) like x (B, N): every point's previous and next value
+    along the last axis, NaN past either end (and wherever x itself is NaN)."""
+    import torch
+
+    nan = torch.full((x.shape[0], 1), float("nan"), dtype=x.dtype, device=x.device)
+    return torch.cat([nan, x[:, :-1]], 1), torch.cat([x[:, 1:], nan], 1)
+
+
 def isolation(z, observed):  # noqa: ANN001, ANN201 - torch tensors
     """(B, H) float64: how far each observed point of z (B, H, signed) jumps away from both
     its observed neighbours: the smaller of z_t - z_(t-1) and z_t - z_(t+1) when both have
@@ -310,9 +319,8 @@ def isolation(z, observed):  # noqa: ANN001, ANN201 - torch tensors
     import torch
 
     x = torch.where(observed.to(torch.bool), z.to(torch.float64), float("nan"))
-    nan = torch.full((x.shape[0], 1), float("nan"), dtype=x.dtype, device=x.device)
-    a = x - torch.cat([nan, x[:, :-1]], 1)  # the jump from the point before
-    b = x - torch.cat([x[:, 1:], nan], 1)  # and from the point after
+    before, after = neighbours(x)
+    a, b = x - before, x - after  # the jumps from the point before and from the one after
     a, b = torch.where(a.isnan(), b, a), torch.where(b.isnan(), a, b)
     out = torch.where(a.sign() == b.sign(), a.sign() * torch.minimum(a.abs(), b.abs()), 0.0)
     return torch.nan_to_num(out, nan=0.0)
@@ -490,7 +498,7 @@ def fit_windows(
         return None
     tails = tuple(fit_tail(window_medians(z, obs, w).abs()[obs].cpu().numpy()) for w in widths)
     iso = None
-    if rel is not None and z.shape[1] >= 3:
+    if rel is not None and z.shape[1] > 1:  # a single step has no neighbour to jump from
         iso_z = isolation(z, obs) * rel.to(torch.float64)[:, None]
         iso = fit_tail(iso_z.abs()[obs].cpu().numpy())
     draft = WindowTails(widths, tails, 1.0, None, iso)

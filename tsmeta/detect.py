@@ -165,6 +165,8 @@ def score_day(
     # the residual scale's spread floor of each tail (one sort per chunk either way): one
     # factor when the tails share it, else one per row by its tail (a tail calibrated
     # before the floor existed has none: 0 floors nothing)
+    isolated = any(t.windows is not None and t.windows.isolation is not None
+                   for t in (full_tail, part_tail))  # fmt: skip
     floor, by_tail = full_tail.spread_floor, None
     if part_tail.spread_floor != floor:
         by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
@@ -182,7 +184,8 @@ def score_day(
             # (B,) normalised units, each row floored as its tail was calibrated
             row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
             sigma = residual_sigma(pred_s, batch, row_floor)
-            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms)  # (B,) isolation's unit
+            # (B,) isolation's unit, where a tail has an isolation member (older ones do not)
+            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if isolated else None
             flat = _constant_support(
                 vals_t, mask_t, t_in, cfg.k, spec.period if spec.seasonal_lag else 0
             )
@@ -201,7 +204,7 @@ def score_day(
                 part_rows = partial[:, 0].nonzero().squeeze(1)
                 tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
                                                    None if naive is None else naive[part_rows],
-                                                   rel[part_rows])  # fmt: skip
+                                                   None if rel is None else rel[part_rows])  # fmt: skip
             tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
             b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
             b = torch.where(fell_back, _FALLBACK, b)

@@ -40,6 +40,7 @@ from tsmeta.calibration import (
     fit_tail,
     fit_veto,
     fit_windows,
+    neighbours,
     tail_probability,
 )
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
@@ -275,10 +276,7 @@ def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) ->
     their own, whatever its forecast misses (leave-one-out residuals for the ridge head)."""
     obs = m > 0
     x = torch.where(obs, resid, float("nan"))
-    nan = torch.full((x.shape[0], 1), float("nan"), dtype=x.dtype, device=x.device)
-    nb = torch.stack([torch.cat([nan, x[:, :-1]], 1), torch.cat([x[:, 1:], nan], 1)])
-    ref = nb.nanmean(0)
-    c = x - ref
+    c = x - torch.stack(neighbours(x)).nanmean(0)  # NaN where no neighbour is observed
     ok = obs & ~c.isnan()
     return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
 
