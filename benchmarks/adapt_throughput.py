@@ -43,6 +43,7 @@ from tsmeta.meta.batched import HEAD, adapt_predict
 from tsmeta.meta.linalg import spd_solve
 from tsmeta.meta.maml import RIDGE, adapt, adapt_batch, predict_batch
 from tsmeta.meta.tasks import make_batch
+from tsmeta.meta.train import MetaConfig
 
 K = H = 24
 STEPS = 5
@@ -117,10 +118,10 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
                           chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
         sync(device)
 
-    def ridge() -> None:
+    def ridge(trim: float | None = MetaConfig.trim) -> None:  # as models are configured
         with torch.no_grad():
             adapt_predict(p, b.xs, b.ys, b.ms, b.xq, steps, {RIDGE: math.log(LR)},
-                          chunk=1024 if device == "cpu" else 65_536)  # fmt: skip
+                          chunk=1024 if device == "cpu" else 65_536, trim=trim)  # fmt: skip
         sync(device)
 
     # the ridge head's solve alone (n systems of K x K, as scoring builds them, with the
@@ -147,6 +148,7 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
     record("batched explicit", device, n, timed(explicit))
     record("batched anil", device, n, timed(anil))
     record("batched ridge", device, n, timed(ridge))
+    record("batched ridge, no trim", device, n, timed(lambda: ridge(None)))
     record("batched vmap", device, n, timed(vmapped))
     record("per-series loop", device, n_loop, timed(loop))
 
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # adaptation, the divergence guard, residual scale, calibrated tails, flags
     from tsmeta.calibration import fit_tail, fit_windows
     from tsmeta.detect import score_day
-    from tsmeta.meta.train import MetaConfig, MetaModel
+    from tsmeta.meta.train import MetaModel
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
@@ -215,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
-        for algorithm, relative in (("maml", False), ("maml", True), ("anil", False),
-                                    ("ridge", False)):  # fmt: skip
+        for algorithm, relative, trim in (("maml", False, None), ("maml", True, None),
+                                          ("anil", False, None), ("ridge", False, MetaConfig.trim),
+                                          ("ridge", False, None)):  # fmt: skip
             s = FeatureSpec(24, relative_to_lag=relative)
             cfg = MetaConfig(algorithm=algorithm, k=K, horizon=H, inner_steps=args.inner_steps,
-                             inner_lr=LR, hidden=args.hidden)  # fmt: skip
+                             inner_lr=LR, hidden=args.hidden, trim=trim)  # fmt: skip
             model = MetaModel(params, s, cfg, tail, partial_calibration=tail)
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 "score_day"
                 + (" (relative)" if relative else "")
                 + (f", {algorithm}" if algorithm != "maml" else "")
+                + (", no trim" if algorithm == "ridge" and trim is None else "")
             )
             record(name, device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}

@@ -9,9 +9,9 @@ import torch
 from tsmeta.forecaster import hidden_features, init_params
 from tsmeta.meta.batched import adapt_predict, head_only
 from tsmeta.meta.linalg import spd_solve
-from tsmeta.meta.maml import RIDGE, adapt_batch, predict_batch, ridge_head
-from tsmeta.meta.tasks import TaskBatch
-from tsmeta.meta.train import MetaConfig, MetaLearner
+from tsmeta.meta.maml import RIDGE, adapt_batch, predict_batch, ridge_head, trim_rounds
+from tsmeta.meta.tasks import TaskBatch, robust_sigma
+from tsmeta.meta.train import MetaConfig, MetaLearner, MetaModel
 
 
 def _batch(B, K, N, F, seed=0, dtype=torch.float64, missing=0.2):
@@ -77,6 +77,110 @@ def test_ridge_head_and_its_leave_one_out_residuals_equal_refits(k):
             torch.testing.assert_close(loo[i, j], b.ys[i, j] - h[i, j] @ refit[:-1] - refit[-1])
 
 
+def _spiked(b, seed, share=0.08, size=8.0):
+    """The batch's support targets with spikes of ``size`` on about ``share`` of points."""
+    g = torch.Generator().manual_seed(seed)
+    hit = (torch.rand(b.ys.shape, generator=g) < share).to(b.ys.dtype)
+    return b.ys + hit * size * torch.randn(b.ys.shape, generator=g, dtype=b.ys.dtype).sign()
+
+
+# the kernel form (K <= H + 1: its downdates of the inverse), the primal one (Sherman-
+# Morrison on the features' system); with autograd (torch.linalg's inverse) and without
+# (the vectorised Cholesky's inverse factor)
+@pytest.mark.parametrize("k,hidden,grad", [(6, 10, False), (24, 40, False), (24, 40, True),
+                                           (30, 10, False), (48, 10, True)])  # fmt: skip
+def test_the_trimmed_ridge_head_equals_refits_without_its_outliers(k, hidden, grad):
+    """``trim``: the points beyond 3 robust scales of the leave-one-out residuals, at most
+    one in eight, the largest first, are left out at the same penalty; each left-out point
+    reports its residual under the refit, each other point its leave-one-out residual
+    under it: all against refits by the normal equations, series by series."""
+    b = _batch(48, k, 5, 8, seed=k)
+    ys = _spiked(b, k + 1)
+    params = {
+        n: v.double() for n, v in init_params(8, hidden, torch.Generator().manual_seed(3)).items()
+    }
+    h = hidden_features(params, b.xs)
+    with torch.enable_grad() if grad else torch.no_grad():
+        _, _, loo = ridge_head(h, ys, b.ms, params["w3"], params["b3"], math.log(0.3), loo=True)
+        w, bias, res = ridge_head(h, ys, b.ms, params["w3"], params["b3"], math.log(0.3), trim=3.0)
+    w, bias, res, loo = (t.detach() for t in (w, bias, res, loo))
+    scale = robust_sigma(loo, b.ms)
+    left_out = 0
+    for i in range(len(ys)):
+        size = loo[i].abs() * b.ms[i]
+        beyond = (size > 3.0 * scale[i]).nonzero().squeeze(1)
+        out = beyond[size[beyond].argsort(descending=True)][: trim_rounds(k)]
+        left_out += len(out)
+        m = b.ms[i].clone()
+        m[out] = 0
+        lam = 0.3 * b.ms[i].sum()  # the penalty of the full support
+        theta = _reference_ridge(h[i], ys[i], m, params["w3"], params["b3"], lam).detach()
+        torch.testing.assert_close(w[i], theta[:-1])
+        torch.testing.assert_close(bias[i], theta[-1])
+        for j in range(k):
+            if b.ms[i, j] == 0:
+                assert res[i, j] == 0
+                continue
+            fit = theta
+            if m[j] > 0:  # a kept point: leave it out of the refit too
+                m_j = m.clone()
+                m_j[j] = 0
+                fit = _reference_ridge(h[i], ys[i], m_j, params["w3"], params["b3"], lam).detach()
+            torch.testing.assert_close(res[i, j], ys[i, j] - h[i, j] @ fit[:-1] - fit[-1])
+    assert left_out >= len(ys) // 4  # the spikes left something out of many series
+
+
+@pytest.mark.parametrize("k,hidden", [(24, 40), (48, 10)])
+def test_trimming_keeps_a_support_spike_out_of_the_forecast(k, hidden):
+    """A spike in the support pulls the untrimmed head towards it; the trimmed head
+    forecasts the query about as the head fitted to the clean support does, and a support with
+    nothing beyond the cut comes out as untrimmed, bit for bit."""
+    b = _batch(64, k, 12, 8, seed=11, missing=0.0)
+    params = {
+        n: v.double() for n, v in init_params(8, hidden, torch.Generator().manual_seed(3)).items()
+    }
+    hs, hq = hidden_features(params, b.xs), hidden_features(params, b.xq)
+    pen = math.log(0.02)
+    w0, b0 = params["w3"], params["b3"]
+    # clean targets the shared features explain well, then one spike in each support
+    truth = hs @ torch.randn(hidden, 1, generator=torch.Generator().manual_seed(2),
+                             dtype=torch.float64).squeeze(-1)  # fmt: skip
+    clean = truth + 0.05 * b.ys
+    spiked = clean.clone()
+    spiked[:, k // 2] += 5.0
+    query = lambda w, c: (hq * w.unsqueeze(1)).sum(-1) + c.unsqueeze(1)  # noqa: E731
+    with torch.no_grad():
+        ref = query(*ridge_head(hs, clean, b.ms, w0, b0, pen))
+        plain = query(*ridge_head(hs, spiked, b.ms, w0, b0, pen))
+        trimmed = ridge_head(hs, spiked, b.ms, w0, b0, pen, trim=3.0)
+        untouched = ridge_head(hs, clean, b.ms, w0, b0, pen, trim=1e9)
+        loo = ridge_head(hs, clean, b.ms, w0, b0, pen, loo=True)
+    err = lambda p: (p - ref).abs().mean(1)  # noqa: E731
+    e_trim, e_plain = err(query(*trimmed[:2])), err(plain)
+    # (a few series also lose a clean point beyond the cut: 24 points, 41 features)
+    assert (e_trim < e_plain).float().mean() > 0.9 and e_trim.mean() < 0.25 * e_plain.mean()
+    # the spike itself is left out, and reports most of its size as its residual
+    assert (trimmed[2][:, k // 2] > 3.0).all()
+    for a, c in zip(untouched, loo, strict=True):
+        assert torch.equal(a, c)
+
+
+def test_trim_is_a_model_setting_older_models_load_without():
+    assert MetaConfig().trim == 3.0
+    with pytest.raises(ValueError, match="trim must be a positive number"):
+        MetaConfig(trim=0.0)
+    b = _batch(4, 24, 4, 8)
+    from tsmeta.calibration import fit_tail
+    from tsmeta.forecaster import FeatureSpec
+
+    model = MetaModel(init_params(8, 40, torch.Generator().manual_seed(0)), FeatureSpec(period=24),
+                      MetaConfig(algorithm="ridge"), fit_tail(b.ys.abs().numpy().ravel()))  # fmt: skip
+    state = model.state()
+    assert MetaModel.from_state(state).config.trim == 3.0
+    del state["config"]["trim"]  # a model saved before trimming was scored without it
+    assert MetaModel.from_state(state).config.trim is None
+
+
 def test_scoring_and_training_solve_the_same_ridge():
     """The nightly path (vectorised Cholesky, no autograd) equals the differentiable one."""
     b = _batch(16, 24, 24, 8, dtype=torch.float32)
@@ -126,15 +230,17 @@ def test_ridge_learns_its_penalty_and_the_shared_layers(hidden):
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 40])
-def test_the_ridge_path_gives_the_same_bits_in_any_chunk_size(chunk):
+@pytest.mark.parametrize("trim", [None, 3.0])
+def test_the_ridge_path_gives_the_same_bits_in_any_chunk_size(chunk, trim):
     """Nightly rows must not depend on how series are batched (test_faults checks the
     stored rows): the head's sums run in an order independent of the chunk's size."""
     b = _batch(200, 24, 24, 8, dtype=torch.float32)
+    ys = _spiked(b, 9) if trim else b.ys
     params = init_params(8, 40, torch.Generator().manual_seed(7))
     rates = {RIDGE: torch.tensor(math.log(0.05))}
     with torch.no_grad():
-        whole = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates)
-        parts = adapt_predict(params, b.xs, b.ys, b.ms, b.xq, 1, rates, chunk=chunk)
+        whole = adapt_predict(params, b.xs, ys, b.ms, b.xq, 1, rates, trim=trim)
+        parts = adapt_predict(params, b.xs, ys, b.ms, b.xq, 1, rates, chunk=chunk, trim=trim)
     assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
 
 

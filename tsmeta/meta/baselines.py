@@ -38,15 +38,15 @@ class Adapted:
     rates: Rates
     steps: int
     name: str = "adapted"
+    trim: float | None = None  # the ridge head's refit without support outliers (MetaConfig)
 
     @classmethod
     def from_model(
         cls, model: MetaModel, steps: int | None = None, name: str | None = None
     ) -> Adapted:
         steps = model.config.inner_steps if steps is None else steps
-        return cls(
-            model.params, model.rates, steps, name or f"{model.config.algorithm}-{steps}step"
-        )
+        return cls(model.params, model.rates, steps,
+                   name or f"{model.config.algorithm}-{steps}step", model.config.trim)  # fmt: skip
 
     def to(self, device: torch.device | str) -> Adapted:
         """The same forecaster with its parameters (and learned rates) on ``device``."""
@@ -54,7 +54,7 @@ class Adapted:
         if isinstance(rates, dict):
             rates = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rates.items()}
         params = {k: v.to(device) for k, v in self.params.items()}
-        return Adapted(params, rates, self.steps, self.name)
+        return Adapted(params, rates, self.steps, self.name, self.trim)
 
     def predict(self, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
         ps, pq, _ = self.predict_guarded(batch)
@@ -72,9 +72,8 @@ class Adapted:
             if self.steps == 0:
                 ps, pq = mlp(self.params, batch.xs), mlp(self.params, batch.xq)
                 return ps, pq, torch.zeros(len(batch), dtype=torch.bool, device=ps.device)
-            ps, pq = adapt_predict(
-                self.params, batch.xs, batch.ys, batch.ms, batch.xq, self.steps, self.rates
-            )
+            ps, pq = adapt_predict(self.params, batch.xs, batch.ys, batch.ms, batch.xq,
+                                   self.steps, self.rates, trim=self.trim)  # fmt: skip
             cnt = batch.ms.sum(1).clamp_min(1.0)
             fit = ((ps - batch.ys) ** 2 * batch.ms).sum(1) / cnt
             zero = (batch.ys**2 * batch.ms).sum(1) / cnt

@@ -151,9 +151,13 @@ def predict(weights: BatchedMLP, x: torch.Tensor) -> torch.Tensor:
 
 def adapt_predict(
     params: Params, xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, xq: torch.Tensor,
-    steps: int, lr: Rates, chunk: int | None = None,
+    steps: int, lr: Rates, chunk: int | None = None, trim: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Adapt every series and predict its support and query points, in cache-sized chunks.
+
+    ``trim`` (ridge rates only): the head refitted without support points beyond that many
+    robust scales of its leave-one-out residuals (``ridge_head``); the support
+    "predictions" are then y minus ``ridge_head``'s residuals under the refit.
 
     ``chunk`` defaults to ``ADAPT_CHUNK`` on the CPU (the weights stay in cache) and to the
     whole batch on a GPU (fewer, larger kernels: launches dominate small chunks there).
@@ -167,7 +171,7 @@ def adapt_predict(
         if is_ridge(lr):  # the closed-form head; support "predictions" are leave-one-out
             hs, hq = _hidden(params, xs[sl]), _hidden(params, xq[sl])
             w, b, loo = ridge_head(hs, ys[sl], ms[sl], params["w3"], params["b3"], lr[RIDGE],
-                                   loo=True)  # type: ignore[index]  # fmt: skip
+                                   loo=True, trim=trim)  # type: ignore[index]  # fmt: skip
             out_s.append(ys[sl] - loo)
             out_q.append(_head_predict(hq, w, b))
             continue

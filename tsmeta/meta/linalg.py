@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["spd_solve"]
+__all__ = ["spd_solve", "inverse_columns"]
 
 
 def spd_solve(
-    a: torch.Tensor, r: torch.Tensor, inverse_diagonal: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    a: torch.Tensor, r: torch.Tensor, inverse_diagonal: bool = False,
+    inverse_factor: bool = False,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """x with a x = r for a (B, n, n) symmetric positive definite and r (B, n), and, when
-    asked, the diagonal of a's inverse (B, n) (leave-one-out residuals need it).
+    asked, the diagonal of a's inverse (B, n) (leave-one-out residuals need it); else None.
+
+    With ``inverse_factor`` (implies the diagonal) a third output: the inverse of a's
+    Cholesky factor, L^-1 (n, n, B), batch axis last, lower triangular (``inverse_columns``
+    makes columns of a's inverse of it, for the series that need them).
 
     A matrix that is not numerically positive definite gives NaN rows (callers treat
     them as failed fits), never an exception.
     """
+    inverse_diagonal = inverse_diagonal or inverse_factor
     B, n, _ = a.shape
     # copies, batch axis last (contiguous() alone may return a view when n == 1)
     low = a.permute(1, 2, 0).clone(memory_format=torch.contiguous_format)  # (n, n, B): L
@@ -54,4 +60,20 @@ def spd_solve(
             inv[j + 1 :, : j + 1].addcmul_(
                 low[j + 1 :, j].unsqueeze(1), row.unsqueeze(0), value=-1.0
             )
+    if inverse_factor:
+        return z.t(), diag.t(), inv
     return z.t(), diag.t()
+
+
+def inverse_columns(inv_factor: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Columns ``idx[b]`` (B, R) of each matrix's inverse, (B, n, R), from ``spd_solve``'s
+    inverse factor L^-1 (n, n, B): a^-1 e_i = L^-T (L^-1 e_i), row by row of L^-1 with every
+    operation over the whole batch (tiny batched matrix products cost about 4 microseconds
+    a matrix on the CPU, and a sum over an axis rounds differently with the batch's size)."""
+    n, B = inv_factor.shape[0], inv_factor.shape[2]
+    sel = idx.t()[None].expand(n, -1, -1)  # (n, R, B)
+    cols = torch.gather(inv_factor, 1, sel)  # (n, R, B): L^-1[k, idx_r]
+    out = torch.zeros((n, idx.shape[1], B), dtype=inv_factor.dtype, device=inv_factor.device)
+    for k in range(n):  # row k of L^-1 is zero beyond column k
+        out[: k + 1].addcmul_(inv_factor[k, : k + 1].unsqueeze(1), cols[k].unsqueeze(0))
+    return out.permute(2, 0, 1)

@@ -19,14 +19,15 @@ closed-form solvers"). The outer loop differentiates through the solve.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.func import grad, vmap
 
 from tsmeta.forecaster import hidden_features, masked_mse, mlp
-from tsmeta.meta.linalg import spd_solve
-from tsmeta.meta.tasks import TaskBatch
+from tsmeta.meta.linalg import inverse_columns, spd_solve
+from tsmeta.meta.tasks import TaskBatch, robust_sigma
 
 __all__ = ["Params", "Rates", "RIDGE", "adapt", "adapted_names", "adapt_batch", "maml_loss",
-           "predict_batch", "ridge_head", "is_ridge"]  # fmt: skip
+           "predict_batch", "ridge_head", "is_ridge", "trim_rounds"]  # fmt: skip
 
 Params = dict[str, torch.Tensor]
 Rates = float | dict[str, torch.Tensor | float]  # a dict adapts only the names it holds
@@ -40,7 +41,7 @@ def is_ridge(lr: Rates) -> bool:
 
 def ridge_head(
     h: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor,
-    log_penalty: torch.Tensor | float, loo: bool = False,
+    log_penalty: torch.Tensor | float, loo: bool = False, trim: float | None = None,
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """Per-series output layers minimising the masked support MSE plus ``exp(log_penalty)``
     times the squared distance to the shared head (w0 (H,), b0 ()).
@@ -50,7 +51,17 @@ def ridge_head(
     without that point misses it by, in closed form (zero where unobserved). Unobserved
     support points drop out (their rows are zeroed). The smaller of the two equivalent
     systems is solved: K x K (the kernel form) when K <= H + 1, else (H + 1) x (H + 1).
+
+    With ``trim`` (implies ``loo``) the head is refitted without its support outliers:
+    points whose leave-one-out residual is beyond ``trim`` times the series' robust scale
+    of them (at most ``trim_rounds(K)``, the largest first) are left out, at the same
+    penalty, by rank-one downdates of the solve already made (``_trim_kernel``,
+    ``_trim_primal``: no second factorisation). A point left out then reports its residual
+    under the refitted head (out of sample for it, as leave-one-out is), the others their
+    leave-one-out residual under it. A spike in the support would otherwise pull the head
+    towards it and tilt the night's forecast.
     """
+    loo = loo or trim is not None
     B, K, H = h.shape
     r = (ys - h @ w0.reshape(-1) - b0.reshape(())) * ms  # (B, K) residuals of the prior head
     penalty = torch.as_tensor(log_penalty, dtype=h.dtype, device=h.device).exp()
@@ -67,8 +78,23 @@ def ridge_head(
             alpha = (inv @ r.unsqueeze(-1)).squeeze(-1) if inv is not None else (
                 torch.linalg.solve(gram, r.unsqueeze(-1)).squeeze(-1))  # fmt: skip
             inv_diag = None if inv is None else torch.diagonal(inv, dim1=1, dim2=2)
+            columns = lambda sub, idx: torch.gather(inv[sub], 2, idx[:, None, :].expand(-1, K, -1))  # noqa: E731
         else:  # scoring: the batch-vectorised Cholesky (LAPACK goes matrix by matrix)
-            alpha, inv_diag = spd_solve(gram, r, inverse_diagonal=loo)
+            if trim is None:
+                alpha, inv_diag = spd_solve(gram, r, inverse_diagonal=loo)
+            else:
+                alpha, inv_diag, factor = spd_solve(gram, r, inverse_factor=True)
+                columns = lambda sub, idx: inverse_columns(factor[:, :, sub], idx)  # noqa: E731
+        if trim is not None:
+            resid_trim = alpha / inv_diag * ms
+            idx, act = _outliers(resid_trim, ms, trim)
+            sub = act.any(1).nonzero().squeeze(1)  # only these series go through the rounds
+            if len(sub):
+                alpha, resid_trim = alpha.clone(), resid_trim.clone()
+                alpha[sub], resid_trim[sub] = _trim_kernel(
+                    alpha[sub], inv_diag[sub], columns(sub, idx[sub]), gram[sub], r[sub], ms[sub],
+                    idx[sub], act[sub],
+                )  # fmt: skip
         # h^T alpha (elementwise: B tiny matrix products cost more) and sum(alpha), each in
         # an order that does not depend on how many series the chunk holds: torch's sums
         # of a (B, K) tensor over K are not (a series' bias changed in its last bit with
@@ -77,7 +103,9 @@ def ridge_head(
         for k in range(1, K):
             d_b = d_b + alpha[:, k]
         d = torch.cat([(h * alpha.unsqueeze(-1)).sum(1), d_b.unsqueeze(1)], 1)
-        if loo:
+        if trim is not None:
+            resid_loo = resid_trim
+        elif loo:
             resid_loo = alpha / inv_diag * ms
     else:
         phi = torch.cat([h, torch.ones_like(h[..., :1])], -1) * ms.unsqueeze(-1)  # (B, K, P)
@@ -88,10 +116,110 @@ def ridge_head(
             d = (a_phi @ r.unsqueeze(-1)).squeeze(-1)
             hat = (phi * a_phi.transpose(1, 2)).sum(-1)  # (B, K)
             resid_loo = (r - (phi @ d.unsqueeze(-1)).squeeze(-1)) / (1 - hat) * ms
+            if trim is not None:
+                idx, act = _outliers(resid_loo, ms, trim)
+                sub = act.any(1).nonzero().squeeze(1)  # only these series go through the rounds
+                if len(sub):
+                    d, resid_loo = d.clone(), resid_loo.clone()
+                    d[sub], resid_loo[sub] = _trim_primal(
+                        d[sub], a_phi[sub], hat[sub], phi[sub], r[sub], ms[sub], idx[sub], act[sub]
+                    )
         else:
             d = torch.linalg.solve(gram, phi.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)
     w, b = w0.reshape(1, -1) + d[:, :H], b0.reshape(()) + d[:, H]
     return (w, b, resid_loo) if loo else (w, b)
+
+
+def trim_rounds(k: int) -> int:
+    """At most this many support points of K are left out by ``ridge_head``'s ``trim``
+    (one in eight: 3 of 24, 6 of 48)."""
+    return max(1, k // 8)
+
+
+def _outliers(
+    loo: torch.Tensor, ms: torch.Tensor, trim: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The support points to leave out, largest first: indices (B, R) and whether each is
+    one (B, R) (beyond ``trim`` robust scales of the series' leave-one-out residuals)."""
+    size = loo.abs() * ms
+    beyond = size > trim * robust_sigma(loo, ms).unsqueeze(1)
+    top, idx = torch.topk(
+        torch.where(beyond, size, torch.zeros_like(size)), trim_rounds(loo.shape[1]), dim=1
+    )
+    return idx, top > 0
+
+
+def _trim_kernel(
+    alpha: torch.Tensor, inv_diag: torch.Tensor, cols: torch.Tensor, gram: torch.Tensor,
+    r: torch.Tensor, ms: torch.Tensor, idx: torch.Tensor, act: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The kernel form's refit without support outliers: (alpha, residuals), both (S, K),
+    for the S series that have points to leave out (``idx``, ``act``: ``_outliers``'; one
+    with fewer than the rounds passes the rest unchanged). ``inv_diag``: G^-1's diagonal,
+    ``cols`` (S, K, R): G^-1's columns ``idx``.
+
+    Leaving point i out of G alpha = r gives alpha - u alpha_i / u_i with u = G^-1 e_i, and
+    the inverse of the smaller system is G^-1 - u u^T / u_i (zero in row and column i): a
+    rank-one downdate per round, each round's column corrected by the previous rounds'
+    downdates; no second factorisation."""
+    S, K = alpha.shape
+    rows = torch.arange(S, device=alpha.device)
+    removed = torch.zeros_like(ms, dtype=torch.bool)
+    done: list[tuple[torch.Tensor, torch.Tensor]] = []  # (u, u_i) of each round
+    for t in range(idx.shape[1]):
+        i, on = idx[:, t], act[:, t]
+        u = cols[:, :, t]  # (S, K): column i of G^-1 ...
+        for u_s, d_s in done:  # ... of the inverse after the previous rounds' downdates
+            u = u - u_s * (u_s[rows, i] / d_s).unsqueeze(1)
+        d = u[rows, i]
+        u = torch.where(on.unsqueeze(1), u, torch.zeros_like(u))  # nothing (more) to leave out
+        alpha = alpha - u * (alpha[rows, i] / d).unsqueeze(1)
+        inv_diag = inv_diag - u * u / d.unsqueeze(1)
+        removed = removed | (F.one_hot(i, K).bool() & on.unsqueeze(1))
+        done.append((u, d))
+    alpha = torch.where(removed, torch.zeros_like(alpha), alpha)
+    # a left-out point's residual under the refit: r_i - sum_j K_ij alpha_j (alpha_i is 0,
+    # so G's diagonal, the kernel's plus the penalty, does not enter), the sum column by
+    # column (tiny batched products cost more, and sums over an axis round differently
+    # with the batch's size); the others' leave-one-out residual alpha_j / (the smaller
+    # system's inverse)_jj
+    g_rows = torch.gather(gram, 1, idx.unsqueeze(-1).expand(-1, -1, K))  # (S, R, K)
+    fitted = g_rows[:, :, 0] * alpha[:, :1]
+    for j in range(1, K):
+        fitted = fitted + g_rows[:, :, j] * alpha[:, j : j + 1]
+    resid = alpha / torch.where(removed, 1.0, inv_diag)
+    left = torch.gather(r, 1, idx) - fitted  # (S, R)
+    resid = resid.scatter(1, idx, torch.where(act, left, torch.gather(resid, 1, idx)))
+    return alpha, resid * ms
+
+
+def _trim_primal(
+    d: torch.Tensor, a_phi: torch.Tensor, hat: torch.Tensor, phi: torch.Tensor, r: torch.Tensor,
+    ms: torch.Tensor, idx: torch.Tensor, act: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The primal form's refit without support outliers: (d (B, P), residuals (B, K)).
+
+    With A = Phi^T Phi + lam I, a = A^-1 Phi^T, hat_ii = phi_i a_i and in-sample residuals
+    e: leaving point i out moves d by -a_i e_i / (1 - hat_ii) (Sherman-Morrison), every
+    residual by P_ji e_i / (1 - hat_ii) (P = Phi a, the hat matrix) and a, hat alike; one
+    round costs a few (P, K) products per series, no second solve."""
+    B, K, P = phi.shape
+    rows = torch.arange(B, device=d.device)
+    e = r - (phi @ d.unsqueeze(-1)).squeeze(-1)  # in-sample residuals
+    removed = torch.zeros_like(ms, dtype=torch.bool)
+    for t in range(idx.shape[1]):
+        i, on = idx[:, t], act[:, t]
+        a_i = a_phi[rows, :, i]  # (B, P)
+        p_i = (phi[rows, i].unsqueeze(-1) * a_phi).sum(1)  # (B, K): row i of the hat matrix
+        coef = torch.where(on, 1.0 / (1 - hat[rows, i]), torch.zeros_like(hat[:, 0]))
+        e_i = e[rows, i] * coef
+        d = d - a_i * e_i.unsqueeze(1)
+        e = e + p_i * e_i.unsqueeze(1)  # the left-out point's becomes its out-of-sample one
+        a_phi = a_phi + a_i.unsqueeze(2) * (p_i * coef.unsqueeze(1)).unsqueeze(1)
+        hat = hat + p_i * p_i * coef.unsqueeze(1)
+        removed = removed | (F.one_hot(i, K).bool() & on.unsqueeze(1))
+    resid = torch.where(removed, e, e / torch.where(removed, 1.0, 1 - hat))
+    return d, resid * ms
 
 
 def _step(params: Params, g: Params, lr: Rates) -> Params:

@@ -82,6 +82,11 @@ class MetaConfig:
     # are scored nightly); its 90th percentile sets the flag threshold, so more tasks than
     # early stopping needs. Held-out series alone gave tails 10x too wide on M4 Hourly.
     calib_tasks: int = 4096
+    # the ridge head is refitted without support points beyond this many robust scales of
+    # its leave-one-out residuals when adapting (scoring and calibration; ``ridge_head``'s
+    # ``trim``); None: never. Ignored by the gradient-step algorithms. Models saved before
+    # it load with None and score as they were calibrated.
+    trim: float | None = 3.0
     eval_every: int = 25
     patience: int = 4  # evaluations without improvement before stopping
     seed: int = 0
@@ -89,6 +94,11 @@ class MetaConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {self.algorithm!r} is not one of {ALGORITHMS}")
+        if self.trim is not None and not self.trim > 0:
+            raise ValueError(
+                f"trim must be a positive number of robust scales or None (no refit), "
+                f"received {self.trim}"
+            )
 
 
 def inner_rates_of(cfg: MetaConfig, learned: dict[str, torch.Tensor] | None = None) -> Rates:
@@ -146,7 +156,7 @@ class MetaModel:
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
             spec=FeatureSpec(**state["spec"]),
-            config=MetaConfig(**state["config"]),
+            config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
             inner_rates=None
@@ -214,14 +224,16 @@ class MetaLearner:
 
 
 def adapted_predictions(
-    params: Params, batch: TaskBatch, steps: int, rates: Rates
+    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(support, query) predictions after ``steps`` inner steps, every task at once."""
+    """(support, query) predictions after ``steps`` inner steps, every task at once
+    (``trim``: the ridge head's refit without support outliers, ``MetaConfig.trim``)."""
     with torch.no_grad():
         if steps == 0:
             return mlp(params, batch.xs), mlp(params, batch.xq)
         if is_ridge(rates):  # leave-one-out support predictions, as nightly scoring has them
-            return adapt_predict(params, batch.xs, batch.ys, batch.ms, batch.xq, steps, rates)
+            return adapt_predict(params, batch.xs, batch.ys, batch.ms, batch.xq, steps, rates,
+                                 trim=trim)  # fmt: skip
         fast = adapt_batch(params, batch, steps, rates)
         return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
 
@@ -298,6 +310,7 @@ def calibrate(
     spread: bool = True,
     veto: bool = True,
     isolation: bool = True,
+    trim: float | None = None,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -313,9 +326,10 @@ def calibrate(
     ``isolation`` that of single points jumping away from both neighbours. With
     ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
     a point the support's last same-phase value explains is not an anomaly, however badly
-    the model forecast it.
+    the model forecast it. ``trim``: the adaptation's (``MetaConfig.trim``), as scoring
+    adapts.
     """
-    ps, pq = adapted_predictions(params, batch, steps, rates)
+    ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
     floor = spread_floor_of(sigma, batch.spread) if spread else None
     sigma = _floored(sigma, batch.spread, floor)
@@ -405,7 +419,7 @@ def meta_train(
     if is_ridge(rates):  # the learned penalty, for the registry and logs
         metrics["ridge_penalty"] = float(rates[RIDGE].exp())
     calib_batch = tasks(torch_values, torch_mask, cfg.calib_tasks)
-    tail = calibrate(params, calib_batch, cfg.inner_steps, eff_rates)
+    tail = calibrate(params, calib_batch, cfg.inner_steps, eff_rates, trim=cfg.trim)
     partial = calibrate_partial(params, calib_batch, torch_values, torch_mask, spec, cfg,
                                 eff_rates, start_step, gen)  # fmt: skip
     return MetaModel(params, spec, cfg, tail, metrics, rates, partial)
@@ -437,4 +451,4 @@ def calibrate_partial(
         keep = (n_sup >= 3) & (n_sup < cfg.k)
     if int(keep.sum()) < min_tasks // 2:
         return None
-    return calibrate(params, batch.select(keep), cfg.inner_steps, rates)
+    return calibrate(params, batch.select(keep), cfg.inner_steps, rates, trim=cfg.trim)
