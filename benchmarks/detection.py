@@ -68,10 +68,11 @@ TRAIN_DAYS = 28
 # before 2026-11-24); "1024 tasks, no isolation": without the isolation statistic (a
 # point's jump away from both neighbours; as before 2026-12-03); "1024 tasks, no trim": the
 # ridge head adapted without leaving out its support outliers (``MetaConfig.trim`` None;
-# as before the second session of 2026-12-03)
+# as before the second session of 2026-12-03); "1024 tasks, no drop": the tails fitted on
+# every point of the calibration sample, its own anomalies included (as before then too)
 METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
-           "tsmeta, 1024 tasks, no trim", "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
+           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -108,16 +109,17 @@ def points_only(model: MetaModel) -> MetaModel:
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
                  per_step: bool, spread: bool = True, veto: bool = True,
-                 isolation: bool = True, trim: bool = True) -> MetaModel:  # fmt: skip
+                 isolation: bool = True, trim: bool = True, drop: bool = True) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
     window, with or without per-step scales, the spread floor, the seasonal-naive veto,
-    the isolation statistic, the ridge head's refit without support outliers."""
+    the isolation statistic, the ridge head's refit without support outliers, the refit of
+    the tails without the sample's own anomalies."""
     cfg = model.config if trim else replace(model.config, trim=None)
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
-                     spread=spread, veto=veto, isolation=isolation, trim=cfg.trim)  # fmt: skip
+                     spread=spread, veto=veto, isolation=isolation, trim=cfg.trim, drop=drop)  # fmt: skip
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -243,7 +245,9 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed = ({} for _ in range(8))
+    models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped = (
+        {} for _ in range(9)
+    )
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
@@ -262,6 +266,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                      True, isolation=False)  # fmt: skip
         untrimmed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                     True, trim=False)  # fmt: skip
+        undropped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
+                                    True, drop=False)  # fmt: skip
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -283,7 +289,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24])),
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
-                                ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24]))):  # fmt: skip
+                                ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24])),
+                                ("tsmeta, 1024 tasks, no drop", undropped.get(p, undropped[24]))):  # fmt: skip
                     t = time.perf_counter()
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
                                                           t0, start_step, rate)  # fmt: skip
@@ -372,6 +379,7 @@ def run_m4(args: argparse.Namespace) -> dict:
     no_veto = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, veto=False)
     no_iso = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, isolation=False)
     no_trim = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, trim=False)
+    no_drop = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, drop=False)
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -402,7 +410,8 @@ def run_m4(args: argparse.Namespace) -> dict:
                         ("tsmeta, 1024 tasks, no floor", no_floor),
                         ("tsmeta, 1024 tasks, no veto", no_veto),
                         ("tsmeta, 1024 tasks, no isolation", no_iso),
-                        ("tsmeta, 1024 tasks, no trim", no_trim)):  # fmt: skip
+                        ("tsmeta, 1024 tasks, no trim", no_trim),
+                        ("tsmeta, 1024 tasks, no drop", no_drop)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)

@@ -411,15 +411,19 @@ def naive_log_tail(naive):  # noqa: ANN001, ANN201 - a torch tensor
     return math.log(2.0) + torch.special.log_ndtr(-a)
 
 
-def fit_veto(log_p, naive, observed) -> tuple[tuple[tuple[float, float], ...] | None, float]:  # noqa: ANN001
+def fit_veto(
+    log_p, naive, observed, fit=None
+) -> tuple[tuple[tuple[float, float], ...] | None, float]:  # noqa: ANN001
     """The veto's knots and factor from the calibration sample: the model's log tail
     probabilities (B, H), the points' seasonal-naive deviations and their mask (torch
     tensors). The knots are None when the sample is too small to place the configured
     rates; the factor is the share of the points with p < ``COMBINE_AT`` that keep
-    max(p, q) below it (1 when there are none; at least ``VETO_FACTOR_MIN``)."""
+    max(p, q) below it (1 when there are none; at least ``VETO_FACTOR_MIN``). ``fit``: the
+    observed points to fit on (default all; ``tsmeta.meta.train.calibrate`` leaves out
+    the sample's own anomalies)."""
     import torch
 
-    obs = observed.to(torch.bool)
+    obs = observed.to(torch.bool) if fit is None else fit.to(torch.bool)
     # finite: a probability that underflowed with no naive reference would be +inf here
     v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)[obs]
     u = -math.log(COMBINE_AT)
@@ -482,27 +486,30 @@ def _knot_tail_surprise(
 
 
 def fit_windows(
-    z, observed, point: TailModel, widths: tuple[int, ...] = WINDOWS, rel=None
+    z, observed, point: TailModel, widths: tuple[int, ...] = WINDOWS, rel=None, fit=None
 ) -> WindowTails | None:  # noqa: ANN001 - torch tensors
     """The window statistics' tails and their combination with the point tail ``point``,
     from out-of-sample signed z (B, H) (already divided by the per-step scales) and their
     mask; with ``rel`` (B,) (each task's residual scale over its ``contrast_sigma``) the
-    isolation's tail too. None when the sample is too small to say."""
+    isolation's tail too. None when the sample is too small to say. ``fit``: the observed
+    points whose statistics the tails are fitted on (default all); the statistics
+    themselves are always those of every observed point, as scoring computes them."""
     import torch
 
     obs = observed.to(torch.bool)
-    if int(obs.sum()) < 1000:
+    keep = obs if fit is None else fit.to(torch.bool) & obs
+    if int(keep.sum()) < 1000:
         return None
     widths = tuple(sorted({min(int(w), z.shape[1]) for w in widths} - {1}))
     if not widths:
         return None
-    tails = tuple(fit_tail(window_medians(z, obs, w).abs()[obs].cpu().numpy()) for w in widths)
+    tails = tuple(fit_tail(window_medians(z, obs, w).abs()[keep].cpu().numpy()) for w in widths)
     iso = None
     if rel is not None and z.shape[1] > 1:  # a single step has no neighbour to jump from
         iso_z = isolation(z, obs) * rel.to(torch.float64)[:, None]
-        iso = fit_tail(iso_z.abs()[obs].cpu().numpy())
+        iso = fit_tail(iso_z.abs()[keep].cpu().numpy())
     draft = WindowTails(widths, tails, 1.0, None, iso)
-    m = _smallest_log_tail(z, obs, replace(point, windows=draft), rel)[obs].cpu().numpy()
+    m = _smallest_log_tail(z, obs, replace(point, windows=draft), rel)[keep].cpu().numpy()
     members = 1 + len(widths) + (iso is not None)
     factor = float(np.clip((m < math.log(COMBINE_AT)).mean() / COMBINE_AT, 1.0, members))
     return WindowTails(widths, tails, factor, _empirical_knots(-m), iso)

@@ -249,6 +249,10 @@ def query_mse(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> flo
 # generator's anomalies a little better (PR-AUC 0.409 against 0.397), but flagged M4's
 # clean test hours at 2.9e-3 against 8.1e-4 for a configured 1e-3 (benchmarks/README.md)
 SPREAD_FLOOR_QUANTILE = 0.25
+# calibration refits its tails without the points of its own sample that the previous fit
+# puts below this tail probability (the sample's anomalies), at most this many fits
+CALIBRATION_DROP = 1e-4
+CALIBRATION_PASSES = 3
 
 
 def spread_floor_of(sigma: torch.Tensor, spread: torch.Tensor | None) -> float | None:
@@ -311,6 +315,7 @@ def calibrate(
     veto: bool = True,
     isolation: bool = True,
     trim: float | None = None,
+    drop: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -327,7 +332,8 @@ def calibrate(
     ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
     a point the support's last same-phase value explains is not an anomaly, however badly
     the model forecast it. ``trim``: the adaptation's (``MetaConfig.trim``), as scoring
-    adapts.
+    adapts. With ``drop`` the tails are refitted without the sample's own anomalies (the
+    points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
     """
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
@@ -341,15 +347,38 @@ def calibrate(
     if step_scale is not None:
         z = z / np.asarray(step_scale)[None, :]
         signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
-    point = replace(fit_tail(z[observed], empirical=empirical), step_scale=step_scale,
-                    spread_floor=floor)  # fmt: skip
     obs = torch.as_tensor(observed)
-    tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel)) if windows else point
-    if not veto or batch.naive is None:
-        return tail
-    log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
-    knots, factor = fit_veto(log_p, batch.naive.cpu(), obs)
-    return replace(tail, veto=knots, veto_factor=factor)
+    naive = None if not veto or batch.naive is None else batch.naive.cpu()
+
+    def fit(keep: torch.Tensor) -> TailModel:
+        k = keep.numpy()
+        point = replace(fit_tail(z[k], empirical=empirical), step_scale=step_scale,
+                        spread_floor=floor)  # fmt: skip
+        if not windows:
+            tail = point
+        else:
+            tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel, fit=keep))
+        if naive is None:
+            return tail
+        log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
+        knots, factor = fit_veto(log_p, naive, obs, fit=keep)
+        return replace(tail, veto=knots, veto_factor=factor)
+
+    # the sample's own anomalies (a training window holds them) widen every tail fitted on
+    # it, deep down most: the fit is repeated without the points the previous fit finds
+    # below CALIBRATION_DROP (clean points there are about that share of the sample, so
+    # the rates above it barely move), until no point changes side
+    if not drop:
+        return fit(obs)
+    keep = obs
+    for _ in range(CALIBRATION_PASSES):
+        tail = fit(keep)
+        p = tail_probability(signed, obs, tail, naive, rel)
+        new = obs & ~(p < CALIBRATION_DROP)
+        if torch.equal(new, keep):
+            break
+        keep = new
+    return tail
 
 
 def meta_train(
