@@ -423,7 +423,9 @@ def fit_veto(
     the sample's own anomalies)."""
     import torch
 
-    obs = observed.to(torch.bool) if fit is None else fit.to(torch.bool)
+    obs = observed.to(torch.bool)
+    if fit is not None:
+        obs = obs & fit.to(torch.bool)
     # finite: a probability that underflowed with no naive reference would be +inf here
     v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)[obs]
     u = -math.log(COMBINE_AT)

@@ -370,14 +370,12 @@ def calibrate(
     # the rates above it barely move), until no point changes side
     if not drop:
         return fit(obs)
-    keep = obs
-    for _ in range(CALIBRATION_PASSES):
-        tail = fit(keep)
-        p = tail_probability(signed, obs, tail, naive, rel)
-        new = obs & ~(p < CALIBRATION_DROP)
+    keep, tail = obs, fit(obs)
+    for _ in range(CALIBRATION_PASSES - 1):
+        new = obs & ~(tail_probability(signed, obs, tail, naive, rel) < CALIBRATION_DROP)
         if torch.equal(new, keep):
             break
-        keep = new
+        keep, tail = new, fit(new)
     return tail
 
 
