@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> dict:
     test = values[:, cut:].astype(np.float64)
     insample = [values[i, :cut][mask[i, :cut]].astype(np.float64) for i in range(n)]
     train_v, train_m = values[:, :cut], mask[:, :cut]
-    spec = FeatureSpec(period=PERIOD, harmonics=args.harmonics, relative_to_lag=args.relative)
+    week = 7 * PERIOD
+    spec = FeatureSpec(period=PERIOD, harmonics=args.harmonics, relative_to_lag=args.relative,
+                       second_lag=week if args.week_lag else 0)  # fmt: skip
     rows: list[dict] = []
     fit_seconds: dict[str, float] = {}
 
@@ -130,9 +132,9 @@ def run(args: argparse.Namespace) -> dict:
             for p, members in groups.items():
                 cfg = config(algorithm, k)
                 t = time.perf_counter()
-                gspec = FeatureSpec(
-                    period=p, harmonics=args.harmonics, relative_to_lag=args.relative
-                )
+                gspec = FeatureSpec(period=p, harmonics=args.harmonics,
+                                    relative_to_lag=args.relative,
+                                    second_lag=week if args.week_lag and p < week else 0)  # fmt: skip
                 model = meta_train(train_v[members], train_m[members], start_step, gspec, cfg)
                 fit_seconds[f"{algorithm} k={k} p={p}"] = round(time.perf_counter() - t, 1)
                 steps_run.append(model.metrics["steps_run"])
@@ -179,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="targets relative to the seasonal lag (FeatureSpec.relative_to_lag)",
+    )
+    ap.add_argument(
+        "--week-lag",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the week before as a second lagged input of models of a daily period, as the "
+        "product's hourly models have (FeatureSpec.second_lag)",
     )
     ap.add_argument(
         "--algorithms",

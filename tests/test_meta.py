@@ -127,6 +127,49 @@ def test_a_horizon_longer_than_the_period_never_reads_what_it_forecasts(relative
         torch.testing.assert_close(a.forecast(a.yq), values[:, 150:198], rtol=1e-4, atol=1e-4)
 
 
+def test_the_second_lag_input_is_the_week_before_known_at_the_cut():
+    """FeatureSpec.second_lag: two more inputs (the value second_lag steps back, the most
+    recent such one known at the cut, and its observed flag); the window must reach it."""
+    g = torch.Generator().manual_seed(3)
+    T, t0, K, H = 420, 380, 24, 40
+    values = torch.randn(2, T, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, t0 + 5 - 168] = False  # one reference missing
+    spec = FeatureSpec(24, second_lag=168)
+    assert spec.n_features == FeatureSpec(24).n_features + 2
+    assert earliest_cut(spec, K) == K + 168 and earliest_cut(FeatureSpec(24), K) == K + 24
+    rows, cut = torch.arange(2), torch.full((2,), t0)
+    b = make_batch(values, mask, rows, cut, spec, K, H, 0)
+    plain = make_batch(values, mask, rows, cut, FeatureSpec(24), K, H, 0)
+    torch.testing.assert_close(b.xs[..., :-2], plain.xs)  # the other inputs unchanged
+    torch.testing.assert_close(b.xq[..., :-2], plain.xq)
+    week = b.xq[..., -2] * b.scale[:, None] + b.loc[:, None]
+    expect = values[:, t0 - 168 : t0 - 168 + H]
+    ok = b.xq[..., -1] > 0
+    assert not ok[1, 5] and ok.sum() == 2 * H - 1
+    torch.testing.assert_close(week[ok], expect[ok])
+    assert b.xq[1, 5, -2] == 0  # unobserved: 0, as the seasonal lag
+    sup = b.xs[..., -2] * b.scale[:, None] + b.loc[:, None]
+    torch.testing.assert_close(sup, values[:, t0 - K - 168 : t0 - 168])
+    future = values.clone()
+    future[:, t0:] = 1e3  # what happens after the cut is never read
+    c = make_batch(future, mask, rows, cut, spec, K, H, 0)
+    torch.testing.assert_close(c.xq, b.xq)
+    with pytest.raises(ValueError, match="second_lag"):
+        FeatureSpec(24, second_lag=-1)
+
+
+def test_models_saved_before_the_second_lag_load_without_it():
+    from tsmeta.calibration import TailModel
+
+    tail = TailModel(1.0, 5.0)
+    model = MetaModel(init_params(8, 4), FeatureSpec(24), MetaConfig(algorithm="ridge"), tail)
+    state = model.state()
+    state["spec"].pop("second_lag")
+    loaded = MetaModel.from_state(state)
+    assert loaded.spec.second_lag == 0 and loaded.spec.n_features == 8
+
+
 def test_relative_targets_need_the_seasonal_lag():
     with pytest.raises(ValueError, match="seasonal_lag"):
         FeatureSpec(24, seasonal_lag=False, relative_to_lag=True)
@@ -410,3 +453,8 @@ def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference()
     assert _spec_for(hourly, "p0-0").veto_lag == 168  # aperiodic: the natural day
     assert _spec_for(hourly, "p168-0").veto_lag == 0  # its seasonal lag is the week
     assert _spec_for(daily, "p7-0").veto_lag == 0 and _spec_for(daily, "p0-0").veto_lag == 0
+    # the forecaster reads the same week (FeatureSpec.second_lag), unless turned off
+    assert _spec_for(hourly, "p24-0").second_lag == 168
+    assert _spec_for(hourly, "p168-0").second_lag == 0
+    assert _spec_for(daily, "p7-0").second_lag == 0
+    assert _spec_for(Settings(freq="h", week_lag_input=False), "p24-0").second_lag == 0

@@ -7,7 +7,8 @@ Features of a target step ``t`` of a series with period ``p``:
   sin/cos of the phase ``2*pi*k*(t mod p)/p`` for k = 1..harmonics (phase is taken on the
   global grid, so the same hour means the same input on every night), the normalised
   value one period earlier (seasonal lag; 0 where unobserved) and a flag saying whether
-  that lag was observed. Inputs may reach back further than the K support points; targets
+  that lag was observed, and optionally the same for a second lag (``second_lag``: a
+  week for hourly models of a daily period). Inputs may reach back further than the K support points; targets
   never do.
 
 Normalisation: location and scale from the observed support points of each series, so
@@ -48,6 +49,12 @@ class FeatureSpec:
     # 0: the support's last same phase alone. Hourly models of a daily period take the
     # week (168): a day the series repeated from a week before is not an anomaly either
     veto_lag: int = 0
+    # a second lagged input: the value this many steps before each target (the most recent
+    # such one known at the cut, as the seasonal lag) and its observed flag; 0: none.
+    # Hourly models of a daily period take the week (168): from K = 48 points of a weekend
+    # a daily model alone forecasts the Monday as another weekend day, where the week
+    # before says what a Monday looks like (the window reads that week for the veto anyway)
+    second_lag: int = 0
 
     def __post_init__(self) -> None:
         if self.relative_to_lag and not self.seasonal_lag:
@@ -57,10 +64,15 @@ class FeatureSpec:
                 f"veto_lag must be 0 or a positive lag with seasonal_lag=True (the veto's "
                 f"first reference is the seasonal lag), received {self.veto_lag}"
             )
+        if self.second_lag < 0:
+            raise ValueError(
+                f"second_lag must be 0 (none) or a positive number of steps, received "
+                f"{self.second_lag}"
+            )
 
     @property
     def n_features(self) -> int:
-        return 2 * self.harmonics + (2 if self.seasonal_lag else 0)
+        return 2 * self.harmonics + (2 if self.seasonal_lag else 0) + (2 if self.second_lag else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +164,9 @@ def build_features(
         lag_val, lag_obs = (
             lag if lag is not None else seasonal_lag(spec, vnorm, observed, cols, cut)
         )
+        parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
+    if spec.second_lag:
+        lag_val, lag_obs = lagged(spec.second_lag, vnorm, observed, cols, cut)
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
 

@@ -214,6 +214,8 @@ def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
         relative_to_lag=settings.relative_to_lag,
         # the veto also asks what the series did a week before, where the period is shorter
         veto_lag=week if period < week else 0,
+        # and the forecaster reads it too (the window holds that week for the veto anyway)
+        second_lag=week if settings.week_lag_input and period < week else 0,
     )
 
 

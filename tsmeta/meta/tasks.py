@@ -74,8 +74,9 @@ class TaskBatch:
 
 def earliest_cut(spec: FeatureSpec, k: int) -> int:
     """First t0 whose support points all have their seasonal lag inside the window (and
-    of the veto's second reference, ``FeatureSpec.veto_lag``)."""
-    return k + max(spec.period if spec.seasonal_lag else 0, spec.veto_lag)
+    of the veto's second reference, ``FeatureSpec.veto_lag``, and of the second lagged
+    input, ``FeatureSpec.second_lag``)."""
+    return k + max(spec.period if spec.seasonal_lag else 0, spec.veto_lag, spec.second_lag)
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
