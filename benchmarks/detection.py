@@ -12,7 +12,7 @@ Two corpora, each scored by every method on the same points:
     of each series' own seasonal-difference spread) are injected into half the series.
 
 Methods: ``tsmeta`` (K-shot adapted meta-model, calibrated tail: each point's own, its
-windows' and its isolation's, then the seasonal-naive veto); ``unadapted init`` (the
+windows', its isolation's and its onset's, then the seasonal-naive veto); ``unadapted init`` (the
 same meta-model without adaptation, its tail re-fitted for 0 steps); ``seasonal naive +
 robust z`` (the value one period back, z from the median/MAD of the last 7 days'
 seasonal differences); ``MSTL interval`` (statsforecast MSTL, season 24, fit on the
@@ -69,10 +69,12 @@ TRAIN_DAYS = 28
 # point's jump away from both neighbours; as before 2026-12-03); "1024 tasks, no trim": the
 # ridge head adapted without leaving out its support outliers (``MetaConfig.trim`` None;
 # as before the second session of 2026-12-03); "1024 tasks, no drop": the tails fitted on
-# every point of the calibration sample, its own anomalies included (as before then too)
+# every point of the calibration sample, its own anomalies included (as before then too);
+# "1024 tasks, no onset": without the onset statistic (the abrupt start or end of a level
+# shift; as before 2026-12-04)
 METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
-           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
+           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -109,17 +111,19 @@ def points_only(model: MetaModel) -> MetaModel:
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
                  per_step: bool, spread: bool = True, veto: bool = True,
-                 isolation: bool = True, trim: bool = True, drop: bool = True) -> MetaModel:  # fmt: skip
+                 isolation: bool = True, trim: bool = True, drop: bool = True,
+                 onsets: bool = True) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
     window, with or without per-step scales, the spread floor, the seasonal-naive veto,
     the isolation statistic, the ridge head's refit without support outliers, the refit of
-    the tails without the sample's own anomalies."""
+    the tails without the sample's own anomalies, the onset statistic."""
     cfg = model.config if trim else replace(model.config, trim=None)
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
-                     spread=spread, veto=veto, isolation=isolation, trim=cfg.trim, drop=drop)  # fmt: skip
+                     spread=spread, veto=veto, isolation=isolation, trim=cfg.trim, drop=drop,
+                     onsets=onsets)  # fmt: skip
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -248,10 +252,12 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped = (
         {} for _ in range(9)
     )
+    no_onset: dict = {}
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
-                           veto_lag=168 if args.week_veto and (p or 24) < 168 else 0)  # fmt: skip
+                           veto_lag=168 if args.week_veto and (p or 24) < 168 else 0,
+                           second_lag=168 if args.week_lag and (p or 24) < 168 else 0)  # fmt: skip
         cfg = MetaConfig(algorithm=args.algorithm, k=24, horizon=24, meta_steps=args.meta_steps,
                          meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
@@ -268,6 +274,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                     True, trim=False)  # fmt: skip
         undropped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                     True, drop=False)  # fmt: skip
+        no_onset[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
+                                   True, onsets=False)  # fmt: skip
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -290,7 +298,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
                                 ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24])),
-                                ("tsmeta, 1024 tasks, no drop", undropped.get(p, undropped[24]))):  # fmt: skip
+                                ("tsmeta, 1024 tasks, no drop", undropped.get(p, undropped[24])),
+                                ("tsmeta, 1024 tasks, no onset", no_onset.get(p, no_onset[24]))):  # fmt: skip
                     t = time.perf_counter()
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
                                                           t0, start_step, rate)  # fmt: skip
@@ -367,7 +376,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     start_step = (-cut) % 168
     H = M4_HORIZON
     spec = FeatureSpec(period=24, relative_to_lag=args.relative,
-                       veto_lag=168 if args.week_veto else 0)  # fmt: skip
+                       veto_lag=168 if args.week_veto else 0,
+                       second_lag=168 if args.week_lag else 0)  # fmt: skip
     cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
@@ -380,6 +390,7 @@ def run_m4(args: argparse.Namespace) -> dict:
     no_iso = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, isolation=False)
     no_trim = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, trim=False)
     no_drop = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, drop=False)
+    no_onset = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, onsets=False)
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -411,7 +422,8 @@ def run_m4(args: argparse.Namespace) -> dict:
                         ("tsmeta, 1024 tasks, no veto", no_veto),
                         ("tsmeta, 1024 tasks, no isolation", no_iso),
                         ("tsmeta, 1024 tasks, no trim", no_trim),
-                        ("tsmeta, 1024 tasks, no drop", no_drop)):  # fmt: skip
+                        ("tsmeta, 1024 tasks, no drop", no_drop),
+                        ("tsmeta, 1024 tasks, no onset", no_onset)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)
@@ -474,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--week-veto", action=argparse.BooleanOptionalAction, default=True,
                     help="the veto's second reference a week back, as the product's hourly "
                          "models of a daily period have (FeatureSpec.veto_lag)")  # fmt: skip
+    ap.add_argument("--week-lag", action=argparse.BooleanOptionalAction, default=True,
+                    help="the week before as a second lagged input, as the product's hourly "
+                         "models of a daily period have (FeatureSpec.second_lag)")  # fmt: skip
     ap.add_argument("--m4-dir", type=Path, default=None)
     ap.add_argument("--skip-m4", action="store_true")
     ap.add_argument("--skip-generator", action="store_true", help="the M4 corpus alone")

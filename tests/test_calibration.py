@@ -359,6 +359,39 @@ def test_the_seasonal_naive_veto_lifts_what_the_day_before_explains():
     assert 0.5e-3 < rate < 2e-3
 
 
+def test_the_veto_scores_with_the_scale_it_was_fitted_with():
+    """TailModel.veto_scale: the naive deviation's unit is stored with the veto's fit, so a
+    model scores as it was calibrated whatever NAIVE_VETO_SCALE is later; a smaller scale
+    vetoes only points closer to the reference; older tails load with None (1)."""
+    import torch
+
+    from tsmeta.calibration import fit_veto, tail_probability
+
+    rng = np.random.default_rng(7)
+    tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
+    z_cal = torch.as_tensor(rng.standard_t(5.0, size=(8000, 24)))
+    naive_cal = torch.as_tensor(rng.normal(0.0, 1.0, (8000, 24)) + 0.7 * z_cal.numpy())
+    obs = torch.ones(z_cal.shape, dtype=torch.bool)
+    log_p = torch.log(tail_probability(z_cal, obs, tail))
+    fitted = {}
+    for scale in (1.0, 0.5):
+        veto, factor = fit_veto(log_p, naive_cal, obs, scale=scale)
+        fitted[scale] = replace(tail, veto=veto, veto_factor=factor, veto_scale=scale)
+        assert TailModel.from_dict(fitted[scale].to_dict()) == fitted[scale]
+    older = {k: v for k, v in fitted[1.0].to_dict().items() if k != "veto_scale"}
+    assert TailModel.from_dict(older).veto_scale is None
+    np.testing.assert_array_equal(  # None scores as 1
+        tail_probability(z_cal[:50], obs[:50], TailModel.from_dict(older), naive_cal[:50]).numpy(),
+        tail_probability(z_cal[:50], obs[:50], fitted[1.0], naive_cal[:50]).numpy(),
+    )
+    z = torch.zeros((1, 24), dtype=torch.float64)
+    z[0, 10] = 2 * max(t.threshold(1e-3) for t in fitted.values())
+    naive = torch.full((1, 24), 2.5, dtype=torch.float64)  # 2.5 units from the day before
+    p = {s: tail_probability(z, obs[:1], t, naive)[0, 10].item() for s, t in fitted.items()}
+    assert p[1.0] >= 1e-3 > p[0.5]  # the day before explains it at 1, not at 0.5
+    assert fitted[1.0].point.veto_scale is None
+
+
 def test_the_veto_factor_gives_back_what_contamination_hides():
     """The calibration windows' anomalies (far from the forecast and from the naive
     reference alike) fill the sample's deep tail, so the veto's knots alone cannot give the
@@ -498,6 +531,96 @@ def test_a_spike_inside_the_band_is_flagged_by_its_isolation_alone():
     old = tail.to_dict()
     del old["windows"]["isolation"]
     assert TailModel.from_dict(old).windows.isolation is None
+
+
+def _onset_loop(z, obs):
+    """The onset statistic point by point: the levels two neighbouring points agree on."""
+    H = z.shape[1]
+
+    def pair(i, a, b):
+        got = [z[i, u] for u in (a, b) if 0 <= u < H and obs[i, u]]
+        if not got:
+            return None
+        if len(got) == 1:
+            return got[0]
+        if np.sign(got[0]) != np.sign(got[1]):
+            return 0.0
+        return got[0] if abs(got[0]) < abs(got[1]) else got[1]
+
+    def edge(side, other):
+        if side is None or other is None or not abs(side) > abs(other):
+            return 0.0
+        return side - other
+
+    out = np.zeros(z.shape)
+    for i in range(z.shape[0]):
+        for t in range(H):
+            if obs[i, t]:
+                into = edge(pair(i, t, t + 1), pair(i, t - 2, t - 1))
+                out_of = edge(pair(i, t - 1, t), pair(i, t + 1, t + 2))
+                out[i, t] = into if abs(into) >= abs(out_of) else out_of
+    return out
+
+
+def test_onset_equals_a_loop_over_neighbouring_levels():
+    import torch
+
+    from tsmeta.calibration import onset
+
+    rng = np.random.default_rng(15)
+    z = rng.standard_normal((60, 24))
+    obs = rng.random(z.shape) > 0.2
+    obs[0] = False  # nothing observed
+    z[1] = 0.1 * rng.standard_normal(24)
+    z[1, 8:14] += 5.0  # a level shift of six steps
+    obs[1] = True
+    got = onset(torch.as_tensor(z), torch.as_tensor(obs)).numpy()
+    np.testing.assert_allclose(got, _onset_loop(z, obs), rtol=0, atol=1e-12)
+    assert (got[0] == 0).all()
+    # the shift's first two and last two points score its size (a level two points
+    # straddling its edge agree on is the series' own), the points outside it far less
+    assert (got[1, [8, 9, 12, 13]] > 4.5).all()
+    assert (np.abs(got[1, :8]) < 1.0).all() and (np.abs(got[1, 14:]) < 1.0).all()
+
+
+def test_a_level_shift_inside_the_band_is_flagged_at_its_onset():
+    """Forecast errors that drift smoothly (rho 0.95) make a wide band and wide window
+    tails; a level shift of 0.6 band widths for six steps leaves from and returns to the
+    series abruptly: its first and last points are flagged by the onset alone, the points
+    outside it are not, one spike makes no onset of its neighbours, and fresh clean data
+    keeps the rate. Tails fitted before the onset existed load without it."""
+    import torch
+
+    from tsmeta.calibration import fit_windows, onset, tail_probability
+
+    rng = np.random.default_rng(16)
+    cal = _correlated_z(rng, 8000, rho=0.95)
+    point = fit_tail(np.abs(cal).ravel())
+    obs8k = torch.ones(cal.shape, dtype=torch.bool)
+    ones8k = torch.ones(len(cal), dtype=torch.float64)
+    tail = replace(point, windows=fit_windows(torch.as_tensor(cal), obs8k, point, rel=ones8k))
+    no_onset = replace(point, windows=fit_windows(torch.as_tensor(cal), obs8k, point,
+                                                   rel=ones8k, onsets=False))  # fmt: skip
+    assert tail.windows.onset is not None and no_onset.windows.onset is None
+    thr = tail.threshold(1e-3)
+    z = np.zeros((2, 24))
+    z[0, 8:14] = 0.6 * thr
+    z[1, 12] = 0.6 * thr  # a spike: its neighbours are no onset
+    obs = torch.ones(z.shape, dtype=torch.bool)
+    ones = torch.ones(2, dtype=torch.float64)
+    p = tail_probability(torch.as_tensor(z), obs, tail, rel=ones).numpy()
+    before = tail_probability(torch.as_tensor(z), obs, no_onset, rel=ones).numpy()
+    assert p[0, 8] < 1e-3 <= before[0, 8] and p[0, 13] < 1e-3 <= before[0, 13]
+    assert (p[0, :8] >= 1e-3).all() and (p[0, 14:] >= 1e-3).all()
+    assert (onset(torch.as_tensor(z), obs).numpy()[1, [10, 11, 13, 14]] == 0).all()
+    fresh = torch.as_tensor(_correlated_z(rng, 20000, rho=0.95))
+    q = tail_probability(fresh, torch.ones(fresh.shape, dtype=torch.bool), tail,
+                         rel=torch.ones(len(fresh), dtype=torch.float64)).numpy()  # fmt: skip
+    assert 0.5e-3 < (q < 1e-3).mean() < 2e-3
+    assert TailModel.from_dict(tail.to_dict()) == tail
+    old = tail.to_dict()
+    del old["windows"]["onset"]
+    assert TailModel.from_dict(old).windows.onset is None
 
 
 def _noise_tasks(rng, n, k=24, h=24, anomalies=0.0):

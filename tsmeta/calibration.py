@@ -32,6 +32,12 @@ only), in units of the series' own jumps (the support residuals' local contrast,
 ``tsmeta.meta.train.contrast_sigma``), and ``WindowTails.isolation`` is its tail, one more
 member of the calibrated smallest (with the point and its two windows).
 
+A level shift is sustained, but so is a forecast miss. What a shift has and a drift has
+not is an abrupt start and end: ``onset`` compares the level two neighbouring points agree
+on with the level of the two beside them (the smaller of two same-signed deviations, so
+one spike is no level), in the same units as isolation; its tail is one more member of
+the calibrated smallest (``WindowTails.onset``).
+
 A forecast can miss what the series itself repeated: the model mispredicts a day that
 is the same as the day before (or, for hourly models of a daily period, as the week
 before: ``FeatureSpec.veto_lag``). The seasonal-naive veto (``TailModel.veto``) takes the
@@ -59,7 +65,7 @@ import numpy as np
 
 __all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "fit_veto",
            "two_sided_tail", "tail_probability", "naive_log_tail", "window_medians", "isolation",
-           "neighbours", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
+           "neighbours", "onset", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
 EMP_MIN_EXCEED = 30  # the empirical tail reaches the probability with this many points beyond
 EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5 down
@@ -67,10 +73,13 @@ EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5
 # a stuck value, a changed season) whose single points stay inside the band
 WINDOWS = (5, 12)
 # the seasonal-naive veto's deviations are divided by this before their normal tail is
-# taken: smaller, a weaker veto. 1.43, 1, 0.71, 0.5 and no veto ranked M4's injected
-# anomalies at PR-AUC 0.390, 0.381, 0.371, 0.365, 0.358 and the generator's at 0.335,
-# 0.371, 0.387, 0.394, 0.395 (benchmarks/README.md)
-NAIVE_VETO_SCALE = 1.0
+# taken: smaller, a weaker veto (stored with each fit: ``TailModel.veto_scale``). Since the
+# forecaster reads the week before (``FeatureSpec.second_lag``) it misses less of what the
+# series repeated, and a strong veto lifts injected spikes and dips that land near a
+# reference: 1, 0.71 and 0.5 gave M4's injected anomalies F1 / PR-AUC 0.337 / 0.436,
+# 0.378 / 0.443, 0.379 / 0.442 and the generator's 0.567 / 0.400, 0.561 / 0.414, 0.532 /
+# 0.414 (2026-12-04; before the week input 1 was best on M4: benchmarks/README.md)
+NAIVE_VETO_SCALE = 0.71
 VETO_FACTOR_MIN = 0.05  # the veto's factor is never below this (fit_veto)
 COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilities is read (high
 # enough that anomalies in the calibration windows, a percent or so of points, barely move it)
@@ -148,6 +157,10 @@ class TailModel:
     # the veto (the veto's probability is multiplied by it: the rate the veto took away is
     # given back to the points it leaves). None: 1 (models calibrated before it existed)
     veto_factor: float | None = None
+    # what the veto's deviations were divided by before their normal tail was taken when
+    # it was fitted (``NAIVE_VETO_SCALE`` then), so that scoring takes the same tail.
+    # None: 1 (models calibrated before it was stored)
+    veto_scale: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -159,6 +172,7 @@ class TailModel:
             "spread_floor": self.spread_floor,
             "veto": None if self.veto is None else [list(k) for k in self.veto],
             "veto_factor": self.veto_factor,
+            "veto_scale": self.veto_scale,
         }
 
     @classmethod
@@ -173,6 +187,7 @@ class TailModel:
             None if d.get("spread_floor") is None else float(d["spread_floor"]),
             None if veto is None else tuple((float(a), float(b)) for a, b in veto),
             None if d.get("veto_factor") is None else float(d["veto_factor"]),
+            None if d.get("veto_scale") is None else float(d["veto_scale"]),
         )
 
     @property
@@ -181,7 +196,7 @@ class TailModel:
         veto, whose calibration is that of the whole)."""
         if self.windows is None and self.veto is None:
             return self
-        return replace(self, windows=None, veto=None, veto_factor=None)
+        return replace(self, windows=None, veto=None, veto_factor=None, veto_scale=None)
 
     def steps(self, horizon: int) -> np.ndarray:
         """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
@@ -239,6 +254,10 @@ class WindowTails:
     # of the series' own jumps), a member of the smallest. None: not one (models
     # calibrated before it existed load so, and so do callers that pass no ``rel``)
     isolation: TailModel | None = None
+    # the tail of |onset(z) * rel| (how abruptly a point's side of the series left the
+    # other: the first or last points of a level shift, in the same units), a member of
+    # the smallest. None: not one (models calibrated before it existed load so)
+    onset: TailModel | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -247,17 +266,19 @@ class WindowTails:
             "factor": self.factor,
             "knots": None if self.knots is None else [list(k) for k in self.knots],
             "isolation": None if self.isolation is None else self.isolation.to_dict(),
+            "onset": None if self.onset is None else self.onset.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> WindowTails:
-        knots, iso = d.get("knots"), d.get("isolation")
+        knots, iso, ons = d.get("knots"), d.get("isolation"), d.get("onset")
         return cls(
             tuple(int(w) for w in d["widths"]),
             tuple(TailModel.from_dict(t) for t in d["tails"]),
             float(d["factor"]),
             None if knots is None else tuple((float(a), float(b)) for a, b in knots),
             None if iso is None else TailModel.from_dict(iso),
+            None if ons is None else TailModel.from_dict(ons),
         )
 
     def surprise_at(self, false_alarm_rate: float) -> float:
@@ -326,6 +347,46 @@ def isolation(z, observed):  # noqa: ANN001, ANN201 - torch tensors
     return torch.nan_to_num(out, nan=0.0)
 
 
+def _pair(a, b):  # noqa: ANN001, ANN202 - torch tensors
+    """Elementwise, what two neighbouring points agree on: the one nearer zero when both
+    deviate the same way, 0 when they go opposite ways (one point alone is no level), the
+    one observed where the other is NaN, NaN where neither is."""
+    import torch
+
+    near = torch.where(a.abs() < b.abs(), a, b)
+    both = torch.where(a.sign() == b.sign(), near, torch.zeros((), dtype=a.dtype, device=a.device))
+    return torch.where(a.isnan(), b, torch.where(b.isnan(), a, both))
+
+
+def onset(z, observed):  # noqa: ANN001, ANN201 - torch tensors
+    """(B, H) float64: how abruptly each observed point's side of the series (B, H, signed
+    z) left the other side: the level of the point and the next against that of the two
+    before (where the point's side is the farther from the forecast), or the level of the
+    point and the one before against that of the two after, whichever is larger; signed by
+    the point's side. A level is what two neighbouring points agree on (``_pair``: the
+    smaller when both deviate the same way, else 0), so one spike is no level and never
+    makes its neighbours an onset; 0 where a side has no observed point.
+
+    A level shift's first two and last two points score its size (a level straddling its
+    edge is the series' own); a forecast that drifts away from the series over hours
+    scores little at any point (its levels change gradually)."""
+    import torch
+
+    x = torch.where(observed.to(torch.bool), z.to(torch.float64), float("nan"))
+    before, after = neighbours(x)
+    before2, after2 = neighbours(before)[0], neighbours(after)[1]  # x[t-2], x[t+2]
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+
+    def edge(side, other):  # noqa: ANN001, ANN202
+        d = torch.where(side.abs() > other.abs(), side - other, zero)
+        return torch.nan_to_num(d, nan=0.0)  # NaN: a side with no observed point
+
+    into = edge(_pair(x, after), _pair(before2, before))  # a level that starts here
+    out_of = edge(_pair(before, x), _pair(after, after2))  # a level that ends here
+    out = torch.where(into.abs() >= out_of.abs(), into, out_of)
+    return torch.where(x.isnan(), zero, out)
+
+
 @cache
 def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators (i, j), i < j, of Batcher's odd-even merge sort of n inputs: applying
@@ -368,6 +429,9 @@ def _smallest_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001,
     if tail.windows.isolation is not None and rel is not None:
         iso = isolation(z, observed) * rel.to(torch.float64)[:, None]
         m = torch.minimum(m, _log_tail_torch(iso.abs(), tail.windows.isolation))
+    if tail.windows.onset is not None and rel is not None:
+        ons = onset(z, observed) * rel.to(torch.float64)[:, None]
+        m = torch.minimum(m, _log_tail_torch(ons.abs(), tail.windows.onset))
     return m
 
 
@@ -385,7 +449,7 @@ def tail_probability(z, observed, tail: TailModel, naive=None, rel=None):  # noq
     log_p = _model_log_tail(z, observed, tail, rel)
     if tail.veto is None or naive is None:
         return torch.exp(log_p)
-    v = -torch.maximum(log_p, naive_log_tail(naive))
+    v = -torch.maximum(log_p, naive_log_tail(naive, tail.veto_scale or 1.0))
     key = (tail.veto, tail.veto_factor or 1.0)
     return torch.exp(_interp_table(v, _torch_table(key, _veto_table, v.device)))
 
@@ -398,21 +462,21 @@ def _model_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001, AN
     return _interp_table(u, _torch_table(tail.windows, _combined_table, u.device))
 
 
-def naive_log_tail(naive):  # noqa: ANN001, ANN201 - a torch tensor
-    """log of the two-sided normal tail of seasonal-naive deviations (float64; -inf where
-    the deviation is infinite: no reference, no veto).
+def naive_log_tail(naive, scale: float = 1.0):  # noqa: ANN001, ANN201 - a torch tensor
+    """log of the two-sided normal tail of seasonal-naive deviations divided by ``scale``
+    (float64; -inf where the deviation is infinite: no reference, no veto).
 
     Deliberately light: a normal tail is far below the real one, so the veto lifts only
     points close to what the series did one period before (a forecast miss the naive
     reference explains), never a real spike, dip or shift."""
     import torch
 
-    a = naive.to(torch.float64).abs() / NAIVE_VETO_SCALE
+    a = naive.to(torch.float64).abs() / scale
     return math.log(2.0) + torch.special.log_ndtr(-a)
 
 
 def fit_veto(
-    log_p, naive, observed, fit=None
+    log_p, naive, observed, fit=None, scale: float = 1.0
 ) -> tuple[tuple[tuple[float, float], ...] | None, float]:  # noqa: ANN001
     """The veto's knots and factor from the calibration sample: the model's log tail
     probabilities (B, H), the points' seasonal-naive deviations and their mask (torch
@@ -420,14 +484,15 @@ def fit_veto(
     rates; the factor is the share of the points with p < ``COMBINE_AT`` that keep
     max(p, q) below it (1 when there are none; at least ``VETO_FACTOR_MIN``). ``fit``: the
     observed points to fit on (default all; ``tsmeta.meta.train.calibrate`` leaves out
-    the sample's own anomalies)."""
+    the sample's own anomalies). ``scale``: ``naive_log_tail``'s, stored with the fit
+    (``TailModel.veto_scale``)."""
     import torch
 
     obs = observed.to(torch.bool)
     if fit is not None:
         obs = obs & fit.to(torch.bool)
     # finite: a probability that underflowed with no naive reference would be +inf here
-    v = (-torch.maximum(log_p, naive_log_tail(naive))).clamp(max=1e4)[obs]
+    v = (-torch.maximum(log_p, naive_log_tail(naive, scale))).clamp(max=1e4)[obs]
     u = -math.log(COMBINE_AT)
     below = int((-log_p[obs] > u).sum())
     factor = int((v > u).sum()) / below if below else 1.0
@@ -488,12 +553,20 @@ def _knot_tail_surprise(
 
 
 def fit_windows(
-    z, observed, point: TailModel, widths: tuple[int, ...] = WINDOWS, rel=None, fit=None
+    z,
+    observed,
+    point: TailModel,
+    widths: tuple[int, ...] = WINDOWS,
+    rel=None,
+    fit=None,
+    isolated: bool = True,
+    onsets: bool = True,
 ) -> WindowTails | None:  # noqa: ANN001 - torch tensors
     """The window statistics' tails and their combination with the point tail ``point``,
     from out-of-sample signed z (B, H) (already divided by the per-step scales) and their
     mask; with ``rel`` (B,) (each task's residual scale over its ``contrast_sigma``) the
-    isolation's tail too. None when the sample is too small to say. ``fit``: the observed
+    isolation's tail too (``isolated``), and the onset's (``onsets``). None when the sample is too
+    small to say. ``fit``: the observed
     points whose statistics the tails are fitted on (default all); the statistics
     themselves are always those of every observed point, as scoring computes them."""
     import torch
@@ -506,15 +579,18 @@ def fit_windows(
     if not widths:
         return None
     tails = tuple(fit_tail(window_medians(z, obs, w).abs()[keep].cpu().numpy()) for w in widths)
-    iso = None
+    iso = ons = None
     if rel is not None and z.shape[1] > 1:  # a single step has no neighbour to jump from
-        iso_z = isolation(z, obs) * rel.to(torch.float64)[:, None]
-        iso = fit_tail(iso_z.abs()[keep].cpu().numpy())
-    draft = WindowTails(widths, tails, 1.0, None, iso)
+        unit = rel.to(torch.float64)[:, None]
+        if isolated:
+            iso = fit_tail((isolation(z, obs) * unit).abs()[keep].cpu().numpy())
+        if onsets and z.shape[1] > 2:  # a level is two points, against two more
+            ons = fit_tail((onset(z, obs) * unit).abs()[keep].cpu().numpy())
+    draft = WindowTails(widths, tails, 1.0, None, iso, ons)
     m = _smallest_log_tail(z, obs, replace(point, windows=draft), rel)[keep].cpu().numpy()
-    members = 1 + len(widths) + (iso is not None)
+    members = 1 + len(widths) + (iso is not None) + (ons is not None)
     factor = float(np.clip((m < math.log(COMBINE_AT)).mean() / COMBINE_AT, 1.0, members))
-    return WindowTails(widths, tails, factor, _empirical_knots(-m), iso)
+    return WindowTails(widths, tails, factor, _empirical_knots(-m), iso, ons)
 
 
 def fit_step_scale(

@@ -165,7 +165,8 @@ def score_day(
     # the residual scale's spread floor of each tail (one sort per chunk either way): one
     # factor when the tails share it, else one per row by its tail (a tail calibrated
     # before the floor existed has none: 0 floors nothing)
-    isolated = any(t.windows is not None and t.windows.isolation is not None
+    isolated = any(t.windows is not None and (t.windows.isolation is not None or
+                                              t.windows.onset is not None)
                    for t in (full_tail, part_tail))  # fmt: skip
     floor, by_tail = full_tail.spread_floor, None
     if part_tail.spread_floor != floor:

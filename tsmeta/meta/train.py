@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from tsmeta import __version__
+from tsmeta import calibration as _calibration
 from tsmeta.calibration import (
     TailModel,
     fit_step_scale,
@@ -314,6 +315,7 @@ def calibrate(
     spread: bool = True,
     veto: bool = True,
     isolation: bool = True,
+    onsets: bool = True,
     trim: float | None = None,
     drop: bool = True,
 ) -> TailModel:
@@ -328,7 +330,8 @@ def calibrate(
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
     steps would mix scales and come out heavier than any step's. With ``windows`` the
     tails of sustained deviations are fitted on the same sample (``fit_windows``), and with
-    ``isolation`` that of single points jumping away from both neighbours. With
+    ``isolation`` that of single points jumping away from both neighbours, with
+    ``onsets`` that of the abrupt start or end of a sustained deviation. With
     ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
     a point the support's last same-phase value explains is not an anomaly, however badly
     the model forecast it. ``trim``: the adaptation's (``MetaConfig.trim``), as scoring
@@ -339,7 +342,8 @@ def calibrate(
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
     floor = spread_floor_of(sigma, batch.spread) if spread else None
     sigma = _floored(sigma, batch.spread, floor)
-    rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if isolation else None
+    jumps = isolation or onsets  # statistics in units of the series' own jumps
+    rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if jumps else None
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
@@ -349,6 +353,7 @@ def calibrate(
         signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
     obs = torch.as_tensor(observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()
+    veto_scale = _calibration.NAIVE_VETO_SCALE  # stored with the veto: scoring takes the same
 
     def fit(keep: torch.Tensor) -> TailModel:
         k = keep.numpy()
@@ -357,12 +362,13 @@ def calibrate(
         if not windows:
             tail = point
         else:
-            tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel, fit=keep))
+            tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel, fit=keep,
+                                                      isolated=isolation, onsets=onsets))  # fmt: skip
         if naive is None:
             return tail
         log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
-        knots, factor = fit_veto(log_p, naive, obs, fit=keep)
-        return replace(tail, veto=knots, veto_factor=factor)
+        knots, factor = fit_veto(log_p, naive, obs, fit=keep, scale=veto_scale)
+        return replace(tail, veto=knots, veto_factor=factor, veto_scale=veto_scale)
 
     # the sample's own anomalies (a training window holds them) widen every tail fitted on
     # it, deep down most: the fit is repeated without the points the previous fit finds
