@@ -72,7 +72,7 @@ def run_demo(
 
     t = time.perf_counter()
     _say(
-        f"[3/4] meta_train flow: one MAML model per cluster on local Ray ({settings.train_days} days)"
+        f"[3/4] meta_train flow: one meta-learned model ({settings.algorithm}) per cluster on local Ray ({settings.train_days} days)"
     )
     trained = meta_train(as_of=night, config=config)
     for cid, res in sorted(trained["clusters"].items()):
