@@ -215,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     windows = fit_windows(torch.as_tensor(z_cal), torch.ones(z_cal.shape, dtype=torch.bool), tail,
                           rel=torch.ones(len(z_cal), dtype=torch.float64))  # fmt: skip
     tail = dataclasses.replace(tail, step_scale=tuple(np.linspace(0.8, 1.2, H)), windows=windows)
-    # the same without the onset statistic (as before 2026-12-04), and the product's hourly
-    # models of a daily period: the week before as a second input (FeatureSpec.second_lag)
+    # the same without the onset statistic, and with the veto's deviations by level alone
+    # (as before 2026-12-04); and the product's hourly models of a daily period: the week
+    # before as a second input (FeatureSpec.second_lag) and as the veto's second reference
     no_onset = dataclasses.replace(tail, windows=dataclasses.replace(windows, onset=None))
-    week = FeatureSpec(24, second_lag=168)
+    week = FeatureSpec(24, second_lag=168, veto_lag=168)
     week_params = init_params(week.n_features, args.hidden, torch.Generator().manual_seed(0))
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
@@ -242,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, model in (
             ("score_day, ridge, no onset", MetaModel(params, FeatureSpec(24), cfg, no_onset,
                                                      partial_calibration=no_onset)),
-            ("score_day, ridge, week input", MetaModel(week_params, week, cfg, tail,
-                                                       partial_calibration=tail)),
+            ("score_day, ridge, veto by level", MetaModel(
+                params, FeatureSpec(24, veto_neighbours=False), cfg, tail, partial_calibration=tail)),
+            ("score_day, ridge, hourly p24 spec", MetaModel(week_params, week, cfg, tail,
+                                                            partial_calibration=tail)),
         ):  # fmt: skip
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
           f"MLP {args.hidden}-{args.hidden}, "
           f"torch threads {torch.get_num_threads()}"
           + (f", GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))  # fmt: skip
-    print(f"{'method':<30}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
+    print(f"{'method':<34}{'device':<8}{'series':>9}{'seconds':>10}{'series/s':>12}{'vs loop':>10}")
     for r in rows_out:
         adapting = r["method"] != "task construction"
         ratio = (
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             else float("nan")
         )
         r["ratio_vs_loop"] = round(ratio, 1)
-        print(f"{r['method']:<30}{r['device']:<8}{r['series']:>9,}{r['seconds']:>10.3f}"
+        print(f"{r['method']:<34}{r['device']:<8}{r['series']:>9,}{r['seconds']:>10.3f}"
               f"{r['series_per_s']:>12,}{ratio:>9.1f}x")  # fmt: skip
     if args.json:
         args.json.write_text(

@@ -71,10 +71,12 @@ TRAIN_DAYS = 28
 # as before the second session of 2026-12-03); "1024 tasks, no drop": the tails fitted on
 # every point of the calibration sample, its own anomalies included (as before then too);
 # "1024 tasks, no onset": without the onset statistic (the abrupt start or end of a level
-# shift; as before 2026-12-04)
+# shift; as before 2026-12-04); "1024 tasks, level veto": the veto's deviations not
+# measured against their neighbours' (FeatureSpec.veto_neighbours False; as before then)
 METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
-           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
+           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
+           "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -112,19 +114,21 @@ def points_only(model: MetaModel) -> MetaModel:
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
                  per_step: bool, spread: bool = True, veto: bool = True,
                  isolation: bool = True, trim: bool = True, drop: bool = True,
-                 onsets: bool = True) -> MetaModel:  # fmt: skip
+                 onsets: bool = True, neighbours: bool = True) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
     window, with or without per-step scales, the spread floor, the seasonal-naive veto,
     the isolation statistic, the ridge head's refit without support outliers, the refit of
-    the tails without the sample's own anomalies, the onset statistic."""
+    the tails without the sample's own anomalies, the onset statistic, the veto's
+    deviations against their neighbours'."""
     cfg = model.config if trim else replace(model.config, trim=None)
+    spec = model.spec if neighbours else replace(model.spec, veto_neighbours=False)
     g = torch.Generator().manual_seed(1)
-    batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, model.spec,
+    batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
                      spread=spread, veto=veto, isolation=isolation, trim=cfg.trim, drop=drop,
                      onsets=onsets)  # fmt: skip
-    return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
+    return MetaModel(model.params, spec, cfg, tail, model.metrics, model.inner_rates)
 
 
 def snaive_log_tail(values: np.ndarray, t0: int, horizon: int, period: np.ndarray) -> np.ndarray:
@@ -253,6 +257,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         {} for _ in range(9)
     )
     no_onset: dict = {}
+    by_level: dict = {}
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
@@ -276,6 +281,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                     True, drop=False)  # fmt: skip
         no_onset[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                    True, onsets=False)  # fmt: skip
+        by_level[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
+                                   True, neighbours=False)  # fmt: skip
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -299,7 +306,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
                                 ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24])),
                                 ("tsmeta, 1024 tasks, no drop", undropped.get(p, undropped[24])),
-                                ("tsmeta, 1024 tasks, no onset", no_onset.get(p, no_onset[24]))):  # fmt: skip
+                                ("tsmeta, 1024 tasks, no onset", no_onset.get(p, no_onset[24])),
+                                ("tsmeta, 1024 tasks, level veto", by_level.get(p, by_level[24]))):  # fmt: skip
                     t = time.perf_counter()
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
                                                           t0, start_step, rate)  # fmt: skip
@@ -391,6 +399,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     no_trim = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, trim=False)
     no_drop = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, drop=False)
     no_onset = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, onsets=False)
+    by_level = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True,
+                            neighbours=False)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -423,7 +433,8 @@ def run_m4(args: argparse.Namespace) -> dict:
                         ("tsmeta, 1024 tasks, no isolation", no_iso),
                         ("tsmeta, 1024 tasks, no trim", no_trim),
                         ("tsmeta, 1024 tasks, no drop", no_drop),
-                        ("tsmeta, 1024 tasks, no onset", no_onset)):  # fmt: skip
+                        ("tsmeta, 1024 tasks, no onset", no_onset),
+                        ("tsmeta, 1024 tasks, level veto", by_level)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)

@@ -387,7 +387,7 @@ def test_the_support_spread_is_the_robust_scale_of_its_seasonal_differences():
     mask = torch.ones(3, 80, dtype=torch.bool)
     mask[1, 40:50] = False  # support points and lag points missing
     mask[2, 8:56] = False  # no pair observed at both ends
-    spec = FeatureSpec(24)
+    spec = FeatureSpec(24, veto_neighbours=False)  # the deviations alone (see below for both)
     b = make_batch(values, mask, torch.arange(3), torch.full((3,), 56), spec, 24, 24, 0)
     for i in range(2):
         t = torch.arange(32, 56)
@@ -423,11 +423,11 @@ def test_the_veto_takes_the_nearer_of_the_day_before_and_the_week_before():
     values[0, t0:] = values[0, t0 - 168 : t0 - 144]  # the night repeats the week before
     mask = torch.ones(3, T, dtype=torch.bool)
     mask[2, t0 - 168 : t0 - 144] = False  # no week-before reference
-    spec = FeatureSpec(24, veto_lag=168)
+    spec = FeatureSpec(24, veto_lag=168, veto_neighbours=False)  # the deviations alone
     assert earliest_cut(spec, 24) == 192 and earliest_cut(FeatureSpec(24), 24) == 48
     b = make_batch(values, mask, torch.arange(3), torch.full((3,), t0), spec, 24, 24, 0)
-    day = make_batch(values, mask, torch.arange(3), torch.full((3,), t0), FeatureSpec(24),
-                     24, 24, 0)  # fmt: skip
+    day = make_batch(values, mask, torch.arange(3), torch.full((3,), t0),
+                     FeatureSpec(24, veto_neighbours=False), 24, 24, 0)  # fmt: skip
     q, sup = torch.arange(t0, T), torch.arange(t0 - 24, t0)
     for i in range(3):
         d = (values[i, sup] - values[i, sup - 168]) / b.scale[i]  # the support's week diffs
@@ -442,6 +442,47 @@ def test_the_veto_takes_the_nearer_of_the_day_before_and_the_week_before():
         FeatureSpec(24, veto_lag=-1)
     with pytest.raises(ValueError, match="veto_lag"):
         FeatureSpec(24, seasonal_lag=False, veto_lag=168)
+
+
+def test_the_veto_measures_each_deviation_against_its_neighbours():
+    """FeatureSpec.veto_neighbours: a point repeats its reference only when its neighbours
+    repeat theirs the same way. A day that repeats the day before stays explained; a spike
+    that lands on the day before's value after the day moved away from it is not; the
+    deviation is the larger of the point's own and its own minus its neighbours' median
+    (a loop over the points); models saved before it load without it."""
+    g = np.random.default_rng(5)
+    T, t0 = 96, 72
+    values = torch.as_tensor(g.normal(10, 1, size=(3, T)), dtype=torch.float64)
+    values[0, t0:] = values[0, t0 - 24 : t0]  # the night repeats the day before
+    values[1, t0:] = values[1, t0 - 24 : t0] - 8.0  # the day moved 8 down ...
+    values[1, t0 + 10] += 8.0  # ... and one point is back at the day before's value
+    mask = torch.ones(3, T, dtype=torch.bool)
+    mask[2, t0 + 3] = False
+    rows, cut = torch.arange(3), torch.full((3,), t0)
+    own = make_batch(values, mask, rows, cut, FeatureSpec(24, veto_neighbours=False), 24, 24, 0)
+    b = make_batch(values, mask, rows, cut, FeatureSpec(24), 24, 24, 0)
+    assert (b.naive[0].abs() < 1e-9).all()  # a repeated day stays explained
+    assert own.naive[1, 10].abs() < 1e-9  # by its own deviation the spike repeats ...
+    assert b.naive[1, 10] > 0.5 * own.naive[1, 9].abs()  # ... against its neighbours it does not
+    d, mq = own.naive.numpy(), own.mq.numpy() > 0
+    for i in range(3):
+        for t in range(24):
+            around = [d[i, u] for u in (t - 2, t - 1, t + 1, t + 2)
+                      if 0 <= u < 24 and mq[i, u] and np.isfinite(d[i, u])]  # fmt: skip
+            if not around:
+                want = d[i, t]
+            else:
+                s = np.sort(around)
+                local = d[i, t] - s[(len(s) - 1) // 2]  # the lower middle, as torch's
+                want = local if abs(local) > abs(d[i, t]) else d[i, t]
+            assert b.naive[i, t].item() == pytest.approx(want, abs=1e-9)
+    from tsmeta.calibration import TailModel
+
+    model = MetaModel(init_params(8, 4), FeatureSpec(24), MetaConfig(), TailModel(1.0, 5.0))
+    state = model.state()
+    assert MetaModel.from_state(state).spec.veto_neighbours
+    state["spec"].pop("veto_neighbours")
+    assert not MetaModel.from_state(state).spec.veto_neighbours
 
 
 def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference():

@@ -49,6 +49,10 @@ class FeatureSpec:
     # 0: the support's last same phase alone. Hourly models of a daily period take the
     # week (168): a day the series repeated from a week before is not an anomaly either
     veto_lag: int = 0
+    # the veto's deviations are also measured against the neighbours' (a point repeats its
+    # reference only when its neighbours repeat theirs the same way; ``TaskBatch.naive``).
+    # Models saved before it load with False and score as they were calibrated
+    veto_neighbours: bool = True
     # a second lagged input: the value this many steps before each target (the most recent
     # such one known at the cut, as the seasonal lag) and its observed flag; 0: none.
     # Hourly models of a daily period take the week (168): from K = 48 points of a weekend

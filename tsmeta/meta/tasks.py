@@ -55,7 +55,9 @@ class TaskBatch:
     # the support's last same-phase value, over the spread (+inf where either is missing
     # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.calibration``.
     # With ``FeatureSpec.veto_lag``, the smaller of that and the deviation from the value
-    # veto_lag steps back over the robust spread of the support's differences at that lag
+    # veto_lag steps back over the robust spread of the support's differences at that lag.
+    # With ``FeatureSpec.veto_neighbours`` each deviation is also measured against its
+    # neighbours' (``_against_neighbours``)
     naive: torch.Tensor | None = None  # (B, H)
 
     def __len__(self) -> int:
@@ -113,6 +115,31 @@ def _naive_deviation(
     return spread, torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None], inf)
 
 
+def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
+    """Seasonal-naive deviations (B, H) of the query points observed in ``mq``, each also
+    measured against its neighbours': the larger of the point's own deviation and its
+    deviation minus the median of those of the (observed, finite) points up to two steps
+    either side. A point repeats its reference only when its neighbours repeat theirs the
+    same way: a spike that lands on last week's value after the day moved away from last
+    week is a spike, not a repeat; a day that repeats its reference stays explained.
+    Infinite deviations (no reference) stay infinite; without neighbours, the point's own."""
+    from tsmeta.calibration import _sorting_network, neighbours
+
+    inf = torch.full((), float("inf"), dtype=dev.dtype, device=dev.device)
+    x = torch.where(mq & dev.isfinite(), dev, float("nan"))
+    before, after = neighbours(x)
+    # the lower median of the finite ones among 4, by a sorting network (NaN sorted last
+    # as +inf): a few elementwise minima and maxima, several times faster than nanmedian
+    cols = [torch.where(c.isnan(), inf, c)
+            for c in (neighbours(before)[0], before, after, neighbours(after)[1])]  # fmt: skip
+    count = sum((c < inf).to(torch.int64) for c in cols)
+    for i, j in _sorting_network(4):
+        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
+    offset = torch.stack(cols).gather(0, ((count - 1).clamp_min(0) // 2)[None]).squeeze(0)
+    local = torch.where(count > 0, dev - offset, dev)
+    return torch.where(local.abs() > dev.abs(), local, dev)
+
+
 def make_batch(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -151,11 +178,16 @@ def make_batch(
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
+        mq = torch.gather(obs, 1, q_safe) & q_in
         spread, naive = _naive_deviation(ys, ms, yq, lag_s, lag_q)
+        if spec.veto_neighbours:
+            naive = _against_neighbours(naive, mq)
         if spec.veto_lag:  # the second reference, in units of the support's own differences
             # at its lag (a week drifts more than a day): the nearer of the two deviations
             _, other = _naive_deviation(ys, ms, yq, lagged(spec.veto_lag, vnorm, obs, s_cols),
                                         lagged(spec.veto_lag, vnorm, obs, q_cols, t0))  # fmt: skip
+            if spec.veto_neighbours:
+                other = _against_neighbours(other, mq)
             naive = torch.where(other.abs() < naive.abs(), other, naive)
     if spec.relative_to_lag:  # the lag is both a feature and the targets' base
         base_s, base_q = lag_s[0], lag_q[0]

@@ -156,7 +156,7 @@ class MetaModel:
         rates = state.get("inner_rates")
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
-            spec=FeatureSpec(**state["spec"]),
+            spec=FeatureSpec(**{"veto_neighbours": False, **state["spec"]}),  # older: no
             config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
