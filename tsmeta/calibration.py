@@ -372,19 +372,20 @@ def onset(z, observed):  # noqa: ANN001, ANN201 - torch tensors
     scores little at any point (its levels change gradually)."""
     import torch
 
-    x = torch.where(observed.to(torch.bool), z.to(torch.float64), float("nan"))
-    before, after = neighbours(x)
-    before2, after2 = neighbours(before)[0], neighbours(after)[1]  # x[t-2], x[t+2]
+    H = z.shape[1]
+    x = torch.where(observed.to(torch.bool), z, float("nan"))  # in z's own precision
+    xp = torch.nn.functional.pad(x, (2, 2), value=float("nan"))  # xp[:, j] = x[:, j - 2]
+    level = _pair(xp[:, :-1], xp[:, 1:])  # (B, H + 3): level[:, j] of x[j - 2], x[j - 1]
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
 
     def edge(side, other):  # noqa: ANN001, ANN202
         d = torch.where(side.abs() > other.abs(), side - other, zero)
         return torch.nan_to_num(d, nan=0.0)  # NaN: a side with no observed point
 
-    into = edge(_pair(x, after), _pair(before2, before))  # a level that starts here
-    out_of = edge(_pair(before, x), _pair(after, after2))  # a level that ends here
+    into = edge(level[:, 2 : H + 2], level[:, :H])  # (x_t, x_t+1) against (x_t-2, x_t-1)
+    out_of = edge(level[:, 1 : H + 1], level[:, 3 : H + 3])  # (x_t-1, x_t) against (x_t+1, x_t+2)
     out = torch.where(into.abs() >= out_of.abs(), into, out_of)
-    return torch.where(x.isnan(), zero, out)
+    return torch.where(x.isnan(), zero, out).to(torch.float64)
 
 
 @cache

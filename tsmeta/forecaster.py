@@ -149,6 +149,7 @@ def build_features(
     start_step: int,
     cut: torch.Tensor | None = None,
     lag: tuple[torch.Tensor, torch.Tensor] | None = None,
+    second: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Features for target columns of normalised series.
 
@@ -158,7 +159,8 @@ def build_features(
     the most recent same-phase value before it (one period back on the first period of
     the horizon, two on the second, ...), so a horizon longer than a period never reads
     a value it is forecasting. ``lag``: :func:`seasonal_lag` of the same columns when the
-    caller has it already. Returns (B, N, F).
+    caller has it already; ``second``: :func:`lagged` of ``spec.second_lag`` likewise.
+    Returns (B, N, F).
     """
     phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
     k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype, device=vnorm.device)
@@ -170,7 +172,9 @@ def build_features(
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     if spec.second_lag:
-        lag_val, lag_obs = lagged(spec.second_lag, vnorm, observed, cols, cut)
+        lag_val, lag_obs = (
+            second if second is not None else lagged(spec.second_lag, vnorm, observed, cols, cut)
+        )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
 

@@ -123,15 +123,15 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     same way: a spike that lands on last week's value after the day moved away from last
     week is a spike, not a repeat; a day that repeats its reference stays explained.
     Infinite deviations (no reference) stay infinite; without neighbours, the point's own."""
-    from tsmeta.calibration import _sorting_network, neighbours
+    from tsmeta.calibration import _sorting_network
 
+    H = dev.shape[1]
     inf = torch.full((), float("inf"), dtype=dev.dtype, device=dev.device)
-    x = torch.where(mq & dev.isfinite(), dev, float("nan"))
-    before, after = neighbours(x)
-    # the lower median of the finite ones among 4, by a sorting network (NaN sorted last
-    # as +inf): a few elementwise minima and maxima, several times faster than nanmedian
-    cols = [torch.where(c.isnan(), inf, c)
-            for c in (neighbours(before)[0], before, after, neighbours(after)[1])]  # fmt: skip
+    x = torch.where(mq & dev.isfinite(), dev, inf)  # unobserved or no reference: +inf
+    xp = torch.nn.functional.pad(x, (2, 2), value=float("inf"))  # xp[:, j] = x[:, j - 2]
+    # the lower median of the finite ones among the 4 neighbours, by a sorting network
+    # (+inf sorted last): a few elementwise minima and maxima, faster than nanmedian
+    cols = [xp[:, j : j + H] for j in (0, 1, 3, 4)]
     count = sum((c < inf).to(torch.int64) for c in cols)
     for i, j in _sorting_network(4):
         cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
@@ -174,7 +174,7 @@ def make_batch(
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
     yq = torch.gather(vnorm, 1, q_safe) * q_in
-    base_s = base_q = lag_s = lag_q = spread = naive = None
+    base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
@@ -184,8 +184,11 @@ def make_batch(
             naive = _against_neighbours(naive, mq)
         if spec.veto_lag:  # the second reference, in units of the support's own differences
             # at its lag (a week drifts more than a day): the nearer of the two deviations
-            _, other = _naive_deviation(ys, ms, yq, lagged(spec.veto_lag, vnorm, obs, s_cols),
-                                        lagged(spec.veto_lag, vnorm, obs, q_cols, t0))  # fmt: skip
+            ref_s = lagged(spec.veto_lag, vnorm, obs, s_cols, t0)
+            ref_q = lagged(spec.veto_lag, vnorm, obs, q_cols, t0)
+            if spec.second_lag == spec.veto_lag:  # the same values are an input too
+                week_s, week_q = ref_s, ref_q
+            _, other = _naive_deviation(ys, ms, yq, ref_s, ref_q)
             if spec.veto_neighbours:
                 other = _against_neighbours(other, mq)
             naive = torch.where(other.abs() < naive.abs(), other, naive)
@@ -193,10 +196,10 @@ def make_batch(
         base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in
     return TaskBatch(
-        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_s),
+        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_s, week_s),
         ys=ys,
         ms=ms,
-        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_q),
+        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_q, week_q),
         yq=yq,
         mq=(torch.gather(obs, 1, q_safe) & q_in).to(v.dtype),
         loc=loc,
