@@ -253,11 +253,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped = (
-        {} for _ in range(9)
-    )
-    no_onset: dict = {}
-    by_level: dict = {}
+    (models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped,
+     no_onset, by_level) = ({} for _ in range(11))  # fmt: skip
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,

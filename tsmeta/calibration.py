@@ -427,12 +427,12 @@ def _smallest_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001,
     m = _log_tail_torch(z.abs(), tail)
     for width, wt in zip(tail.windows.widths, tail.windows.tails, strict=True):
         m = torch.minimum(m, _log_tail_torch(window_medians(z, observed, width).abs(), wt))
-    if tail.windows.isolation is not None and rel is not None:
-        iso = isolation(z, observed) * rel.to(torch.float64)[:, None]
-        m = torch.minimum(m, _log_tail_torch(iso.abs(), tail.windows.isolation))
-    if tail.windows.onset is not None and rel is not None:
-        ons = onset(z, observed) * rel.to(torch.float64)[:, None]
-        m = torch.minimum(m, _log_tail_torch(ons.abs(), tail.windows.onset))
+    if rel is None:
+        return m
+    unit = rel.to(torch.float64)[:, None]  # both jump statistics in the series' own jumps
+    for statistic, jump_tail in ((isolation, tail.windows.isolation), (onset, tail.windows.onset)):
+        if jump_tail is not None:
+            m = torch.minimum(m, _log_tail_torch((statistic(z, observed) * unit).abs(), jump_tail))
     return m
 
 
@@ -566,10 +566,10 @@ def fit_windows(
     """The window statistics' tails and their combination with the point tail ``point``,
     from out-of-sample signed z (B, H) (already divided by the per-step scales) and their
     mask; with ``rel`` (B,) (each task's residual scale over its ``contrast_sigma``) the
-    isolation's tail too (``isolated``), and the onset's (``onsets``). None when the sample is too
-    small to say. ``fit``: the observed
-    points whose statistics the tails are fitted on (default all); the statistics
-    themselves are always those of every observed point, as scoring computes them."""
+    isolation's tail too (``isolated``), and the onset's (``onsets``). None when the sample
+    is too small to say. ``fit``: the observed points whose statistics the tails are
+    fitted on (default all); the statistics themselves are always those of every observed
+    point, as scoring computes them."""
     import torch
 
     obs = observed.to(torch.bool)

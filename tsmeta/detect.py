@@ -165,9 +165,9 @@ def score_day(
     # the residual scale's spread floor of each tail (one sort per chunk either way): one
     # factor when the tails share it, else one per row by its tail (a tail calibrated
     # before the floor existed has none: 0 floors nothing)
-    isolated = any(t.windows is not None and (t.windows.isolation is not None or
-                                              t.windows.onset is not None)
-                   for t in (full_tail, part_tail))  # fmt: skip
+    jumps = any(t.windows is not None and (t.windows.isolation is not None or
+                                           t.windows.onset is not None)
+                for t in (full_tail, part_tail))  # fmt: skip
     floor, by_tail = full_tail.spread_floor, None
     if part_tail.spread_floor != floor:
         by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
@@ -185,8 +185,8 @@ def score_day(
             # (B,) normalised units, each row floored as its tail was calibrated
             row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
             sigma = residual_sigma(pred_s, batch, row_floor)
-            # (B,) isolation's unit, where a tail has an isolation member (older ones do not)
-            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if isolated else None
+            # (B,) the unit of isolation and onset, where a tail has either (older ones do not)
+            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if jumps else None
             flat = _constant_support(
                 vals_t, mask_t, t_in, cfg.k, spec.period if spec.seasonal_lag else 0
             )

@@ -8,8 +8,8 @@ Features of a target step ``t`` of a series with period ``p``:
   global grid, so the same hour means the same input on every night), the normalised
   value one period earlier (seasonal lag; 0 where unobserved) and a flag saying whether
   that lag was observed, and optionally the same for a second lag (``second_lag``: a
-  week for hourly models of a daily period). Inputs may reach back further than the K support points; targets
-  never do.
+  week for hourly models of a daily period). Inputs may reach back further than the K
+  support points; targets never do.
 
 Normalisation: location and scale from the observed support points of each series, so
 one initialisation serves series of any magnitude.

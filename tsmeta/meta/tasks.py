@@ -174,11 +174,11 @@ def make_batch(
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
     yq = torch.gather(vnorm, 1, q_safe) * q_in
+    mq = torch.gather(obs, 1, q_safe) & q_in  # (B, H) observed query points
     base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
-        mq = torch.gather(obs, 1, q_safe) & q_in
         spread, naive = _naive_deviation(ys, ms, yq, lag_s, lag_q)
         if spec.veto_neighbours:
             naive = _against_neighbours(naive, mq)
@@ -201,7 +201,7 @@ def make_batch(
         ms=ms,
         xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_q, week_q),
         yq=yq,
-        mq=(torch.gather(obs, 1, q_safe) & q_in).to(v.dtype),
+        mq=mq.to(v.dtype),
         loc=loc,
         scale=scale,
         base_s=base_s,

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from tsmeta import __version__
-from tsmeta import calibration as _calibration
 from tsmeta.calibration import (
+    NAIVE_VETO_SCALE,
     TailModel,
     fit_step_scale,
     fit_tail,
@@ -353,7 +353,6 @@ def calibrate(
         signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
     obs = torch.as_tensor(observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()
-    veto_scale = _calibration.NAIVE_VETO_SCALE  # stored with the veto: scoring takes the same
 
     def fit(keep: torch.Tensor) -> TailModel:
         k = keep.numpy()
@@ -367,8 +366,9 @@ def calibrate(
         if naive is None:
             return tail
         log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
-        knots, factor = fit_veto(log_p, naive, obs, fit=keep, scale=veto_scale)
-        return replace(tail, veto=knots, veto_factor=factor, veto_scale=veto_scale)
+        # the unit is stored with the veto: scoring takes the same, whatever it is later
+        knots, factor = fit_veto(log_p, naive, obs, fit=keep, scale=NAIVE_VETO_SCALE)
+        return replace(tail, veto=knots, veto_factor=factor, veto_scale=NAIVE_VETO_SCALE)
 
     # the sample's own anomalies (a training window holds them) widen every tail fitted on
     # it, deep down most: the fit is repeated without the points the previous fit finds
