@@ -60,6 +60,7 @@ def test_missing_config_file(monkeypatch, tmp_path):
         ({"databse_url": "x"}, "Extra inputs are not permitted"),
         ({"algorithm": "reptile"}, "'maml', 'fomaml', 'anil', 'ridge', 'metasgd' or 'pretrain'"),
         ({"score_threads": -1}, "greater than or equal to 0"),
+        ({"score_workers": 0}, "greater than or equal to 1"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs, needle):

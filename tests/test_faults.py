@@ -6,6 +6,7 @@ Real components throughout: Prefect's test harness, local Ray, the PostgreSQL se
 from __future__ import annotations
 
 import json
+import os
 from datetime import date, timedelta
 
 import polars as pl
@@ -240,6 +241,25 @@ def test_scoring_in_small_batches_writes_the_same_rows(trained):
     res = nightly(night=night, config={**trained, "read_chunk_rows": 2_000, "chunk_series": 40})
     assert res["status"] == "completed" and res["series_scored"] == 300
     assert night_rows(trained, night).equals(whole)
+
+
+def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained):
+    night = LAST - timedelta(days=6)
+    small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16}  # many batches per cluster
+    serial, s_stats = jobs.score_night(load_settings(**small, score_workers=1), night, "a", "all")
+    threaded, t_stats = jobs.score_night(load_settings(**small, score_workers=3), night, "b", "all")
+    assert threaded.height == serial.height == s_stats["points_scored"] > 300 * 20
+    assert threaded.equals(serial)  # the same rows, the same order
+    assert t_stats["clusters"] == s_stats["clusters"]
+
+
+def test_scoring_workers_follow_the_setting_or_the_threads(tmp_path):
+    auto = load_settings(data_dir=str(tmp_path), device="cpu")
+    assert jobs.score_workers(auto, 1) == len(os.sched_getaffinity(0))  # one per core
+    assert jobs.score_workers(auto, 0) == 1  # torch's threads already take every core
+    assert jobs.score_workers(load_settings(data_dir=str(tmp_path), score_workers=3), 0) == 3
+    on_ray = load_settings(data_dir=str(tmp_path), score_workers=3, executor="ray")
+    assert jobs.score_workers(on_ray, 1) == 1  # Ray workers are the parallelism
 
 
 def test_a_cluster_without_a_model_is_counted_logged_and_named_with_the_fix(

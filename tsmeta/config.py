@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     # ANIL the same wall time on 1 thread as on 2 with about a quarter less CPU; MAML 264 s
     # on 1 thread against 167 s on 2, for 12% less CPU (benchmarks/README)
     score_threads: int | None = Field(None, ge=0)
+    # batches of in-process nightly scoring computed at once, each on its own Python thread
+    # (torch releases the GIL inside its operations, so each takes a core); results are
+    # collected in the order the batches were read. Unset: one per core when scoring runs
+    # on one torch thread on the CPU (ridge, ANIL: see score_threads), else 1 (MAML's
+    # matrix products already use every core; a GPU runs one batch at a time)
+    score_workers: int | None = Field(None, ge=1)
     # where nightly adaptation runs: "auto" takes a CUDA GPU when torch sees one (with the
     # Ray executor: when the cluster has GPUs), else the CPU. On a GPU raise chunk_series
     # to 65536 or more (2M series scored at 0.9-1.06M series/s on an H100; 8192 is slower)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
@@ -333,8 +336,10 @@ def score_night(
     t = time.perf_counter()
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
-    with _torch_threads(score_threads(settings, models)):
-        return _score_models(settings, night, keep, engine, models, t)
+    threads = score_threads(settings, models)
+    with _torch_threads(threads):
+        return _score_models(settings, night, keep, engine, models, t,
+                             score_workers(settings, threads))  # fmt: skip
 
 
 def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
@@ -344,6 +349,19 @@ def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) 
     if settings.score_threads is not None:
         return settings.score_threads
     return 1 if models and all(head_only(m.rates) for _, m in models.values()) else 0
+
+
+def score_workers(settings: Settings, threads: int) -> int:
+    """Batches scored at once in-process (``Settings.score_workers``; unset: one per core
+    when each runs on one torch thread on the CPU, else 1)."""
+    if settings.executor != "local":
+        return 1  # the Ray workers are the parallelism
+    if settings.score_workers is not None:
+        return settings.score_workers
+    if threads != 1 or settings.torch_device() != "cpu":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)  # fmt: skip
 
 
 @contextmanager
@@ -362,7 +380,13 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _score_models(
-    settings: Settings, night: date, keep: str, engine: object, models: dict, t: float
+    settings: Settings,
+    night: date,
+    keep: str,
+    engine: object,
+    models: dict,
+    t: float,
+    workers: int = 1,
 ) -> tuple[pl.DataFrame, dict]:
     profile = read_profile(engine, ("series_id", "cluster_id"))
     if not models:
@@ -422,16 +446,28 @@ def _score_models(
         ray_scorer = RayScorer(settings.ray_address, settings.false_alarm_rate,
                                settings.chunk_series, device=settings.device)  # fmt: skip
 
+    # in-process: up to ``workers`` batches computing at once on a thread pool, collected
+    # here in the order they were submitted (so the rows come out as a serial run's)
+    pool = ThreadPoolExecutor(workers, "tsmeta-score") if ray_scorer is None else None
+    pending: deque[tuple[str, Future]] = deque()
+
+    def collect_oldest() -> None:
+        cid, future = pending.popleft()
+        try:
+            day = future.result()
+        except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
+            day = exc
+        collect(cid, day)
+
     def submit(cid: str, batch: Panel) -> None:
         model = models[cid][1]
         if ray_scorer is not None:
             for done_cid, _, day in ray_scorer.submit(cid, model.state(), batch):
                 collect(done_cid, day)
             return
-        try:
-            collect(cid, _score_batch(settings, batch, model, cid))
-        except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
-            fail(cid, exc)
+        pending.append((cid, pool.submit(_score_batch, settings, batch, model, cid)))
+        while len(pending) > workers:  # memory bounded: at most one batch waits for a worker
+            collect_oldest()
 
     buffers: dict[str, list[Panel]] = {}
 
@@ -444,33 +480,40 @@ def _score_models(
     panels = iter_window_panels(settings.dataset_path, start, night + timedelta(days=1),
                                 settings.freq, 1 << 30, settings.read_chunk_rows)  # fmt: skip
     read_wait, tick = 0.0, time.perf_counter()
-    for panel in panels:
-        read_wait += time.perf_counter() - tick
-        ids = pl.Series("series_id", panel.series_ids).cast(pl.String)
-        located = (
-            pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))})
-            .join(lookup, on="series_id", how="left")
-        )  # fmt: skip
-        stats["unprofiled_series"] += located.get_column("cluster_id").null_count()
-        ids_np = ids.to_numpy()
-        for cid, rows in (
-            located.drop_nulls("cluster_id").group_by("cluster_id").agg("_row").iter_rows()
-        ):
-            if cid in failed:
-                continue
-            rows = np.sort(np.asarray(rows))
-            buffers.setdefault(cid, []).append(
-                Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start, panel.freq)
-            )
-            if sum(p.n_series for p in buffers[cid]) >= settings.chunk_series:
-                flush(cid)
-        del panel
-        tick = time.perf_counter()
-    for cid in sorted(buffers):
-        flush(cid)
-    if ray_scorer is not None:
-        for cid, _, day in ray_scorer.drain():
-            collect(cid, day)
+    try:
+        for panel in panels:
+            read_wait += time.perf_counter() - tick
+            ids = pl.Series("series_id", panel.series_ids).cast(pl.String)
+            located = (
+                pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))})
+                .join(lookup, on="series_id", how="left")
+            )  # fmt: skip
+            stats["unprofiled_series"] += located.get_column("cluster_id").null_count()
+            ids_np = ids.to_numpy()
+            for cid, rows in (
+                located.drop_nulls("cluster_id").group_by("cluster_id").agg("_row").iter_rows()
+            ):
+                if cid in failed:
+                    continue
+                rows = np.sort(np.asarray(rows))
+                part = Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start,
+                             panel.freq)  # fmt: skip
+                buffers.setdefault(cid, []).append(part)
+                if sum(p.n_series for p in buffers[cid]) >= settings.chunk_series:
+                    flush(cid)
+            del panel
+            tick = time.perf_counter()
+        for cid in sorted(buffers):
+            flush(cid)
+        if ray_scorer is not None:
+            for cid, _, day in ray_scorer.drain():
+                collect(cid, day)
+        else:
+            while pending:
+                collect_oldest()
+    finally:  # an error while reading: the batches still queued are dropped
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     pbar.close()
     basis_totals = {b: sum(c[b] for cid, c in counts.items() if cid not in failed) for b in BASIS}
     if any(basis_totals[b] for b in BASIS[1:]):  # anything but "adapted"
