@@ -436,7 +436,8 @@ def run_m4(args: argparse.Namespace) -> dict:
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)
         out[label] = scores
-    return {"series": n, "injected_series": len(hit), "kinds": kinds,
+    return {"series": n, "injected_series": len(hit), "kinds": kinds, "k": args.m4_k,
+            "history_mstl": 28 * 24,
             "all_series": summarise(out["injected"], event, kind, observed, rate, kinds),
             "clean_flag_rate": flag_rates(out["clean"], observed, rate),
             "operating_points": operating_points(out["injected"], event, observed, out["clean"],
@@ -531,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             m4 = res["m4"]
             print_table(f"(b) M4 Hourly test horizons, labelled anomalies injected into "
-                        f"{m4['injected_series']} of {m4['series']} series", m4["all_series"],
+                        f"{m4['injected_series']} of {m4['series']} series (tsmeta adapts from "
+                        f"K = {m4['k']} points; MSTL fits {m4['history_mstl']})", m4["all_series"],
                         m4["clean_flag_rate"], args.rate)  # fmt: skip
             print_operating_points(m4["operating_points"], args.rate)
     if args.json:
