@@ -260,7 +260,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
                            veto_lag=168 if args.week_veto and (p or 24) < 168 else 0,
                            second_lag=168 if args.week_lag and (p or 24) < 168 else 0)  # fmt: skip
-        cfg = MetaConfig(algorithm=args.algorithm, k=24, horizon=24, meta_steps=args.meta_steps,
+        cfg = MetaConfig(algorithm=args.algorithm, k=args.k, horizon=24, meta_steps=args.meta_steps,
                          meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
@@ -367,7 +367,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                   cobs[sf_rows], rate) if len(sf_rows) else {}  # fmt: skip
     return {"series": len(ids), "nights": args.nights, "mstl_series": len(sf_rows),
             "operating_points": ops, "operating_points_sample": ops_sample,
-            "train_seconds": round(train_seconds, 1), "periods": {p: len(r) for p, r in groups.items()},
+            "train_seconds": round(train_seconds, 1), "k": args.k,
+            "periods": {p: len(r) for p, r in groups.items()},
             "all_series": full, "mstl_sample": sample, "clean_flag_rate": rates,
             "seconds_per_series_night": {k: v / (len(ids) if k != "MSTL interval" else max(len(sf_rows), 1)) / args.nights
                                          for k, v in seconds.items()}}  # fmt: skip
@@ -502,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-m4", action="store_true")
     ap.add_argument("--skip-generator", action="store_true", help="the M4 corpus alone")
     ap.add_argument("--m4-k", type=int, default=48, help="support points K on M4")
+    ap.add_argument(
+        "--k",
+        type=int,
+        default=24,
+        help="support points K on the generator's corpus (the product's hourly default)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -511,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         res["synthetic"] = run_synthetic(args)
         syn = res["synthetic"]
         print(f"(a) generator corpus: {syn['series']} series x {syn['nights']} nights "
-              f"(periods {syn['periods']}), meta-training {syn['train_seconds']} s")  # fmt: skip
+              f"(periods {syn['periods']}), K = {syn['k']}, meta-training {syn['train_seconds']} s")  # fmt: skip
         print_table(
             "all series (MSTL not run on all)", syn["all_series"], syn["clean_flag_rate"], args.rate
         )
