@@ -194,7 +194,11 @@ def test_seven_night_backfill_is_resumable_and_reruns_are_identical(trained):
         backfill(start=LAST, end=start, config=trained)
 
 
-def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(trained, monkeypatch):
+# the failure in a scoring worker, or in turning its result into rows (the main thread)
+@pytest.mark.parametrize("where", ["_score_batch", "points_frame"])
+def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(
+    trained, monkeypatch, where
+):
     from pipelines import flows
 
     night = LAST - timedelta(days=4)
@@ -203,14 +207,15 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(tr
     broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][
         0
     ]  # a cluster with anomalies
-    real = jobs._score_batch
+    real = getattr(jobs, where)
 
-    def fails_for_one(settings, batch, model, cid):
+    def fails_for_one(*args):
+        cid = args[3]  # both take the cluster id fourth
         if cid == broken:
             raise RuntimeError(f"cluster {cid}: out of memory")
-        return real(settings, batch, model, cid)
+        return real(*args)
 
-    monkeypatch.setattr(jobs, "_score_batch", fails_for_one)
+    monkeypatch.setattr(jobs, where, fails_for_one)
     res = flows.nightly(night=night, config=trained)
     assert res["status"] == "partial" and res["failed_clusters"] == [broken]
     assert "out of memory" in res["clusters"][broken]["error"]

@@ -453,11 +453,10 @@ def _score_models(
 
     def collect_oldest() -> None:
         cid, future = pending.popleft()
-        try:
-            day = future.result()
+        try:  # scoring's error or turning the result into rows: that cluster's failure
+            collect(cid, future.result())
         except Exception as exc:  # noqa: BLE001 - one cluster's failure is recorded, the others go on
-            day = exc
-        collect(cid, day)
+            fail(cid, exc)
 
     def submit(cid: str, batch: Panel) -> None:
         model = models[cid][1]
@@ -466,7 +465,7 @@ def _score_models(
                 collect(done_cid, day)
             return
         pending.append((cid, pool.submit(_score_batch, settings, batch, model, cid)))
-        while len(pending) > workers:  # memory bounded: at most one batch waits for a worker
+        while len(pending) > workers:  # memory bounded: at most ``workers`` batches held
             collect_oldest()
 
     buffers: dict[str, list[Panel]] = {}
