@@ -248,11 +248,24 @@ def test_scoring_in_small_batches_writes_the_same_rows(trained):
     assert night_rows(trained, night).equals(whole)
 
 
-def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained):
+def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained, monkeypatch):
+    import threading
+
     night = LAST - timedelta(days=6)
-    small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16}  # many batches per cluster
+    small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16}  # a batch per cluster
     serial, s_stats = jobs.score_night(load_settings(**small, score_workers=1), night, "a", "all")
+    real, threads = jobs._score_batch, []
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(jobs, "_score_batch", recorded)
     threaded, t_stats = jobs.score_night(load_settings(**small, score_workers=3), night, "b", "all")
+    # the batches ran on the pool's threads, several of them (the scored day's rows are
+    # collected on the calling thread in the order read)
+    assert len(threads) == len(s_stats["scored_clusters"]) >= 2
+    assert all(t.startswith("tsmeta-score") for t in threads) and len(set(threads)) > 1
     assert threaded.height == serial.height == s_stats["points_scored"] > 300 * 20
     assert threaded.equals(serial)  # the same rows, the same order
     assert t_stats["clusters"] == s_stats["clusters"]

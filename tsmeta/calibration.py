@@ -64,8 +64,8 @@ from functools import cache, lru_cache
 import numpy as np
 
 __all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "fit_veto",
-           "two_sided_tail", "tail_probability", "naive_log_tail", "window_medians", "isolation",
-           "neighbours", "onset", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
+           "two_sided_tail", "tail_probability", "naive_log_tail", "window_medians", "lower_median",
+           "isolation", "neighbours", "onset", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
 EMP_MIN_EXCEED = 30  # the empirical tail reaches the probability with this many points beyond
 EMP_KNOTS = 40  # knots of the empirical tail, geometric in probability from 0.5 down
@@ -309,14 +309,25 @@ def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch ten
     # unobserved points and the padding are +inf, sorted past every observed value
     x = torch.nn.functional.pad(torch.where(obs, z, inf).T, (0, 0, left, right), value=float("inf"))
     o = torch.nn.functional.pad(obs.T.to(torch.int32), (0, 0, left, right))
-    cols = [x[k : k + H] for k in range(w)]
-    for i, j in _sorting_network(w):
-        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
     count = sum(o[k : k + H] for k in range(w))  # (H, B) observed points of each window
-    rank = ((count - 1).clamp_min(0) // 2).to(torch.int64)
-    med = torch.stack(cols).gather(0, rank[None]).squeeze(0)
+    med = lower_median([x[k : k + H] for k in range(w)], count)
     out = med.to(torch.float64) * count.to(torch.float64).sqrt()
     return torch.where(obs.T, out, torch.zeros((), dtype=torch.float64, device=z.device)).T
+
+
+def lower_median(cols, count):  # noqa: ANN001, ANN201 - torch tensors
+    """Elementwise lower median of the first ``count`` (integer tensor) of the values of
+    ``cols`` (a list of same-shape tensors) in sorted order, where the values left out
+    (unobserved, padding) are +inf and so sort last: sorted by a sorting network
+    (``_sorting_network``: elementwise minima and maxima, no per-row sort), then picked by
+    rank. A selection, so in the values' own precision; the smallest where count is 0."""
+    import torch
+
+    cols = list(cols)
+    for i, j in _sorting_network(len(cols)):
+        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
+    rank = ((count - 1).clamp_min(0) // 2).to(torch.int64)
+    return torch.stack(cols).gather(0, rank[None]).squeeze(0)
 
 
 def neighbours(x):  # noqa: ANN001, ANN201 - a torch tensor

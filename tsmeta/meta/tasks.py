@@ -123,7 +123,7 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     same way: a spike that lands on last week's value after the day moved away from last
     week is a spike, not a repeat; a day that repeats its reference stays explained.
     Infinite deviations (no reference) stay infinite; without neighbours, the point's own."""
-    from tsmeta.calibration import _sorting_network
+    from tsmeta.calibration import lower_median
 
     H = dev.shape[1]
     inf = torch.full((), float("inf"), dtype=dev.dtype, device=dev.device)
@@ -133,9 +133,7 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     # (+inf sorted last): a few elementwise minima and maxima, faster than nanmedian
     cols = [xp[:, j : j + H] for j in (0, 1, 3, 4)]
     count = sum((c < inf).to(torch.int64) for c in cols)
-    for i, j in _sorting_network(4):
-        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
-    offset = torch.stack(cols).gather(0, ((count - 1).clamp_min(0) // 2)[None]).squeeze(0)
+    offset = lower_median(cols, count)
     local = torch.where(count > 0, dev - offset, dev)
     return torch.where(local.abs() > dev.abs(), local, dev)
 
