@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, timedelta
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -19,11 +18,7 @@ from tsmeta import jobs
 from tsmeta.config import Settings, load_settings
 from tsmeta.store.writes import completed_nights, finish_run, start_run
 
-__all__ = ["profile", "meta_train", "nightly", "backfill", "yesterday"]
-
-
-def yesterday(tz: str) -> date:
-    return (datetime.now(ZoneInfo(tz)) - timedelta(days=1)).date()
+__all__ = ["profile", "meta_train", "nightly", "backfill"]
 
 
 def _run_id() -> str:
@@ -99,7 +94,7 @@ def profile(as_of: date | None = None, recluster: bool = False, config: dict | N
     clusters (models of clusters that changed need `meta_train` again).
     """
     settings = load_settings(**(config or {}))
-    as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
+    as_of = as_of or jobs.default_night(settings) + timedelta(days=1)
     params = {"as_of": str(as_of), "recluster": recluster, "config": config or {}}
     return _recorded("profile", settings, params,
                      lambda rid: ("completed", profile_series(settings, as_of, rid, recluster)))  # fmt: skip
@@ -117,7 +112,7 @@ def meta_train(
     ``algorithm`` (default: the settings', ``TSMETA_ALGORITHM``) is one of
     ``tsmeta.meta.ALGORITHMS``."""
     settings = load_settings(**(config or {}))
-    as_of = as_of or yesterday(settings.timezone) + timedelta(days=1)
+    as_of = as_of or jobs.default_night(settings) + timedelta(days=1)
     params = {"as_of": str(as_of), "clusters": clusters, "algorithm": algorithm,
               "meta_steps": meta_steps, "config": config or {}}  # fmt: skip
 
@@ -133,13 +128,21 @@ def meta_train(
 
 @flow(name="nightly")
 def nightly(night: date | None = None, config: dict | None = None) -> dict:
-    """Adapt, score and write the anomalies of one night (default: yesterday)."""
+    """Adapt, score and write the anomalies of one night (default: today minus
+    ``TSMETA_NIGHT_LAG_DAYS``, i.e. yesterday).
+
+    A night whose data has not arrived (no partition, or fewer than
+    ``TSMETA_MIN_SERIES_SHARE`` of the profiled series with a point in it) fails with
+    ``NightDataMissing`` and writes nothing, so the analysts' latest night stays the last
+    good one.
+    """
     settings = load_settings(**(config or {}))
-    night = night or yesterday(settings.timezone)
+    night = night or jobs.default_night(settings)
     params = {"night": str(night), "config": config or {}}
 
     def body(run_id: str) -> tuple[str, dict]:
         frame, stats = score_night(settings, night, run_id)
+        jobs.require_night_data(settings, night, stats)
         stats["written"] = write_night(settings, frame, night, run_id, stats["scored_clusters"])
         failed = sorted(c for c, v in stats["clusters"].items() if "error" in v)
         partial = failed or stats["no_model_series"] or stats["unprofiled_series"]

@@ -324,6 +324,18 @@ def test_ingest_validates_and_partitions_idempotently(tmp_path, capsys):
         frame.height == 216 and frame.filter(pl.col("series_id") == "host-2")["value"].max() == 43
     )
 
+    # the same points under another file name: refused, naming the file that has them,
+    # and nothing of the new file is written
+    copy = tmp_path / "metrics-copy.csv"
+    copy.write_text(csv.read_text())
+    assert main(["ingest", str(copy), *dd]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "216 points" in err, err
+    assert "date=2026-11-01/ingest-metrics.parquet (72)" in err and "--part" in err
+    assert not list(ds.glob("date=*/ingest-metrics-copy.parquet"))
+    assert main(["ingest", str(copy), "--part", "ingest-metrics", *dd]) == 0  # replaces it
+    assert read_window(ds, "2026-11-01", "2026-11-04").height == 216
+
     bad = tmp_path / "bad.csv"
     bad.write_text("id,ts,value\nx,2026-11-01T00:00:00,1\n")
     off_grid = tmp_path / "off.csv"

@@ -77,3 +77,22 @@ def test_the_meta_learner_is_a_setting(monkeypatch):
     assert s.algorithm == "anil" and meta_config(s).algorithm == "anil"
     assert meta_config(s, algorithm="fomaml").algorithm == "fomaml"  # a flow's argument wins
     assert meta_config(s, algorithm=None).algorithm == "anil"
+
+
+def test_postgres_urls_without_a_driver_use_psycopg(monkeypatch, pg_url):
+    """`postgres://` (as hosting services give it) connects through psycopg 3."""
+    import sqlalchemy as sa
+
+    from tsmeta.config import load_settings
+    from tsmeta.store.schema import create_engine
+
+    bare = pg_url.replace("postgresql+psycopg://", "postgres://")
+    monkeypatch.setenv("TSMETA_DATABASE_URL", bare)
+    settings = load_settings()
+    assert settings.database_url == pg_url
+    engine = create_engine(bare)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select 1")).scalar() == 1
+    engine.dispose()
+    with pytest.raises(ValueError, match="postgresql\\+psycopg://"):
+        load_settings(database_url=pg_url.replace("+psycopg", "+psycopg2"))

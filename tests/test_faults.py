@@ -311,3 +311,101 @@ def test_a_cluster_without_a_model_is_counted_logged_and_named_with_the_fix(
                   if r.name == "tsmeta" and r.levelname == "WARNING" and "no model" in r.getMessage()]  # fmt: skip
     assert f"cluster {missing} ({n_missing:,} series) has no model yet" in warning
     assert f"tsmeta train --cluster {missing}" in warning
+
+
+def _last_nightly(config: dict):
+    engine = jobs.engine_for(load_settings(**config))
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(runs.c.status, runs.c.error, runs.c.parameters)
+            .where(runs.c.flow == "nightly")
+            .order_by(runs.c.started_at.desc())
+        ).first()
+
+
+def _daily_count_nights(config: dict) -> set[str]:
+    from tsmeta.store.schema import anomaly_daily_counts
+
+    engine = jobs.engine_for(load_settings(**config))
+    with engine.connect() as conn:
+        nights = conn.execute(sa.select(anomaly_daily_counts.c.night).distinct()).scalars()
+        return {str(n)[:10] for n in nights}
+
+
+def test_a_night_without_data_fails_writes_nothing_and_keeps_the_latest_night(
+    trained, monkeypatch, capsys
+):
+    from pipelines import flows
+    from tsmeta.cli import main
+    from tsmeta.store.queries import latest_night
+
+    assert flows.nightly(night=LAST, config=trained)["status"] == "completed"
+    good = night_rows(trained, LAST)
+    assert good.height > 0
+    before = _daily_count_nights(trained)
+
+    # the schedule's run the morning after the data stopped (no night given: today minus
+    # the lag, here pinned to the day after the last day of data)
+    late = LAST + timedelta(days=1)
+    monkeypatch.setattr(jobs, "default_night", lambda settings: late)
+    with pytest.raises(jobs.NightDataMissing, match=f"no data for night {late}"):
+        flows.nightly(config=trained)
+    last = _last_nightly(trained)
+    assert last.status == "failed" and last.parameters["night"] == str(late)
+    assert last.error.count("\n") == 0 and "nothing was scored or written" in last.error
+    assert _daily_count_nights(trained) == before  # no zero-count rows for the missing night
+    assert latest_night(jobs.engine_for(load_settings(**trained))) == LAST
+
+    # what analysts read the morning after still shows the last good night
+    for key, value in trained.items():
+        monkeypatch.setenv(f"TSMETA_{key.upper()}", value)
+    capsys.readouterr()
+    assert main(["anomalies", "--format", "json", "--top", "1000"]) == 0
+    shown = pl.read_json(capsys.readouterr().out.encode())
+    assert shown.height == good.height and shown["ts"].str.slice(0, 10).unique().to_list() == [
+        str(LAST)
+    ]
+    # the command line says the same in one line, exit 2
+    assert main(["nightly", "--night", str(late)]) == 2
+    assert f"no data for night {late}" in capsys.readouterr().err
+
+
+def test_a_night_with_most_series_missing_fails_and_keeps_its_previous_rows(
+    trained, tmp_path, monkeypatch
+):
+    """Data that arrived for a few series only: below TSMETA_MIN_SERIES_SHARE, nothing is
+    written and the night's earlier complete rows stay."""
+    import shutil
+
+    from pipelines import flows
+    from tsmeta.data.io import write_partitioned
+
+    night = LAST - timedelta(days=1)
+    assert flows.nightly(night=night, config=trained)["status"] == "completed"
+    complete = night_rows(trained, night)
+    partial_root = tmp_path / "dataset"
+    shutil.copytree(trained["dataset_path"], partial_root)
+    day = partial_root / f"date={night}"
+    frame = pl.read_parquet(day)
+    shutil.rmtree(day)
+    keep = frame.get_column("series_id").unique().sort().head(60)  # 60 of 300 series arrived
+    write_partitioned(frame.filter(pl.col("series_id").is_in(keep.to_list())), partial_root)
+    late = {**trained, "dataset_path": str(partial_root)}
+    with pytest.raises(jobs.NightDataMissing, match="60 of 300 profiled series"):
+        flows.nightly(night=night, config=late)
+    assert _last_nightly(trained).status == "failed"
+    assert night_rows(trained, night).equals(complete)
+    # a lower bar accepts it (an operator's explicit choice): the night is re-scored
+    res = flows.nightly(night=night, config={**late, "min_series_share": 0.1})
+    assert res["status"] == "completed" and res["series_with_data"] == 60
+
+
+def test_the_default_night_is_today_minus_the_lag_in_the_configured_zone(tmp_path):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    for tz, lag in (("UTC", 1), ("Pacific/Auckland", 2), ("America/Los_Angeles", 0)):
+        settings = load_settings(data_dir=str(tmp_path), timezone=tz, night_lag_days=lag)
+        today = datetime.now(ZoneInfo(tz)).date()
+        assert jobs.default_night(settings) in (today - timedelta(days=lag),
+                                                today - timedelta(days=lag - 1))  # fmt: skip

@@ -77,3 +77,19 @@ def test_db_upgrade_command(tmp_path, capsys):
 
     assert main(["db", "upgrade", "--data-dir", str(tmp_path)]) == 0
     assert head_revision() in capsys.readouterr().out
+
+
+def test_stored_rows_take_the_detector_version_of_the_current_rules(engine):
+    from tsmeta.store.schema import DETECTOR_VERSION
+
+    upgrade(engine, "0001")
+    _insert_foundation_rows(engine)  # written as 'maml-v1', whatever the meta-learner
+    assert upgrade(engine, "0005") == "0005"  # the rollup (0002) takes their version too
+    with engine.connect() as conn:
+        old = conn.execute(sa.text("select detector_version from anomaly_daily_counts")).scalars()
+        assert old.all() == ["maml-v1"]
+    upgrade(engine)
+    with engine.connect() as conn:
+        for table in ("anomalies", "anomaly_daily_counts"):
+            versions = conn.execute(sa.text(f"select distinct detector_version from {table}"))
+            assert versions.scalars().all() == [DETECTOR_VERSION] == ["tsmeta-1"]

@@ -92,7 +92,8 @@ def populated(db_url):
     record_feedback(
         engine, "b", night + timedelta(hours=5), "true_positive", author="ana", note="disk full"
     )
-    finish_run(engine, start_run(engine, "nightly", {}), "completed")
+    finish_run(engine, start_run(engine, "nightly", {"night": "2026-11-14"}), "completed",
+               counts={"series": 3, "series_with_data": 3, "points_scored": 72, "flagged": 4})  # fmt: skip
     files = [SQL / "views.sql", SQL / f"views.{dialect}.sql"]
     with engine.begin() as conn:
         for path in files:
@@ -154,3 +155,19 @@ def test_anomalies_with_series_attributes(populated):
     assert len(rows) == 3 and {r[7] for r in rows} == {24}
     attrs = rows[0][8]
     assert (json.loads(attrs) if isinstance(attrs, str) else attrs) == {"team": "web"}
+
+
+def test_nightly_health_shows_the_latest_run_and_its_counts(populated):
+    import time
+
+    from tsmeta.store.writes import finish_run, start_run
+
+    (row,) = run_query(populated, "nightly_health.sql")
+    assert row[1:3] == ("completed", "2026-11-14")
+    assert [int(v) for v in row[5:9]] == [3, 3, 72, 4]
+    time.sleep(0.01)  # a later start
+    late = start_run(populated, "nightly", {"night": "2026-11-15"})
+    finish_run(populated, late, "failed", error="NightDataMissing: no data for night 2026-11-15")
+    (row,) = run_query(populated, "nightly_health.sql")
+    assert row[1:3] == ("failed", "2026-11-15") and row[5] is None
+    assert row[-1].startswith("NightDataMissing")

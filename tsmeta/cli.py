@@ -89,12 +89,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tsmeta.data.io import read_long_file, write_partitioned
+    from tsmeta.data.io import check_no_overlap, read_long_file, write_partitioned
 
     settings = _settings(args)
     src = Path(args.file)
     frame = read_long_file(src, settings.freq)
     part = args.part or f"ingest-{src.stem}"
+    check_no_overlap(frame, settings.dataset_path, part)  # before anything is written
     files = write_partitioned(frame, settings.dataset_path, part)
     days = frame.get_column("ts").dt.date()
     print(f"ingested {frame.height:,} points of {frame.get_column('series_id').n_unique():,} series "
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = add("nightly", cmd_nightly, "adapt, score and store one night's anomalies")
     n.add_argument("--night", "--date", dest="night", type=_iso_date, default=None,
-                   help="the day to score (default: yesterday)")  # fmt: skip
+                   help="the day to score (default: today minus TSMETA_NIGHT_LAG_DAYS, i.e. yesterday)")  # fmt: skip
 
     b = add("backfill", cmd_backfill, "score a range of nights, night by night (resumable)")
     b.add_argument("--start", type=_iso_date, required=True, help="first night (YYYY-MM-DD)")

@@ -21,7 +21,14 @@ from pydantic_settings import (
 
 from tsmeta.meta import ALGORITHMS
 
-__all__ = ["Settings", "load_settings", "FREQ_ALIASES", "normalise_freq", "redact_url"]
+__all__ = [
+    "Settings",
+    "load_settings",
+    "FREQ_ALIASES",
+    "normalise_freq",
+    "normalise_database_url",
+    "redact_url",
+]
 
 # Accepted spellings of the two supported frequencies -> canonical ("h" or "d").
 FREQ_ALIASES = {
@@ -38,6 +45,20 @@ def normalise_freq(freq: str) -> Literal["h", "d"]:
         raise ValueError(
             f"frequency {freq!r} is not supported: expected 'h' (hourly) or 'd' (daily)"
         ) from None
+
+
+def normalise_database_url(url: str) -> str:
+    """PostgreSQL URLs without a driver (``postgres://``, ``postgresql://``, as hosting
+    services hand them out) use psycopg 3, the driver tsmeta installs; psycopg2 is not."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    if url.startswith(("postgres+psycopg2://", "postgresql+psycopg2://")):
+        raise ValueError(
+            "database URL uses the psycopg2 driver, which tsmeta does not install: write "
+            "postgresql+psycopg://user:pw@host:5432/db (psycopg 3)"
+        )
+    return url
 
 
 def _toml_path() -> Path | None:
@@ -99,7 +120,13 @@ class Settings(BaseSettings):
     meta_lr: float = Field(1e-3, gt=0)
     train_series_per_cluster: int = Field(20_000, ge=2)  # sample cap: tasks, not all series
     seed: int = 0
-    timezone: str = "UTC"  # the nightly job's default night is "yesterday" in this zone
+    timezone: str = "UTC"  # the zone whose calendar days are the nights
+    # the nightly job's default night (a schedule passes none): today in ``timezone`` minus
+    # this many days; 1 scores yesterday, 2 waits a day longer for late data
+    night_lag_days: int = Field(1, ge=0)
+    # a night is scored only when at least this share of the profiled series have a point
+    # in it; otherwise the run fails naming the shortfall and writes nothing (data late)
+    min_series_share: float = Field(0.5, ge=0, le=1)
 
     # scoring
     false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data
@@ -134,6 +161,11 @@ class Settings(BaseSettings):
         if self.device != "auto":
             return self.device
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        return None if v is None else normalise_database_url(v)
 
     @field_validator("freq", mode="before")
     @classmethod

@@ -138,8 +138,9 @@ def score_day(
     need = earliest_cut(spec, cfg.k)
     if t0 < need:
         raise ValueError(
-            f"window of {T} steps is too short: scoring {H} steps with K={cfg.k} and a seasonal "
-            f"lag of {spec.period} needs {need + H}; read more history"
+            f"window of {T} steps is too short: scoring {H} steps with K={cfg.k}, whose inputs "
+            f"reach {need - cfg.k} steps further back (seasonal and week lags), needs "
+            f"{need + H}; read more history"
         )
     full_tail = model.calibration
     part_tail = model.partial_calibration or full_tail  # fewer than K support points

@@ -21,7 +21,9 @@ __all__ = ["ensure_ray", "ClusterJob", "train_clusters", "RayScorer", "shutdown_
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to Ray once per process: ``address`` for a cluster, else start a local one."""
+    """Connect to Ray once per process: ``address`` for a cluster, else start a private
+    local instance (``address="local"``), whatever other Ray cluster runs on the machine or
+    ``RAY_ADDRESS`` names: an unset ``TSMETA_RAY_ADDRESS`` never joins one by accident."""
     import ray
 
     if ray.is_initialized():
@@ -31,6 +33,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(
+            address="local",
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             object_store_memory=512 * 1024**2,

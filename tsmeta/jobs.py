@@ -54,6 +54,9 @@ __all__ = [
     "write_night",
     "latest_date",
     "night_bounds",
+    "default_night",
+    "NightDataMissing",
+    "require_night_data",
 ]
 
 log = logging.getLogger("tsmeta")
@@ -77,6 +80,45 @@ def latest_date(settings: Settings) -> date:
     if not dates:
         raise FileNotFoundError(f"dataset {settings.dataset_path} holds no date=YYYY-MM-DD folders")
     return dates[-1]
+
+
+class NightDataMissing(RuntimeError):
+    """The night's data has not arrived (or only part of it): nothing was written."""
+
+
+def default_night(settings: Settings) -> date:
+    """The night a run without one scores: today in ``settings.timezone`` minus
+    ``settings.night_lag_days`` (1: yesterday)."""
+    from zoneinfo import ZoneInfo
+
+    return (
+        datetime.now(ZoneInfo(settings.timezone)) - timedelta(days=settings.night_lag_days)
+    ).date()
+
+
+def _require_night_partition(settings: Settings, night: date) -> None:
+    """Fail before reading anything when the dataset has no partition for ``night``."""
+    dates = dataset_dates(settings.dataset_path)
+    if night in dates:
+        return
+    where = f"its days are {dates[0]}..{dates[-1]}" if dates else "it holds no days"
+    raise NightDataMissing(
+        f"no data for night {night} in {settings.dataset_path} ({where}): nothing was "
+        "scored or written; load the day's data and run the night again, or give an earlier "
+        "night (a schedule's default night is today minus TSMETA_NIGHT_LAG_DAYS)"
+    )
+
+
+def require_night_data(settings: Settings, night: date, stats: dict) -> None:
+    """Raise :class:`NightDataMissing` when fewer than ``settings.min_series_share`` of the
+    profiled series have a point in the night (``stats`` from :func:`score_night`)."""
+    expected, present = stats["series"], stats["series_with_data"]
+    if present == 0 or present < settings.min_series_share * expected:
+        raise NightDataMissing(
+            f"night {night} is incomplete: {present:,} of {expected:,} profiled series have "
+            f"data in it, below TSMETA_MIN_SERIES_SHARE={settings.min_series_share:g}; nothing "
+            "was written; run the night again once its data has arrived"
+        )
 
 
 def night_bounds(night: date) -> tuple[datetime, datetime]:
@@ -334,6 +376,7 @@ def score_night(
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
     t = time.perf_counter()
+    _require_night_partition(settings, night)
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
     threads = score_threads(settings, models)
@@ -397,7 +440,8 @@ def _score_models(
     night_start, _ = night_bounds(night)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())
 
-    stats: dict = {"clusters": {}, "unprofiled_series": 0, "no_model_series": 0}
+    stats: dict = {"clusters": {}, "unprofiled_series": 0, "no_model_series": 0,
+                   "series_with_data": 0}  # fmt: skip
     failed: dict[str, str] = {}
     for cid, n_series in sorted(sizes.items()):
         if cid not in models:
@@ -488,6 +532,8 @@ def _score_models(
                 .join(lookup, on="series_id", how="left")
             )  # fmt: skip
             stats["unprofiled_series"] += located.get_column("cluster_id").null_count()
+            profiled = located.drop_nulls("cluster_id").get_column("_row").to_numpy()
+            stats["series_with_data"] += int(panel.mask[profiled, -spd:].any(axis=1).sum())
             ids_np = ids.to_numpy()
             for cid, rows in (
                 located.drop_nulls("cluster_id").group_by("cluster_id").agg("_row").iter_rows()
@@ -624,6 +670,7 @@ def run_night(
     """
     frame, stats = score_night(settings, night, run_id, keep)
     if write:
+        require_night_data(settings, night, stats)
         flagged = (
             frame.filter(pl.col("flag")).drop("flag") if keep == "all" and frame.height else frame
         )

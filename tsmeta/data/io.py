@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from tsmeta.data.panel import Panel, scatter_panel
-from tsmeta.data.schema import COLUMNS, EmptyInputError, validate_long_frame
+from tsmeta.data.schema import COLUMNS, DuplicateRowsError, EmptyInputError, validate_long_frame
 
 log = logging.getLogger("tsmeta")
 
@@ -36,6 +36,7 @@ __all__ = [
     "plan_series_chunks",
     "iter_window_panels",
     "write_partitioned",
+    "check_no_overlap",
     "write_parquet_atomic",
     "read_csv",
     "read_long_file",
@@ -275,6 +276,42 @@ def write_partitioned(frame: pl.DataFrame, path: str | Path, part: str = "part-0
         write_parquet_atomic(out, root / f"date={day.isoformat()}" / f"{part}.parquet")
         n += 1
     return n
+
+
+def check_no_overlap(frame: pl.DataFrame, path: str | Path, part: str) -> None:
+    """Raise :class:`DuplicateRowsError` when points of ``frame`` are already in the
+    dataset under another part file (re-writing ``part`` itself replaces it).
+
+    Reads only the (series_id, ts) columns of the other files of the dates ``frame`` covers.
+    """
+    root = Path(path)
+    days = frame.get_column("ts").dt.date().unique().sort().to_list()
+    others = [
+        str(f)
+        for day in days
+        for f in sorted((root / f"date={day.isoformat()}").glob("*.parquet"))
+        if f.name != f"{part}.parquet"
+    ]
+    if not others:
+        return
+    keys = frame.select("series_id", "ts").lazy()
+    stored = pl.scan_parquet(others, include_file_paths="_file").select("series_id", "ts", "_file")
+    clash = (
+        stored.join(keys, on=["series_id", "ts"], how="semi")
+        .group_by("_file")
+        .agg(pl.len().alias("n"), pl.col("series_id").first(), pl.col("ts").first())
+        .sort("_file")
+        .collect()
+    )
+    if clash.height:
+        files = ", ".join(f"{Path(f).parent.name}/{Path(f).name} ({n:,})"
+                          for f, n in clash.select("_file", "n").iter_rows())  # fmt: skip
+        first = clash.row(0, named=True)
+        raise DuplicateRowsError(
+            f"{clash['n'].sum():,} points (e.g. series {first['series_id']!r} at {first['ts']}) "
+            f"are already in {root} under another name: {files}; re-ingest that data under the "
+            "same name (--part NAME replaces that file) or delete the files it replaces"
+        )
 
 
 def read_csv(path: str | Path, freq: str = "h", **kwargs: object) -> pl.DataFrame:

@@ -23,7 +23,9 @@ __all__ = [
     "create_schema",
 ]
 
-DETECTOR_VERSION = "maml-v1"
+# the generation of the scoring rules that flagged a row (any meta-learner: the model that
+# forecast it is ``anomalies.model_version`` in the ``models`` registry, with its algorithm)
+DETECTOR_VERSION = "tsmeta-1"
 
 metadata = sa.MetaData()
 
@@ -166,7 +168,11 @@ anomaly_feedback = sa.Table(
 
 
 def create_engine(url: str) -> sa.Engine:
-    """Engine for a database URL; SQLite files get their folder created and WAL mode."""
+    """Engine for a database URL; SQLite files get their folder created and WAL mode;
+    PostgreSQL URLs without a driver use psycopg 3 (``normalise_database_url``)."""
+    from tsmeta.config import normalise_database_url
+
+    url = normalise_database_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         from pathlib import Path
 
