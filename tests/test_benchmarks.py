@@ -115,3 +115,16 @@ def test_detection_small(tmp_path):
     for r in syn["all_series"].values():
         assert 0 <= r["pr_auc"] <= 1 and r["events"] > 0
     assert all(0 <= v < 1 for v in syn["clean_flag_rate"].values())
+
+
+def test_families_small(tmp_path):
+    res = run("families", "--series", "80", "--weeks", "5", tmp_path=tmp_path)
+    assert set(res["families"]) == {"default", "business"}
+    for fam in res["families"].values():
+        assert fam["nights"] == 14 and fam["events"] > 0
+        assert set(fam["methods"]) == {"tsmeta", "seasonal naive + MAD", "3-week median + MAD"}
+        for m in fam["methods"].values():
+            assert 0 <= m["f1_at_rate"] <= m["best_f1"] + 1e-9 <= 1
+            assert 0 <= m["clean_rate"] <= m["worst_cell_rate"] <= 1
+    business = res["families"]["business"]["methods"]["tsmeta"]
+    assert 0 <= business["holiday_rate"] <= 1 and 0 <= business["after_holiday_rate"] <= 1

@@ -1,5 +1,7 @@
 import json
+from datetime import timedelta
 
+import polars as pl
 import pytest
 
 from tsmeta.data.io import scan_dataset
@@ -89,3 +91,38 @@ def test_written_dataset_roundtrip_and_shards(tmp_path):
     write_synthetic_dataset(root, 120, "h", 3, "2026-11-01", seed=4, shard_blocks=1)
     again = validate_long_frame(scan_dataset(root, "2026-11-01", "2026-11-04"))
     assert again.height == f.height
+
+
+def test_business_family_phenomena():
+    from tsmeta.data.business import BUSINESS_KINDS, CONTEXT_KINDS
+
+    frame, labels, meta = generate_frame(300, "h", 42, "2026-09-07", seed=3, family="business")
+    again, _, _ = generate_frame(300, "h", 42, "2026-09-07", seed=3, family="business")
+    assert frame.equals(again)
+    assert (frame["value"] >= 0).all()
+    # one shared holiday for every series; breaks and anomalies of the documented kinds
+    hol = labels.filter(pl.col("kind") == "holiday")
+    assert hol.height == 300 and hol["start"].n_unique() == 1
+    assert hol["start"][0].weekday() == 2  # a Wednesday, five weeks in
+    assert set(labels["kind"]) <= set(BUSINESS_KINDS) | set(CONTEXT_KINDS)
+    assert set(meta["period"].unique()) == {0, 168}
+    # the holiday runs below the same weekday a week before, for nearly every series
+    day = hol["start"][0]
+    on = (
+        frame.filter(pl.col("ts").dt.date() == day.date())
+        .group_by("series_id")
+        .agg(pl.col("value").sum())
+    )
+    before = (
+        frame.filter(pl.col("ts").dt.date() == (day - timedelta(days=7)).date())
+        .group_by("series_id")
+        .agg(pl.col("value").sum())
+    )
+    ratio = on.join(before, on="series_id").select(pl.col("value") / pl.col("value_right"))["value"]
+    assert ratio.median() < 0.75
+    # counts: small levels are whole numbers; missing points are absent rows (~0.5%)
+    small = meta.filter(pl.col("scale") < 50)["series_id"]
+    assert (frame.filter(pl.col("series_id").is_in(small.to_list()))["value"] % 1 == 0).all()
+    assert 0.002 < 1 - frame.height / (300 * 42 * 24) < 0.01
+    with pytest.raises(ValueError, match="hourly"):
+        generate_frame(10, "d", 42, family="business")

@@ -81,7 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with progress.bar("generate", total=args.series) as pbar:
         manifest = write_synthetic_dataset(
             out, args.series, args.freq, args.days, args.start, args.seed, args.anomaly_rate,
-            progress=pbar.update,
+            progress=pbar.update, family=args.family,
         )  # fmt: skip
     print(f"wrote {manifest['rows']:,} rows of {args.series:,} series ({manifest['anomalies']:,} "
           f"labelled anomalies) to {out} in {manifest['seconds']}s")  # fmt: skip
@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", type=_iso_date, default=date(2026, 11, 1))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--anomaly-rate", type=float, default=0.02, help="anomalies per series and day")
+    g.add_argument("--family", choices=["default", "business"], default="default",
+                   help="default: the generator's corpus; business: hourly business metrics "
+                        "(multiplicative seasons, count noise, a shared holiday, breaks)")  # fmt: skip
     g.add_argument(
         "--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)"
     )

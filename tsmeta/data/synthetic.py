@@ -35,6 +35,7 @@ from tsmeta.data.panel import freq_timedelta, steps_since_epoch
 __all__ = [
     "ANOMALY_KINDS",
     "BLOCK",
+    "FAMILIES",
     "GeneratedBlock",
     "generate_blocks",
     "generate_frame",
@@ -198,6 +199,9 @@ def _start(start: date | str) -> tuple[date, datetime]:
     return start_d, datetime(start_d.year, start_d.month, start_d.day)
 
 
+FAMILIES = ("default", "business")
+
+
 def generate_blocks(
     n_series: int,
     freq: str = "h",
@@ -205,9 +209,17 @@ def generate_blocks(
     start: date | str = "2026-11-01",
     seed: int = 0,
     anomaly_rate: float = 0.02,
+    family: str = "default",
 ) -> Iterator[GeneratedBlock]:
-    """Yield the corpus block by block (``BLOCK`` series each, the last one shorter)."""
+    """Yield the corpus block by block (``BLOCK`` series each, the last one shorter).
+
+    ``family``: ``default`` (this module's corpus) or ``business`` (hourly business
+    metrics, ``tsmeta.data.business``)."""
     freq = normalise_freq(freq)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, received {family!r}")
+    if family == "business" and freq != "h":
+        raise ValueError("the business family is hourly: use freq='h' (or family='default')")
     if n_series < 1:
         raise ValueError(f"n_series must be >= 1, received {n_series}")
     if days < 1:
@@ -222,7 +234,15 @@ def generate_blocks(
     width = max(7, len(str(n_series - 1)))
     for block, first in enumerate(range(0, n_series, BLOCK)):
         n = min(BLOCK, n_series - first)
-        yield _generate_block(block, first, n, g, freq, seed, anomaly_rate, width, start_dt)
+        if family == "business":
+            from tsmeta.data.business import generate_business_block
+
+            ids, values, periods, levels, labels = generate_business_block(
+                block, first, n, g, seed, anomaly_rate, width, start_dt
+            )
+            yield GeneratedBlock(block, ids, values, periods, levels, labels)
+        else:
+            yield _generate_block(block, first, n, g, freq, seed, anomaly_rate, width, start_dt)
 
 
 def _block_long(b: GeneratedBlock, start: datetime, freq: str) -> pl.DataFrame:
@@ -239,12 +259,12 @@ def _block_long(b: GeneratedBlock, start: datetime, freq: str) -> pl.DataFrame:
 
 def generate_frame(
     n_series: int, freq: str = "h", days: int = 14, start: date | str = "2026-11-01",
-    seed: int = 0, anomaly_rate: float = 0.02,
+    seed: int = 0, anomaly_rate: float = 0.02, family: str = "default",
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """In-memory corpus for tests: (long frame, labels, series meta)."""
     start_d, start_dt = _start(start)
     longs, labels, metas = [], [], []
-    for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate):
+    for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate, family):
         longs.append(_block_long(b, start_dt, normalise_freq(freq)))
         labels.append(b.labels)
         metas.append(_block_meta(b))
@@ -267,6 +287,7 @@ def write_synthetic_dataset(
     anomaly_rate: float = 0.02,
     shard_blocks: int = 8,
     progress: object | None = None,
+    family: str = "default",
 ) -> dict:
     """Write the corpus as a date-partitioned Parquet dataset plus labels and series meta.
 
@@ -311,13 +332,14 @@ def write_synthetic_dataset(
         pending.clear()
         shard += 1
 
-    for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate):
+    for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate, family):
         pending.append(b)
         if len(pending) >= shard_blocks:
             flush()
     flush()
     manifest = {
         "generator_version": GENERATOR_VERSION,
+        "family": family,
         "n_series": n_series,
         "freq": freq,
         "days": days,
@@ -345,5 +367,6 @@ def read_labels(path: str | Path) -> pl.DataFrame:
 
 
 def read_series_meta(path: str | Path) -> pl.DataFrame:
-    """True period (0 = aperiodic) and scale of each generated series."""
+    """True period (0 = aperiodic) and scale of each generated series (the business
+    family: 168 or 0, and the hourly level)."""
     return pl.read_parquet(Path(path) / "_meta" / "series" / "*.parquet")

@@ -1,0 +1,273 @@
+"""Detection across data families, through the product's own path, against simple peers.
+
+For each generated family (``default``: the generator's corpus; ``business``: hourly
+business metrics with multiplicative seasons, count noise, a shared holiday and breaks):
+
+1. write ``--weeks`` weeks of ``--series`` hourly series as the partitioned dataset;
+2. ``profile`` and meta-train on the first ``--train-weeks`` weeks (``tsmeta.jobs``, the
+   calls the flows make; labels are never read);
+3. replay every later night with the stored models (``jobs.replay``: each night scored as
+   the nightly job scores it, from the data up to that night);
+4. score the same points with the peers, each from the history before the point only:
+   ``seasonal naive + MAD`` (the value a week before; z from the median and MAD of the
+   previous 7 days' residuals) and ``3-week median + MAD`` (the median of the same hour 1,
+   2 and 3 weeks before; the same z).
+
+Reported per family and method, on the replayed nights:
+
+* event F1 at the method's own flags (the configured false-alarm rate; the peers flag
+  |z| above the normal quantile of that rate) and the best event F1 over thresholds of
+  its score (a labelled event is found when a flag falls inside it; a run of consecutive
+  flags outside every event is one false alarm), and PR-AUC of the point scores;
+* the flag rate on clean points (outside every label) overall, its worst value over
+  weekday x cluster (tsmeta's clusters, the same groups for every method), and the flag
+  rate on the shared holiday and on the 7 days after it (business family).
+
+Context labels (``holiday``, ``break``) are neither events nor clean points.
+
+    python benchmarks/families.py --series 1000 --json families.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tsmeta import jobs
+from tsmeta.config import load_settings
+from tsmeta.data.business import CONTEXT_KINDS
+from tsmeta.data.io import read_window
+from tsmeta.data.panel import build_panel
+from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
+from tsmeta.evaluation import event_scores, pr_auc
+from tsmeta.store.writes import read_profile
+
+METHODS = ("tsmeta", "seasonal naive + MAD", "3-week median + MAD")
+WEEK = 168
+
+
+def _normal_quantile(p: float) -> float:
+    """z with two-sided tail probability p (bisection on erfc; no scipy needed)."""
+    lo, hi = 0.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if math.erfc(mid / math.sqrt(2)) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _rolling_median_mad(resid: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median and 1.4826 * MAD of the previous ``window`` residuals at every step (NaN-aware)."""
+    n, T = resid.shape
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate([np.full((n, window), np.nan), resid], axis=1), window, axis=1
+    )[:, :T]  # (n, T, window): the window steps before t
+    med = np.nanmedian(windows, axis=2)
+    mad = 1.4826 * np.nanmedian(np.abs(windows - med[:, :, None]), axis=2)
+    return med, mad
+
+
+def peer_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """|z| of each point's residual from ``reference`` against the previous 7 days' residuals."""
+    resid = values - reference
+    med, mad = _rolling_median_mad(resid, WEEK)
+    floor = 1e-6 * np.nanmedian(np.abs(values), axis=1, keepdims=True) + 1e-9
+    return np.abs(resid - med) / np.maximum(mad, floor)
+
+
+def _grid(frame: pl.DataFrame, ids: np.ndarray, start: datetime, T: int, col: str) -> np.ndarray:
+    """Scatter a frame's ``col`` onto the (series, hour) grid starting at ``start``."""
+    out = np.full((len(ids), T), np.nan)
+    row = {s: i for i, s in enumerate(ids)}
+    r = np.array([row[s] for s in frame.get_column("series_id").to_list()], dtype=np.int64)
+    c = ((frame.get_column("ts").dt.replace_time_zone(None) - start.replace(tzinfo=None))
+         .dt.total_hours().to_numpy())  # fmt: skip
+    out[r, c] = frame.get_column(col).cast(pl.Float64).to_numpy()
+    return out
+
+
+def _label_grids(labels: pl.DataFrame, ids: np.ndarray, start: datetime, T: int):
+    """(event id per point, -1 outside; context mask; holiday mask) on the grid."""
+    event = np.full((len(ids), T), -1, dtype=np.int64)
+    context = np.zeros((len(ids), T), dtype=bool)
+    holiday = np.zeros((len(ids), T), dtype=bool)
+    row = {s: i for i, s in enumerate(ids)}
+    base = start.replace(tzinfo=None)
+    for i, lab in enumerate(labels.iter_rows(named=True)):  # labels: thousands, not a hot path
+        r = row.get(lab["series_id"])
+        if r is None:
+            continue
+        a = int((lab["start"].replace(tzinfo=None) - base) / timedelta(hours=1))
+        b = int((lab["end"].replace(tzinfo=None) - base) / timedelta(hours=1))
+        a, b = max(a, 0), min(b, T)
+        if a >= b:
+            continue
+        if lab["kind"] in CONTEXT_KINDS:
+            context[r, a:b] = True
+            holiday[r, a:b] |= lab["kind"] == "holiday"
+        else:
+            event[r, a:b] = i
+    return event, context, holiday
+
+
+def best_event_f1(score: np.ndarray, event: np.ndarray, observed: np.ndarray) -> float:
+    s = np.where(np.isnan(score), -np.inf, score)
+    finite = s[np.isfinite(s)]
+    if not finite.size:
+        return 0.0
+    qs = np.quantile(finite, 1 - np.geomspace(1e-4, 0.05, 30))
+    return max(event_scores(s >= q, event, observed)["f1"] for q in qs)
+
+
+def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np.ndarray,
+             holiday: np.ndarray, observed: np.ndarray, dow: np.ndarray, cluster: np.ndarray,
+             after_holiday: np.ndarray) -> dict:  # fmt: skip
+    usable = observed & ~context
+    raw, flag = flag, flag & usable
+    score = np.where(usable, score, np.nan)
+    at_rate = event_scores(flag, event, observed)
+    clean = usable & (event < 0)
+    rates = {}
+    for c in np.unique(cluster):
+        for d in range(7):
+            cell = clean & (cluster[:, None] == c) & (dow[None, :] == d)
+            if cell.sum() >= 480:  # 20 series-days at least
+                rates[f"{c} {'MTWTFSS'[d]}{d}"] = float(flag[cell].mean())
+    worst = max(rates, key=rates.get) if rates else None
+    hol = observed & holiday & (event < 0)
+    after = clean & after_holiday[None, :]
+    return {
+        "f1_at_rate": at_rate["f1"],
+        "precision_at_rate": at_rate["precision"],
+        "recall_at_rate": at_rate["recall"],
+        "best_f1": best_event_f1(score, event, observed),
+        "pr_auc": pr_auc(np.where(clean | (event >= 0), score, np.nan), event >= 0),
+        "clean_rate": float(flag[clean].mean()),
+        "worst_cell": worst,
+        "worst_cell_rate": rates[worst] if worst else float("nan"),
+        "holiday_rate": float(raw[hol].mean()) if hol.any() else float("nan"),
+        "after_holiday_rate": float(flag[after].mean()) if after.any() else float("nan"),
+    }  # fmt: skip
+
+
+def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
+    start = date(2026, 9, 7)  # a Monday
+    days = 7 * args.weeks
+    root = work / family / "dataset"
+    t = time.perf_counter()
+    write_synthetic_dataset(root, args.series, "h", days, start, args.seed, args.anomaly_rate,
+                            family=family)  # fmt: skip
+    settings = load_settings(data_dir=str(work / family), dataset_path=str(root),
+                             **({"k": args.k} if args.k else {}))  # fmt: skip
+    as_of = start + timedelta(days=7 * args.train_weeks)
+    jobs.profile_series(settings, as_of, "bench")
+    trained = jobs.train_models(settings, as_of, "bench", None)
+    failed = {c: r["error"] for c, r in trained.items() if "error" in r}
+    if failed:
+        raise RuntimeError(f"training failed: {failed}")
+    prepared = time.perf_counter() - t
+    last = start + timedelta(days=days - 1)
+    frames = [f.select("series_id", "ts", "surprise", "flag")
+              for _, f, _ in jobs.replay(settings, as_of, last, "bench", keep="all")]  # fmt: skip
+    scored = pl.concat(frames).with_columns(pl.col("series_id").cast(pl.String))
+    replayed = time.perf_counter() - t - prepared
+
+    begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    panel = build_panel(read_window(root, start, last + timedelta(days=1)), "h")
+    ids = panel.series_ids.astype(str)
+    values = np.where(panel.mask, panel.values, np.nan).astype(np.float64)
+    first = 24 * 7 * args.train_weeks  # the first replayed hour
+    T = values.shape[1] - first
+    eval_start = begin + timedelta(hours=first)
+
+    tsm_score = _grid(scored, ids, eval_start, T, "surprise")
+    tsm_flag = _grid(scored, ids, eval_start, T, "flag") == 1
+    naive = np.full_like(values, np.nan)
+    naive[:, WEEK:] = values[:, :-WEEK]
+    lags = np.stack([np.pad(values, ((0, 0), (w * WEEK, 0)), constant_values=np.nan)[:, : values.shape[1]]
+                     for w in (1, 2, 3)])  # fmt: skip
+    median3 = np.nanmedian(lags, axis=0)
+    z_cut = _normal_quantile(settings.false_alarm_rate)
+    peers = {}
+    for name, ref in (("seasonal naive + MAD", naive), ("3-week median + MAD", median3)):
+        z = peer_z(values, ref)[:, first:]
+        peers[name] = (z, z > z_cut)
+
+    labels = read_labels(root).with_columns(pl.col("series_id").cast(pl.String))
+    event, context, holiday = _label_grids(labels, ids, eval_start, T)
+    observed = ~np.isnan(values[:, first:])
+    hours = np.arange(T)
+    dow = ((eval_start.weekday() + (hours // 24)) % 7).astype(np.int64)
+    profile = read_profile(jobs.engine_for(settings), ("series_id", "cluster_id"))
+    cl = dict(zip(profile["series_id"].cast(pl.String).to_list(), profile["cluster_id"].to_list(),
+                  strict=True))  # fmt: skip
+    cluster = np.array([cl.get(s, "unprofiled") for s in ids])
+    hol_hours = np.nonzero(holiday.any(axis=0))[0]
+    after_holiday = np.zeros(T, dtype=bool)
+    if hol_hours.size:
+        after_holiday[hol_hours.max() + 1 : hol_hours.max() + 1 + 7 * 24] = True
+
+    out = {"series": len(ids), "nights": (last - as_of).days + 1, "events": int(np.unique(event[event >= 0]).size),
+           "prepare_seconds": round(prepared, 1), "replay_seconds": round(replayed, 1),
+           "clusters": sorted(set(cluster.tolist())), "methods": {}}  # fmt: skip
+    common = (event, context, holiday, observed, dow, cluster, after_holiday)
+    out["methods"]["tsmeta"] = evaluate(tsm_score, tsm_flag, *common)
+    for name, (z, flag) in peers.items():
+        out["methods"][name] = evaluate(z, flag, *common)
+    return out
+
+
+def _fmt(x: object) -> str:
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else (f"{x:.2e}" if 0 < abs(x) < 0.01 else f"{x:.3f}")
+    return str(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--families", nargs="+", default=["default", "business"])
+    ap.add_argument("--series", type=int, default=1000)
+    ap.add_argument("--weeks", type=int, default=8)
+    ap.add_argument("--train-weeks", type=int, default=3)
+    ap.add_argument("--anomaly-rate", type=float, default=0.02)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--k", type=int, default=None, help="TSMETA_K (default: the product's)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    results = {
+        "config": vars(args) | {"json": str(args.json) if args.json else None},
+        "families": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="tsmeta-families-") as tmp:
+        for family in args.families:
+            results["families"][family] = run_family(family, args, Path(tmp))
+    cols = ("best_f1", "f1_at_rate", "pr_auc", "clean_rate", "worst_cell_rate", "worst_cell",
+            "holiday_rate", "after_holiday_rate")  # fmt: skip
+    for family, res in results["families"].items():
+        print(f"\n{family}: {res['series']} series, {res['nights']} nights replayed, {res['events']} events "
+              f"(configured rate 1e-3; prepare {res['prepare_seconds']} s, replay {res['replay_seconds']} s)")  # fmt: skip
+        print("| method | " + " | ".join(cols) + " |")
+        print("|---|" + "---:|" * len(cols))
+        for name, m in res["methods"].items():
+            print(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
