@@ -52,7 +52,7 @@ from tsmeta.detect import score_day
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta import ALGORITHMS
-from tsmeta.meta.tasks import earliest_cut, sample_tasks
+from tsmeta.meta.tasks import sample_tasks, window_reach
 from tsmeta.meta.train import MetaConfig, MetaModel, calibrate, meta_train
 from tsmeta.periodicity import detect_periods
 
@@ -175,8 +175,7 @@ def mstl_log_tail(
 
 def tsmeta_log_tail(model: MetaModel, values: np.ndarray, mask: np.ndarray, ids: np.ndarray,
                     t0: int, start_step: int, rate: float) -> np.ndarray:  # fmt: skip
-    need = earliest_cut(model.spec, model.config.k)
-    first = t0 - need
+    first = max(0, t0 - window_reach(model.spec, model.config.k))
     h = model.config.horizon
     day = score_day(values[:, first : t0 + h], mask[:, first : t0 + h], ids, start_step + first,
                     model, rate)  # fmt: skip
@@ -259,7 +258,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
                            veto_lag=168 if args.week_veto and (p or 24) < 168 else 0,
-                           second_lag=168 if args.week_lag and (p or 24) < 168 else 0)  # fmt: skip
+                           second_lag=168 if args.week_lag and (p or 24) < 168 else 0,
+                           lag_periods=args.lag_periods)  # fmt: skip
         cfg = MetaConfig(algorithm=args.algorithm, k=args.k, horizon=24, meta_steps=args.meta_steps,
                          meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
@@ -383,7 +383,8 @@ def run_m4(args: argparse.Namespace) -> dict:
     H = M4_HORIZON
     spec = FeatureSpec(period=24, relative_to_lag=args.relative,
                        veto_lag=168 if args.week_veto else 0,
-                       second_lag=168 if args.week_lag else 0)  # fmt: skip
+                       second_lag=168 if args.week_lag else 0,
+                       lag_periods=args.lag_periods)  # fmt: skip
     cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
                      eval_every=50, patience=8, seed=args.seed)  # fmt: skip
@@ -499,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--week-lag", action=argparse.BooleanOptionalAction, default=True,
                     help="the week before as a second lagged input, as the product's hourly "
                          "models of a daily period have (FeatureSpec.second_lag)")  # fmt: skip
+    ap.add_argument("--lag-periods", type=int, default=Settings().lag_periods,
+                    help="periods the lagged inputs' median spans (FeatureSpec.lag_periods; "
+                         "default: the product's)")  # fmt: skip
     ap.add_argument("--m4-dir", type=Path, default=None)
     ap.add_argument("--skip-m4", action="store_true")
     ap.add_argument("--skip-generator", action="store_true", help="the M4 corpus alone")

@@ -158,6 +158,11 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
         "worst_cell_rate": rates[worst] if worst else float("nan"),
         "holiday_rate": float(raw[hol].mean()) if hol.any() else float("nan"),
         "after_holiday_rate": float(flag[after].mean()) if after.any() else float("nan"),
+        "clean_rate_per_night": [
+            round(float(flag[:, d * 24 : d * 24 + 24][clean[:, d * 24 : d * 24 + 24]].mean()), 5)
+            if clean[:, d * 24 : d * 24 + 24].any() else None
+            for d in range(flag.shape[1] // 24)
+        ],
     }  # fmt: skip
 
 

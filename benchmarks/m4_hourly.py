@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tsmeta.config import Settings
 from tsmeta.data.m4 import M4_HORIZON, m4_panel
 from tsmeta.evaluation import mase, smape
 from tsmeta.forecaster import FeatureSpec
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     train_v, train_m = values[:, :cut], mask[:, :cut]
     week = 7 * PERIOD
     spec = FeatureSpec(period=PERIOD, harmonics=args.harmonics, relative_to_lag=args.relative,
-                       second_lag=week if args.week_lag else 0)  # fmt: skip
+                       second_lag=week if args.week_lag else 0, lag_periods=args.lag_periods)  # fmt: skip
     rows: list[dict] = []
     fit_seconds: dict[str, float] = {}
 
@@ -134,7 +135,8 @@ def run(args: argparse.Namespace) -> dict:
                 t = time.perf_counter()
                 gspec = FeatureSpec(period=p, harmonics=args.harmonics,
                                     relative_to_lag=args.relative,
-                                    second_lag=week if args.week_lag and p < week else 0)  # fmt: skip
+                                    second_lag=week if args.week_lag and p < week else 0,
+                                    lag_periods=args.lag_periods)  # fmt: skip
                 model = meta_train(train_v[members], train_m[members], start_step, gspec, cfg)
                 fit_seconds[f"{algorithm} k={k} p={p}"] = round(time.perf_counter() - t, 1)
                 steps_run.append(model.metrics["steps_run"])
@@ -195,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["maml", "anil", "ridge"],
         choices=[a for a in ALGORITHMS if a != "pretrain"],  # pretrain is always the baseline
         help="meta-learners to run",
+    )
+    ap.add_argument(
+        "--lag-periods",
+        type=int,
+        default=Settings().lag_periods,
+        help="periods the lagged inputs' median spans (default: the product's)",
     )
     ap.add_argument("--inner-steps", type=int, default=5)
     ap.add_argument("--hidden", type=int, default=40, help="width of the MLP's two hidden layers")

@@ -72,6 +72,35 @@ def test_a_longer_window_than_the_model_reads_scores_the_same(trained):
     np.testing.assert_array_equal(long.basis, short.basis)
 
 
+def test_the_lagged_inputs_median_reads_the_periods_before_and_resists_one_unusual_one(trained):
+    """FeatureSpec.lag_periods = 3: the inputs are the median of the same phase over three
+    periods, so scoring reads them (a change three periods back moves the forecast, and a
+    longer window than that reads changes nothing), and one period at 0.6x of its level (a
+    holiday) moves the forecast less than it moves the single most recent lag's."""
+    values, mask, ids, start, base = trained
+    med = replace(base, spec=replace(base.spec, lag_periods=3))
+    values, mask, ids = values[:60].copy(), mask[:60], ids[:60]
+    t0 = values.shape[1] - 24
+
+    def forecast(model, v):
+        return score_day(v, mask, ids, start, model, 1e-3).forecast
+
+    older = values.copy()
+    older[:, t0 - 72 : t0 - 48] *= 1.5  # three days back: the support's second lag
+    assert np.array_equal(forecast(base, older), forecast(base, values))  # one lag: not read
+    assert not np.allclose(forecast(med, older), forecast(med, values))
+    need = 24 + 3 * 24 + 24  # K, three periods of lags, the scored day
+    cut = values.shape[1] - need
+    short = score_day(values[:, cut:], mask[:, cut:], ids, start + cut, med, 1e-3)
+    np.testing.assert_array_equal(short.forecast, forecast(med, values))
+
+    holiday = values.copy()
+    holiday[:, t0 - 48 : t0 - 24] *= 0.6  # the day before the support: the support's lag
+    moved = {name: np.nanmedian(np.abs(forecast(m, holiday) / forecast(m, values) - 1))
+             for name, m in (("one", base), ("median", med))}  # fmt: skip
+    assert moved["median"] < moved["one"], moved
+
+
 def _without_veto(model):  # noqa: ANN001, ANN202
     part = model.partial_calibration
     return replace(model, calibration=replace(model.calibration, veto=None),

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # alone forecasts Monday as a weekend day. M4 Hourly, ridge per period, K = 168:
     # sMAPE / MASE 9.912 / 0.923 against 10.085 / 0.945 without (benchmarks/README)
     week_lag_input: bool = True
+    # the lagged inputs (the value a period before, the week before) are the median of the
+    # same phase over this many recent periods, so that one unusual week (a holiday, an
+    # outage) is not read as the normal the week after; 1: the most recent value alone.
+    # Scoring reads this many periods back (for weekly models: 3 weeks). Takes effect at
+    # the next `train` (benchmarks/README, "Detection across families")
+    lag_periods: int = Field(3, ge=1)
     inner_steps: int = Field(5, ge=1)  # gradient steps of nightly adaptation (not ridge's)
     inner_lr: float = Field(0.1, gt=0)  # step size of those steps; ridge: initial penalty
     meta_batch: int = Field(32, ge=1)  # tasks per outer step

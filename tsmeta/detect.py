@@ -33,7 +33,7 @@ import torch
 from tsmeta.calibration import tail_probability
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
-from tsmeta.meta.tasks import earliest_cut, make_batch
+from tsmeta.meta.tasks import earliest_cut, make_batch, window_reach
 from tsmeta.meta.train import MetaModel, contrast_sigma, residual_sigma
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
@@ -155,10 +155,11 @@ def score_day(
     dev = torch.device(device)
     # the leading columns no feature reads are left out (a night's window is as long as its
     # longest-reaching model needs: weekly lags read a week that daily ones never look at)
-    skip = t0 - need
+    # (the median of the lagged inputs reads up to ``window_reach``, where the window has it)
+    skip = max(0, t0 - window_reach(spec, cfg.k))
     vals_all = torch.as_tensor(values[:, skip:], dtype=torch.float32)
     mask_all = torch.as_tensor(mask[:, skip:], dtype=torch.bool)
-    t_in, step_in = need, start_step + skip  # the scored day's first column, column 0's step
+    t_in, step_in = t0 - skip, start_step + skip  # the scored day's first column, column 0's step
     forecaster = Adapted.from_model(model).to(dev)
     # residual scale per forecast step, of each tail
     steps = [torch.as_tensor(t.steps(H), dtype=torch.float32, device=dev)[None, :]

@@ -22,7 +22,7 @@ from tsmeta.data.io import dataset_dates, scan_dataset
 from tsmeta.data.panel import freq_timedelta, scatter_panel
 from tsmeta.detect import BASIS, score_day
 from tsmeta.jobs import engine_for, night_bounds, points_frame
-from tsmeta.meta.tasks import earliest_cut
+from tsmeta.meta.tasks import window_reach
 from tsmeta.store.models import load_latest_models
 from tsmeta.store.queries import query_anomalies
 from tsmeta.store.writes import read_profile
@@ -83,7 +83,7 @@ def series_night(
             "inside that range"
         )
     spd = settings.steps_per_day
-    reach = max(earliest_cut(m.spec, m.config.k) for _, m in models.values())  # as scoring
+    reach = max(window_reach(m.spec, m.config.k) for _, m in models.values())  # as scoring
     days = max(history_days, math.ceil(reach / spd))
     first = max(night - timedelta(days=days), dates[0])
     begin, _ = night_bounds(first)

@@ -59,6 +59,12 @@ class FeatureSpec:
     # a daily model alone forecasts the Monday as another weekend day, where the week
     # before says what a Monday looks like (the window reads that week for the veto anyway)
     second_lag: int = 0
+    # the lagged inputs (seasonal and second) are the median of the same phase over this
+    # many of the most recent periods known at the cut (those inside the window; fewer
+    # where the window is short): one unusual week, a holiday or an outage, is not read as
+    # the series' normal the week after. 1: the single most recent value. The veto and the
+    # residual spread keep the single most recent value. Models saved before it load with 1
+    lag_periods: int = 1
 
     def __post_init__(self) -> None:
         if self.relative_to_lag and not self.seasonal_lag:
@@ -68,6 +74,8 @@ class FeatureSpec:
                 f"veto_lag must be 0 or a positive lag with seasonal_lag=True (the veto's "
                 f"first reference is the seasonal lag), received {self.veto_lag}"
             )
+        if self.lag_periods < 1:
+            raise ValueError(f"lag_periods must be at least 1, received {self.lag_periods}")
         if self.second_lag < 0:
             raise ValueError(
                 f"second_lag must be 0 (none) or a positive number of steps, received "
@@ -168,12 +176,16 @@ def build_features(
     parts = [torch.sin(ang), torch.cos(ang)]
     if spec.seasonal_lag:
         lag_val, lag_obs = (
-            lag if lag is not None else seasonal_lag(spec, vnorm, observed, cols, cut)
+            lag
+            if lag is not None
+            else lagged(spec.period, vnorm, observed, cols, cut, spec.lag_periods)
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     if spec.second_lag:
         lag_val, lag_obs = (
-            second if second is not None else lagged(spec.second_lag, vnorm, observed, cols, cut)
+            second
+            if second is not None
+            else lagged(spec.second_lag, vnorm, observed, cols, cut, spec.lag_periods)
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
@@ -186,7 +198,9 @@ def seasonal_lag(
     cols: torch.Tensor,
     cut: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(value, observed) of each target's most recent same-phase point known at ``cut``.
+    """(value, observed) of each target's most recent same-phase point known at ``cut``
+    (the reference of the veto and the residual spread; the input is ``lag_periods``'
+    median, see :func:`build_features`).
 
     Shapes as :func:`build_features`; the value is 0 where that point is unobserved or
     before the window.
@@ -200,16 +214,32 @@ def lagged(
     observed: torch.Tensor,
     cols: torch.Tensor,
     cut: torch.Tensor | None = None,
+    periods: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(value, observed) of the point a multiple of ``lag`` steps before each target: one
     ``lag`` back, or with ``cut`` the most recent such point before it (a target ``lag`` or
-    more past the cut reads two lags back, ...). 0 / False before the window."""
+    more past the cut reads two lags back, ...). 0 / False before the window.
+
+    ``periods`` > 1: the median of that many such points, the most recent first (of those
+    observed; the mean of the middle two for an even count), observed when any is."""
     periods_back = 1
     if cut is not None:
         periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // lag
-    lag_cols = cols - lag * periods_back
-    ok = lag_cols >= 0
-    safe = lag_cols.clamp_min(0)
-    lag_obs = torch.gather(observed, 1, safe) & ok
-    lag_val = torch.where(lag_obs, torch.gather(vnorm, 1, safe), torch.zeros((), dtype=vnorm.dtype))
-    return lag_val, lag_obs
+    vals, obss = [], []
+    for extra in range(periods):
+        lag_cols = cols - lag * (periods_back + extra)
+        safe = lag_cols.clamp_min(0)
+        obss.append(torch.gather(observed, 1, safe) & (lag_cols >= 0))
+        vals.append(torch.gather(vnorm, 1, safe))
+    zero = torch.zeros((), dtype=vnorm.dtype)
+    if periods == 1:
+        return torch.where(obss[0], vals[0], zero), obss[0]
+    obs = torch.stack(obss)  # (P, B, N)
+    inf = torch.full((), float("inf"), dtype=vnorm.dtype)
+    ranked = torch.sort(torch.where(obs, torch.stack(vals), inf), dim=0).values
+    count = obs.sum(0)  # (B, N) observed points among the P
+    lo = torch.gather(ranked, 0, ((count - 1).clamp_min(0) // 2)[None]).squeeze(0)
+    hi = torch.gather(ranked, 0, (count // 2).clamp_max(periods - 1)[None]).squeeze(0)
+    hi = torch.where(count % 2 == 1, lo, hi)
+    any_obs = count > 0
+    return torch.where(any_obs, (lo + hi) / 2, zero), any_obs

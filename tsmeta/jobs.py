@@ -30,7 +30,7 @@ from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.batched import head_only
-from tsmeta.meta.tasks import earliest_cut
+from tsmeta.meta.tasks import window_reach
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
@@ -261,6 +261,7 @@ def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
         veto_lag=week if period < week else 0,
         # and the forecaster reads it too (the window holds that week for the veto anyway)
         second_lag=week if settings.week_lag_input and period < week else 0,
+        lag_periods=settings.lag_periods,
     )
 
 
@@ -435,7 +436,7 @@ def _score_models(
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     spd = settings.steps_per_day
-    reach = max(earliest_cut(m.spec, m.config.k) for _, m in models.values())
+    reach = max(window_reach(m.spec, m.config.k) for _, m in models.values())
     start = _window_start(settings, night, math.ceil(reach / spd))
     night_start, _ = night_bounds(night)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())

@@ -24,6 +24,7 @@ __all__ = [
     "make_batch",
     "sample_tasks",
     "earliest_cut",
+    "window_reach",
     "robust_sigma",
     "NORMALISATION",
 ]
@@ -79,6 +80,14 @@ def earliest_cut(spec: FeatureSpec, k: int) -> int:
     of the veto's second reference, ``FeatureSpec.veto_lag``, and of the second lagged
     input, ``FeatureSpec.second_lag``)."""
     return k + max(spec.period if spec.seasonal_lag else 0, spec.veto_lag, spec.second_lag)
+
+
+def window_reach(spec: FeatureSpec, k: int) -> int:
+    """Steps before the forecast origin that scoring reads when the data has them: the
+    cut's needs (:func:`earliest_cut`) and the further periods of the lagged inputs'
+    median (``FeatureSpec.lag_periods``)."""
+    longest = max(spec.period if spec.seasonal_lag else 0, spec.second_lag)
+    return max(earliest_cut(spec, k), k + spec.lag_periods * longest)
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -184,7 +193,7 @@ def make_batch(
             # at its lag (a week drifts more than a day): the nearer of the two deviations
             ref_s = lagged(spec.veto_lag, vnorm, obs, s_cols, t0)
             ref_q = lagged(spec.veto_lag, vnorm, obs, q_cols, t0)
-            if spec.second_lag == spec.veto_lag:  # the same values are an input too
+            if spec.second_lag == spec.veto_lag and spec.lag_periods == 1:  # an input too
                 week_s, week_q = ref_s, ref_q
             _, other = _naive_deviation(ys, ms, yq, ref_s, ref_q)
             if spec.veto_neighbours:
@@ -193,11 +202,15 @@ def make_batch(
     if spec.relative_to_lag:  # the lag is both a feature and the targets' base
         base_s, base_q = lag_s[0], lag_q[0]
         ys, yq = ys - base_s, (yq - base_q) * q_in
+    if spec.lag_periods > 1:  # the inputs are the median over periods: build_features's
+        lag_in_s = lag_in_q = None
+    else:
+        lag_in_s, lag_in_q = lag_s, lag_q
     return TaskBatch(
-        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_s, week_s),
+        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_in_s, week_s),
         ys=ys,
         ms=ms,
-        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_q, week_q),
+        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_in_q, week_q),
         yq=yq,
         mq=mq.to(v.dtype),
         loc=loc,
