@@ -73,6 +73,19 @@ def test_demo_runs_the_whole_path(tmp_path, capsys, prefect_harness, ray_local):
     )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 3 and rows[0]["score"] >= rows[1]["score"]
+    # an export holds every row of the night; the table shows the top 20
+    dd = ["--data-dir", str(tmp_path / "demo")]
+    assert main(["anomalies", *dd, "--format", "csv"]) == 0
+    exported = capsys.readouterr().out.strip().splitlines()[1:]
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'demo' / 'tsmeta.db'}")
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text(
+            "select count(*) from anomalies where ts >= (select max(night) from anomaly_daily_counts)"
+        )).scalar()  # fmt: skip
+    engine.dispose()
+    assert len(exported) == stored > 3
     _plot_report_evaluate(tmp_path / "demo", rows[0]["series_id"], capsys)
 
 

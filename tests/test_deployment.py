@@ -195,10 +195,22 @@ def test_scheduled_nightly_runs_on_a_real_server_and_worker_and_writes_rows(
                 f"server log:\n{_tail(server_log)}"
             )
             time.sleep(2)
+        # the documented stop (deploy/README.md): pause the pool, then SIGTERM twice
+        _prefect(["work-pool", "pause", "tsmeta"], client_env)
+        worker = started[1]
+        for _ in range(2):
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+        worker_stopped = worker.poll() is not None
     finally:
         for proc in reversed(started):
             _stop(proc)
     assert all(p.poll() is not None for p in started)
+    assert worker_stopped, f"the worker outlived two SIGTERMs:\n{_tail(worker_log)}"
     # every finished run was created by the server's scheduler for the nightly deployment
     assert all(run["auto_scheduled"] for run in done), done
     assert {flow_names[run["flow_id"]] for run in done} == {"nightly"}

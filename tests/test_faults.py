@@ -409,3 +409,16 @@ def test_the_default_night_is_today_minus_the_lag_in_the_configured_zone(tmp_pat
         today = datetime.now(ZoneInfo(tz)).date()
         assert jobs.default_night(settings) in (today - timedelta(days=lag),
                                                 today - timedelta(days=lag - 1))  # fmt: skip
+
+
+def test_reading_only_the_days_the_models_read_gives_the_same_rows(trained):
+    """Nightly scoring reads the support, the night and their lags (weeks back), not every
+    day between them (Settings.read_needed_days): every scored point is the same."""
+    night = LAST
+    some, s_stats = jobs.score_night(load_settings(**trained), night, "a", "all")
+    every, e_stats = jobs.score_night(
+        load_settings(**trained, read_needed_days=False), night, "b", "all"
+    )
+    assert some.height == e_stats["points_scored"] > 300 * 20
+    assert some.equals(every)
+    assert s_stats["clusters"] == e_stats["clusters"]

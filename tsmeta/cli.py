@@ -152,7 +152,8 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             raise ValueError("give either --night or --start/--end, not both")
         start = end = args.night
     engine = jobs.engine_for(_settings(args))
-    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score, args.top)
+    top = args.top or (20 if args.format == "table" else None)  # exports are whole
+    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score, top)
     if frame.height == 0:
         from tsmeta.store.queries import latest_night
 
@@ -164,7 +165,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=args.top, tbl_cols=12, tbl_width_chars=160, float_precision=3):
+        with pl.Config(tbl_rows=top, tbl_cols=12, tbl_width_chars=160, float_precision=3):
             print(frame.drop("run_id", "model_version", "residual"))
     return 0
 
@@ -371,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
     a.add_argument("--min-score", type=float, default=None, help="only scores >= this (0..1)")
     a.add_argument(
-        "--top", type=_positive, default=20, help="at most this many rows, highest score first"
-    )
+        "--top", type=_positive, default=None,
+        help="at most this many rows, highest score first (default: 20 in a table; every "
+             "matching row with --format csv or json)",
+    )  # fmt: skip
     a.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     pl_ = add("plot", cmd_plot, "PNG of a series: recent history, the night's forecast band, flags")

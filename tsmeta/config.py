@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # scoring
     false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data
     chunk_series: int = Field(8192, ge=1)  # series per batched adaptation chunk
+    # nightly scoring reads only the days its models read (the support, the night and
+    # their lags a period and weeks back), not every day of the window between them; the
+    # same rows either way (a test checks), fewer bytes read
+    read_needed_days: bool = True
     # torch threads of in-process nightly scoring on the CPU; 0: torch's default (one per
     # core); unset: 1 when every model adapts its output layer only (ANIL: small elementwise
     # steps whose intra-op threads mostly spin while the next chunk is read), else torch's

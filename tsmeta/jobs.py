@@ -30,7 +30,7 @@ from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.batched import head_only
-from tsmeta.meta.tasks import window_reach
+from tsmeta.meta.tasks import steps_read, window_reach
 from tsmeta.meta.train import MetaConfig, MetaModel
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models, save_model
@@ -438,6 +438,12 @@ def _score_models(
     spd = settings.steps_per_day
     reach = max(window_reach(m.spec, m.config.k) for _, m in models.values())
     start = _window_start(settings, night, math.ceil(reach / spd))
+    # only the days some model reads (the lags' weeks back, not every day between them)
+    read_days = frozenset(
+        night + timedelta(days=step // spd)
+        for _, m in models.values()
+        for step in steps_read(m.spec, m.config.k, m.config.horizon)
+    )
     night_start, _ = night_bounds(night)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())
 
@@ -522,7 +528,8 @@ def _score_models(
 
     lookup = profile.select(pl.col("series_id").cast(pl.String), "cluster_id")
     panels = iter_window_panels(settings.dataset_path, start, night + timedelta(days=1),
-                                settings.freq, 1 << 30, settings.read_chunk_rows)  # fmt: skip
+                                settings.freq, 1 << 30, settings.read_chunk_rows,
+                                read_days if settings.read_needed_days else None)  # fmt: skip
     read_wait, tick = 0.0, time.perf_counter()
     try:
         for panel in panels:

@@ -70,8 +70,11 @@ def dataset_dates(path: str | Path) -> list[date]:
     return sorted(out)
 
 
-def window_files(path: str | Path, start: date | str, end: date | str) -> dict[date, list[Path]]:
-    """The part files of each date in ``[start, end)`` (dates without a folder are absent)."""
+def window_files(
+    path: str | Path, start: date | str, end: date | str, dates: frozenset[date] | None = None
+) -> dict[date, list[Path]]:
+    """The part files of each date in ``[start, end)`` (dates without a folder are absent;
+    with ``dates``, only those dates)."""
     root = Path(path)
     first, stop = _as_date(start), _as_date(end)
     if stop <= first:
@@ -80,7 +83,7 @@ def window_files(path: str | Path, start: date | str, end: date | str) -> dict[d
     day = first
     while day < stop:
         folder = root / f"date={day.isoformat()}"
-        if folder.is_dir():
+        if (dates is None or day in dates) and folder.is_dir():
             parts = sorted(folder.glob("*.parquet"))
             if parts:
                 out[day] = parts
@@ -142,8 +145,9 @@ def _file_stats(path: Path) -> tuple[int, list[tuple[object, object, int]]]:
 
 
 def plan_series_chunks(
-    path: str | Path, start: date | str, end: date | str, target_rows: int = 50_000_000
-) -> list[SeriesChunk]:
+    path: str | Path, start: date | str, end: date | str, target_rows: int = 50_000_000,
+    dates: frozenset[date] | None = None,
+) -> list[SeriesChunk]:  # fmt: skip
     """Split the window ``[start, end)`` into chunks that each hold whole series.
 
     Memory stays bounded by ``target_rows`` rows per chunk, decided from the Parquet
@@ -159,7 +163,7 @@ def plan_series_chunks(
     """
     if target_rows < 1:
         raise ValueError(f"target_rows must be >= 1, received {target_rows}")
-    by_date = window_files(path, start, end)
+    by_date = window_files(path, start, end, dates)
     stats = {p: _file_stats(p) for parts in by_date.values() for p in parts}
     total = sum(rows for rows, _ in stats.values())
     everything = tuple(str(p) for p in stats)
@@ -221,12 +225,14 @@ def iter_window_panels(
     freq: str = "h",
     chunk_series: int = 8192,
     target_rows: int = 50_000_000,
+    dates: frozenset[date] | None = None,
 ) -> Iterator[Panel]:
     """Panels of at most ``chunk_series`` series covering ``[start, end)``, read in chunks.
 
     Every series of the window appears in exactly one panel, with all its points; peak
     memory is about two chunks of ``target_rows`` rows and their panels (the next chunk is
-    read in a background thread while the caller works on the current one).
+    read in a background thread while the caller works on the current one). ``dates``:
+    read only those days of the window (the others are unobserved in the panels).
     """
     first, stop = _as_date(start), _as_date(end)
     begin = datetime(first.year, first.month, first.day, tzinfo=UTC)
@@ -236,7 +242,7 @@ def iter_window_panels(
         frame = chunk.read()
         return scatter_panel(frame, freq, begin, finish) if frame.height else None
 
-    plan = plan_series_chunks(path, first, stop, target_rows)
+    plan = plan_series_chunks(path, first, stop, target_rows, dates)
     # one chunk is read (Parquet decoding, scatter: mostly outside the GIL) while the
     # caller computes on the previous one; at most two chunks are held at once
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsmeta-read") as pool:

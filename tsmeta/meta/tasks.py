@@ -25,6 +25,7 @@ __all__ = [
     "sample_tasks",
     "earliest_cut",
     "window_reach",
+    "steps_read",
     "robust_sigma",
     "NORMALISATION",
 ]
@@ -88,6 +89,26 @@ def window_reach(spec: FeatureSpec, k: int) -> int:
     median (``FeatureSpec.lag_periods``)."""
     longest = max(spec.period if spec.seasonal_lag else 0, spec.second_lag)
     return max(earliest_cut(spec, k), k + spec.lag_periods * longest)
+
+
+def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
+    """The steps, relative to the forecast origin (0: the first forecast step), that
+    scoring a horizon reads: the support, the horizon, their lags (each period of the
+    lagged inputs' median, the veto's reference) and the period before the support that
+    the stuck-support check compares with. Everything else in a window is never read."""
+    out = set(range(-k, horizon)) | set(range(-k - spec.period, -k))
+    lags = []
+    if spec.seasonal_lag:
+        lags.append((spec.period, spec.lag_periods))
+    if spec.second_lag:
+        lags.append((spec.second_lag, spec.lag_periods))
+    if spec.veto_lag:
+        lags.append((spec.veto_lag, 1))
+    for lag, periods in lags:
+        # a horizon longer than the lag reads further back past the cut (see ``lagged``)
+        for back in range(1, periods + (horizon - 1) // lag + 1):
+            out.update(range(-k - back * lag, horizon - back * lag))
+    return out
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
