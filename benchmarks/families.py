@@ -151,7 +151,8 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
         "f1_at_rate": at_rate["f1"],
         "precision_at_rate": at_rate["precision"],
         "recall_at_rate": at_rate["recall"],
-        "best_f1": best_event_f1(score, event, observed),
+        # the best over score thresholds and the method's own flags (an operating point too)
+        "best_f1": max(best_event_f1(score, event, observed), at_rate["f1"]),
         "pr_auc": pr_auc(np.where(clean | (event >= 0), score, np.nan), event >= 0),
         "clean_rate": float(flag[clean].mean()),
         "worst_cell": worst,
