@@ -175,7 +175,7 @@ def mstl_log_tail(
 
 def tsmeta_log_tail(model: MetaModel, values: np.ndarray, mask: np.ndarray, ids: np.ndarray,
                     t0: int, start_step: int, rate: float) -> np.ndarray:  # fmt: skip
-    first = max(0, t0 - window_reach(model.spec, model.config.k))
+    first = max(0, t0 - window_reach(model.spec, model.config.k, model.config.horizon))
     h = model.config.horizon
     day = score_day(values[:, first : t0 + h], mask[:, first : t0 + h], ids, start_step + first,
                     model, rate)  # fmt: skip

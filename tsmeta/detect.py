@@ -156,7 +156,7 @@ def score_day(
     # the leading columns no feature reads are left out (a night's window is as long as its
     # longest-reaching model needs: weekly lags read a week that daily ones never look at)
     # (the median of the lagged inputs reads up to ``window_reach``, where the window has it)
-    skip = max(0, t0 - window_reach(spec, cfg.k))
+    skip = max(0, t0 - window_reach(spec, cfg.k, H))
     vals_all = torch.as_tensor(values[:, skip:], dtype=torch.float32)
     mask_all = torch.as_tensor(mask[:, skip:], dtype=torch.bool)
     t_in, step_in = t0 - skip, start_step + skip  # the scored day's first column, column 0's step

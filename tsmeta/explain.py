@@ -83,7 +83,9 @@ def series_night(
             "inside that range"
         )
     spd = settings.steps_per_day
-    reach = max(window_reach(m.spec, m.config.k) for _, m in models.values())  # as scoring
+    reach = max(
+        window_reach(m.spec, m.config.k, m.config.horizon) for _, m in models.values()
+    )  # as scoring
     days = max(history_days, math.ceil(reach / spd))
     first = max(night - timedelta(days=days), dates[0])
     begin, _ = night_bounds(first)

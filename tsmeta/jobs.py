@@ -436,7 +436,7 @@ def _score_models(
     if not models:
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     spd = settings.steps_per_day
-    reach = max(window_reach(m.spec, m.config.k) for _, m in models.values())
+    reach = max(window_reach(m.spec, m.config.k, m.config.horizon) for _, m in models.values())
     start = _window_start(settings, night, math.ceil(reach / spd))
     # only the days some model reads (the lags' weeks back, not every day between them)
     read_days = frozenset(

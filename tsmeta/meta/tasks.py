@@ -83,14 +83,6 @@ def earliest_cut(spec: FeatureSpec, k: int) -> int:
     return k + max(spec.period if spec.seasonal_lag else 0, spec.veto_lag, spec.second_lag)
 
 
-def window_reach(spec: FeatureSpec, k: int) -> int:
-    """Steps before the forecast origin that scoring reads when the data has them: the
-    cut's needs (:func:`earliest_cut`) and the further periods of the lagged inputs'
-    median (``FeatureSpec.lag_periods``)."""
-    longest = max(spec.period if spec.seasonal_lag else 0, spec.second_lag)
-    return max(earliest_cut(spec, k), k + spec.lag_periods * longest)
-
-
 def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
     """The steps, relative to the forecast origin (0: the first forecast step), that
     scoring a horizon reads: the support, the horizon, their lags (each period of the
@@ -109,6 +101,13 @@ def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
         for back in range(1, periods + (horizon - 1) // lag + 1):
             out.update(range(-k - back * lag, horizon - back * lag))
     return out
+
+
+def window_reach(spec: FeatureSpec, k: int, horizon: int) -> int:
+    """Steps before the forecast origin that scoring reads (the earliest of
+    :func:`steps_read`): the cut's needs and every period of the lagged inputs' median,
+    including the further ones a horizon longer than a lag reads."""
+    return -min(steps_read(spec, k, horizon))
 
 
 def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
