@@ -49,6 +49,7 @@ from tsmeta.data.io import read_window
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
 from tsmeta.evaluation import event_scores, pr_auc
+from tsmeta.meta.train import CALIBRATION_PARTS
 from tsmeta.store.writes import read_profile
 
 METHODS = ("tsmeta", "seasonal naive + MAD", "3-week median + MAD")
@@ -167,6 +168,29 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
     }  # fmt: skip
 
 
+# ablation variants (``--ablate``): the product's stack with one part left out; each is
+# (settings overrides, MetaConfig overrides)
+VARIANTS = {
+    "defaults": ({}, {}),
+    **{f"no-{part}": ({}, {"without": (part,)}) for part in CALIBRATION_PARTS},
+    "no-trim": ({}, {"trim": None}),
+    "no-lag_median": ({"lag_periods": 1}, {}),
+    "no-week_input": ({"week_lag_input": False}, {}),
+}
+
+
+def run_tsmeta(settings_kw: dict, config_kw: dict, as_of: date, last: date):  # noqa: ANN201
+    """Train on the weeks before ``as_of`` and replay every later night: the scored frame."""
+    settings = load_settings(**settings_kw)
+    trained = jobs.train_models(settings, as_of, "bench", None, **config_kw)
+    failed = {c: r["error"] for c, r in trained.items() if "error" in r}
+    if failed:
+        raise RuntimeError(f"training failed: {failed}")
+    frames = [f.select("series_id", "ts", "surprise", "flag")
+              for _, f, _ in jobs.replay(settings, as_of, last, "bench", keep="all")]  # fmt: skip
+    return pl.concat(frames).with_columns(pl.col("series_id").cast(pl.String))
+
+
 def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     start = date(2026, 9, 7)  # a Monday
     days = 7 * args.weeks
@@ -174,20 +198,20 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     t = time.perf_counter()
     write_synthetic_dataset(root, args.series, "h", days, start, args.seed, args.anomaly_rate,
                             family=family)  # fmt: skip
-    settings = load_settings(data_dir=str(work / family), dataset_path=str(root),
-                             **({"k": args.k} if args.k else {}))  # fmt: skip
+    base_kw = {"data_dir": str(work / family), "dataset_path": str(root),
+               **({"k": args.k} if args.k else {})}  # fmt: skip
+    settings = load_settings(**base_kw)
     as_of = start + timedelta(days=7 * args.train_weeks)
-    jobs.profile_series(settings, as_of, "bench")
-    trained = jobs.train_models(settings, as_of, "bench", None)
-    failed = {c: r["error"] for c, r in trained.items() if "error" in r}
-    if failed:
-        raise RuntimeError(f"training failed: {failed}")
-    prepared = time.perf_counter() - t
     last = start + timedelta(days=days - 1)
-    frames = [f.select("series_id", "ts", "surprise", "flag")
-              for _, f, _ in jobs.replay(settings, as_of, last, "bench", keep="all")]  # fmt: skip
-    scored = pl.concat(frames).with_columns(pl.col("series_id").cast(pl.String))
-    replayed = time.perf_counter() - t - prepared
+    jobs.profile_series(settings, as_of, "bench")
+    variants = ["defaults", *args.ablate]
+    scored, seconds = {}, {}
+    for name in variants:
+        t_v = time.perf_counter()
+        s_kw, c_kw = VARIANTS[name]
+        scored[name] = run_tsmeta(base_kw | s_kw, c_kw, as_of, last)
+        seconds[name] = round(time.perf_counter() - t_v, 1)
+        print(f"  {family} {name}: trained and replayed in {seconds[name]} s", file=sys.stderr)
 
     begin = datetime(start.year, start.month, start.day, tzinfo=UTC)
     panel = build_panel(read_window(root, start, last + timedelta(days=1)), "h")
@@ -197,8 +221,6 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     T = values.shape[1] - first
     eval_start = begin + timedelta(hours=first)
 
-    tsm_score = _grid(scored, ids, eval_start, T, "surprise")
-    tsm_flag = _grid(scored, ids, eval_start, T, "flag") == 1
     naive = np.full_like(values, np.nan)
     naive[:, WEEK:] = values[:, :-WEEK]
     lags = np.stack([np.pad(values, ((0, 0), (w * WEEK, 0)), constant_values=np.nan)[:, : values.shape[1]]
@@ -225,10 +247,17 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
         after_holiday[hol_hours.max() + 1 : hol_hours.max() + 1 + 7 * 24] = True
 
     out = {"series": len(ids), "nights": (last - as_of).days + 1, "events": int(np.unique(event[event >= 0]).size),
-           "prepare_seconds": round(prepared, 1), "replay_seconds": round(replayed, 1),
-           "clusters": sorted(set(cluster.tolist())), "methods": {}}  # fmt: skip
+           "seconds": seconds, "total_seconds": round(time.perf_counter() - t, 1),
+           "clusters": sorted(set(cluster.tolist())), "methods": {}, "ablation": {}}  # fmt: skip
     common = (event, context, holiday, observed, dow, cluster, after_holiday)
-    out["methods"]["tsmeta"] = evaluate(tsm_score, tsm_flag, *common)
+    for name in variants:
+        frame = scored[name]
+        res = evaluate(_grid(frame, ids, eval_start, T, "surprise"),
+                       _grid(frame, ids, eval_start, T, "flag") == 1, *common)  # fmt: skip
+        if name == "defaults":
+            out["methods"]["tsmeta"] = res
+        else:
+            out["ablation"][name] = res
     for name, (z, flag) in peers.items():
         out["methods"][name] = evaluate(z, flag, *common)
     return out
@@ -251,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anomaly-rate", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k", type=int, default=None, help="TSMETA_K (default: the product's)")
+    ap.add_argument("--ablate", nargs="*", default=[], choices=[v for v in VARIANTS if v != "defaults"],
+                    help="also run the product with each of these parts left out (the ablation)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -265,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
             "holiday_rate", "after_holiday_rate")  # fmt: skip
     for family, res in results["families"].items():
         print(f"\n{family}: {res['series']} series, {res['nights']} nights replayed, {res['events']} events "
-              f"(configured rate 1e-3; prepare {res['prepare_seconds']} s, replay {res['replay_seconds']} s)")  # fmt: skip
+              f"(configured rate 1e-3; {res['total_seconds']} s)")  # fmt: skip
         print("| method | " + " | ".join(cols) + " |")
         print("|---|" + "---:|" * len(cols))
-        for name, m in res["methods"].items():
+        rows = {**res["methods"], **{f"tsmeta {v}": m for v, m in res["ablation"].items()}}
+        for name, m in rows.items():
             print(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

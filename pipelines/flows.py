@@ -66,8 +66,9 @@ def score_night(settings: Settings, night: date, run_id: str):  # noqa: ANN201
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def write_night(settings: Settings, frame, night: date, run_id: str, clusters: list[str]) -> int:  # noqa: ANN001
-    return jobs.write_night(settings, frame, night, run_id, clusters)
+def write_night(settings: Settings, frame, night: date, run_id: str, clusters: list[str],  # noqa: ANN001
+                shared=None) -> int:  # noqa: ANN001  # fmt: skip
+    return jobs.write_night(settings, frame, night, run_id, clusters, shared)
 
 
 def _recorded(flow_name: str, settings: Settings, params: dict, body) -> dict:  # noqa: ANN001
@@ -143,7 +144,9 @@ def nightly(night: date | None = None, config: dict | None = None) -> dict:
     def body(run_id: str) -> tuple[str, dict]:
         frame, stats = score_night(settings, night, run_id)
         jobs.require_night_data(settings, night, stats)
-        stats["written"] = write_night(settings, frame, night, run_id, stats["scored_clusters"])
+        shared, frame = jobs.find_events(settings, night, frame, stats)
+        stats["written"] = write_night(settings, frame, night, run_id, stats["scored_clusters"],
+                                       shared)  # fmt: skip
         failed = sorted(c for c, v in stats["clusters"].items() if "error" in v)
         partial = failed or stats["no_model_series"] or stats["unprofiled_series"]
         return ("partial" if partial else "completed"), {**stats, "failed_clusters": failed}

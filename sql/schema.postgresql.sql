@@ -17,6 +17,7 @@ CREATE TABLE anomalies (
 	basis VARCHAR(8),
 	surprise FLOAT,
 	cluster_id VARCHAR(64) NOT NULL,
+	event_id VARCHAR(128),
 	model_version INTEGER NOT NULL,
 	run_id VARCHAR(36) NOT NULL,
 	detector_version VARCHAR(32) NOT NULL,
@@ -65,6 +66,24 @@ CREATE TABLE clusters (
 	created_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (cluster_id)
 );
+
+CREATE TABLE events (
+	event_id VARCHAR(128) NOT NULL,
+	night DATE NOT NULL,
+	cluster_id VARCHAR(64) NOT NULL,
+	kind VARCHAR(16) NOT NULL,
+	start_ts TIMESTAMP WITH TIME ZONE NOT NULL,
+	end_ts TIMESTAMP WITH TIME ZONE NOT NULL,
+	direction VARCHAR(4) NOT NULL,
+	n_series INTEGER NOT NULL,
+	peak_share FLOAT NOT NULL,
+	n_points INTEGER NOT NULL,
+	run_id VARCHAR(36) NOT NULL,
+	detector_version VARCHAR(32) NOT NULL,
+	CONSTRAINT pk_events PRIMARY KEY (event_id, detector_version)
+);
+
+CREATE INDEX ix_events_night ON events (night);
 
 CREATE TABLE models (
 	cluster_id VARCHAR(64) NOT NULL,

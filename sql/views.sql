@@ -7,7 +7,7 @@
 DROP VIEW IF EXISTS anomalies_with_series;
 CREATE VIEW anomalies_with_series AS
 SELECT a.series_id, a.ts, a.value, a.forecast, a.lower, a.upper, a.residual, a.score,
-       a.surprise, a.direction, a.severity, a.basis, a.cluster_id, a.model_version, a.run_id, a.detector_version,
+       a.surprise, a.direction, a.severity, a.basis, a.cluster_id, a.event_id, a.model_version, a.run_id, a.detector_version,
        s.attributes, p.period, p.strength, c.n_series AS cluster_size
 FROM anomalies a
 LEFT JOIN series s ON s.series_id = a.series_id
@@ -33,3 +33,13 @@ SELECT a.cluster_id,
 FROM anomaly_feedback f
 JOIN anomalies a ON a.series_id = f.series_id AND a.ts = f.ts
 GROUP BY a.cluster_id;
+
+-- Shared events: steps in which a large share of a cluster's scored series were flagged the
+-- same way (a holiday, an outage), one row per span; kind 'holiday' on the configured
+-- calendar (TSMETA_HOLIDAYS), else 'shared'. Their member anomalies carry the event_id.
+DROP VIEW IF EXISTS shared_events;
+CREATE VIEW shared_events AS
+SELECT e.night, e.kind, e.cluster_id, c.period, c.n_series AS cluster_size, e.start_ts, e.end_ts,
+       e.direction, e.n_series, e.peak_share, e.n_points, e.event_id, e.run_id, e.detector_version
+FROM events e
+LEFT JOIN clusters c ON c.cluster_id = e.cluster_id;

@@ -684,3 +684,27 @@ def test_calibration_leaves_out_its_samples_own_anomalies(seed):
         abs(clean_rate(on_clean) - clean_rate(calibrate(params, clean, 0, 0.1, drop=False)))
         < 0.3e-3
     )
+
+
+def test_an_ablation_leaves_out_exactly_the_named_parts():
+    """``MetaConfig.without`` names calibration parts to leave out (the ablation of
+    ``benchmarks/families.py``): an unknown name is refused, a stored list loads as a tuple,
+    and the parts left out are absent from the fitted tail (so scoring leaves them out too)."""
+    import torch
+
+    from tsmeta.forecaster import init_params
+    from tsmeta.meta.train import CALIBRATION_PARTS, MetaConfig, calibrate
+
+    with pytest.raises(ValueError, match="unknown calibration part.*'vet'"):
+        MetaConfig(without=("vet",))
+    assert MetaConfig(without=["veto"]).without == ("veto",)
+    params = {k: torch.zeros_like(v) for k, v in init_params(8, 16, torch.Generator()).items()}
+    batch = _noise_tasks(np.random.default_rng(3), 2048)
+    full = calibrate(params, batch, 0, 0.1)
+    assert full.veto is not None and full.windows is not None and full.windows.onset is not None
+    off = {p: calibrate(params, batch, 0, 0.1, **{p: False}) for p in CALIBRATION_PARTS}
+    assert off["veto"].veto is None and off["veto"].windows is not None
+    assert off["windows"].windows is None and off["per_step"].step_scale is None
+    assert off["onsets"].windows.onset is None and off["onsets"].windows.isolation is not None
+    assert off["isolation"].windows.isolation is None and off["empirical"].knots is None
+    assert off["spread"].spread_floor is None  # (this sample has no spread: None either way)

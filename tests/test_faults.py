@@ -422,3 +422,50 @@ def test_reading_only_the_days_the_models_read_gives_the_same_rows(trained):
     assert some.height == e_stats["points_scored"] > 300 * 20
     assert some.equals(every)
     assert s_stats["clusters"] == e_stats["clusters"]
+
+
+def test_a_shared_drop_is_one_event_per_cluster_and_reruns_replace_it(trained, tmp_path):
+    """Every series drops for the same five hours (an upstream outage; on the holiday
+    calendar, a holiday): each cluster records the drop as a shared event of kind holiday,
+    its flagged points carry the event's id, the report lists it first and leaves its
+    points out of the per-series list, and re-running the night replaces it exactly."""
+    import shutil
+
+    from pipelines import flows
+    from tsmeta.data.io import write_partitioned
+    from tsmeta.report import write_report
+    from tsmeta.store.queries import query_events
+
+    night = LAST - timedelta(days=2)
+    root = tmp_path / "dataset"
+    shutil.copytree(trained["dataset_path"], root)
+    day = root / f"date={night}"
+    frame = pl.read_parquet(day)
+    shutil.rmtree(day)
+    hour = pl.col("ts").dt.hour()
+    spread = pl.col("value").std().over("series_id")
+    write_partitioned(frame.with_columns(
+        pl.when((hour >= 10) & (hour < 15)).then(pl.col("value") - 8 * spread)
+        .otherwise(pl.col("value")).alias("value")), root)  # fmt: skip
+    config = {**trained, "dataset_path": str(root), "holidays": [str(night)]}
+    assert flows.nightly(night=night, config=config)["status"] == "completed"
+    settings = load_settings(**config)
+    engine = jobs.engine_for(settings)
+    shared = query_events(engine, night, night)
+    assert shared.height >= 1 and set(shared.get_column("kind")) == {"holiday"}
+    assert set(shared.get_column("direction")) == {"down"}
+    # (centred window medians may flag an hour either side of the drop)
+    assert (shared.get_column("start_ts").dt.hour() >= 9).all()
+    assert (shared.get_column("end_ts").dt.hour() <= 16).all()
+    rows = jobs.read_night(settings, night)
+    members = rows.filter(pl.col("event_id").is_not_null())
+    assert members.height == shared.get_column("n_points").sum() > 100
+    assert set(members.get_column("event_id")) == set(shared.get_column("event_id"))
+    page = write_report(settings, night, tmp_path / "r.html")["path"]
+    html = open(page).read()
+    assert html.index("Shared events") < html.index("Top anomalies")
+    assert shared.get_column("event_id")[0].split("/")[0] in html
+    assert flows.nightly(night=night, config=config)["status"] == "completed"
+    assert query_events(engine, night, night).sort("event_id").equals(shared.sort("event_id"))
+    assert jobs.read_night(settings, night).select(COMPARED + ["event_id"]).sort(
+        "series_id", "ts").equals(rows.select(COMPARED + ["event_id"]).sort("series_id", "ts"))  # fmt: skip

@@ -72,12 +72,28 @@ def populated(db_url):
         pl.col("ts") - timedelta(days=1), pl.lit(0.99999).alias("score")
     )
     ancient = rows.slice(2, 1).with_columns(pl.col("ts") - timedelta(days=10))
-    for frame, day in (
-        (ancient, night - timedelta(days=10)),
-        (older, night - timedelta(days=1)),
-        (rows, night),
+    # a shared event of p24 (as tsmeta.events.shared_events writes one) holding a's two points
+    event_id = "p24/2026-11-14T01:00Z/up"
+    shared = pl.DataFrame({"event_id": [event_id], "cluster_id": ["p24"], "kind": ["shared"],
+                           "start_ts": [night + timedelta(hours=1)], "end_ts": [night + timedelta(hours=3)],
+                           "direction": ["up"], "n_series": [1], "peak_share": [0.5], "n_points": [2]})  # fmt: skip
+    rows = rows.with_columns(
+        pl.when(pl.col("series_id") == "a").then(pl.lit(event_id)).alias("event_id")
+    )
+    for frame, day, events in (
+        (ancient, night - timedelta(days=10), None),
+        (older, night - timedelta(days=1), None),
+        (rows, night, shared),
     ):
-        replace_night(engine, frame, day, day + timedelta(days=1), "r", cluster_ids=["p24", "p168"])
+        replace_night(
+            engine,
+            frame,
+            day,
+            day + timedelta(days=1),
+            "r",
+            cluster_ids=["p24", "p168"],
+            shared=events,
+        )
     write_profile(engine, pl.DataFrame({"series_id": ["a", "b", "c"], "period": [24, 168, 24],
                                         "strength": [0.9, 0.8, 0.7], "cluster_id": ["p24", "p168", "p24"]}), "r")  # fmt: skip
     upsert_series(
@@ -171,3 +187,22 @@ def test_nightly_health_shows_the_latest_run_and_its_counts(populated):
     (row,) = run_query(populated, "nightly_health.sql")
     assert row[1:3] == ("failed", "2026-11-15") and row[5] is None
     assert row[-1].startswith("NightDataMissing")
+
+
+def test_shared_events_view_and_query(populated):
+    """The night's shared event is in the view with its cluster, its members carry its id,
+    and re-writing the night without it removes it (events are replaced with the night)."""
+    rows = run_query(populated, "events_latest_night.sql")
+    assert [(r[0], r[1], r[4], r[7]) for r in rows] == [("shared", "p24", "up", 2)]
+    with populated.connect() as conn:
+        members = conn.execute(sa.text(
+            "SELECT series_id FROM anomalies_with_series WHERE event_id = :e ORDER BY ts"),
+            {"e": rows[0][8]}).scalars().all()  # fmt: skip
+    assert members == ["a", "a"]
+    night = datetime(2026, 11, 14, tzinfo=UTC)
+    empty = pl.DataFrame(schema={"series_id": pl.String, "ts": pl.Datetime("us", "UTC"),
+                                 **dict.fromkeys(("value", "forecast", "lower", "upper", "residual", "score"), pl.Float64),
+                                 "direction": pl.String, "cluster_id": pl.String, "model_version": pl.Int64})  # fmt: skip
+    replace_night(populated, empty, night, night + timedelta(days=1), "r2",
+                  cluster_ids=["p24", "p168"])  # fmt: skip
+    assert run_query(populated, "events_latest_night.sql") == []

@@ -144,29 +144,49 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     import polars as pl
 
     from tsmeta import jobs
-    from tsmeta.store.queries import query_anomalies
+    from tsmeta.data.panel import freq_timedelta
+    from tsmeta.events import episodes
+    from tsmeta.store.queries import query_anomalies, query_events
 
     start, end = args.start, args.end
     if args.night is not None:
         if start or end:
             raise ValueError("give either --night or --start/--end, not both")
         start = end = args.night
-    engine = jobs.engine_for(_settings(args))
+    settings = _settings(args)
+    engine = jobs.engine_for(settings)
+    by = args.by or ("episode" if args.format == "table" else "point")
     top = args.top or (20 if args.format == "table" else None)  # exports are whole
-    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score, top)
+    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score,
+                            top if by == "point" else None)  # fmt: skip
     if frame.height == 0:
         from tsmeta.store.queries import latest_night
 
         empty = latest_night(engine) is None
         print("no anomalies stored yet: run `tsmeta nightly` first" if empty else "no anomalies match these filters",
               file=sys.stderr)  # fmt: skip
+    elif by == "episode":  # consecutive flagged points of a series, one way: one anomaly
+        frame = episodes(frame, freq_timedelta(settings.freq))
+        frame = frame.head(top) if top else frame
     if args.format == "csv":
         sys.stdout.write(frame.write_csv())
     elif args.format == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        with pl.Config(tbl_rows=top, tbl_cols=12, tbl_width_chars=160, float_precision=3):
-            print(frame.drop("run_id", "model_version", "residual"))
+        shared = query_events(engine, start, end, args.cluster) if not args.series else None
+        with pl.Config(tbl_rows=max(top, 20), tbl_cols=14, tbl_width_chars=180, float_precision=3):
+            if shared is not None and shared.height:
+                print(f"{shared.height} shared event(s): a share of a cluster's series flagged the "
+                      "same way at once (their points are marked with the event_id)")  # fmt: skip
+                print(shared.drop("event_id"))
+            if by == "episode":
+                if frame.height:
+                    print(
+                        f"top {frame.height} anomalies (consecutive flagged points of a series are one)"
+                    )
+                    print(frame)
+            else:
+                print(frame.drop("run_id", "model_version", "residual"))
     return 0
 
 
@@ -377,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
              "matching row with --format csv or json)",
     )  # fmt: skip
     a.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    a.add_argument(
+        "--by", choices=["episode", "point"], default=None,
+        help="one row per episode (a series' consecutive flagged points, one way) or per "
+             "flagged point (default: episodes in a table, points in csv and json exports)",
+    )  # fmt: skip
 
     pl_ = add("plot", cmd_plot, "PNG of a series: recent history, the night's forecast band, flags")
     pl_.add_argument("series_id", help="the series to draw")

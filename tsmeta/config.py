@@ -8,6 +8,7 @@ below. Paths left unset derive from ``data_dir`` so a single variable relocates 
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
     # their lags a period and weeks back), not every day of the window between them; the
     # same rows either way (a test checks), fewer bytes read
     read_needed_days: bool = True
+    # shared events (tsmeta.events): a step in which at least this share of a cluster's
+    # scored series, and at least event_min_series of them, are flagged the same way (a
+    # holiday, an upstream outage) is part of one event; its points are common-mode
+    event_min_share: float = Field(0.05, gt=0, le=1)
+    event_min_series: int = Field(5, ge=1)
+    # known holidays (dates; TSMETA_HOLIDAYS='["2026-12-25", "2027-01-01"]'): events on them
+    # are of kind "holiday" (expected), not "shared"
+    holidays: list[date] = Field(default_factory=list)
     # torch threads of in-process nightly scoring on the CPU; 0: torch's default (one per
     # core); unset: 1 when every model adapts its output layer only (ANIL: small elementwise
     # steps whose intra-op threads mostly spin while the next chunk is read), else torch's

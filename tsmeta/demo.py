@@ -31,8 +31,11 @@ def run_demo(
     from pipelines.flows import meta_train, nightly, profile
     from tsmeta import jobs
     from tsmeta.config import load_settings
+    from tsmeta.data.panel import freq_timedelta
     from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
     from tsmeta.evaluation import detection_quality
+    from tsmeta.events import episodes
+    from tsmeta.store.queries import query_events
 
     data_dir = Path(data_dir or "tsmeta-data/demo")
     config = {"data_dir": str(data_dir)}
@@ -104,10 +107,17 @@ def run_demo(
         _say(
             f"  {cid:>10}: {c['series']:>6,} series  {c['flagged']:>5,} flagged  model v{c.get('model_version', '-')}"
         )
-    _say("\n=== top anomalies ===")
+    _say("\n=== top anomalies (consecutive flagged points of a series are one) ===")
+    shared = query_events(jobs.engine_for(settings), night, night)
+    if shared.height:
+        _say(f"{shared.height} shared event(s) (a share of a cluster flagged the same way at once): "
+             + "; ".join(f"{r['cluster_id']} {r['direction']} {str(r['start_ts'])[11:16]}-"
+                         f"{str(r['end_ts'])[11:16]} ({r['n_series']} series)"
+                         for r in shared.head(5).iter_rows(named=True)))  # fmt: skip
     with pl.Config(tbl_rows=10, tbl_cols=10, tbl_width_chars=150, float_precision=2):
-        _say(str(stored.head(10).select("series_id", "ts", "value", "forecast", "lower", "upper",
-                                         "score", "surprise", "direction", "cluster_id")))  # fmt: skip
+        _say(str(episodes(stored, freq_timedelta(settings.freq)).head(10).select(
+            "series_id", "start", "end", "points", "peak_ts", "value", "forecast", "surprise",
+            "direction", "cluster_id")))  # fmt: skip
     _say("\n=== detection quality against the generator's labels ===")
     _say(f"precision (flagged points inside a labelled anomaly): {quality['precision']:.3f} "
          f"({quality['true_flagged_points']}/{quality['flagged_points']})")  # fmt: skip

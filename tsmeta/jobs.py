@@ -28,6 +28,7 @@ from tsmeta.data.io import dataset_dates, iter_window_panels
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.data.schema import EmptyInputError
 from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
+from tsmeta.events import shared_events
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta.batched import head_only
 from tsmeta.meta.tasks import steps_read, window_reach
@@ -50,6 +51,7 @@ __all__ = [
     "train_models",
     "score_night",
     "run_night",
+    "find_events",
     "replay",
     "write_night",
     "latest_date",
@@ -671,19 +673,44 @@ def points_frame(
 def run_night(
     settings: Settings, night: date, run_id: str, write: bool = True, keep: str = "flagged"
 ) -> tuple[pl.DataFrame, dict]:
-    """Score one night and (``write``) replace its anomalies in the database.
+    """Score one night, find its shared events and (``write``) replace its anomalies and
+    events in the database.
 
-    The nightly flow's body; ``keep`` as in :func:`score_night`. Only flagged points are
-    written either way. Re-running a night replaces its rows (idempotent).
+    The nightly flow's body; ``keep`` as in :func:`score_night`; the rows gain an
+    ``event_id`` (the shared event a flagged point belongs to, ``tsmeta.events``). Only
+    flagged points are written either way. Re-running a night replaces its rows
+    (idempotent).
     """
     frame, stats = score_night(settings, night, run_id, keep)
+    flagged = frame.filter(pl.col("flag")).drop("flag") if "flag" in frame.columns else frame
+    shared, flagged = find_events(settings, night, flagged, stats)
     if write:
         require_night_data(settings, night, stats)
-        flagged = (
-            frame.filter(pl.col("flag")).drop("flag") if keep == "all" and frame.height else frame
-        )
-        stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"])
-    return frame, stats
+        stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"],
+                                       shared)  # fmt: skip
+    if keep == "all" and frame.height:
+        frame = frame.join(flagged.select("series_id", "ts", "event_id"), on=["series_id", "ts"],
+                           how="left")  # fmt: skip
+        return frame, stats
+    return flagged, stats
+
+
+def find_events(
+    settings: Settings, night: date, flagged: pl.DataFrame, stats: dict
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(shared events, the flagged rows with their ``event_id``) of a night scored by
+    :func:`score_night` (``tsmeta.events.shared_events`` with the settings' thresholds and
+    holiday calendar); counts them into ``stats``."""
+    scored = {cid: c.get("scored", 0) for cid, c in stats["clusters"].items()}
+    shared, flagged = shared_events(flagged, scored, freq_timedelta(settings.freq),
+                                    settings.event_min_share, settings.event_min_series,
+                                    settings.holidays)  # fmt: skip
+    stats["events"] = shared.height
+    stats["event_points"] = int(shared.get_column("n_points").sum()) if shared.height else 0
+    if shared.height:
+        log.info("night %s: %d shared event(s) holding %d flagged points", night, shared.height,
+                 stats["event_points"])  # fmt: skip
+    return shared, flagged
 
 
 def replay(
@@ -706,13 +733,15 @@ def replay(
 
 
 def write_night(
-    settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str]
-) -> int:
-    """Replace the night's anomalies of the given clusters with ``frame`` (idempotent)."""
+    settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str],
+    shared: pl.DataFrame | None = None,
+) -> int:  # fmt: skip
+    """Replace the night's anomalies and shared events of the given clusters with
+    ``frame`` and ``shared`` (idempotent)."""
     night_start, night_end = night_bounds(night)
     with progress.bar("write", total=frame.height, unit="rows") as pbar:
         return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters,
-                             progress=pbar.update)  # fmt: skip
+                             progress=pbar.update, shared=shared)  # fmt: skip
 
 
 def read_night(settings: Settings, night: date) -> pl.DataFrame:

@@ -14,7 +14,9 @@ import numpy as np
 import polars as pl
 
 from tsmeta.config import Settings, redact_url
+from tsmeta.data.panel import freq_timedelta
 from tsmeta.detect import BASIS, BASIS_MEANING, NOT_SCORED
+from tsmeta.events import episodes
 from tsmeta.explain import SeriesNight, latest_nightly_run, series_night
 
 __all__ = ["plot_series", "render_plot", "write_report"]
@@ -99,7 +101,7 @@ def write_report(
     """One self-contained HTML file for ``night``: the run's summary, per-cluster counts,
     timings, model versions, and the plots of the series with the top anomalies."""
     from tsmeta.jobs import engine_for
-    from tsmeta.store.queries import query_anomalies
+    from tsmeta.store.queries import query_anomalies, query_events
 
     engine = engine_for(settings)
     run = latest_nightly_run(engine, night)
@@ -109,14 +111,13 @@ def write_report(
         )
     counts = run.get("counts") or {}
     anomalies = query_anomalies(engine, night, night)
-    top_series = (
-        anomalies.group_by("series_id", maintain_order=True).agg(pl.col("score").max())
-        .head(top).get_column("series_id").to_list()
-        if anomalies.height else []
-    )  # fmt: skip
+    shared = query_events(engine, night, night)
+    # the series' own anomalies, one per episode; common-mode points are their event's
+    own = episodes(anomalies, freq_timedelta(settings.freq)).filter(pl.col("event_id").is_null())
+    top_series = own.get_column("series_id").unique(maintain_order=True).head(top).to_list()
     views = series_night(settings, top_series, night, history_days) if top_series else []
     plots = [(v, base64.b64encode(render_plot(v)).decode("ascii")) for v in views]
-    page = _page(settings, night, run, counts, anomalies, plots)
+    page = _page(settings, night, run, counts, anomalies, own, shared, plots)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -142,7 +143,7 @@ def _table(header: list[str], rows: list[list[object]], numeric: set[int] = froz
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _page(settings, night, run, counts, anomalies, plots) -> str:  # noqa: ANN001
+def _page(settings, night, run, counts, anomalies, own, shared, plots) -> str:  # noqa: ANN001
     clusters = counts.get("clusters", {})
     series = counts.get("series", 0)
     scored = counts.get("series_scored", 0)
@@ -170,16 +171,24 @@ def _page(settings, night, run, counts, anomalies, plots) -> str:  # noqa: ANN00
     )  # fmt: skip
     timings = {k: v for k, v in counts.items() if k.endswith("seconds")}
     timing_t = _table(list(timings), [list(timings.values())], set(range(len(timings))))
-    top_rows = anomalies.head(25)
+    events_t = _table(
+        ["kind", "cluster", "start (UTC)", "end (UTC)", "direction", "series", "peak share",
+         "points"],
+        [[r["kind"], r["cluster_id"], str(r["start_ts"])[:16], str(r["end_ts"])[:16], r["direction"],
+          f"{r['n_series']:,}", f"{r['peak_share']:.1%}", f"{r['n_points']:,}"]
+         for r in shared.iter_rows(named=True)],
+        numeric={5, 6, 7},
+    ) if shared.height else "<p>No shared events this night.</p>"  # fmt: skip
     top_t = _table(
-        ["series", "time (UTC)", "value", "forecast", "score", "surprise", "direction", "severity",
-         "cluster"],
-        [[r["series_id"], str(r["ts"])[:16], f"{r['value']:.3f}", f"{r['forecast']:.3f}",
-          f"{r['score']:.6f}", "" if r.get("surprise") is None else f"{r['surprise']:.1f}",
-          r["direction"], r.get("severity") or "", r["cluster_id"]]
-         for r in top_rows.iter_rows(named=True)],
-        numeric={2, 3, 4, 5},
-    ) if anomalies.height else "<p>No anomalies were flagged this night.</p>"  # fmt: skip
+        ["series", "start (UTC)", "end (UTC)", "points", "peak (UTC)", "value", "forecast",
+         "surprise", "direction", "severity", "cluster"],
+        [[r["series_id"], str(r["start"])[:16], str(r["end"])[:16], r["points"],
+          str(r["peak_ts"])[11:16], f"{r['value']:.3f}", f"{r['forecast']:.3f}",
+          "" if r.get("surprise") is None else f"{r['surprise']:.1f}", r["direction"],
+          r.get("severity") or "", r["cluster_id"]]
+         for r in own.head(25).iter_rows(named=True)],
+        numeric={3, 5, 6, 7},
+    ) if own.height else "<p>No anomalies of single series were flagged this night.</p>"  # fmt: skip
     figures = "".join(
         f'<figure><img alt="{_esc(v.series_id)}" src="data:image/png;base64,{b64}">'
         f"<figcaption>{_esc(v.series_id)}: {v.flags.height} flagged point(s), cluster "
@@ -222,11 +231,19 @@ finished {_esc(run.get("finished_at"))}.</p>
 {per_cluster}
 <h2>Timings (seconds)</h2>
 {timing_t}
+<h2>Shared events</h2>
+<p>Steps in which at least {settings.event_min_share:.0%} of a cluster's scored series (and
+at least {settings.event_min_series}) were flagged the same way: a holiday ("holiday" when
+its date is on the configured calendar), an upstream outage. Their
+{sum(shared.get_column("n_points").to_list()) if shared.height else 0:,} flagged points are
+common-mode and are not listed again below.</p>
+{events_t}
 <h2>Top anomalies</h2>
+<p>One row per episode: consecutive flagged points of a series that deviate the same way
+(start to end, the peak's time, value and forecast; severity the worst of the episode).</p>
 {top_t}
-<p>score: 1 minus the probability of a residual at least this large on a normal night;
-surprise: -log10 of that probability (3: one in a thousand), which still ranks the points
-whose score has reached 1.0.</p>
+<p>surprise: -log10 of the probability of a residual at least this large on a normal night
+(3: one in a thousand).</p>
 <h2>The series of the top anomalies</h2>
 <p>Grey: observed; orange: the night's forecast and its band (where a single point is
 flagged at the configured false-alarm rate); red up / blue down triangles: flagged points. A

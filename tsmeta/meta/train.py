@@ -65,6 +65,12 @@ __all__ = [
 ]
 
 
+# the parts of the residual calibration that an ablation can leave out (``calibrate``'s
+# keywords; ``MetaConfig.without``)
+CALIBRATION_PARTS = ("per_step", "empirical", "windows", "isolation", "onsets", "spread", "veto",
+                     "drop")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MetaConfig:
     algorithm: str = "maml"
@@ -88,11 +94,21 @@ class MetaConfig:
     # ``trim``); None: never. Ignored by the gradient-step algorithms. Models saved before
     # it load with None and score as they were calibrated.
     trim: float | None = 3.0
+    # calibration parts left out (an ablation: ``benchmarks/families.py --ablate``); each a
+    # keyword of ``calibrate`` (CALIBRATION_PARTS). Empty: the product's stack
+    without: tuple[str, ...] = ()
     eval_every: int = 25
     patience: int = 4  # evaluations without improvement before stopping
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "without", tuple(self.without))  # stored states hold lists
+        unknown = sorted(set(self.without) - set(CALIBRATION_PARTS))
+        if unknown:
+            raise ValueError(
+                f"unknown calibration part(s) {unknown} to leave out: the parts are "
+                f"{list(CALIBRATION_PARTS)}"
+            )
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {self.algorithm!r} is not one of {ALGORITHMS}")
         if self.trim is not None and not self.trim > 0:
@@ -452,7 +468,14 @@ def meta_train(
     if is_ridge(rates):  # the learned penalty, for the registry and logs
         metrics["ridge_penalty"] = float(rates[RIDGE].exp())
     calib_batch = tasks(torch_values, torch_mask, cfg.calib_tasks)
-    tail = calibrate(params, calib_batch, cfg.inner_steps, eff_rates, trim=cfg.trim)
+    tail = calibrate(
+        params,
+        calib_batch,
+        cfg.inner_steps,
+        eff_rates,
+        trim=cfg.trim,
+        **dict.fromkeys(cfg.without, False),
+    )
     partial = calibrate_partial(params, calib_batch, torch_values, torch_mask, spec, cfg,
                                 eff_rates, start_step, gen)  # fmt: skip
     return MetaModel(params, spec, cfg, tail, metrics, rates, partial)
@@ -484,4 +507,11 @@ def calibrate_partial(
         keep = (n_sup >= 3) & (n_sup < cfg.k)
     if int(keep.sum()) < min_tasks // 2:
         return None
-    return calibrate(params, batch.select(keep), cfg.inner_steps, rates, trim=cfg.trim)
+    return calibrate(
+        params,
+        batch.select(keep),
+        cfg.inner_steps,
+        rates,
+        trim=cfg.trim,
+        **dict.fromkeys(cfg.without, False),
+    )

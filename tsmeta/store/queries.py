@@ -7,14 +7,16 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import sqlalchemy as sa
 
-from tsmeta.store.schema import anomalies, anomaly_daily_counts, series, series_profile
+from tsmeta.store.schema import anomalies, anomaly_daily_counts, events, series, series_profile
 
-__all__ = ["query_anomalies", "latest_night", "ANOMALY_OUTPUT_COLUMNS"]
+__all__ = ["query_anomalies", "query_events", "latest_night", "ANOMALY_OUTPUT_COLUMNS"]
 
 ANOMALY_OUTPUT_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score", "surprise",
-    "direction", "severity", "basis", "cluster_id", "model_version", "run_id",
+    "direction", "severity", "basis", "cluster_id", "event_id", "model_version", "run_id",
 )  # fmt: skip
+EVENT_OUTPUT_COLUMNS = ("night", "kind", "cluster_id", "start_ts", "end_ts", "direction", "n_series",
+                        "peak_share", "n_points", "event_id")  # fmt: skip
 
 
 def _day_start(d: date) -> datetime:
@@ -88,6 +90,35 @@ def query_anomalies(
             else pl.col("ts").dt.convert_time_zone("UTC")
         )
         frame = frame.with_columns(ts)
+    return frame
+
+
+def query_events(
+    engine: sa.Engine, start: date | None = None, end: date | None = None,
+    clusters: list[str] | None = None,
+) -> pl.DataFrame:  # fmt: skip
+    """Shared events of the nights ``start..end`` (inclusive; default: the latest night),
+    optionally of some clusters only; most member points first."""
+    if start is None and end is None:
+        start = end = latest_night(engine)
+        if start is None:
+            return pl.DataFrame(schema=dict.fromkeys(EVENT_OUTPUT_COLUMNS, pl.Null))
+    start, end = start or end, end or start
+    query = (
+        sa.select(*(events.c[c] for c in EVENT_OUTPUT_COLUMNS))
+        .where(events.c.night >= start, events.c.night <= end)
+        .order_by(events.c.n_points.desc(), events.c.start_ts, events.c.cluster_id)
+    )
+    if clusters:
+        query = query.where(events.c.cluster_id.in_(clusters))
+    with engine.connect() as conn:
+        frame = pl.read_database(query, connection=conn)
+    if frame.height:
+        frame = frame.with_columns(
+            (pl.col(c).dt.replace_time_zone("UTC") if frame.schema[c].time_zone is None  # type: ignore[union-attr]
+             else pl.col(c).dt.convert_time_zone("UTC"))
+            for c in ("start_ts", "end_ts") if isinstance(frame.schema[c], pl.Datetime)
+        )  # fmt: skip
     return frame
 
 

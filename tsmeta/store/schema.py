@@ -18,6 +18,7 @@ __all__ = [
     "clusters",
     "models",
     "anomalies",
+    "events",
     "DETECTOR_VERSION",
     "create_engine",
     "create_schema",
@@ -127,6 +128,8 @@ anomalies = sa.Table(
     # it keeps ranking where the score has saturated at 1.0
     sa.Column("surprise", sa.Float),
     sa.Column("cluster_id", sa.String(64), nullable=False),
+    # the shared event (``events``) the point is a common-mode member of; NULL: its own
+    sa.Column("event_id", sa.String(128)),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),
     sa.Column("detector_version", sa.String(32), nullable=False),
@@ -134,6 +137,28 @@ anomalies = sa.Table(
     sa.UniqueConstraint("series_id", "ts", "detector_version", name="uq_anomaly_point"),
     sa.Index("ix_anomalies_ts", "ts"),
     sa.Index("ix_anomalies_cluster_ts", "cluster_id", "ts"),
+)
+
+# Shared events (``tsmeta.events``): steps in which a large share of a cluster's series were
+# flagged the same way, joined into spans; written and replaced with the night's anomalies,
+# whose member rows carry the event_id.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String(128), nullable=False),
+    sa.Column("night", sa.Date, nullable=False),
+    sa.Column("cluster_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # shared / holiday (on the calendar)
+    sa.Column("start_ts", TS, nullable=False),
+    sa.Column("end_ts", TS, nullable=False),  # the step after the last
+    sa.Column("direction", sa.String(4), nullable=False),  # up / down
+    sa.Column("n_series", sa.Integer, nullable=False),  # distinct series flagged in it
+    sa.Column("peak_share", sa.Float, nullable=False),  # largest share of the cluster in one step
+    sa.Column("n_points", sa.Integer, nullable=False),  # member anomalies
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("detector_version", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("event_id", "detector_version", name="pk_events"),
+    sa.Index("ix_events_night", "night"),
 )
 
 # Write-time rollup: one row per night, cluster and detector, maintained in the same

@@ -23,6 +23,7 @@ from tsmeta.store.schema import (
     anomaly_daily_counts,
     anomaly_feedback,
     clusters,
+    events,
     runs,
     series,
     series_profile,
@@ -48,7 +49,8 @@ ANOMALY_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
     "direction", "cluster_id", "model_version",
 )  # fmt: skip
-OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise")  # NULL when a frame lacks them
+# NULL when a frame lacks them
+OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise", "event_id")
 _INSERT_BATCH = 20_000  # rows per executemany (SQLite)
 _COPY_BATCH = 200_000  # rows per CSV chunk streamed into COPY (PostgreSQL)
 
@@ -352,12 +354,14 @@ def replace_night(
     run_id: str,
     cluster_ids: list[str] | None = None,
     progress: Callable[[int], object] | None = None,
+    shared: pl.DataFrame | None = None,
 ) -> int:
     """Replace this detector's anomalies in [night_start, night_end) with ``frame``.
 
     One transaction: delete the night's rows (of ``cluster_ids``, default all), insert the
-    new ones (COPY on PostgreSQL), and rewrite the night's rows of the daily rollup (a
-    cluster scored with no anomaly gets a zero row). A failure rolls all of it back.
+    new ones (COPY on PostgreSQL), rewrite the night's rows of the daily rollup (a
+    cluster scored with no anomaly gets a zero row) and its shared events (``shared``:
+    ``tsmeta.events.shared_events``'s frame; None: none). A failure rolls all of it back.
     Returns rows inserted.
     """
     missing = [c for c in ANOMALY_COLUMNS if c not in frame.columns]
@@ -385,6 +389,7 @@ def replace_night(
                 f"anomaly rows of cluster(s) {extra} are not among the clusters replaced {cluster_ids}"
             )
     clusters_written = sorted(cluster_ids) if cluster_ids is not None else in_frame
+    shared = _event_rows(shared, night_start, night_end, clusters_written, run_id)
     optional = [
         pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
         for c in OPTIONAL_ANOMALY_COLUMNS
@@ -423,13 +428,48 @@ def replace_night(
     rollup_cond = (anomaly_daily_counts.c.night == night) & (
         anomaly_daily_counts.c.detector_version == DETECTOR_VERSION
     )
+    events_cond = (events.c.night == night) & (events.c.detector_version == DETECTOR_VERSION)
     if cluster_ids is not None:
         cond = cond & anomalies.c.cluster_id.in_(cluster_ids)
         rollup_cond = rollup_cond & anomaly_daily_counts.c.cluster_id.in_(cluster_ids)
+        events_cond = events_cond & events.c.cluster_id.in_(cluster_ids)
     with engine.begin() as conn:
         conn.execute(sa.delete(anomalies).where(cond))
         conn.execute(sa.delete(anomaly_daily_counts).where(rollup_cond))
+        conn.execute(sa.delete(events).where(events_cond))
         _insert_anomalies(conn, rows, progress)
         if rollup:
             conn.execute(sa.insert(anomaly_daily_counts), rollup)
+        _bulk_insert(conn, events, shared)
     return rows.height
+
+
+def _event_rows(
+    shared: pl.DataFrame | None, night_start: datetime, night_end: datetime,
+    clusters: list[str], run_id: str,
+) -> pl.DataFrame:  # fmt: skip
+    """The ``events`` table's rows of a night's shared events, checked like its anomalies."""
+    from tsmeta.events import EVENT_COLUMNS
+
+    if shared is None or shared.height == 0:
+        return pl.DataFrame()
+    missing = [c for c in EVENT_COLUMNS if c not in shared.columns]
+    if missing:
+        raise ValueError(f"event frame lacks column(s) {missing}; expected {list(EVENT_COLUMNS)}")
+    extra = sorted(set(shared.get_column("cluster_id").unique().to_list()) - set(clusters))
+    if extra:
+        raise ValueError(
+            f"events of cluster(s) {extra} are not among the clusters replaced {clusters}"
+        )
+    rows = shared.select(EVENT_COLUMNS).with_columns(
+        pl.col("start_ts", "end_ts").dt.convert_time_zone("UTC"),
+        pl.lit(night_start.date()).alias("night"),
+        pl.lit(run_id).alias("run_id"),
+        pl.lit(DETECTOR_VERSION).alias("detector_version"),
+    )
+    outside = rows.filter((pl.col("start_ts") < night_start) | (pl.col("end_ts") > night_end))
+    if outside.height:
+        raise ValueError(
+            f"{outside.height} events fall outside the night [{night_start}, {night_end})"
+        )
+    return rows
