@@ -53,7 +53,7 @@ from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.tasks import sample_tasks, window_reach
-from tsmeta.meta.train import MetaConfig, MetaModel, calibrate, meta_train
+from tsmeta.meta.train import CALIBRATION_PARTS, MetaConfig, MetaModel, calibrate, meta_train
 from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28
@@ -261,7 +261,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                            second_lag=168 if args.week_lag and (p or 24) < 168 else 0,
                            lag_periods=args.lag_periods)  # fmt: skip
         cfg = MetaConfig(algorithm=args.algorithm, k=args.k, horizon=24, meta_steps=args.meta_steps,
-                         meta_batch=32, seed=args.seed, inner_lr=args.inner_lr)  # fmt: skip
+                         meta_batch=32, seed=args.seed, inner_lr=args.inner_lr,
+                         without=tuple(args.without))  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
@@ -387,7 +388,7 @@ def run_m4(args: argparse.Namespace) -> dict:
                        lag_periods=args.lag_periods)  # fmt: skip
     cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
-                     eval_every=50, patience=8, seed=args.seed)  # fmt: skip
+                     eval_every=50, patience=8, seed=args.seed, without=tuple(args.without))  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
     one_tail = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, False)
@@ -514,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         help="support points K on the generator's corpus (the product's hourly default)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--without", nargs="*", default=[], choices=CALIBRATION_PARTS,
+                    help="calibration parts left out of the trained models (an ablation)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)

@@ -173,7 +173,7 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
 VARIANTS = {
     "defaults": ({}, {}),
     **{f"no-{part}": ({}, {"without": (part,)}) for part in CALIBRATION_PARTS},
-    "no-trim": ({}, {"trim": None}),
+    "no-trim": ({}, {"trim": float("inf")}),  # no support point is ever beyond it
     "no-lag_median": ({"lag_periods": 1}, {}),
     "no-week_input": ({"week_lag_input": False}, {}),
 }
@@ -186,7 +186,7 @@ def run_tsmeta(settings_kw: dict, config_kw: dict, as_of: date, last: date):  # 
     failed = {c: r["error"] for c, r in trained.items() if "error" in r}
     if failed:
         raise RuntimeError(f"training failed: {failed}")
-    frames = [f.select("series_id", "ts", "surprise", "flag")
+    frames = [f.select("series_id", "ts", "surprise", "flag", "event_id")
               for _, f, _ in jobs.replay(settings, as_of, last, "bench", keep="all")]  # fmt: skip
     return pl.concat(frames).with_columns(pl.col("series_id").cast(pl.String))
 
@@ -254,6 +254,15 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
         frame = scored[name]
         res = evaluate(_grid(frame, ids, eval_start, T, "surprise"),
                        _grid(frame, ids, eval_start, T, "flag") == 1, *common)  # fmt: skip
+        # shared events: how many, and the share of the holiday's flags that are common-mode
+        member = _grid(frame.with_columns(pl.col("event_id").is_not_null().cast(pl.Float64).alias("_m")),
+                       ids, eval_start, T, "_m") == 1  # fmt: skip
+        flagged = (_grid(frame, ids, eval_start, T, "flag") == 1) & observed
+        on_holiday = flagged & holiday & (event < 0)
+        res["shared_events"] = int(frame.get_column("event_id").drop_nulls().n_unique())
+        res["holiday_flags_in_events"] = (float(member[on_holiday].mean()) if on_holiday.any()
+                                          else float("nan"))  # fmt: skip
+        res["clean_flags_in_events"] = float(member[flagged & ~context & (event < 0)].mean())
         if name == "defaults":
             out["methods"]["tsmeta"] = res
         else:
@@ -302,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = {**res["methods"], **{f"tsmeta {v}": m for v, m in res["ablation"].items()}}
         for name, m in rows.items():
             print(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+        m = res["methods"]["tsmeta"]
+        print(f"tsmeta's shared events: {m['shared_events']} over the replayed nights; flags in them: "
+              f"{_fmt(m['holiday_flags_in_events'])} of the holiday's, {_fmt(m['clean_flags_in_events'])} "
+              "of those on clean points")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
