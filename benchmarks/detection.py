@@ -262,7 +262,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                            lag_periods=args.lag_periods)  # fmt: skip
         cfg = MetaConfig(algorithm=args.algorithm, k=args.k, horizon=24, meta_steps=args.meta_steps,
                          meta_batch=32, seed=args.seed, inner_lr=args.inner_lr,
-                         without=tuple(args.without))  # fmt: skip
+                         without=tuple(args.without), steps_per_day=24)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
@@ -388,7 +388,7 @@ def run_m4(args: argparse.Namespace) -> dict:
                        lag_periods=args.lag_periods)  # fmt: skip
     cfg = MetaConfig(algorithm=args.algorithm, k=args.m4_k, horizon=H, meta_steps=args.m4_meta_steps,
                      meta_batch=64, cut_every=1, inner_lr=args.inner_lr,
-                     eval_every=50, patience=8, seed=args.seed, without=tuple(args.without))  # fmt: skip
+                     eval_every=50, patience=8, seed=args.seed, without=tuple(args.without), steps_per_day=24)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
     one_tail = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, False)

@@ -708,3 +708,27 @@ def test_an_ablation_leaves_out_exactly_the_named_parts():
     assert off["onsets"].windows.onset is None and off["onsets"].windows.isolation is not None
     assert off["isolation"].windows.isolation is None and off["empirical"].knots is None
     assert off["spread"].spread_floor is None  # (this sample has no spread: None either way)
+
+
+def test_weekday_of_the_grid_and_the_weekday_scale_recovers_a_noisier_monday():
+    """Global grid steps count from 1970-01-01 00:00 UTC (a Thursday); nights of a weekday
+    whose residuals run 2x wider (a Monday adapted from a quiet Sunday) get a factor of
+    about 2 and the others about 1; a tail model keeps it through a round trip."""
+    from datetime import UTC, datetime
+
+    from tsmeta.calibration import fit_weekday_scale, weekday_of
+    from tsmeta.data.panel import steps_since_epoch
+
+    monday = datetime(2026, 12, 7, tzinfo=UTC)
+    assert weekday_of(int(steps_since_epoch(monday, "h")), 24) == 0
+    assert weekday_of(int(steps_since_epoch(monday, "d")) + 6, 1) == 6
+    rng = np.random.default_rng(0)
+    weekday = rng.integers(0, 7, 7000)
+    z = np.abs(rng.standard_normal((7000, 24))) * np.where(weekday == 0, 2.0, 1.0)[:, None]
+    scale = fit_weekday_scale(z, np.ones_like(z, dtype=bool), weekday)
+    assert all(abs(s / scale[1] - 1) < 0.08 for s in scale[1:])
+    assert scale[0] / scale[1] == pytest.approx(2.0, rel=0.08)
+    tail = replace(fit_tail(z.ravel()), weekday_scale=scale)
+    back = TailModel.from_dict(tail.to_dict())
+    assert back.weekday_scale == scale and back.weekday(0) == scale[0]
+    assert TailModel.from_dict({**tail.to_dict(), "weekday_scale": None}).weekday(0) == 1.0

@@ -368,3 +368,25 @@ def test_the_spread_floor_widens_the_band_after_an_anomalous_support(trained):
     band = lambda d: d.upper - d.lower  # noqa: E731
     assert (band(a)[partial] > 2 * band(b)[partial]).all()
     np.testing.assert_array_equal(band(a)[~partial], band(b)[~partial])
+
+
+def test_the_band_widens_by_the_factor_of_the_nights_weekday(trained):
+    """A model with a weekday scale (``MetaConfig.steps_per_day``) divides z by the factor
+    of the scored night's weekday: the band's half-width is that factor times the model's
+    without it, on that weekday only."""
+    from tsmeta.calibration import weekday_of
+
+    values, mask, ids, start, model = trained
+    night = weekday_of(start + values.shape[1] - 24, 24)
+    factors = tuple(2.0 if d == night else 1.0 for d in range(7))
+    tails = {k: replace(getattr(model, k), weekday_scale=factors)
+             for k in ("calibration", "partial_calibration") if getattr(model, k) is not None}  # fmt: skip
+    dated = replace(model, config=replace(model.config, steps_per_day=24), **tails)
+    base = score_day(values[:30], mask[:30], ids[:30], start, model, 1e-3)
+    wide = score_day(values[:30], mask[:30], ids[:30], start, dated, 1e-3)
+    np.testing.assert_allclose(wide.upper - wide.forecast, 2 * (base.upper - base.forecast),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    other = replace(dated, config=replace(model.config, steps_per_day=24),
+                    **{k: replace(t, weekday_scale=factors[1:] + factors[:1]) for k, t in tails.items()})  # fmt: skip
+    same = score_day(values[:30], mask[:30], ids[:30], start, other, 1e-3)
+    np.testing.assert_allclose(same.upper, base.upper, rtol=1e-5)  # its weekday's factor is 1

@@ -63,7 +63,8 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-__all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_windows", "fit_veto",
+__all__ = ["TailModel", "WindowTails", "fit_tail", "fit_step_scale", "fit_weekday_scale", "weekday_of",
+           "fit_windows", "fit_veto",
            "two_sided_tail", "tail_probability", "naive_log_tail", "window_medians", "lower_median",
            "isolation", "neighbours", "onset", "t_sf", "EMP_MIN_EXCEED", "WINDOWS"]  # fmt: skip
 
@@ -161,6 +162,10 @@ class TailModel:
     # it was fitted (``NAIVE_VETO_SCALE`` then), so that scoring takes the same tail.
     # None: 1 (models calibrated before it was stored)
     veto_scale: float | None = None
+    # per weekday of the scored night (Monday first): the residual scale of that weekday's
+    # nights relative to the typical one (a Monday adapted from a quieter Sunday misses
+    # more); z is divided by it, as by the step scale. None: one for every weekday
+    weekday_scale: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -173,6 +178,7 @@ class TailModel:
             "veto": None if self.veto is None else [list(k) for k in self.veto],
             "veto_factor": self.veto_factor,
             "veto_scale": self.veto_scale,
+            "weekday_scale": None if self.weekday_scale is None else list(self.weekday_scale),
         }
 
     @classmethod
@@ -188,6 +194,7 @@ class TailModel:
             None if veto is None else tuple((float(a), float(b)) for a, b in veto),
             None if d.get("veto_factor") is None else float(d["veto_factor"]),
             None if d.get("veto_scale") is None else float(d["veto_scale"]),
+            None if d.get("weekday_scale") is None else tuple(float(x) for x in d["weekday_scale"]),
         )
 
     @property
@@ -197,6 +204,10 @@ class TailModel:
         if self.windows is None and self.veto is None:
             return self
         return replace(self, windows=None, veto=None, veto_factor=None, veto_scale=None)
+
+    def weekday(self, weekday: int) -> float:
+        """The residual scale's factor for a night of ``weekday`` (Monday 0; 1 without one)."""
+        return 1.0 if self.weekday_scale is None else self.weekday_scale[weekday]
 
     def steps(self, horizon: int) -> np.ndarray:
         """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
@@ -621,6 +632,35 @@ def fit_step_scale(
         per_step = np.nanmedian(np.where(counts[None, :] > 0, z, 0.0), axis=0) / overall
     per_step = np.where(counts >= min_points, per_step, 1.0)
     return tuple(float(x) for x in np.clip(per_step, 1.0 / clip, clip))
+
+
+def weekday_of(night_step, steps_per_day: int):  # noqa: ANN001, ANN201 - int or int array/tensor
+    """Weekday (Monday 0) of the day holding global grid step ``night_step`` (step 0 is
+    1970-01-01 00:00 UTC, a Thursday)."""
+    return (night_step // steps_per_day + 3) % 7
+
+
+def fit_weekday_scale(
+    abs_z: np.ndarray, observed: np.ndarray, weekday: np.ndarray, min_points: int = 500,
+    clip: float = 4.0,
+) -> tuple[float, ...] | None:  # fmt: skip
+    """Per-weekday residual scale from out-of-sample |z| (n, H), its mask and each task's
+    night's weekday (n,): the median over that weekday's points over the median of all,
+    clipped to [1/clip, clip]; weekdays with fewer than ``min_points`` points get 1. None
+    when there is too little data to say."""
+    z = np.where(observed, np.asarray(abs_z, dtype=np.float64), np.nan)
+    z[~np.isfinite(z)] = np.nan
+    if not np.isfinite(z).any():
+        return None
+    overall = np.nanmedian(z)
+    if not overall > 0:
+        return None
+    out = []
+    for d in range(7):
+        cell = z[weekday == d]
+        cell = cell[np.isfinite(cell)]
+        out.append(float(np.median(cell)) / overall if cell.size >= min_points else 1.0)
+    return tuple(float(x) for x in np.clip(out, 1.0 / clip, clip))
 
 
 def fit_tail(abs_z: np.ndarray, empirical: bool = True) -> TailModel:

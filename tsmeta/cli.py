@@ -22,6 +22,9 @@ def _embedded_env() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path(".tsmeta/prefect").resolve()))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # its server's SQLite file
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server's first start migrates its database (about 25 s on 2 cores,
+    # longer on a busy machine): Prefect's default wait is too short for a fresh clone
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -156,6 +159,7 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = jobs.engine_for(settings)
     by = args.by or ("episode" if args.format == "table" else "point")
+    common = 0  # flagged points of shared events left out of a table of episodes
     top = args.top or (20 if args.format == "table" else None)  # exports are whole
     frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score,
                             top if by == "point" else None)  # fmt: skip
@@ -166,7 +170,10 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
         print("no anomalies stored yet: run `tsmeta nightly` first" if empty else "no anomalies match these filters",
               file=sys.stderr)  # fmt: skip
     elif by == "episode":  # consecutive flagged points of a series, one way: one anomaly
-        frame = episodes(frame, freq_timedelta(settings.freq))
+        # (the points of shared events are listed as their events, in a table)
+        own = frame if args.format != "table" else frame.filter(pl.col("event_id").is_null())
+        common = frame.height - own.height
+        frame = episodes(own, freq_timedelta(settings.freq))
         frame = frame.head(top) if top else frame
     if args.format == "csv":
         sys.stdout.write(frame.write_csv())
@@ -181,10 +188,10 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
                 print(shared.drop("event_id"))
             if by == "episode":
                 if frame.height:
-                    print(
-                        f"top {frame.height} anomalies (consecutive flagged points of a series are one)"
-                    )
-                    print(frame)
+                    also = f"; {common:,} points of shared events not listed" if common else ""
+                    print(f"top {frame.height} anomalies (consecutive flagged points of a series, "
+                          f"one way, are one; end is the step after the last{also})")  # fmt: skip
+                    print(frame.drop("event_id"))
             else:
                 print(frame.drop("run_id", "model_version", "residual"))
     return 0

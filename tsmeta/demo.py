@@ -115,7 +115,8 @@ def run_demo(
                          f"{str(r['end_ts'])[11:16]} ({r['n_series']} series)"
                          for r in shared.head(5).iter_rows(named=True)))  # fmt: skip
     with pl.Config(tbl_rows=10, tbl_cols=10, tbl_width_chars=150, float_precision=2):
-        top = episodes(stored, freq_timedelta(settings.freq)).head(10)
+        own = stored.filter(pl.col("event_id").is_null())  # events are listed above
+        top = episodes(own, freq_timedelta(settings.freq)).head(10)
         _say(str(top.with_columns(pl.col("start", "end", "peak_ts").dt.strftime("%m-%d %H:%M")).select(
             "series_id", "start", "end", "points", "peak_ts", "value", "forecast", "surprise",
             "direction", "cluster_id")))  # fmt: skip

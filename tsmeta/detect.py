@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tsmeta.calibration import tail_probability
+from tsmeta.calibration import tail_probability, weekday_of
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
 from tsmeta.meta.tasks import earliest_cut, make_batch, window_reach
@@ -162,7 +162,10 @@ def score_day(
     t_in, step_in = t0 - skip, start_step + skip  # the scored day's first column, column 0's step
     forecaster = Adapted.from_model(model).to(dev)
     # residual scale per forecast step, of each tail
-    steps = [torch.as_tensor(t.steps(H), dtype=torch.float32, device=dev)[None, :]
+    # (times the factor of the night's weekday, where the model has one: every row of a
+    # window is cut at the same step, so one weekday for the whole call)
+    weekday = weekday_of(start_step + t0, cfg.steps_per_day) if cfg.steps_per_day else 0
+    steps = [torch.as_tensor(t.steps(H) * t.weekday(weekday), dtype=torch.float32, device=dev)[None, :]
              for t in (full_tail, part_tail)]  # fmt: skip
     # the residual scale's spread floor of each tail (one sort per chunk either way): one
     # factor when the tails share it, else one per row by its tail (a tail calibrated

@@ -248,6 +248,7 @@ def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
         "inner_steps": settings.inner_steps, "inner_lr": settings.inner_lr,
         "meta_batch": settings.meta_batch, "meta_steps": settings.meta_steps,
         "meta_lr": settings.meta_lr, "seed": settings.seed, "cut_every": settings.steps_per_day,
+        "steps_per_day": settings.steps_per_day,
     }  # fmt: skip
     values.update({k: v for k, v in overrides.items() if v is not None})
     return MetaConfig(**values)  # type: ignore[arg-type]

@@ -113,7 +113,7 @@ def write_report(
     anomalies = query_anomalies(engine, night, night)
     shared = query_events(engine, night, night)
     # the series' own anomalies, one per episode; common-mode points are their event's
-    own = episodes(anomalies, freq_timedelta(settings.freq)).filter(pl.col("event_id").is_null())
+    own = episodes(anomalies.filter(pl.col("event_id").is_null()), freq_timedelta(settings.freq))
     top_series = own.get_column("series_id").unique(maintain_order=True).head(top).to_list()
     views = series_night(settings, top_series, night, history_days) if top_series else []
     plots = [(v, base64.b64encode(render_plot(v)).decode("ascii")) for v in views]
@@ -232,15 +232,17 @@ finished {_esc(run.get("finished_at"))}.</p>
 <h2>Timings (seconds)</h2>
 {timing_t}
 <h2>Shared events</h2>
-<p>Steps in which at least {settings.event_min_share:.0%} of a cluster's scored series (and
-at least {settings.event_min_series}) were flagged the same way: a holiday ("holiday" when
-its date is on the configured calendar), an upstream outage. Their
+<p>Steps in which a large share of a cluster's scored series were flagged the same way
+(<code>TSMETA_EVENT_MIN_SHARE</code>, <code>TSMETA_EVENT_MIN_SERIES</code> when the night was
+scored): a holiday ("holiday" when its date is on the configured calendar), an upstream
+outage. Their
 {sum(shared.get_column("n_points").to_list()) if shared.height else 0:,} flagged points are
 common-mode and are not listed again below.</p>
 {events_t}
 <h2>Top anomalies</h2>
 <p>One row per episode: consecutive flagged points of a series that deviate the same way
-(start to end, the peak's time, value and forecast; severity the worst of the episode).</p>
+(from start to end, the step after the last point; the peak's time, value and forecast;
+severity the worst of the episode).</p>
 {top_t}
 <p>surprise: -log10 of the probability of a residual at least this large on a normal night
 (3: one in a thousand).</p>

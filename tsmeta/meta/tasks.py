@@ -61,6 +61,8 @@ class TaskBatch:
     # With ``FeatureSpec.veto_neighbours`` each deviation is also measured against its
     # neighbours' (``_against_neighbours``)
     naive: torch.Tensor | None = None  # (B, H)
+    # the global grid step of each task's first query point (its night's first step)
+    night_step: torch.Tensor | None = None  # (B,) int64
 
     def __len__(self) -> int:
         return self.xs.shape[0]
@@ -239,6 +241,7 @@ def make_batch(
         base_q=base_q,
         spread=spread,
         naive=naive,
+        night_step=start_step + t0,
     )
 
 

@@ -40,9 +40,11 @@ from tsmeta.calibration import (
     fit_step_scale,
     fit_tail,
     fit_veto,
+    fit_weekday_scale,
     fit_windows,
     neighbours,
     tail_probability,
+    weekday_of,
 )
 from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta import ALGORITHMS
@@ -67,8 +69,8 @@ __all__ = [
 
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
-CALIBRATION_PARTS = ("per_step", "empirical", "windows", "isolation", "onsets", "spread", "veto",
-                     "drop")  # fmt: skip
+CALIBRATION_PARTS = ("per_step", "weekdays", "empirical", "windows", "isolation", "onsets", "spread",
+                     "veto", "drop")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ class MetaConfig:
     # calibration parts left out (an ablation: ``benchmarks/families.py --ablate``); each a
     # keyword of ``calibrate`` (CALIBRATION_PARTS). Empty: the product's stack
     without: tuple[str, ...] = ()
+    # grid steps per calendar day (24 hourly, 1 daily): the residual scale gets a factor
+    # per weekday of the scored night (``TailModel.weekday_scale``). None: no weekday
+    # factor (models saved before it load so; benchmarks on data without a calendar)
+    steps_per_day: int | None = None
     eval_every: int = 25
     patience: int = 4  # evaluations without improvement before stopping
     seed: int = 0
@@ -334,6 +340,8 @@ def calibrate(
     onsets: bool = True,
     trim: float | None = None,
     drop: bool = True,
+    weekdays: bool = True,
+    steps_per_day: int | None = None,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -367,13 +375,21 @@ def calibrate(
     if step_scale is not None:
         z = z / np.asarray(step_scale)[None, :]
         signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
+    weekday_scale = None
+    if weekdays and steps_per_day and batch.night_step is not None:
+        weekday = weekday_of(batch.night_step.cpu().numpy(), steps_per_day)
+        weekday_scale = fit_weekday_scale(z, observed, weekday)
+        if weekday_scale is not None:
+            factor = np.asarray(weekday_scale)[weekday][:, None]
+            z = z / factor
+            signed = signed / torch.as_tensor(factor, dtype=signed.dtype)
     obs = torch.as_tensor(observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()
 
     def fit(keep: torch.Tensor) -> TailModel:
         k = keep.numpy()
         point = replace(fit_tail(z[k], empirical=empirical), step_scale=step_scale,
-                        spread_floor=floor)  # fmt: skip
+                        spread_floor=floor, weekday_scale=weekday_scale)  # fmt: skip
         if not windows:
             tail = point
         else:
@@ -474,6 +490,7 @@ def meta_train(
         cfg.inner_steps,
         eff_rates,
         trim=cfg.trim,
+        steps_per_day=cfg.steps_per_day,
         **dict.fromkeys(cfg.without, False),
     )
     partial = calibrate_partial(params, calib_batch, torch_values, torch_mask, spec, cfg,
@@ -513,5 +530,6 @@ def calibrate_partial(
         cfg.inner_steps,
         rates,
         trim=cfg.trim,
+        steps_per_day=cfg.steps_per_day,
         **dict.fromkeys(cfg.without, False),
     )
