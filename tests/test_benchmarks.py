@@ -66,6 +66,7 @@ def test_profile_scale_small(tmp_path, pg_url):
     )
 
 
+@pytest.mark.slow  # about 100 s on 2 cores (two frequencies, both databases, three peers)
 def test_nightly_scale_small(tmp_path, pg_url):
     res = run("nightly_scale", "--series", "400", "--freqs", "h,d", "--sample", "4",
               "--work", str(tmp_path / "w"), "--pg-url", pg_url, tmp_path=tmp_path)  # fmt: skip

@@ -10,7 +10,9 @@ Local Ray by default; an existing cluster via ``TSMETA_RAY_ADDRESS`` (settings.r
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["ensure_ray", "ClusterJob", "train_clusters", "RayScorer", "shutdown_ray"]
+
+log = logging.getLogger("tsmeta")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -30,7 +34,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        _connect(ray, address)
     else:
         ray.init(
             address="local",
@@ -39,6 +43,26 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             object_store_memory=512 * 1024**2,
             log_to_driver=False,
         )
+
+
+CLIENT_ATTEMPTS = 3  # a ray:// connection's tries (its server process can fail to start)
+
+
+def _connect(ray, address: str) -> None:  # noqa: ANN001 - the ray module
+    """``ray.init(address)``; through ``ray://`` tried again when the client server's
+    per-connection process failed to start ("Initialization failure from server": it
+    happens now and then on a busy head, and the next connection gets a fresh one)."""
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, log_to_driver=False)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError among them
+            if not address.startswith("ray://") or attempt == CLIENT_ATTEMPTS:
+                raise
+            log.warning("connecting to %s failed (%s), trying again (%d of %d)", address,
+                        str(exc).splitlines()[0], attempt + 1, CLIENT_ATTEMPTS)  # fmt: skip
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 def shutdown_ray() -> None:
