@@ -23,7 +23,12 @@ Reported per family and method, on the replayed nights:
   weekday x cluster (tsmeta's clusters, the same groups for every method), and the flag
   rate on the shared holiday and on the 7 days after it (business family).
 
-Context labels (``holiday``, ``break``) are neither events nor clean points.
+Context labels (``holiday``, ``break``) are neither events nor clean points. tsmeta's shared
+events are counted, with the share of the holiday's flags that are their members.
+
+``--ablate VARIANT ...`` also retrains and replays the product with one part left out
+(``VARIANTS``: a calibration part, ``MetaConfig.without``, the trim, the lag medians, the
+week input), on the same data: the ablation table of benchmarks/README.md.
 
     python benchmarks/families.py --series 1000 --json families.json
 """
