@@ -386,7 +386,6 @@ def test_the_band_widens_by_the_factor_of_the_nights_weekday(trained):
     wide = score_day(values[:30], mask[:30], ids[:30], start, dated, 1e-3)
     np.testing.assert_allclose(wide.upper - wide.forecast, 2 * (base.upper - base.forecast),
                                rtol=1e-4, atol=1e-4)  # fmt: skip
-    other = replace(dated, config=replace(model.config, steps_per_day=24),
-                    **{k: replace(t, weekday_scale=factors[1:] + factors[:1]) for k, t in tails.items()})  # fmt: skip
+    other = replace(dated, **{k: replace(t, weekday_scale=factors[1:] + factors[:1]) for k, t in tails.items()})  # fmt: skip
     same = score_day(values[:30], mask[:30], ids[:30], start, other, 1e-3)
     np.testing.assert_allclose(same.upper, base.upper, rtol=1e-5)  # its weekday's factor is 1
