@@ -18,7 +18,8 @@ def test_generate_writes_dataset(tmp_path, capsys):
     [
         (["generate", "--series", "0"], "must be at least 1"),
         (["generate", "--start", "yesterday"], "expected YYYY-MM-DD"),
-        (["generate", "--freq", "weekly"], "invalid choice"),
+        (["generate", "--freq", "weekly"], "unknown unit 'weekly'"),
+        (["profile", "--freq", "30s"], "shorter than a minute"),
         (["nightly", "--night", "2026-13-01"], "expected YYYY-MM-DD"),
         (["train", "--algorithm", "reptile"], "'maml', 'fomaml', 'anil'"),
     ],

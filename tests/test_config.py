@@ -54,7 +54,8 @@ def test_missing_config_file(monkeypatch, tmp_path):
 @pytest.mark.parametrize(
     "kwargs,needle",
     [
-        ({"freq": "15min"}, "not supported"),
+        ({"freq": "7min"}, "does not divide a day evenly"),
+        ({"freq": "1W"}, "longer than a day"),
         ({"k": 1}, "greater than or equal to 2"),
         ({"false_alarm_rate": 1.5}, "less than 1"),
         ({"databse_url": "x"}, "Extra inputs are not permitted"),

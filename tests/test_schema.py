@@ -121,8 +121,16 @@ def test_daily_grid():
 
 
 def test_unknown_frequency():
-    with pytest.raises(ValueError, match="'h' \\(hourly\\) or 'd'"):
-        validate_long_frame(frame(), "15min")
+    with pytest.raises(ValueError, match="does not divide a day evenly"):
+        validate_long_frame(frame(), "7min")
+
+
+def test_minute_grid():
+    validate_long_frame(frame(), "15min")  # hourly stamps lie on a 15-minute grid
+    f = frame().with_columns(pl.col("ts") + pl.duration(minutes=5))
+    validate_long_frame(f, "5min")
+    with pytest.raises(OffGridTimestampError, match="15m grid"):
+        validate_long_frame(f, "15min")
 
 
 def test_all_errors_are_value_errors():

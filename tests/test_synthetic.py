@@ -66,6 +66,18 @@ def test_daily_frequency_has_weekly_period():
     assert set(meta["period"].unique().to_list()) == {0, 7}
 
 
+@pytest.mark.parametrize("freq,spd", [("5min", 288), ("15min", 96), ("1min", 1440)])
+def test_minute_frequencies_scale_periods_and_lengths(freq, spd):
+    f, labels, meta = generate_frame(60, freq, 3, seed=0, anomaly_rate=0.2)
+    validate_long_frame(f, freq)
+    assert set(meta["period"].unique().to_list()) <= {0, spd, 7 * spd}
+    assert f.group_by("series_id").len()["len"].max() == 3 * spd
+    # anomaly lengths are in hours whatever the step: a level shift lasts 12-48 hours
+    shifts = labels.filter(pl.col("kind") == "level_shift")
+    hours = ((shifts["end"] - shifts["start"]).dt.total_minutes() / 60).to_list()
+    assert hours and all(0 < h <= 48 for h in hours) and max(hours) > 1
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="n_series"):
         next(generate_blocks(0))

@@ -31,6 +31,7 @@ __all__ = [
     "ClusterSet",
     "seasonal_shape",
     "shape_length",
+    "shape_bins",
     "fit_group",
     "match_ids",
     "cluster_id_for",
@@ -45,6 +46,17 @@ _MIN_SIDE = 0.1  # a split leaving less than this share on one side is replaced 
 def shape_length(period: int, default: int) -> int:
     """Length of the shape vector of a period group (aperiodic: the default period)."""
     return int(period) if int(period) != APERIODIC else int(default)
+
+
+MAX_SHAPE = 336  # bins of a shape vector at most (a week of half hours)
+
+
+def shape_bins(length: int) -> int:
+    """Bins of a period's shape vector: the period itself up to ``MAX_SHAPE`` steps, else the
+    largest divisor of the period not above it (1,440 -> 288, 2,016 -> 336, 10,080 -> 336)."""
+    if length <= MAX_SHAPE:
+        return int(length)
+    return max(b for b in range(1, MAX_SHAPE + 1) if length % b == 0)
 
 
 def cluster_id_for(period: int, index: int) -> str:
@@ -72,10 +84,12 @@ def _index_of(cluster_id: str) -> int:
 def seasonal_shape(
     values: np.ndarray, mask: np.ndarray, start_step: int, length: int
 ) -> np.ndarray:
-    """(n, length) float32: mean detrended value at each phase, z-normalised.
+    """(n, bins) float32: mean detrended value at each phase, z-normalised.
 
     Phase ``j`` is the global step ``start_step + column`` modulo ``length``. Missing points
     are left out of the means; phases never observed and flat or empty series give 0.
+    Periods longer than ``MAX_SHAPE`` steps (a day or a week of minutes) are averaged into
+    ``shape_bins(length)`` consecutive-phase bins, so shape vectors and k-means stay small.
     """
     n, T = values.shape
     if length < 1:
@@ -90,6 +104,10 @@ def seasonal_shape(
         m = np.pad(m, ((0, 0), (lead, pad)))
     sums = x.reshape(n, cycles, length).sum(axis=1)
     counts = m.reshape(n, cycles, length).sum(axis=1)
+    bins = shape_bins(length)
+    if bins < length:
+        sums = sums.reshape(n, bins, length // bins).sum(axis=2)
+        counts = counts.reshape(n, bins, length // bins).sum(axis=2)
     mean = np.where(counts > 0, sums / np.maximum(counts, 1.0), 0.0)
     seen = counts > 0
     k = np.maximum(seen.sum(axis=1, keepdims=True), 1)

@@ -20,32 +20,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tsmeta.frequency import normalise_freq, steps_per_day
 from tsmeta.meta import ALGORITHMS
 
 __all__ = [
     "Settings",
     "load_settings",
-    "FREQ_ALIASES",
     "normalise_freq",
     "normalise_database_url",
     "redact_url",
 ]
-
-# Accepted spellings of the two supported frequencies -> canonical ("h" or "d").
-FREQ_ALIASES = {
-    "h": "h", "1h": "h", "hour": "h", "hourly": "h", "H": "h",
-    "d": "d", "1d": "d", "day": "d", "daily": "d", "D": "d",
-}  # fmt: skip
-
-
-def normalise_freq(freq: str) -> Literal["h", "d"]:
-    """Canonical frequency code, or a ValueError naming the accepted spellings."""
-    try:
-        return FREQ_ALIASES[str(freq).strip()]  # type: ignore[return-value]
-    except KeyError:
-        raise ValueError(
-            f"frequency {freq!r} is not supported: expected 'h' (hourly) or 'd' (daily)"
-        ) from None
 
 
 def normalise_database_url(url: str) -> str:
@@ -85,9 +69,11 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # None -> start a local Ray; "auto" or ray://… for a cluster
     executor: Literal["local", "ray"] = "local"  # where nightly scoring runs (training: always Ray)
 
-    freq: Literal["h", "d"] = "h"
-    # K, horizon and candidate periods default by frequency: hourly K=24, H=24, {24, 168};
+    # the step of the data: any fixed step from one minute to one day that divides a day
+    # ("1min", "5min", "15min", "h", "d"; tsmeta.frequency). K, horizon and candidate
+    # periods default by it: below a day K = H = one day of steps, periods {day, week};
     # daily K=28, H=1, {7}. One night scores one day (H points).
+    freq: str = "h"
     k: int | None = Field(None, ge=2)  # support points each series adapts from
     horizon: int | None = Field(None, ge=1)  # points scored per night
     history_days: int | None = Field(None, ge=2)  # days read for profiling/scoring: 14 h, 70 d
@@ -197,17 +183,18 @@ class Settings(BaseSettings):
             self.dataset_path = self.data_dir / "dataset"
         if self.model_dir is None:
             self.model_dir = self.data_dir / "models"
-        hourly = self.freq == "h"
+        spd = self.steps_per_day
+        daily = spd == 1
         if self.k is None:
-            self.k = 24 if hourly else 28
+            self.k = 28 if daily else spd
         if self.horizon is None:
-            self.horizon = 24 if hourly else 1
+            self.horizon = spd
         if self.history_days is None:
-            self.history_days = 14 if hourly else 70
+            self.history_days = 70 if daily else 14
         if self.train_days is None:
-            self.train_days = 28 if hourly else 365
+            self.train_days = 365 if daily else 28
         if self.candidate_periods is None:
-            self.candidate_periods = [24, 168] if hourly else [7]
+            self.candidate_periods = [7] if daily else [spd, 7 * spd]
         if self.database_url is None:
             self.database_url = f"sqlite:///{(self.data_dir / 'tsmeta.db').as_posix()}"
         return self
@@ -230,11 +217,11 @@ class Settings(BaseSettings):
     @property
     def period_default(self) -> int:
         """Phase period used by series with no detected period."""
-        return 24 if self.freq == "h" else 7
+        return 7 if self.steps_per_day == 1 else self.steps_per_day
 
     @property
     def steps_per_day(self) -> int:
-        return 24 if self.freq == "h" else 1
+        return steps_per_day(self.freq)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -24,8 +24,16 @@ def _say(msg: str) -> None:
 
 
 def run_demo(
-    series: int = 10_000, days: int = 29, data_dir: Path | None = None, seed: int = 0
+    series: int | None = None,
+    days: int = 29,
+    data_dir: Path | None = None,
+    seed: int = 0,
+    freq: str = "h",
 ) -> int:
+    """``series`` defaults to 10,000 hourly or daily series, and to the same number of points
+    a night below an hour (833 series at 5 minutes). Each frequency is its own dataset: the
+    default data folder is ``tsmeta-data/demo`` for hourly data, ``tsmeta-data/demo-<freq>``
+    otherwise."""
     import polars as pl
 
     from pipelines.flows import meta_train, nightly, profile
@@ -35,10 +43,15 @@ def run_demo(
     from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
     from tsmeta.evaluation import detection_quality
     from tsmeta.events import episodes
+    from tsmeta.frequency import normalise_freq, steps_per_day
     from tsmeta.store.queries import query_events
 
-    data_dir = Path(data_dir or "tsmeta-data/demo")
-    config = {"data_dir": str(data_dir)}
+    freq = normalise_freq(freq)
+    spd = steps_per_day(freq)
+    if series is None:
+        series = 10_000 if spd <= 24 else max(100, 10_000 * 24 // spd)
+    data_dir = Path(data_dir or ("tsmeta-data/demo" if freq == "h" else f"tsmeta-data/demo-{freq}"))
+    config = {"data_dir": str(data_dir), "freq": freq}
     settings = load_settings(**config)
     dataset = settings.dataset_path
     night = DEMO_START + timedelta(days=days - 1)
@@ -47,7 +60,7 @@ def run_demo(
     t = time.perf_counter()
     wanted = {
         "n_series": series,
-        "freq": "h",
+        "freq": freq,
         "days": days,
         "start": DEMO_START.isoformat(),
         "seed": seed,
@@ -60,8 +73,8 @@ def run_demo(
         )
     else:
         shutil.rmtree(dataset, ignore_errors=True)
-        _say(f"[1/4] generating {series:,} hourly series x {days} days into {dataset} ...")
-        m = write_synthetic_dataset(dataset, series, "h", days, DEMO_START, seed)
+        _say(f"[1/4] generating {series:,} series x {days} days at {freq} into {dataset} ...")
+        m = write_synthetic_dataset(dataset, series, freq, days, DEMO_START, seed)
         _say(f"      {m['rows']:,} rows, {m['anomalies']:,} labelled anomalies")
     timings["generate"] = time.perf_counter() - t
 
@@ -146,7 +159,7 @@ def run_demo(
     )
     _say(f"  one series: {sys.argv[0] if sys.argv[0].endswith('tsmeta') else 'tsmeta'} plot "
          f"{stored.row(0, named=True)['series_id'] if stored.height else 'SERIES_ID'} "
-         f"--data-dir {data_dir} --date {night}")  # fmt: skip
+         f"--data-dir {data_dir}{'' if freq == 'h' else ' --freq ' + freq} --date {night}")  # fmt: skip
     if run["written"] == 0:
         print("demo: no anomalies were written", file=sys.stderr)
         return 1

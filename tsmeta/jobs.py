@@ -140,6 +140,9 @@ def _window_start(settings: Settings, end: date, days: int) -> date:
     return start
 
 
+PROFILE_CELLS = 1 << 25  # series x steps per profiling chunk (128 MiB per float32 array)
+
+
 def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool = False) -> dict:
     """Detect periods on the ``history_days`` before ``as_of``, cluster, store the profile.
 
@@ -156,8 +159,12 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     default = settings.period_default
     parts, seen_parts = [], []
     pending: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # (part, rows, shapes)
+    # long windows of short steps (two weeks of minutes: 20,160 points) read fewer series
+    # at once, so that period detection's arrays stay about PROFILE_CELLS values each
+    n_steps = settings.history_days * settings.steps_per_day
+    chunk = max(64, min(settings.chunk_series, PROFILE_CELLS // n_steps))
     panels = iter_window_panels(settings.dataset_path, start, as_of, settings.freq,
-                                settings.chunk_series, settings.read_chunk_rows)  # fmt: skip
+                                chunk, settings.read_chunk_rows)  # fmt: skip
     tick = time.perf_counter()
     pbar = progress.bar("profile")
     for i, panel in enumerate(panels):
@@ -634,7 +641,7 @@ def points_frame(
         rows, hours = np.nonzero(day.observed & day.scored[:, None])
     else:
         rows, hours = day.flagged_rows()
-    step_us = int(3600e6 if freq == "h" else 86400e6)
+    step_us = int(freq_timedelta(freq) / timedelta(microseconds=1))
     ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
         step_us, "us"
     )

@@ -15,7 +15,7 @@ from typing import NoReturn
 import numpy as np
 import polars as pl
 
-from tsmeta.config import normalise_freq
+from tsmeta.frequency import freq_timedelta, normalise_freq
 
 __all__ = [
     "Panel",
@@ -27,10 +27,6 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1)
 _BLOCK = 1 << 20  # rows per block in scatter_panel
-
-
-def freq_timedelta(freq: str) -> timedelta:
-    return timedelta(hours=1) if normalise_freq(freq) == "h" else timedelta(days=1)
 
 
 def steps_since_epoch(ts: datetime, freq: str) -> int:
@@ -77,7 +73,7 @@ class Panel:
         return steps_since_epoch(self.start, self.freq)
 
     def timestamps(self) -> np.ndarray:
-        step = np.timedelta64(1, "h" if self.freq == "h" else "D")
+        step = np.timedelta64(freq_timedelta(self.freq) // timedelta(minutes=1), "m")
         return np.datetime64(self.start, "us") + np.arange(self.n_steps) * step
 
     def select(self, rows: np.ndarray) -> Panel:

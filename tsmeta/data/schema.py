@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tsmeta.config import normalise_freq
+from tsmeta.frequency import normalise_freq, polars_every
 
 __all__ = [
     "COLUMNS",
@@ -23,11 +23,9 @@ __all__ = [
     "NonFiniteValueError",
     "OffGridTimestampError",
     "validate_long_frame",
-    "FREQ_DURATION",
 ]
 
 COLUMNS = ("series_id", "ts", "value")
-FREQ_DURATION = {"h": "1h", "d": "1d"}
 
 # Common spellings of our columns in other tools, for "did you mean" hints.
 _ALIASES = {
@@ -186,7 +184,7 @@ def validate_long_frame(
             "timestamp, e.g. df.unique(['series_id', 'ts'], keep='last') or aggregate them"
         )
 
-    every = FREQ_DURATION[freq]
+    every = polars_every(freq)
     off = df.filter(pl.col("ts").dt.truncate(every) != pl.col("ts"))
     if off.height:
         raise OffGridTimestampError(

@@ -8,8 +8,9 @@ and days.
 
 Each series: ``level + scale * (season + trend + noise + anomalies)`` with
 
-* period class: hourly 24 (daily shape), 168 (daily shape damped at weekends plus a weekly
-  harmonic) or aperiodic (AR(1)); daily 7 or aperiodic;
+* period class below a day: a day of steps (hourly: 24; daily shape), a week (hourly: 168;
+  daily shape damped at weekends plus a weekly harmonic) or aperiodic (AR(1)); daily data:
+  7 or aperiodic; anomaly lengths are in hours whatever the step;
 * magnitudes spanning five orders (``scale`` in 10^[-1, 4]), some near-zero levels;
 * missing points (absent rows) in about a third of the series;
 * anomalies of six kinds: spike, dip, level_shift, variance_burst, seasonal_change,
@@ -28,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tsmeta.config import normalise_freq
 from tsmeta.data.io import write_parquet_atomic
 from tsmeta.data.panel import freq_timedelta, steps_since_epoch
+from tsmeta.frequency import normalise_freq, steps_per_day
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -72,17 +73,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(sd > 0, sd, 1.0)
 
 
-def _season_for(g: np.ndarray, freq: str, periods: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Unit-variance seasonal component per series (zeros for aperiodic)."""
+def _season_for(g: np.ndarray, spd: int, periods: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Unit-variance seasonal component per series (zeros for aperiodic); ``spd`` steps a day."""
     n, T = len(periods), len(g)
     out = np.zeros((n, T))
-    if freq == "h":
-        daily = _unit(_seasonal(g, 24, coef[:, :3]))
-        dow = (g // 24 + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    if spd > 1:
+        daily = _unit(_seasonal(g, spd, coef[:, :3]))
+        dow = (g // spd + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
         weekend = (dow >= 5).astype(float)
-        weekly = _unit(daily * (1.0 - 0.7 * weekend) + 0.8 * _unit(_seasonal(g, 168, coef[:, 3:4])))
-        out = np.where((periods == 24)[:, None], daily, out)
-        out = np.where((periods == 168)[:, None], weekly, out)
+        week = 7 * spd
+        weekly = _unit(
+            daily * (1.0 - 0.7 * weekend) + 0.8 * _unit(_seasonal(g, week, coef[:, 3:4]))
+        )
+        out = np.where((periods == spd)[:, None], daily, out)
+        out = np.where((periods == week)[:, None], weekly, out)
     else:
         weekly = _unit(_seasonal(g, 7, coef[:, :2]))
         out = np.where((periods == 7)[:, None], weekly, out)
@@ -95,14 +99,15 @@ def _generate_block(
 ) -> GeneratedBlock:  # fmt: skip
     rng = np.random.default_rng([seed, block])
     T = len(g)
-    spd = 24 if freq == "h" else 1  # steps per day
-    if freq == "h":
-        periods = rng.choice([24, 168, APERIODIC], size=n, p=[0.45, 0.3, 0.25])
+    spd = steps_per_day(freq)
+    sph = max(1, spd // 24)  # steps per hour (anomaly lengths below are in hours)
+    if spd > 1:
+        periods = rng.choice([spd, 7 * spd, APERIODIC], size=n, p=[0.45, 0.3, 0.25])
     else:
         periods = rng.choice([7, APERIODIC], size=n, p=[0.7, 0.3])
 
     coef = rng.normal(size=(n, 4, 2)) * np.array([1.0, 0.5, 0.3, 1.0])[None, :, None]
-    base = _season_for(g, freq, periods, coef)  # (n, T), unit variance where periodic
+    base = _season_for(g, spd, periods, coef)  # (n, T), unit variance where periodic
 
     # aperiodic series carry AR(1) structure instead of a season
     phi = rng.uniform(0.5, 0.95, size=n)
@@ -126,12 +131,13 @@ def _generate_block(
     kinds = rng.integers(0, len(ANOMALY_KINDS), size=m)
     starts = hit_days * spd + rng.integers(0, spd, size=m)
     starts = np.maximum(starts, 1)
-    if freq == "h":
+    if spd > 1:
         lengths = np.select(
             [kinds <= 1, kinds == 2, kinds == 4],
             [1, rng.integers(12, 49, size=m), rng.integers(12, 37, size=m)],
             rng.integers(6, 25, size=m),
         )
+        lengths = np.where(kinds <= 1, 1, lengths * sph)
     else:
         lengths = np.where(kinds <= 1, 1, rng.integers(2, 6, size=m))
     # seasonal change needs a season; give aperiodic series a spike instead
@@ -229,7 +235,7 @@ def generate_blocks(
             f"anomaly_rate is a probability per series and day, received {anomaly_rate}"
         )
     start_d, start_dt = _start(start)
-    T = days * (24 if freq == "h" else 1)
+    T = days * steps_per_day(freq)
     g = steps_since_epoch(start_dt, freq) + np.arange(T)
     width = max(7, len(str(n_series - 1)))
     for block, first in enumerate(range(0, n_series, BLOCK)):
@@ -298,7 +304,7 @@ def write_synthetic_dataset(
     freq = normalise_freq(freq)
     root = Path(path)
     start_d, start_dt = _start(start)
-    spd = 24 if freq == "h" else 1
+    spd = steps_per_day(freq)
     t_begin = time.perf_counter()
     pending: list[GeneratedBlock] = []
     shard = 0
