@@ -352,11 +352,11 @@ def test_ingest_validates_and_partitions_idempotently(tmp_path, capsys):
 
     bad = tmp_path / "bad.csv"
     bad.write_text("id,ts,value\nx,2026-11-01T00:00:00,1\n")
-    off_grid = tmp_path / "off.csv"
-    off_grid.write_text("series_id,ts,value\nx,2026-11-01T00:30:00,1\n")
+    dupes = tmp_path / "dupes.csv"
+    dupes.write_text("series_id,ts,value\nx,2026-11-01T00:00:00,1\nx,2026-11-01T00:00:00,2\n")
     for argv, needle in (
         (["ingest", str(bad), *dd], "series_id"),
-        (["ingest", str(off_grid), *dd], "grid"),
+        (["ingest", str(dupes), *dd], "--aggregate"),
         (["ingest", str(tmp_path / "metrics.txt"), *dd], "does not exist"),
         (["ingest", str(csv.with_suffix(".json")), *dd], "does not exist"),
     ):
@@ -367,6 +367,25 @@ def test_ingest_validates_and_partitions_idempotently(tmp_path, capsys):
     txt.write_text("x")
     assert main(["ingest", str(txt), *dd]) == 2
     assert "give a .csv or .parquet file" in capsys.readouterr().err
+
+
+def test_ingest_puts_irregular_timestamps_on_the_grid(tmp_path, capsys):
+    from tsmeta.data.io import read_window
+
+    csv = tmp_path / "irregular.csv"
+    csv.write_text("series_id,ts,value\n" "x,2026-11-01T00:00:00,1\n" "x,2026-11-01T00:04:59,3\n"
+                   "x,2026-11-01T00:07:00,5\n" "x,2026-11-01T00:20:00,7\n"
+                   "x,2026-11-01T00:20:00,9\n")  # fmt: skip
+    dd = ["--data-dir", str(tmp_path / "state"), "--freq", "5m"]
+    assert main(["ingest", str(csv), *dd]) == 2  # the same timestamp twice: no rule asked
+    assert "--aggregate" in capsys.readouterr().err
+    assert main(["ingest", str(csv), "--aggregate", "max", *dd]) == 0
+    out = capsys.readouterr().out
+    assert "2 moved to the start of their step, 2 combined into another (max)" in out, out
+    assert "2 steps between a series' first and last point have no point" in out
+    got = read_window(tmp_path / "state" / "dataset", "2026-11-01", "2026-11-02", "5min")
+    assert got["value"].to_list() == [3.0, 5.0, 9.0]
+    assert got["ts"].dt.minute().to_list() == [0, 5, 20]
 
 
 def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):

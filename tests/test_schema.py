@@ -160,3 +160,41 @@ def test_property_valid_rows_pass_unchanged(rows):
     out = validate_long_frame(f)
     assert out.height == f.height
     assert out["value"].to_list() == f["value"].to_list()
+
+
+def _irregular():
+    return pl.DataFrame(
+        {
+            "series_id": ["a", "a", "a", "a", "b", "b"],
+            "ts": [datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 4, 59),
+                   datetime(2026, 1, 1, 0, 7), datetime(2026, 1, 1, 0, 20),
+                   datetime(2026, 1, 1, 0, 0), datetime(2026, 1, 1, 0, 0)],
+            "value": [1.0, 3.0, 5.0, None, 2.0, 4.0],
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rule,values", [("mean", [2.0, 5.0, None, 3.0]), ("last", [3.0, 5.0, None, 4.0]),
+                    ("sum", [4.0, 5.0, None, 6.0]), ("max", [3.0, 5.0, None, 4.0])],
+)  # fmt: skip
+def test_on_grid_combines_by_the_rule_and_counts_everything(rule, values):
+    from tsmeta.data.schema import on_grid
+
+    out, report = on_grid(_irregular(), "5min", rule)
+    assert out["value"].to_list() == values
+    assert out["ts"].dt.minute().to_list() == [0, 5, 20, 0]
+    assert report == {"freq": "5min", "aggregate": rule, "rows": 6, "points": 4, "moved": 2,
+                      "combined": 2, "empty_steps": 2}  # fmt: skip
+    validate_long_frame(out, "5min")  # on the grid, one row per step
+
+
+def test_on_grid_keeps_the_duplicate_error_unless_a_rule_is_asked_for():
+    from tsmeta.data.schema import on_grid
+
+    with pytest.raises(DuplicateRowsError, match="--aggregate"):
+        on_grid(_irregular(), "5min")
+    out, report = on_grid(_irregular().slice(0, 4), "5min")  # off-grid alone: mean
+    assert out["value"].to_list() == [2.0, 5.0, None] and report["aggregate"] == "mean"
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        on_grid(_irregular(), "5min", "median")

@@ -103,11 +103,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tsmeta.data.io import check_no_overlap, read_long_file, write_partitioned
+    from tsmeta.data.io import check_no_overlap, read_long_raw, write_partitioned
+    from tsmeta.data.schema import on_grid
 
     settings = _settings(args)
     src = Path(args.file)
-    frame = read_long_file(src, settings.freq)
+    frame, grid = on_grid(read_long_raw(src), settings.freq, args.aggregate)
+    if grid["moved"] or grid["combined"]:
+        print(f"put {grid['rows']:,} rows on the {grid['freq']} grid: {grid['moved']:,} moved to "
+              f"the start of their step, {grid['combined']:,} combined into another "
+              f"({grid['aggregate']}); {grid['points']:,} points")  # fmt: skip
+    if grid["empty_steps"]:
+        print(f"{grid['empty_steps']:,} steps between a series' first and last point have no "
+              "point (missing: scoring leaves them out)")  # fmt: skip
     part = args.part or f"ingest-{src.stem}"
     check_no_overlap(frame, settings.dataset_path, part)  # before anything is written
     files = write_partitioned(frame, settings.dataset_path, part)
@@ -368,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     ig = add("ingest", cmd_ingest, "validate a CSV/Parquet file of series_id, ts, value and "
              "add it to the dataset (date-partitioned Parquet)")  # fmt: skip
     ig.add_argument("file", help="a .csv or .parquet file in the long format")
+    ig.add_argument("--aggregate", choices=["mean", "last", "sum", "max"], default=None,
+                    help="how points of a series within one step are combined: timestamps "
+                         "off the grid go to the step that contains them and are combined "
+                         "by mean unless given; rows with the same timestamp are an error "
+                         "unless given")  # fmt: skip
     ig.add_argument("--part", default=None,
                     help="file name inside each date partition (default: ingest-<file stem>)")  # fmt: skip
 

@@ -327,7 +327,13 @@ def read_csv(path: str | Path, freq: str = "h", **kwargs: object) -> pl.DataFram
 
 
 def read_long_file(path: str | Path, freq: str = "h") -> pl.DataFrame:
-    """Read and validate a long-format ``.csv`` or ``.parquet`` file (``tsmeta ingest``)."""
+    """Read and validate a long-format ``.csv`` or ``.parquet`` file."""
+    return validate_long_frame(read_long_raw(path), freq)
+
+
+def read_long_raw(path: str | Path) -> pl.DataFrame:
+    """A long-format ``.csv`` or ``.parquet`` file as read, not yet validated (``tsmeta
+    ingest`` validates it and puts it on the grid with ``schema.on_grid``)."""
     src = Path(path)
     if not src.is_file():
         raise FileNotFoundError(
@@ -335,9 +341,9 @@ def read_long_file(path: str | Path, freq: str = "h") -> pl.DataFrame:
         )
     suffix = src.suffix.lower()
     if suffix == ".csv":
-        return read_csv(src, freq)
+        return pl.read_csv(src, try_parse_dates=True)
     if suffix in (".parquet", ".pq"):
-        return validate_long_frame(pl.read_parquet(src), freq)
+        return pl.read_parquet(src)
     raise ValueError(f"{src.name}: unknown file type {src.suffix!r}; give a .csv or .parquet file")
 
 

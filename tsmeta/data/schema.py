@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from tsmeta.frequency import normalise_freq, polars_every
+from tsmeta.frequency import freq_timedelta, normalise_freq, polars_every
 
 __all__ = [
     "COLUMNS",
@@ -23,6 +23,8 @@ __all__ = [
     "NonFiniteValueError",
     "OffGridTimestampError",
     "validate_long_frame",
+    "on_grid",
+    "AGGREGATES",
 ]
 
 COLUMNS = ("series_id", "ts", "value")
@@ -97,6 +99,7 @@ def validate_long_frame(
     freq: str = "h",
     *,
     nan_as_missing: bool = False,
+    check_grid: bool = True,
 ) -> pl.DataFrame:
     """Validate and normalise a long frame; return it with canonical dtypes.
 
@@ -176,20 +179,86 @@ def validate_long_frame(
                 "pass nan_as_missing=True"
             )
 
-    dup = df.filter(pl.struct("series_id", "ts").is_duplicated())
-    if dup.height:
-        raise DuplicateRowsError(
-            f"{dup.height} rows share a (series_id, ts) pair, e.g. "
-            f"{_examples(dup.sort('series_id', 'ts'))}; keep one row per series and "
-            "timestamp, e.g. df.unique(['series_id', 'ts'], keep='last') or aggregate them"
-        )
-
+    if not check_grid:
+        return df
+    _check_duplicates(df)
     every = polars_every(freq)
     off = df.filter(pl.col("ts").dt.truncate(every) != pl.col("ts"))
     if off.height:
         raise OffGridTimestampError(
             f"{off.height} timestamp(s) are not on the {every} grid for freq={freq!r}, e.g. "
-            f"{_examples(off)}; align them with pl.col('ts').dt.truncate({every!r}) "
-            "(then de-duplicate) or set the frequency that matches the data"
+            f"{_examples(off)}; put them on the grid with `tsmeta ingest --aggregate mean` "
+            f"(or tsmeta.data.schema.on_grid), align them with pl.col('ts').dt.truncate({every!r}) "
+            "(then de-duplicate), or set the frequency that matches the data"
         )
     return df
+
+
+def _check_duplicates(df: pl.DataFrame) -> None:
+    dup = df.filter(pl.struct("series_id", "ts").is_duplicated())
+    if dup.height:
+        raise DuplicateRowsError(
+            f"{dup.height} rows share a (series_id, ts) pair, e.g. "
+            f"{_examples(dup.sort('series_id', 'ts'))}; keep one row per series and "
+            "timestamp, e.g. df.unique(['series_id', 'ts'], keep='last'), or combine them "
+            "with `tsmeta ingest --aggregate mean|last|sum|max`"
+        )
+
+
+AGGREGATES = ("mean", "last", "sum", "max")
+
+
+def on_grid(
+    df: pl.DataFrame | pl.LazyFrame, freq: str = "h", aggregate: str | None = None
+) -> tuple[pl.DataFrame, dict]:
+    """Validate a long frame and put its points on the ``freq`` grid; (frame, report).
+
+    Each point goes to the step that contains it (``ts`` truncated to the step, as pandas'
+    ``resample`` and polars' ``group_by_dynamic`` label bins); the points of one series in
+    one step are combined by ``aggregate`` (``mean``, the default; ``last``: the latest
+    timestamp; ``sum``; ``max``), null values left out (a step of nulls stays null). Rows
+    with the same series and timestamp are an error, as in ``validate_long_frame``, unless
+    ``aggregate`` is given. The report counts the points ``moved`` onto the grid, the rows
+    ``combined`` into another, and the ``empty_steps`` between each series' first and last
+    point: nothing is dropped without being counted.
+    """
+    if aggregate is not None and aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, received {aggregate!r}")
+    freq = normalise_freq(freq)
+    frame = validate_long_frame(df, freq, check_grid=False)
+    if aggregate is None:
+        _check_duplicates(frame)
+    rule = aggregate or "mean"
+    every = polars_every(freq)
+    frame = frame.with_columns(pl.col("ts").dt.truncate(every).alias("_slot"))
+    moved = frame.filter(pl.col("_slot") != pl.col("ts")).height
+    combine = {
+        "mean": pl.col("value").mean(),
+        "last": pl.col("value").last(),  # of the frame sorted by time, ties in input order
+        "sum": pl.when(pl.col("value").count() > 0).then(pl.col("value").sum()),
+        "max": pl.col("value").max(),
+    }[rule]
+    out = (
+        frame.sort("series_id", "ts", maintain_order=True)
+        .group_by("series_id", "_slot", maintain_order=True)
+        .agg(combine.alias("value"))
+        .rename({"_slot": "ts"})
+        .sort("series_id", "ts")
+    )
+    step_us = int(freq_timedelta(freq).total_seconds() * 1e6)
+    span = out.group_by("series_id").agg(
+        ((pl.col("ts").max() - pl.col("ts").min()).dt.total_microseconds() // step_us + 1).alias(
+            "steps"
+        ),
+        pl.len().alias("points"),
+    )
+    report = {
+        "freq": freq,
+        "aggregate": rule,
+        "rows": frame.height,
+        "points": out.height,
+        "moved": moved,
+        "combined": frame.height - out.height,
+        "empty_steps": int((span["steps"] - span["points"]).sum()),
+    }
+    return out.select(COLUMNS), report
