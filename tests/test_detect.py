@@ -389,3 +389,32 @@ def test_the_band_widens_by_the_factor_of_the_nights_weekday(trained):
     other = replace(dated, **{k: replace(t, weekday_scale=factors[1:] + factors[:1]) for k, t in tails.items()})  # fmt: skip
     same = score_day(values[:30], mask[:30], ids[:30], start, other, 1e-3)
     np.testing.assert_allclose(same.upper, base.upper, rtol=1e-5)  # its weekday's factor is 1
+
+
+def test_causal_scores_read_no_later_point(trained):
+    """NAB's rule: a point's score is the same whatever comes after it in the night."""
+    values, mask, ids, start, model = trained
+    T, H = values.shape[1], model.config.horizon
+    j = 9  # the night's 10th point
+    later = values.copy()
+    rng = np.random.default_rng(0)
+    # the points after it: a level shift on some series, noise and a spike on others
+    later[:, T - H + j + 1 :] += (
+        rng.normal(0, 3, size=(len(values), H - j - 1)) * values.std(1)[:, None]
+    )
+    later[::2, T - H + j + 1] += 20 * values[::2].std(1)
+    kept = np.s_[:, : j + 1]
+    causal = [score_day(v, mask, ids, start, model, 1e-3, causal=True) for v in (values, later)]
+    np.testing.assert_array_equal(causal[0].tail[kept], causal[1].tail[kept])
+    np.testing.assert_array_equal(causal[0].flag[kept], causal[1].flag[kept])
+    whole = [score_day(v, mask, ids, start, model, 1e-3) for v in (values, later)]
+    assert not np.array_equal(whole[0].tail[kept], whole[1].tail[kept])  # the default reads ahead
+    # causal scoring stays calibrated and still catches a spike
+    assert causal[0].flag.sum() / causal[0].observed.sum() < 0.01
+    v = values.copy()
+    v[:50, T - 14] = (
+        causal[0].forecast[:50, H - 14] + 4 * (causal[0].upper - causal[0].lower)[:50, H - 14]
+    )
+    m = mask.copy()
+    m[:50, T - 14] = True
+    assert score_day(v, m, ids, start, model, 1e-3, causal=True).flag[:50, H - 14].all()

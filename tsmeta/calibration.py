@@ -297,9 +297,10 @@ class WindowTails:
         return _knot_tail_surprise(math.log(self.factor), self.knots, math.log(false_alarm_rate))
 
 
-def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch tensors
+def window_medians(z, observed, width: int, causal: bool = False):  # noqa: ANN001, ANN201
     """(B, H) float64: for each observed point, the median of the observed z (B, H, signed) of
-    the centred window of ``width`` steps around it (cut at the horizon's ends) times the
+    the centred window of ``width`` steps around it (``causal``: the ``width`` steps ending
+    at it, so no later point is read) (cut at the horizon's ends) times the
     square root of their count; 0 where the point itself is unobserved. A median, so that
     one spike never lends its size to its neighbours: a window is extreme only when most of
     its points deviate the same way (a level shift, a stuck value, a changed season). Of an
@@ -314,7 +315,7 @@ def window_medians(z, observed, width: int):  # noqa: ANN001, ANN201 - torch ten
     H = z.shape[1]
     w = min(int(width), H)
     obs = observed.to(torch.bool)
-    left, right = w // 2, w - 1 - w // 2
+    left, right = (w - 1, 0) if causal else (w // 2, w - 1 - w // 2)
     inf = torch.full((), float("inf"), dtype=z.dtype, device=z.device)
     # time-major (H + w - 1, B): every window position is a contiguous slice of rows;
     # unobserved points and the padding are +inf, sorted past every observed value
@@ -441,15 +442,16 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((i, j) for i, j in out if j < n)
 
 
-def _smallest_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001, ANN202
+def _smallest_log_tail(z, observed, tail: TailModel, rel=None, causal=False):  # noqa: ANN001, ANN202
     """log of the smallest of the point's, its windows' and (with ``rel`` and a fitted
-    tail) its isolation's tail probabilities (torch)."""
+    tail) its isolation's and onset's tail probabilities (torch). ``causal``: trailing
+    windows, and no isolation or onset (both read the next points)."""
     import torch
 
     m = _log_tail_torch(z.abs(), tail)
     for width, wt in zip(tail.windows.widths, tail.windows.tails, strict=True):
-        m = torch.minimum(m, _log_tail_torch(window_medians(z, observed, width).abs(), wt))
-    if rel is None:
+        m = torch.minimum(m, _log_tail_torch(window_medians(z, observed, width, causal).abs(), wt))
+    if rel is None or causal:
         return m
     unit = rel.to(torch.float64)[:, None]  # both jump statistics in the series' own jumps
     for statistic, jump_tail in ((isolation, tail.windows.isolation), (onset, tail.windows.onset)):
@@ -458,7 +460,7 @@ def _smallest_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001,
     return m
 
 
-def tail_probability(z, observed, tail: TailModel, naive=None, rel=None):  # noqa: ANN001, ANN201 - torch tensors
+def tail_probability(z, observed, tail: TailModel, naive=None, rel=None, causal=False):  # noqa: ANN001, ANN201 - torch tensors
     """Two-sided tail probability (float64, on z's device) of every point of signed z-scores
     (B, H) whose observed points are ``observed``: the point's own tail, or with window
     statistics the calibrated smallest of its own, its windows' and (``rel`` (B,): each
@@ -466,10 +468,12 @@ def tail_probability(z, observed, tail: TailModel, naive=None, rel=None):  # noq
     ``naive``, the points' seasonal-naive deviations, ``TaskBatch.naive``) the calibrated
     larger of that and the naive deviation's normal tail. 1 minus the score. Without
     ``rel`` a model with an isolation tail scores as if no point were isolated (a
-    little below its rate: the combination was calibrated with it)."""
+    little below its rate: the combination was calibrated with it). ``causal``: each
+    point's probability reads no later point (trailing windows; no isolation, no onset;
+    the same tables, so a little below the rate where those flagged points)."""
     import torch
 
-    log_p = _model_log_tail(z, observed, tail, rel)
+    log_p = _model_log_tail(z, observed, tail, rel, causal)
     if tail.veto is None or naive is None:
         return torch.exp(log_p)
     v = -torch.maximum(log_p, naive_log_tail(naive, tail.veto_scale or 1.0))
@@ -477,11 +481,11 @@ def tail_probability(z, observed, tail: TailModel, naive=None, rel=None):  # noq
     return torch.exp(_interp_table(v, _torch_table(key, _veto_table, v.device)))
 
 
-def _model_log_tail(z, observed, tail: TailModel, rel=None):  # noqa: ANN001, ANN202
+def _model_log_tail(z, observed, tail: TailModel, rel=None, causal=False):  # noqa: ANN001, ANN202
     """log of ``tail_probability`` without the veto."""
     if tail.windows is None:
         return _log_tail_torch(z.abs(), tail)
-    u = -_smallest_log_tail(z, observed, tail, rel)
+    u = -_smallest_log_tail(z, observed, tail, rel, causal)
     return _interp_table(u, _torch_table(tail.windows, _combined_table, u.device))
 
 

@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     # known holidays (dates; TSMETA_HOLIDAYS='["2026-12-25", "2027-01-01"]'): events on them
     # are of kind "holiday" (expected), not "shared"
     holidays: list[date] = Field(default_factory=list)
+    # each point's score reads no later point of the night (NAB's rule; runs during the
+    # day): window medians trail the point, isolation and onset are left out, the veto
+    # reads the point's own deviation (tsmeta.detect.score_day). The nightly default reads
+    # the whole night, which catches more (benchmarks/README, "NAB")
+    causal: bool = False
     # torch threads of in-process nightly scoring on the CPU; 0: torch's default (one per
     # core); unset: 1 when every model adapts its output layer only (ANIL: small elementwise
     # steps whose intra-op threads mostly spin while the next chunk is read), else torch's

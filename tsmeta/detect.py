@@ -25,7 +25,7 @@ this module: the nightly job counts and logs them (``tsmeta.jobs.score_night``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -119,6 +119,7 @@ def score_day(
     false_alarm_rate: float,
     chunk_series: int = 8192,
     device: str | torch.device = "cpu",
+    causal: bool = False,
 ) -> ScoredDay:
     """Score the last ``model.config.horizon`` columns of a window of many series.
 
@@ -128,10 +129,18 @@ def score_day(
     the scored day are left unscored (NaN), never flagged. ``device``: where the whole
     chunk is computed (features, adaptation, residual scales, tail probabilities, flags;
     ``"cuda"`` on a GPU worker); the returned arrays are numpy, on the host.
+
+    ``causal``: each point's score reads no point after it (NAB's rule, intraday runs):
+    the forecast and the residual scale come from the support before the night anyway;
+    the window medians trail the point instead of centring on it, isolation and onset
+    (which read the next points) are left out, and the veto's reference is the point's
+    own seasonal-naive deviation, without its neighbours'.
     """
     if not 0 < false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in (0, 1), received {false_alarm_rate}")
     cfg, spec = model.config, model.spec
+    if causal and spec.veto_neighbours:
+        spec = replace(spec, veto_neighbours=False)
     n, T = values.shape
     H = cfg.horizon
     t0 = T - H
@@ -205,12 +214,13 @@ def score_day(
             obs = mask_t[:, t_in:] & ok_series[:, None]
             z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
             naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
-            tail = tail_probability(z, obs, full_tail, naive, rel)  # float64, on device
+            tail = tail_probability(z, obs, full_tail, naive, rel, causal)  # float64, on device
             if part_tail is not full_tail and bool(partial.any()):  # only those rows again
                 part_rows = partial[:, 0].nonzero().squeeze(1)
                 tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
                                                    None if naive is None else naive[part_rows],
-                                                   None if rel is None else rel[part_rows])  # fmt: skip
+                                                   None if rel is None else rel[part_rows],
+                                                   causal)  # fmt: skip
             tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
             b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
             b = torch.where(fell_back, _FALLBACK, b)

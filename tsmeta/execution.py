@@ -159,13 +159,14 @@ def _score_one(
     false_alarm_rate: float,
     chunk_series: int,
     device: str = "cpu",
+    causal: bool = False,
 ):  # noqa: ANN202
     """Runs in a Ray worker: score one chunk of series (see ``tsmeta.detect.score_day``)."""
     from tsmeta.detect import score_day
     from tsmeta.meta.train import MetaModel
 
     return score_day(values, mask, ids, start_step, MetaModel.from_state(model_state),
-                     false_alarm_rate, chunk_series, device)  # fmt: skip
+                     false_alarm_rate, chunk_series, device, causal)  # fmt: skip
 
 
 class RayScorer:
@@ -187,6 +188,7 @@ class RayScorer:
         chunk_series: int,
         in_flight: int | None = None,
         device: str = "cpu",
+        causal: bool = False,
     ) -> None:
         import ray
 
@@ -206,7 +208,7 @@ class RayScorer:
         self.remote = ray.remote(max_retries=2, retry_exceptions=False)(_score_one).options(
             num_cpus=1, **gpus
         )
-        self.args = (false_alarm_rate, chunk_series, device)
+        self.args = (false_alarm_rate, chunk_series, device, causal)
         self.models: dict[str, object] = {}
         self.pending: deque = deque()
 

@@ -113,7 +113,8 @@ def series_night(
         version, model = models[cid[0]]
         rows = np.array([row_of[s] for s in part.get_column("series_id")])
         day = score_day(panel.values[rows], panel.mask[rows], panel.series_ids[rows],
-                        panel.start_step, model, settings.false_alarm_rate)  # fmt: skip
+                        panel.start_step, model, settings.false_alarm_rate,
+                        causal=settings.causal)  # fmt: skip
         H = model.config.horizon
         night_ts = ts[-H:]
         # the night's flags: the stored rows when the night was run, else this scoring's,

@@ -505,7 +505,8 @@ def _score_models(
         from tsmeta.execution import RayScorer
 
         ray_scorer = RayScorer(settings.ray_address, settings.false_alarm_rate,
-                               settings.chunk_series, device=settings.device)  # fmt: skip
+                               settings.chunk_series, device=settings.device,
+                               causal=settings.causal)  # fmt: skip
 
     # in-process: up to ``workers`` batches computing at once on a thread pool, collected
     # here in the order they were submitted (so the rows come out as a serial run's)
@@ -628,7 +629,7 @@ def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str): 
     """Score one batch of a cluster's series in this process (a ScoredDay)."""
     return score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
                      settings.false_alarm_rate, settings.chunk_series,
-                     settings.torch_device())  # fmt: skip
+                     settings.torch_device(), causal=settings.causal)  # fmt: skip
 
 
 def points_frame(
