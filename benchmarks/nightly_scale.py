@@ -1,7 +1,9 @@
 """Two million series a night on one machine: the nightly path end to end, and the peers.
 
 For each frequency (hourly: period 24, K = 24, one night = 24 points; daily: period 7,
-K = 28, one night = 1 point):
+K = 28, one night = 1 point; below an hour, e.g. ``--freqs 5min``: period and K one day of
+steps, one night = 288 points at 5 minutes, a 23-day dataset: two weeks to profile and
+the three weeks the week input's median reads):
 
 1. generate N series with labelled anomalies as the partitioned Parquet dataset (not
    timed; reused when it exists);
@@ -43,10 +45,18 @@ FREQS = {  # freq: (dataset days, period, settings overrides)
 }
 
 
+def plan(freq: str) -> tuple[int, int, dict]:
+    """(dataset days, period, settings overrides) of a frequency."""
+    from tsmeta.frequency import normalise_freq, steps_per_day
+
+    freq = normalise_freq(freq)
+    return FREQS.get(freq) or (23, steps_per_day(freq), {"history_days": 14, "train_days": 21})
+
+
 def settings_for(work: Path, freq: str, url: str, algorithm: str | None = None):  # noqa: ANN201
     from tsmeta.config import load_settings
 
-    days, _, extra = FREQS[freq]
+    days, _, extra = plan(freq)
     root = work / freq
     return load_settings(
         data_dir=str(root), dataset_path=str(root / "dataset"), model_dir=str(root / "models"),
@@ -56,7 +66,7 @@ def settings_for(work: Path, freq: str, url: str, algorithm: str | None = None):
 
 
 def night_of(freq: str) -> date:
-    return START + timedelta(days=FREQS[freq][0] - 1)
+    return START + timedelta(days=plan(freq)[0] - 1)
 
 
 def child(args: argparse.Namespace) -> int:
@@ -145,10 +155,12 @@ def peers(settings, freq: str, n_sample: int, seed: int = 0) -> dict:  # noqa: A
     from tsmeta.data.io import scan_dataset, window_files
     from tsmeta.data.panel import build_panel
     from tsmeta.data.schema import validate_long_frame
+    from tsmeta.frequency import pandas_alias, steps_per_day
 
-    _, period, _ = FREQS[freq]
+    _, period, _ = plan(freq)
+    spd = steps_per_day(freq)
     night = night_of(freq)
-    hist = 14 if freq == "h" else 70
+    hist = 70 if freq == "d" else 14
     first = night - timedelta(days=hist)
     files = window_files(settings.dataset_path, night, night + timedelta(days=1))
     ids = pd.read_parquet(files[night][0], columns=["series_id"])["series_id"].unique()
@@ -166,11 +178,11 @@ def peers(settings, freq: str, n_sample: int, seed: int = 0) -> dict:  # noqa: A
     stamps = pd.DatetimeIndex(panel.timestamps())
     df = pd.DataFrame({"unique_id": np.repeat(panel.series_ids, y.shape[1]),
                        "ds": np.tile(stamps, len(y)), "y": y.ravel()})  # fmt: skip
-    h = 24 if freq == "h" else 1
-    out = {"sample": len(pick), "history_points": hist * (24 if freq == "h" else 1)}
+    h = spd
+    out = {"sample": len(pick), "history_points": hist * spd}
     for name, model in (("AutoETS", AutoETS(season_length=period)),
                         ("MSTL", MSTL(season_length=period))):  # fmt: skip
-        sf = StatsForecast(models=[model], freq="h" if freq == "h" else "D", n_jobs=1)
+        sf = StatsForecast(models=[model], freq=pandas_alias(freq), n_jobs=1)
         warm = df[df["unique_id"].isin(panel.series_ids[:2])]
         sf.forecast(df=warm, h=h, level=[99])  # first-call set-up is not per-series work
         t, cpu = time.perf_counter(), time.process_time()
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--series", type=int, default=2_000_000)
     ap.add_argument("--daily-series", type=int, default=None, help="default: --series")
-    ap.add_argument("--freqs", default="h,d", help="h, d or h,d")
+    ap.add_argument("--freqs", default="h,d", help="comma-separated: h, d, 5min, 1min, ...")
     ap.add_argument("--work", type=Path, default=Path(".tsmeta/bench-nightly"))
     ap.add_argument("--pg-url", default=None,
                     help="PostgreSQL server (a scratch database is created and dropped)")  # fmt: skip
@@ -218,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(rep, indent=2, default=str))
 
-    for freq in args.freqs.split(","):
-        n = args.series if freq == "h" else (args.daily_series or args.series)
-        days, period, _ = FREQS[freq]
+    from tsmeta.frequency import normalise_freq
+
+    for freq in [normalise_freq(f) for f in args.freqs.split(",")]:
+        n = args.daily_series or args.series if freq == "d" else args.series
+        days, period, _ = plan(freq)
         root = args.work / freq
         manifest = root / "dataset" / "_meta" / "manifest.json"
         meta = json.loads(manifest.read_text()) if manifest.exists() else {}
@@ -264,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for row in report["runs"]:
         n = row["series"]
-        print(f"\n{'hourly' if row['freq'] == 'h' else 'daily'}: {n:,} series, period "
+        print(f"\n{row['freq']}: {n:,} series, period "
               f"{row['period']}, night {night_of(row['freq'])}, {row['algorithm']}")  # fmt: skip
         print(f"  profile {row['profile']['seconds']} s ({row['profile']['clusters']} clusters, "
               f"peak {row['profile']['peak_rss_gib']} GiB); train {row['train']['seconds']} s "

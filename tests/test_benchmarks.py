@@ -132,3 +132,17 @@ def test_families_small(tmp_path):
     # the shared holiday is recorded as events holding most of its flags, no clean flag is one
     assert business["shared_events"] >= 1 and business["holiday_flags_in_events"] > 0.5
     assert res["families"]["default"]["methods"]["tsmeta"]["clean_flags_in_events"] < 0.05
+
+
+def test_nab_small(tmp_path):
+    """Two labelled 5-minute streams through the whole NAB path: models meta-trained on a
+    generated corpus, each night scored causally, NAB's own scorer run on a copy."""
+    streams = "artificialWithAnomaly/art_daily_jumpsup.csv,realKnownCause/ec2_request_latency_system_failure.csv"
+    res = run("nab", "--only", streams, "--train-series", "150", "--meta-steps", "40",
+              tmp_path=tmp_path)  # fmt: skip
+    assert set(res["scores"]) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
+    assert all(-1000 < v <= 100 for v in res["scores"].values())
+    assert set(res["streams"]) == set(streams.split(","))
+    for info in res["streams"].values():
+        assert info["freq"] == "5min" and info["points"] > 3000 and info["cluster"]
+    assert res["scoreboard"]["windowedGaussian"]["standard"] == 39.65
