@@ -1,8 +1,9 @@
 """Period detection: accuracy, M4 Hourly, throughput and memory, against a plain ACF peak.
 
-* accuracy on generated series with a known period (24 or 168, hourly, 672 points) across
-  noise levels (noise sd relative to a unit-variance seasonal pattern), and on white noise
-  (should be called aperiodic);
+* accuracy on generated series with a known period (a day or a week: 24 or 168 hourly, 672
+  points; with ``--freqs``, other steps too: 288 or 2,016 at 5 minutes, 1,440 or 10,080 at
+  1 minute, over the 14 days ``profile`` reads) across noise levels (noise sd relative to a
+  unit-variance seasonal pattern), and on white noise (should be called aperiodic);
 * M4 Hourly (the last 672 points of each of the 414 training series): share found at 24,
   at 168, and aperiodic;
 * throughput (series/s) and peak memory over ``--series`` series in chunks of 65,536
@@ -39,18 +40,20 @@ def acf_peak(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(best > np.maximum(band, 0.3), lag, APERIODIC)
 
 
-def seasonal(n: int, period: int, noise: float, rng: np.random.Generator) -> np.ndarray:
+def seasonal(
+    n: int, period: int, noise: float, rng: np.random.Generator, T: int = T, spd: int = 24
+) -> np.ndarray:
     t = np.arange(T)
     k = np.arange(1, 4)[:, None, None]
     coef = rng.normal(size=(3, n, 2)) * np.array([1.0, 0.5, 0.3])[:, None, None]
     ang = 2 * np.pi * k * t / period  # (3, 1, T)
     x = (coef[..., :1] * np.sin(ang) + coef[..., 1:] * np.cos(ang)).sum(0)
-    if period == 168:  # a weekly pattern made of a daily shape damped at weekends
+    if period == 7 * spd:  # a weekly pattern made of a daily shape damped at weekends
         daily = (
-            coef[..., :1] * np.sin(2 * np.pi * k * t / 24)
-            + coef[..., 1:] * np.cos(2 * np.pi * k * t / 24)
+            coef[..., :1] * np.sin(2 * np.pi * k * t / spd)
+            + coef[..., 1:] * np.cos(2 * np.pi * k * t / spd)
         ).sum(0)
-        x = daily * (1 - 0.7 * ((t // 24) % 7 >= 5)) + 0.5 * x
+        x = daily * (1 - 0.7 * ((t // spd) % 7 >= 5)) + 0.5 * x
     x = x / x.std(axis=1, keepdims=True)
     return (x + noise * rng.normal(size=(n, T))).astype(np.float32)
 
@@ -61,23 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--series", type=int, default=2_000_000, help="series timed for throughput")
     ap.add_argument("--per-level", type=int, default=2000, help="series per accuracy cell")
+    ap.add_argument("--freqs", default="h", help="steps whose accuracy is measured: h,5min,1min")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     out: dict = {"accuracy": [], "m4": None, "throughput": None}
 
-    for period in CANDIDATES:
-        for noise in (0.25, 0.5, 1.0, 2.0):
-            x = seasonal(args.per_level, period, noise, rng)
-            m = np.ones_like(x, dtype=bool)
-            ours = detect_periods(x, m, CANDIDATES).period
-            out["accuracy"].append({"truth": period, "noise_sd": noise, "tsmeta": float(np.mean(ours == period)),
-                                    "acf_peak": float(np.mean(acf_peak(x, m) == period))})  # fmt: skip
-    x = rng.normal(size=(args.per_level, T)).astype(np.float32)
-    m = np.ones_like(x, dtype=bool)
-    out["accuracy"].append({"truth": "white noise", "noise_sd": 1.0,
-                            "tsmeta": float(np.mean(detect_periods(x, m, CANDIDATES).period == APERIODIC)),
-                            "acf_peak": float(np.mean(acf_peak(x, m) == APERIODIC))})  # fmt: skip
+    from tsmeta.frequency import normalise_freq, steps_per_day
+
+    for freq in [normalise_freq(f) for f in args.freqs.split(",")]:
+        spd = steps_per_day(freq)
+        cands, n_steps = (spd, 7 * spd), (T if spd == 24 else 14 * spd)
+        # the peer's FFT over every lag holds ~2^(log2(2T)+1) complex values a series: a
+        # subsample of the cell at long series
+        peer_n = min(args.per_level, max(100, args.per_level * 672 // n_steps))
+        for period in cands:
+            for noise in (0.25, 0.5, 1.0, 2.0):
+                x = seasonal(args.per_level, period, noise, rng, n_steps, spd)
+                m = np.ones_like(x, dtype=bool)
+                ours = detect_periods(x, m, cands).period
+                out["accuracy"].append({"freq": freq, "truth": period, "noise_sd": noise,
+                                        "tsmeta": float(np.mean(ours == period)),
+                                        "acf_peak": float(np.mean(acf_peak(x[:peer_n], m[:peer_n]) == period))})  # fmt: skip
+        x = rng.normal(size=(args.per_level, n_steps)).astype(np.float32)
+        m = np.ones_like(x, dtype=bool)
+        out["accuracy"].append({"freq": freq, "truth": "white noise", "noise_sd": 1.0,
+                                "tsmeta": float(np.mean(detect_periods(x, m, cands).period == APERIODIC)),
+                                "acf_peak": float(np.mean(acf_peak(x[:peer_n], m[:peer_n]) == APERIODIC))})  # fmt: skip
 
     try:
         from tsmeta.data.m4 import m4_wide
@@ -114,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
                          "acf_peak_series_per_s": round(1 / peer),
                          "peak_rss_gib": round(peak, 2)}  # fmt: skip
 
-    print(f"{'truth':>12}{'noise sd':>10}{'tsmeta':>9}{'acf peak':>10}")
+    print(f"{'step':>6}{'truth':>12}{'noise sd':>10}{'tsmeta':>9}{'acf peak':>10}")
     for r in out["accuracy"]:
-        print(f"{r['truth']!s:>12}{r['noise_sd']:>10}{r['tsmeta']:>9.3f}{r['acf_peak']:>10.3f}")
+        print(
+            f"{r['freq']:>6}{r['truth']!s:>12}{r['noise_sd']:>10}{r['tsmeta']:>9.3f}{r['acf_peak']:>10.3f}"
+        )
     if out["m4"]:
         print(f"\nM4 Hourly ({out['m4']['series']} series, last {T} points): share at period")
         for name in ("tsmeta", "acf_peak"):

@@ -48,9 +48,10 @@ def test_generate_small(tmp_path, freq):
 
 
 def test_periodicity_small(tmp_path):
-    res = run("periodicity", "--series", "70000", "--per-level", "100", tmp_path=tmp_path)
-    clean = [r for r in res["accuracy"] if r["truth"] == 24 and r["noise_sd"] <= 0.5]
-    assert clean and all(r["tsmeta"] >= 0.95 for r in clean)
+    res = run("periodicity", "--series", "70000", "--per-level", "100", "--freqs", "h,5min",
+              tmp_path=tmp_path)  # fmt: skip
+    clean = [r for r in res["accuracy"] if r["truth"] in (24, 288, 2016) and r["noise_sd"] <= 0.5]
+    assert len(clean) == 6 and all(r["tsmeta"] >= 0.95 for r in clean)
     assert res["throughput"]["tsmeta_series_per_s"] > 0
 
 

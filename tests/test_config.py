@@ -97,3 +97,14 @@ def test_postgres_urls_without_a_driver_use_psycopg(monkeypatch, pg_url):
     engine.dispose()
     with pytest.raises(ValueError, match="postgresql\\+psycopg://"):
         load_settings(database_url=pg_url.replace("+psycopg", "+psycopg2"))
+
+
+def test_k_by_period_is_one_period_of_the_cluster_capped():
+    from tsmeta.jobs import k_for
+
+    day = load_settings()
+    assert [k_for(day, c) for c in ("p24-0", "p168-3", "aperiodic-0")] == [24, 24, 24]
+    period = load_settings(k_rule="period")
+    assert [k_for(period, c) for c in ("p24-0", "p168-3", "aperiodic-0")] == [24, 168, 24]
+    minutes = load_settings(k_rule="period", freq="1min", k_max=2016)
+    assert [k_for(minutes, c) for c in ("p1440-0", "p10080-1", "aperiodic-0")] == [1440, 2016, 1440]

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # daily K=28, H=1, {7}. One night scores one day (H points).
     freq: str = "h"
     k: int | None = Field(None, ge=2)  # support points each series adapts from
+    # "day": every cluster adapts from ``k`` points; "period": a cluster adapts from one
+    # period of its own (a weekly cluster from its last week; aperiodic ones from ``k``),
+    # at most ``k_max`` points (a week of minutes is 10,080). Takes effect at `train`
+    k_rule: Literal["day", "period"] = "day"
+    k_max: int = Field(2016, ge=2)
     horizon: int | None = Field(None, ge=1)  # points scored per night
     history_days: int | None = Field(None, ge=2)  # days read for profiling/scoring: 14 h, 70 d
     train_days: int | None = Field(None, ge=2)  # meta-training window: 28 h (4 weekends), 365 d

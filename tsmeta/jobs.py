@@ -261,6 +261,15 @@ def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
     return MetaConfig(**values)  # type: ignore[arg-type]
 
 
+def k_for(settings: Settings, cluster_id: str) -> int:
+    """Support points of a cluster's series: ``settings.k``, or with ``k_rule="period"`` one
+    period of the cluster (aperiodic: ``settings.k``), at most ``k_max``."""
+    period = period_of_cluster(cluster_id)
+    if settings.k_rule == "period" and period:
+        return min(period, settings.k_max)
+    return settings.k
+
+
 def _spec_for(settings: Settings, cluster_id: str) -> FeatureSpec:
     period = period_of_cluster(cluster_id) or settings.period_default
     week = 7 * settings.steps_per_day
@@ -328,7 +337,8 @@ def train_models(
             panels[cid].mask[slots] = chunk.mask[rows]
     jobs = [
         ClusterJob(cid, panels[cid].values, panels[cid].mask, panels[cid].start_step,
-                   _spec_for(settings, cid).to_dict(), cfg.__dict__.copy())
+                   _spec_for(settings, cid).to_dict(),
+                   {**cfg.__dict__, "k": config_overrides.get("k") or k_for(settings, cid)})
         for cid in wanted
     ]  # fmt: skip
     del panels
