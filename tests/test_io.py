@@ -93,7 +93,9 @@ def test_sql_table_reader(db_url, frame):
         read_sql_table(db_url, "nope")
 
 
-def _row_grouped_dataset(root, frame, rows_per_group: int) -> None:
+def _row_grouped_dataset(
+    root, frame, rows_per_group: int, name: str = "part-00000.parquet"
+) -> None:
     """One part file per date with small row groups (as a large single-writer dataset)."""
     from tsmeta.data.io import write_parquet_atomic  # noqa: F401 - same layout, custom groups
 
@@ -102,11 +104,11 @@ def _row_grouped_dataset(root, frame, rows_per_group: int) -> None:
         folder = root / f"date={day.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         g.drop("_d").sort("series_id", "ts").write_parquet(
-            folder / "part-00000.parquet", row_group_size=rows_per_group, statistics=True
+            folder / name, row_group_size=rows_per_group, statistics=True
         )
 
 
-@pytest.mark.parametrize("layout", ["row_groups", "part_files"])
+@pytest.mark.parametrize("layout", ["row_groups", "part_files", "large_part_files"])
 def test_window_is_read_in_bounded_chunks_of_whole_series(tmp_path, frame, layout):
     from tsmeta.data.io import iter_window_panels, plan_series_chunks, read_window
     from tsmeta.data.panel import build_panel
@@ -114,13 +116,21 @@ def test_window_is_read_in_bounded_chunks_of_whole_series(tmp_path, frame, layou
     root = tmp_path / "ds"
     if layout == "row_groups":
         _row_grouped_dataset(root, frame, rows_per_group=48)
-    else:  # four writers, each its own id range
+    elif layout == "part_files":  # four writers, each its own id range
         ids = sorted(frame["series_id"].unique().to_list())
         for k in range(4):
             part = frame.filter(pl.col("series_id").is_in(ids[k * 5 : k * 5 + 5]))
             write_partitioned(part, root, part=f"part-{k:05d}")
+    else:  # two writers whose parts hold more rows than a chunk (shards of short steps)
+        ids = sorted(frame["series_id"].unique().to_list())
+        for k in range(2):
+            part = frame.filter(pl.col("series_id").is_in(ids[k * 10 : k * 10 + 10]))
+            _row_grouped_dataset(root, part, rows_per_group=48, name=f"part-{k:05d}.parquet")
+        assert all(p.stat().st_size for p in root.glob("date=*/part-00001.parquet"))
     plan = plan_series_chunks(root, "2026-11-01", "2026-11-05", target_rows=400)
     assert len(plan) >= 4 and all(c.rows <= frame.height for c in plan)
+    read = [c.read().height for c in plan]
+    assert max(read) <= 400 + 4 * 48 and sum(read) == frame.height, read  # bounded, complete
     panels = list(iter_window_panels(root, "2026-11-01", "2026-11-05", "h", 3, target_rows=400))
     got = np.concatenate([p.series_ids for p in panels])
     assert sorted(got) == sorted(frame["series_id"].unique()) and len(set(got)) == len(got)

@@ -155,7 +155,7 @@ def plan_series_chunks(
 
     * when every date has the same part files and each part holds its own range of ids
       (what ``tsmeta generate`` and per-shard writers produce), a chunk is one part name
-      across all dates;
+      across all dates, where that is at most ``target_rows`` rows;
     * otherwise the window is cut into id ranges with about ``target_rows`` rows each,
       from the row groups' id statistics; each chunk reads only the row groups that can
       hold its range (files sorted by ``series_id``, as ``write_partitioned`` writes them,
@@ -179,6 +179,8 @@ def plan_series_chunks(
             if any(lo is None for lo, _, _ in groups):
                 break
             spans.append((min(g[0] for g in groups), max(g[1] for g in groups), files))
+            if sum(stats[f][0] for f in files) > target_rows:  # a part too large to read at
+                break  # once (a shard of short steps): cut by row groups below instead
         else:
             ordered = sorted(spans, key=lambda s: s[0])
             if all(a[1] < b[0] for a, b in zip(ordered, ordered[1:], strict=False)):

@@ -297,7 +297,8 @@ def write_synthetic_dataset(
 ) -> dict:
     """Write the corpus as a date-partitioned Parquet dataset plus labels and series meta.
 
-    One part file per date per shard of ``shard_blocks * BLOCK`` series, so each part
+    One part file per date per shard of ``shard_blocks * BLOCK`` series (below an hour,
+    proportionally fewer: files of about the same rows whatever the step), so each part
     holds a contiguous range of series ids. Returns the manifest (also written as
     ``_meta/manifest.json``). Re-running with the same arguments rewrites the same files.
     """
@@ -305,6 +306,8 @@ def write_synthetic_dataset(
     root = Path(path)
     start_d, start_dt = _start(start)
     spd = steps_per_day(freq)
+    # a part file holds about the same rows whatever the step (fewer series below an hour)
+    shard_size = max(1, shard_blocks * 24 // max(spd, 24))
     t_begin = time.perf_counter()
     pending: list[GeneratedBlock] = []
     shard = 0
@@ -340,7 +343,7 @@ def write_synthetic_dataset(
 
     for b in generate_blocks(n_series, freq, days, start_d, seed, anomaly_rate, family):
         pending.append(b)
-        if len(pending) >= shard_blocks:
+        if len(pending) >= shard_size:
             flush()
     flush()
     manifest = {
