@@ -85,10 +85,12 @@ def _spiked(b, seed, share=0.08, size=8.0):
 
 
 # the kernel form (K <= H + 1: its downdates of the inverse), the primal one (Sherman-
-# Morrison on the features' system); with autograd (torch.linalg's inverse) and without
+# Morrison on the features' system, point by point; beyond ROUNDS_ONE_BY_ONE points, all
+# at once: K = 96 leaves out up to 12); with autograd (torch.linalg's inverse) and without
 # (the vectorised Cholesky's inverse factor)
 @pytest.mark.parametrize("k,hidden,grad", [(6, 10, False), (24, 40, False), (24, 40, True),
-                                           (30, 10, False), (48, 10, True)])  # fmt: skip
+                                           (30, 10, False), (48, 10, True), (96, 10, False),
+                                           (96, 10, True)])  # fmt: skip
 def test_the_trimmed_ridge_head_equals_refits_without_its_outliers(k, hidden, grad):
     """``trim``: the points beyond 3 robust scales of the leave-one-out residuals, at most
     one in eight, the largest first, are left out at the same penalty; each left-out point
