@@ -135,6 +135,8 @@ def test_families_small(tmp_path):
     assert res["families"]["default"]["methods"]["tsmeta"]["clean_flags_in_events"] < 0.05
 
 
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "nab" / "run.py").is_file(),
+                    reason="NAB not next to the repo")  # fmt: skip
 def test_nab_small(tmp_path):
     """Two labelled 5-minute streams through the whole NAB path: models meta-trained on a
     generated corpus, each night scored causally, NAB's own scorer run on a copy."""
