@@ -386,6 +386,15 @@ def test_ingest_puts_irregular_timestamps_on_the_grid(tmp_path, capsys):
     got = read_window(tmp_path / "state" / "dataset", "2026-11-01", "2026-11-02", "5min")
     assert got["value"].to_list() == [3.0, 5.0, 9.0]
     assert got["ts"].dt.minute().to_list() == [0, 5, 20]
+    # one dataset, one step: the dataset records 5min, and hourly work on it is refused
+    dd_hourly = ["--data-dir", str(tmp_path / "state"), "--freq", "h"]
+    for argv in (["ingest", str(csv), "--aggregate", "max", *dd_hourly],
+                 ["profile", "--as-of", "2026-11-02", *dd_hourly]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holds 5min data, and the step asked for is h: pass --freq 5min" in err, err
+    with pytest.raises(ValueError, match="holds 5min data"):
+        read_window(tmp_path / "state" / "dataset", "2026-11-01", "2026-11-02", "h")
 
 
 def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):

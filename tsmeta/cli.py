@@ -103,22 +103,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tsmeta.data.io import check_no_overlap, read_long_raw, write_partitioned
+    from tsmeta.data.io import (
+        check_dataset_freq,
+        check_no_overlap,
+        read_long_raw,
+        record_dataset_freq,
+        write_partitioned,
+    )
     from tsmeta.data.schema import on_grid
 
     settings = _settings(args)
     src = Path(args.file)
+    check_dataset_freq(settings.dataset_path, settings.freq)  # before anything is read
     frame, grid = on_grid(read_long_raw(src), settings.freq, args.aggregate)
     if grid["moved"] or grid["combined"]:
-        print(f"put {grid['rows']:,} rows on the {grid['freq']} grid: {grid['moved']:,} moved to "
-              f"the start of their step, {grid['combined']:,} combined into another "
-              f"({grid['aggregate']}); {grid['points']:,} points")  # fmt: skip
+        print(f"put {grid['rows']:,} rows on the {grid['freq']} grid (set the step with --freq "
+              f"or TSMETA_FREQ): {grid['moved']:,} moved to the start of their step, "
+              f"{grid['combined']:,} combined into another ({grid['aggregate']}); "
+              f"{grid['points']:,} point(s)")  # fmt: skip
     if grid["empty_steps"]:
         print(f"{grid['empty_steps']:,} steps between a series' first and last point have no "
               "point (missing: scoring leaves them out)")  # fmt: skip
     part = args.part or f"ingest-{src.stem}"
     check_no_overlap(frame, settings.dataset_path, part)  # before anything is written
     files = write_partitioned(frame, settings.dataset_path, part)
+    record_dataset_freq(settings.dataset_path, settings.freq)
     days = frame.get_column("ts").dt.date()
     print(f"ingested {frame.height:,} points of {frame.get_column('series_id').n_unique():,} series "
           f"({days.min()}..{days.max()}) into {settings.dataset_path}: {files} date partition(s), "

@@ -175,8 +175,8 @@ def validate_long_frame(
         else:
             raise NonFiniteValueError(
                 f"column 'value' has {bad.height} non-finite value(s) (NaN or inf), e.g. "
-                f"{_examples(bad)}; use null for a missing observation, drop the rows, or "
-                "pass nan_as_missing=True"
+                f"{_examples(bad)}; use null for a missing observation (an empty CSV field), "
+                "drop the rows, or in Python pass nan_as_missing=True"
             )
 
     if not check_grid:
@@ -187,9 +187,9 @@ def validate_long_frame(
     if off.height:
         raise OffGridTimestampError(
             f"{off.height} timestamp(s) are not on the {every} grid for freq={freq!r}, e.g. "
-            f"{_examples(off)}; put them on the grid with `tsmeta ingest --aggregate mean` "
-            f"(or tsmeta.data.schema.on_grid), align them with pl.col('ts').dt.truncate({every!r}) "
-            "(then de-duplicate), or set the frequency that matches the data"
+            f"{_examples(off)}; if the data has another step, set it (--freq or TSMETA_FREQ); "
+            "if its timestamps are irregular, put them on the grid with `tsmeta ingest` "
+            "(--aggregate mean|last|sum|max; tsmeta.data.schema.on_grid in Python)"
         )
     return df
 
