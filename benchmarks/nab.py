@@ -50,7 +50,13 @@ from tsmeta.data.panel import build_panel
 from tsmeta.data.schema import on_grid
 from tsmeta.data.synthetic import write_synthetic_dataset
 from tsmeta.detect import score_day, surprise_of
-from tsmeta.frequency import SUPPORTED_STEPS, normalise_freq, polars_every, steps_per_day
+from tsmeta.frequency import (
+    SUPPORTED_STEPS,
+    freq_minutes,
+    normalise_freq,
+    polars_every,
+    steps_per_day,
+)
 from tsmeta.meta.tasks import window_reach
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models
@@ -108,9 +114,10 @@ def pick_model(models: dict, period: int) -> str:
     return sorted(models)[0]
 
 
-def own_tail(tail: np.ndarray) -> np.ndarray:
+def own_tail(tail: np.ndarray, spd: int) -> np.ndarray:
     """Each point's tail among the series' own earlier points: the share of the earlier
-    scored points at least as surprising (causal; NaN where fewer than a day of them)."""
+    scored points at least as surprising (causal; NaN where fewer than a day, ``spd``
+    points, of them)."""
     import bisect
 
     s = np.nan_to_num(surprise_of(tail), nan=-1.0)
@@ -118,7 +125,7 @@ def own_tail(tail: np.ndarray) -> np.ndarray:
     seen: list[float] = []
     for t in np.flatnonzero(~np.isnan(tail)):
         n = len(seen)
-        if n >= 288:
+        if n >= spd:
             above = n - bisect.bisect_left(seen, s[t])
             out[t] = (1 + above) / (1 + n)
         bisect.insort(seen, s[t])
@@ -128,9 +135,9 @@ def own_tail(tail: np.ndarray) -> np.ndarray:
 def score_stream(
     raw: pl.DataFrame,
     freq: str,
-    settings,
+    settings,  # noqa: ANN001
     models: dict,
-    recut: int | None = None,  # noqa: ANN001
+    recut: int | None = None,
     self_rank: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Causal anomaly scores of a stream's rows (in file order) and what was done."""
@@ -168,18 +175,16 @@ def score_stream(
                         panel.start_step + lo, model, settings.false_alarm_rate, causal=True)  # fmt: skip
         tail[c : c + every] = day.tail[0, :every]
     if self_rank:
-        tail = own_tail(tail)
-    if self_rank:
-        tail = own_tail(tail)
+        tail = own_tail(tail, spd)
     # each row takes its step's score
     step = ((frame["ts"].dt.truncate(polars_every(freq)) - begin).dt.total_minutes()
-            // (1440 // spd)).to_numpy()  # fmt: skip
+            // freq_minutes(freq)).to_numpy()  # fmt: skip
     scores = anomaly_score(tail)[step]
     return scores, {"cluster": cid, "period": int(res.period[0]), **report,
                     "flagged_points": int((tail < settings.false_alarm_rate).sum())}  # fmt: skip
 
 
-def run_scorer(nab_copy: Path, names: list[str]) -> dict[str, float]:
+def run_scorer(nab_copy: Path) -> dict[str, float]:
     """NAB's scorer on ``nab_copy`` for the tsmeta detector: {profile: final score}."""
     env = {**os.environ, "PYTHONPATH": str(nab_copy)}
     subprocess.run([sys.executable, "scripts/create_new_detector.py", "--detector", DETECTOR],
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         ).write_csv(out)
     t_score = time.perf_counter() - t_score
     t_nab = time.perf_counter()
-    final = run_scorer(nab_copy, [n for n, _ in streams])
+    final = run_scorer(nab_copy)
     t_nab = time.perf_counter() - t_nab
     board = json.loads((args.nab / "results" / "final_results.json").read_text())
 
