@@ -103,13 +103,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tsmeta.data.io import (
-        check_dataset_freq,
-        check_no_overlap,
-        read_long_raw,
-        record_dataset_freq,
-        write_partitioned,
-    )
+    from tsmeta.data.dataset_step import check_dataset_freq, record_dataset_freq
+    from tsmeta.data.io import check_no_overlap, read_long_raw, write_partitioned
     from tsmeta.data.schema import on_grid
 
     settings = _settings(args)

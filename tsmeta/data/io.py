@@ -12,7 +12,6 @@ the same part again replaces it (idempotent).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
+from tsmeta.data.dataset_step import check_dataset_freq
 from tsmeta.data.panel import Panel, scatter_panel
 from tsmeta.data.schema import COLUMNS, DuplicateRowsError, EmptyInputError, validate_long_frame
 
@@ -265,46 +265,6 @@ def read_window(
     """Read and validate the dates ``[start, end)`` of a partitioned dataset."""
     check_dataset_freq(path, freq)
     return validate_long_frame(scan_dataset(path, start, end), freq)
-
-
-def dataset_freq(path: str | Path) -> str | None:
-    """The step a dataset records (``_meta/dataset.json``, written by ``tsmeta ingest``, or
-    the generator's ``_meta/manifest.json``); None for a dataset that records none."""
-    from tsmeta.frequency import normalise_freq
-
-    for name in ("dataset.json", "manifest.json"):
-        file = Path(path) / "_meta" / name
-        if file.is_file():
-            freq = json.loads(file.read_text()).get("freq")
-            if freq:
-                return normalise_freq(freq)
-    return None
-
-
-def check_dataset_freq(path: str | Path, freq: str) -> None:
-    """A ValueError when the dataset records another step than ``freq`` (one dataset, one
-    step: a dataset read at another step is misread, and one written at another is mixed)."""
-    from tsmeta.frequency import normalise_freq
-
-    recorded, asked = dataset_freq(path), normalise_freq(freq)
-    if recorded is not None and recorded != asked:
-        raise ValueError(
-            f"the dataset {path} holds {recorded} data, and the step asked for is {asked}: pass "
-            f"--freq {recorded} (or set TSMETA_FREQ={recorded}); data of another step belongs "
-            "in a data folder of its own (--data-dir or TSMETA_DATA_DIR)"
-        )
-
-
-def record_dataset_freq(path: str | Path, freq: str) -> None:
-    """Record the dataset's step (``_meta/dataset.json``) where it records none yet."""
-    from tsmeta.frequency import normalise_freq
-
-    if dataset_freq(path) is None:
-        meta = Path(path) / "_meta"
-        meta.mkdir(parents=True, exist_ok=True)
-        tmp = meta / f".dataset.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"freq": normalise_freq(freq)}))
-        tmp.replace(meta / "dataset.json")
 
 
 def write_parquet_atomic(frame: pl.DataFrame, target: Path) -> None:
