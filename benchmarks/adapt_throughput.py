@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # the whole scoring step of a night, as the nightly job runs it per batch: features,
     # adaptation, the divergence guard, residual scale, calibrated tails, flags
-    from tsmeta.calibration import fit_tail, fit_windows
     from tsmeta.detect import score_day
     from tsmeta.meta.train import MetaModel
+    from tsmeta.scoring import fit_tail, fit_windows
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)

@@ -52,8 +52,9 @@ from tsmeta.detect import score_day
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
 from tsmeta.meta import ALGORITHMS
+from tsmeta.meta.calibrate import CALIBRATION_PARTS, calibrate
 from tsmeta.meta.tasks import sample_tasks, window_reach
-from tsmeta.meta.train import CALIBRATION_PARTS, MetaConfig, MetaModel, calibrate, meta_train
+from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
 from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28

@@ -54,7 +54,7 @@ from tsmeta.data.io import read_window
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
 from tsmeta.evaluation import event_scores, pr_auc
-from tsmeta.meta.train import CALIBRATION_PARTS
+from tsmeta.meta.calibrate import CALIBRATION_PARTS
 from tsmeta.store.writes import read_profile
 
 METHODS = ("tsmeta", "seasonal naive + MAD", "3-week median + MAD")

@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tsmeta.calibration import TailModel, fit_tail, t_sf, two_sided_tail
+from tsmeta.scoring import TailModel, fit_tail, t_sf, two_sided_tail
 
 
 def test_t_sf_matches_closed_forms():
@@ -58,7 +58,7 @@ def test_torch_tail_equals_the_numpy_tail(dof):
 
 
 def test_per_step_scale_recovers_errors_growing_with_the_horizon():
-    from tsmeta.calibration import fit_step_scale
+    from tsmeta.scoring import fit_step_scale
 
     rng = np.random.default_rng(3)
     growth = np.linspace(0.5, 2.0, 24)
@@ -150,7 +150,7 @@ def _correlated_z(rng, n, horizon=24, rho=0.6, dof=5.0):
 def test_window_statistics_equal_a_loop_over_centred_windows(width):
     import torch
 
-    from tsmeta.calibration import window_medians
+    from tsmeta.scoring import window_medians
 
     rng = np.random.default_rng(width)
     n, H = 6, 10
@@ -176,7 +176,7 @@ def test_window_statistics_equal_a_loop_over_centred_windows(width):
 def _fit_with_windows(z):
     import torch
 
-    from tsmeta.calibration import fit_windows
+    from tsmeta.scoring import fit_windows
 
     point = fit_tail(np.abs(z).ravel())
     obs = torch.ones(z.shape, dtype=torch.bool)
@@ -186,7 +186,7 @@ def _fit_with_windows(z):
 def test_window_statistics_keep_the_clean_flag_rate():
     import torch
 
-    from tsmeta.calibration import tail_probability
+    from tsmeta.scoring import tail_probability
 
     rng = np.random.default_rng(1)
     tail = _fit_with_windows(_correlated_z(rng, 8000))
@@ -201,7 +201,7 @@ def test_window_statistics_keep_the_clean_flag_rate():
 def test_a_sustained_shift_inside_the_band_is_flagged_only_with_windows():
     import torch
 
-    from tsmeta.calibration import tail_probability
+    from tsmeta.scoring import tail_probability
 
     rng = np.random.default_rng(2)
     tail = _fit_with_windows(_correlated_z(rng, 8000))
@@ -219,7 +219,7 @@ def test_a_sustained_shift_inside_the_band_is_flagged_only_with_windows():
 def test_the_band_is_where_an_isolated_point_reaches_the_rate():
     import torch
 
-    from tsmeta.calibration import tail_probability
+    from tsmeta.scoring import tail_probability
 
     rng = np.random.default_rng(3)
     tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
@@ -241,7 +241,7 @@ def test_window_tails_round_trip_and_older_models_load_without_them():
 def test_one_spike_lends_its_size_to_no_neighbour():
     import torch
 
-    from tsmeta.calibration import tail_probability
+    from tsmeta.scoring import tail_probability
 
     tail = _fit_with_windows(_correlated_z(np.random.default_rng(5), 8000))
     z = np.zeros((1, 24))
@@ -253,7 +253,7 @@ def test_one_spike_lends_its_size_to_no_neighbour():
 def test_the_tail_table_lookup_without_a_search_equals_np_interp():
     import torch
 
-    from tsmeta.calibration import _T, _X, _floored_table, _interp_table, _torch_table
+    from tsmeta.scoring.tables import _T, _X, _floored_table, _interp_table, _torch_table
 
     rng = np.random.default_rng(1)
     q = np.concatenate([
@@ -278,15 +278,10 @@ def test_the_tabulated_tails_equal_the_composition_they_stand_for():
     minimum at every node, linear between them."""
     import torch
 
-    from tsmeta.calibration import (
-        _T,
-        _exact_log_tail,
-        _knot_arrays,
-        _point_table,
-        _smallest_log_tail,
-        log_tail,
-        tail_probability,
-    )
+    from tsmeta.scoring import tail_probability
+    from tsmeta.scoring.combine import _smallest_log_tail
+    from tsmeta.scoring.tables import _T, _knot_arrays
+    from tsmeta.scoring.tails import _exact_log_tail, _point_table, log_tail
 
     rng = np.random.default_rng(5)
     tail = _fit_with_windows(_correlated_z(rng, 8000))
@@ -318,7 +313,7 @@ def test_the_seasonal_naive_veto_lifts_what_the_day_before_explains():
     rate stays near the rate, the knots round-trip and older tails load without a veto."""
     import torch
 
-    from tsmeta.calibration import fit_veto, naive_log_tail, tail_probability
+    from tsmeta.scoring import fit_veto, naive_log_tail, tail_probability
 
     rng = np.random.default_rng(6)
     tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
@@ -365,7 +360,7 @@ def test_the_veto_scores_with_the_scale_it_was_fitted_with():
     vetoes only points closer to the reference; older tails load with None (1)."""
     import torch
 
-    from tsmeta.calibration import fit_veto, tail_probability
+    from tsmeta.scoring import fit_veto, tail_probability
 
     rng = np.random.default_rng(7)
     tail = _fit_with_windows(rng.standard_t(5.0, size=(8000, 24)))
@@ -400,7 +395,7 @@ def test_the_veto_factor_gives_back_what_contamination_hides():
     the rate."""
     import torch
 
-    from tsmeta.calibration import fit_veto, tail_probability
+    from tsmeta.scoring import fit_veto, tail_probability
 
     rng = np.random.default_rng(6)
     z_cal = rng.standard_t(5.0, size=(8000, 24))
@@ -445,7 +440,7 @@ def _isolation_loop(z, obs):
 def test_isolation_equals_a_loop_over_neighbours():
     import torch
 
-    from tsmeta.calibration import isolation
+    from tsmeta.scoring import isolation
 
     rng = np.random.default_rng(11)
     z = rng.standard_normal((40, 24))
@@ -461,7 +456,7 @@ def test_isolation_equals_a_loop_over_neighbours():
 def test_contrast_sigma_equals_a_direct_computation():
     import torch
 
-    from tsmeta.meta.train import contrast_sigma
+    from tsmeta.meta.calibrate import contrast_sigma
 
     rng = np.random.default_rng(12)
     r = rng.standard_normal((30, 24))
@@ -494,7 +489,7 @@ def test_fit_tail_of_a_sample_of_mostly_zeros_keeps_its_rate():
 def _fit_with_isolation(z):
     import torch
 
-    from tsmeta.calibration import fit_windows
+    from tsmeta.scoring import fit_windows
 
     point = fit_tail(np.abs(z).ravel())
     obs = torch.ones(z.shape, dtype=torch.bool)
@@ -508,7 +503,7 @@ def test_a_spike_inside_the_band_is_flagged_by_its_isolation_alone():
     clean data keeps the rate."""
     import torch
 
-    from tsmeta.calibration import tail_probability
+    from tsmeta.scoring import tail_probability
 
     rng = np.random.default_rng(14)
     tail = _fit_with_isolation(_correlated_z(rng, 8000, rho=0.95))
@@ -565,7 +560,7 @@ def _onset_loop(z, obs):
 def test_onset_equals_a_loop_over_neighbouring_levels():
     import torch
 
-    from tsmeta.calibration import onset
+    from tsmeta.scoring import onset
 
     rng = np.random.default_rng(15)
     z = rng.standard_normal((60, 24))
@@ -591,7 +586,7 @@ def test_a_level_shift_inside_the_band_is_flagged_at_its_onset():
     keeps the rate. Tails fitted before the onset existed load without it."""
     import torch
 
-    from tsmeta.calibration import fit_windows, onset, tail_probability
+    from tsmeta.scoring import fit_windows, onset, tail_probability
 
     rng = np.random.default_rng(16)
     cal = _correlated_z(rng, 8000, rho=0.95)
@@ -655,9 +650,10 @@ def test_calibration_leaves_out_its_samples_own_anomalies(seed):
     clean sample the refit moves the rates little, at 1e-4 (next to the drop) too."""
     import torch
 
-    from tsmeta.calibration import tail_probability
     from tsmeta.forecaster import init_params
-    from tsmeta.meta.train import calibrate, contrast_sigma, robust_sigma
+    from tsmeta.meta.calibrate import calibrate, contrast_sigma
+    from tsmeta.meta.tasks import robust_sigma
+    from tsmeta.scoring import tail_probability
 
     params = {k: torch.zeros_like(v) for k, v in init_params(8, 16, torch.Generator()).items()}
     rng = np.random.default_rng(seed)
@@ -693,7 +689,8 @@ def test_an_ablation_leaves_out_exactly_the_named_parts():
     import torch
 
     from tsmeta.forecaster import init_params
-    from tsmeta.meta.train import CALIBRATION_PARTS, MetaConfig, calibrate
+    from tsmeta.meta.calibrate import CALIBRATION_PARTS, calibrate
+    from tsmeta.meta.train import MetaConfig
 
     with pytest.raises(ValueError, match="unknown calibration part.*'vet'"):
         MetaConfig(without=("vet",))
@@ -716,8 +713,8 @@ def test_weekday_of_the_grid_and_the_weekday_scale_recovers_a_noisier_monday():
     about 2 and the others about 1; a tail model keeps it through a round trip."""
     from datetime import UTC, datetime
 
-    from tsmeta.calibration import fit_weekday_scale, weekday_of
     from tsmeta.data.panel import steps_since_epoch
+    from tsmeta.scoring import fit_weekday_scale, weekday_of
 
     monday = datetime(2026, 12, 7, tzinfo=UTC)
     assert weekday_of(int(steps_since_epoch(monday, "h")), 24) == 0

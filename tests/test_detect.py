@@ -253,8 +253,8 @@ def test_asking_for_cuda_without_a_gpu_names_the_fix(monkeypatch):
 def test_series_with_fewer_support_points_use_the_partial_tail(trained):
     from dataclasses import replace
 
-    from tsmeta.calibration import TailModel
     from tsmeta.meta.train import MetaModel
+    from tsmeta.scoring import TailModel
 
     values, mask, ids, start, model = trained
     assert model.partial_calibration is not None  # fitted at training (tasks with gaps)
@@ -333,7 +333,7 @@ def test_the_spread_floor_widens_the_band_after_an_anomalous_support(trained):
     at calibration (stored with the tail); a tail without one (models calibrated before
     it) scores by the support residuals alone. (Without the seasonal-naive veto, which
     lifts those recovery flags by itself: the shifted day is the recovery's reference.)"""
-    from tsmeta.calibration import TailModel
+    from tsmeta.scoring import TailModel
 
     values, mask, ids, start, model = trained
     model = _without_veto(model)
@@ -374,7 +374,7 @@ def test_the_band_widens_by_the_factor_of_the_nights_weekday(trained):
     """A model with a weekday scale (``MetaConfig.steps_per_day``) divides z by the factor
     of the scored night's weekday: the band's half-width is that factor times the model's
     without it, on that weekday only."""
-    from tsmeta.calibration import weekday_of
+    from tsmeta.scoring import weekday_of
 
     values, mask, ids, start, model = trained
     night = weekday_of(start + values.shape[1] - 24, 24)

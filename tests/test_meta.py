@@ -160,7 +160,7 @@ def test_the_second_lag_input_is_the_week_before_known_at_the_cut():
 
 
 def test_models_saved_before_the_second_lag_load_without_it():
-    from tsmeta.calibration import TailModel
+    from tsmeta.scoring import TailModel
 
     tail = TailModel(1.0, 5.0)
     model = MetaModel(init_params(8, 4), FeatureSpec(24), MetaConfig(algorithm="ridge"), tail)
@@ -219,10 +219,10 @@ def test_meta_training_rejects_bad_input():
 
 # --- algorithms, fast path and baselines --------------------------------------------------
 
-from tsmeta.calibration import TailModel  # noqa: E402
 from tsmeta.meta.baselines import Adapted, Scratch, SeasonalNaive, query_mse  # noqa: E402
 from tsmeta.meta.batched import adapt_mlp, adapt_predict, predict  # noqa: E402
 from tsmeta.meta.train import MetaLearner  # noqa: E402
+from tsmeta.scoring import TailModel  # noqa: E402
 
 
 def random_rates(params, seed=0):
@@ -476,7 +476,7 @@ def test_the_veto_measures_each_deviation_against_its_neighbours():
                 local = d[i, t] - s[(len(s) - 1) // 2]  # the lower middle, as torch's
                 want = local if abs(local) > abs(d[i, t]) else d[i, t]
             assert b.naive[i, t].item() == pytest.approx(want, abs=1e-9)
-    from tsmeta.calibration import TailModel
+    from tsmeta.scoring import TailModel
 
     model = MetaModel(init_params(8, 4), FeatureSpec(24), MetaConfig(), TailModel(1.0, 5.0))
     state = model.state()

@@ -172,8 +172,8 @@ def test_trim_is_a_model_setting_older_models_load_without():
     with pytest.raises(ValueError, match="trim must be a positive number"):
         MetaConfig(trim=0.0)
     b = _batch(4, 24, 4, 8)
-    from tsmeta.calibration import fit_tail
     from tsmeta.forecaster import FeatureSpec
+    from tsmeta.scoring import fit_tail
 
     model = MetaModel(init_params(8, 40, torch.Generator().manual_seed(0)), FeatureSpec(period=24),
                       MetaConfig(algorithm="ridge"), fit_tail(b.ys.abs().numpy().ravel()))  # fmt: skip

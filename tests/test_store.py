@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from tsmeta.calibration import TailModel
 from tsmeta.forecaster import FeatureSpec, init_params
 from tsmeta.meta.train import MetaConfig, MetaModel
+from tsmeta.scoring import TailModel
 from tsmeta.store.models import load_latest_models, save_model
 from tsmeta.store.schema import anomalies, anomaly_daily_counts, create_engine, create_schema, runs
 from tsmeta.store.writes import finish_run, read_profile, replace_night, start_run, write_profile

@@ -4,7 +4,7 @@ For each series the cluster's initialisation takes ``inner_steps`` gradient step
 points before the scored day (all series of a chunk in one batched computation,
 ``tsmeta.meta.batched``), then forecasts the day. The residual of each observed point is
 divided by the series' robust support-residual scale, giving a z-score whose distribution
-on out-of-sample data the cluster's tail model describes (``tsmeta.calibration``). A point's
+on out-of-sample data the cluster's tail model describes (``tsmeta.scoring``). A point's
 tail probability is the calibrated smallest of its own and those of the windows around it
 (the median z of 5 and of 12 steps: a level shift or a stuck value whose single points stay
 inside the band is still caught, while one spike never flags its neighbours) and of its
@@ -30,11 +30,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from tsmeta.calibration import tail_probability, weekday_of
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
+from tsmeta.meta.calibrate import contrast_sigma, residual_sigma
 from tsmeta.meta.tasks import earliest_cut, make_batch, window_reach
-from tsmeta.meta.train import MetaModel, contrast_sigma, residual_sigma
+from tsmeta.meta.train import MetaModel
+from tsmeta.scoring import tail_probability, weekday_of
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
            "BASIS_MEANING", "NOT_SCORED", "SEVERITY"]  # fmt: skip

@@ -55,7 +55,7 @@ class TaskBatch:
     spread: torch.Tensor | None = None  # (B,)
     # each query point's seasonal-naive deviation in units of ``spread``: its value minus
     # the support's last same-phase value, over the spread (+inf where either is missing
-    # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.calibration``.
+    # or the spread is 0), None without a seasonal lag: the veto of ``tsmeta.scoring``.
     # With ``FeatureSpec.veto_lag``, the smaller of that and the deviation from the value
     # veto_lag steps back over the robust spread of the support's differences at that lag.
     # With ``FeatureSpec.veto_neighbours`` each deviation is also measured against its
@@ -154,7 +154,7 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     same way: a spike that lands on last week's value after the day moved away from last
     week is a spike, not a repeat; a day that repeats its reference stays explained.
     Infinite deviations (no reference) stay infinite; without neighbours, the point's own."""
-    from tsmeta.calibration import lower_median
+    from tsmeta.scoring import lower_median
 
     H = dev.shape[1]
     inf = torch.full((), float("inf"), dtype=dev.dtype, device=dev.device)

@@ -28,29 +28,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from tsmeta import __version__
-from tsmeta.calibration import (
-    NAIVE_VETO_SCALE,
-    TailModel,
-    fit_step_scale,
-    fit_tail,
-    fit_veto,
-    fit_weekday_scale,
-    fit_windows,
-    neighbours,
-    tail_probability,
-    weekday_of,
-)
-from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
+from tsmeta.forecaster import FeatureSpec, init_params, masked_mse
 from tsmeta.meta import ALGORITHMS
-from tsmeta.meta.batched import HEAD, adapt_predict
-from tsmeta.meta.maml import RIDGE, Params, Rates, adapt_batch, is_ridge, maml_loss, predict_batch
+from tsmeta.meta.batched import HEAD
+from tsmeta.meta.calibrate import (
+    CALIBRATION_PARTS,
+    adapted_predictions,
+    calibrate,
+    calibrate_partial,
+)
+from tsmeta.meta.maml import RIDGE, Params, Rates, is_ridge, maml_loss
 from tsmeta.meta.tasks import NORMALISATION, TaskBatch, robust_sigma, sample_tasks
+from tsmeta.scoring import TailModel
 
 __all__ = [
     "ALGORITHMS",
@@ -60,17 +55,7 @@ __all__ = [
     "inner_rates_of",
     "meta_train",
     "robust_sigma",
-    "residual_sigma",
-    "contrast_sigma",
-    "calibrate",
-    "calibrate_partial",
 ]
-
-
-# the parts of the residual calibration that an ablation can leave out (``calibrate``'s
-# keywords; ``MetaConfig.without``)
-CALIBRATION_PARTS = ("per_step", "weekdays", "empirical", "windows", "isolation", "onsets", "spread",
-                     "veto", "drop")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -246,175 +231,10 @@ class MetaLearner:
         return p, r
 
 
-def adapted_predictions(
-    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(support, query) predictions after ``steps`` inner steps, every task at once
-    (``trim``: the ridge head's refit without support outliers, ``MetaConfig.trim``)."""
-    with torch.no_grad():
-        if steps == 0:
-            return mlp(params, batch.xs), mlp(params, batch.xq)
-        if is_ridge(rates):  # leave-one-out support predictions, as nightly scoring has them
-            return adapt_predict(params, batch.xs, batch.ys, batch.ms, batch.xq, steps, rates,
-                                 trim=trim)  # fmt: skip
-        fast = adapt_batch(params, batch, steps, rates)
-        return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
-
-
 def query_mse(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> float:
     _, pred = adapted_predictions(params, batch, steps, rates)
     err = (pred - batch.yq) ** 2 * batch.mq
     return float(err.sum() / batch.mq.sum().clamp_min(1.0))
-
-
-# the floor's factor: this quantile, over calibration tasks, of the support-residual scale
-# over the seasonal-difference spread. The median floored half the series and ranked the
-# generator's anomalies a little better (PR-AUC 0.409 against 0.397), but flagged M4's
-# clean test hours at 2.9e-3 against 8.1e-4 for a configured 1e-3 (benchmarks/README.md)
-SPREAD_FLOOR_QUANTILE = 0.25
-# calibration refits its tails without the points of its own sample that the previous fit
-# puts below this tail probability (the sample's anomalies), at most this many fits
-CALIBRATION_DROP = 1e-4
-CALIBRATION_PASSES = 3
-
-
-def spread_floor_of(sigma: torch.Tensor, spread: torch.Tensor | None) -> float | None:
-    """The factor of ``residual_sigma``'s floor: the ``SPREAD_FLOOR_QUANTILE`` over the
-    calibration tasks of the support-residual scale over the seasonal-difference spread
-    (tasks with a spread), so only series whose support residuals came out small for
-    their variability are floored. None where there is no spread (no seasonal lag) or no
-    task has one."""
-    if spread is None:
-        return None
-    ok = spread > 0
-    if not bool(ok.any()):
-        return None
-    return float(torch.quantile((sigma[ok] / spread[ok]).double(), SPREAD_FLOOR_QUANTILE))
-
-
-def residual_sigma(
-    pred_s: torch.Tensor, batch: TaskBatch, spread_floor: float | torch.Tensor | None
-) -> torch.Tensor:
-    """(B,) each series' residual scale (normalised units): the robust scale of its support
-    residuals (leave-one-out for the ridge head), floored at ``spread_floor`` (a float, or
-    one per series) times the robust spread of its support's seasonal differences.
-
-    24 support residuals give a noisy scale, and a head fitted closely to its support
-    (or to an anomalous support) gives one too small: its normal points then score as
-    anomalies, and rank above real ones across series. The seasonal differences of the
-    same points measure the series' own variability independently of the fit, and grow
-    when the support moved away from the period before it."""
-    return _floored(robust_sigma(pred_s - batch.ys, batch.ms), batch.spread, spread_floor)
-
-
-def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
-    """(B,) the robust scale of the local contrast of support residuals (B, K) whose
-    observed points are ``m``: 1.4826 * median |r_t - mean(r_(t-1), r_(t+1))| (one
-    neighbour at the ends and next to gaps), floored. The unit of
-    ``tsmeta.calibration.isolation`` (via ``rel``): how much a series' points jump on
-    their own, whatever its forecast misses (leave-one-out residuals for the ridge head)."""
-    obs = m > 0
-    x = torch.where(obs, resid, float("nan"))
-    c = x - torch.stack(neighbours(x)).nanmean(0)  # NaN where no neighbour is observed
-    ok = obs & ~c.isnan()
-    return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
-
-
-def _floored(sigma: torch.Tensor, spread: torch.Tensor | None, floor) -> torch.Tensor:  # noqa: ANN001
-    if floor is None or spread is None:
-        return sigma
-    return torch.maximum(sigma, floor * spread)
-
-
-def calibrate(
-    params: Params,
-    batch: TaskBatch,
-    steps: int,
-    rates: Rates,
-    per_step: bool = True,
-    empirical: bool = True,
-    windows: bool = True,
-    spread: bool = True,
-    veto: bool = True,
-    isolation: bool = True,
-    onsets: bool = True,
-    trim: float | None = None,
-    drop: bool = True,
-    weekdays: bool = True,
-    steps_per_day: int | None = None,
-) -> TailModel:
-    """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
-    (the query points are never part of the support the series adapts on).
-
-    With ``spread`` (and a seasonal lag) sigma is ``residual_sigma``'s: the support
-    residuals' scale floored by the seasonal-difference spread, its factor fitted here
-    (``spread_floor_of``) and stored in the tail model so that scoring floors alike.
-
-    With ``per_step`` the residual scale of each forecast step is fitted first (errors
-    grow with the horizon) and the tail is fitted to z divided by it: one tail for all
-    steps would mix scales and come out heavier than any step's. With ``windows`` the
-    tails of sustained deviations are fitted on the same sample (``fit_windows``), and with
-    ``isolation`` that of single points jumping away from both neighbours, with
-    ``onsets`` that of the abrupt start or end of a sustained deviation. With
-    ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
-    a point the support's last same-phase value explains is not an anomaly, however badly
-    the model forecast it. ``trim``: the adaptation's (``MetaConfig.trim``), as scoring
-    adapts. With ``drop`` the tails are refitted without the sample's own anomalies (the
-    points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
-    """
-    ps, pq = adapted_predictions(params, batch, steps, rates, trim)
-    sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
-    floor = spread_floor_of(sigma, batch.spread) if spread else None
-    sigma = _floored(sigma, batch.spread, floor)
-    jumps = isolation or onsets  # statistics in units of the series' own jumps
-    rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if jumps else None
-    signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
-    z = signed.abs().numpy()
-    observed = (batch.mq > 0).cpu().numpy()
-    step_scale = fit_step_scale(z, observed) if per_step else None
-    if step_scale is not None:
-        z = z / np.asarray(step_scale)[None, :]
-        signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
-    weekday_scale = None
-    if weekdays and steps_per_day and batch.night_step is not None:
-        weekday = weekday_of(batch.night_step.cpu().numpy(), steps_per_day)
-        weekday_scale = fit_weekday_scale(z, observed, weekday)
-        if weekday_scale is not None:
-            factor = np.asarray(weekday_scale)[weekday][:, None]
-            z = z / factor
-            signed = signed / torch.as_tensor(factor, dtype=signed.dtype)
-    obs = torch.as_tensor(observed)
-    naive = None if not veto or batch.naive is None else batch.naive.cpu()
-
-    def fit(keep: torch.Tensor) -> TailModel:
-        k = keep.numpy()
-        point = replace(fit_tail(z[k], empirical=empirical), step_scale=step_scale,
-                        spread_floor=floor, weekday_scale=weekday_scale)  # fmt: skip
-        if not windows:
-            tail = point
-        else:
-            tail = replace(point, windows=fit_windows(signed, obs, point, rel=rel, fit=keep,
-                                                      isolated=isolation, onsets=onsets))  # fmt: skip
-        if naive is None:
-            return tail
-        log_p = torch.log(tail_probability(signed, obs, tail, rel=rel))
-        # the unit is stored with the veto: scoring takes the same, whatever it is later
-        knots, factor = fit_veto(log_p, naive, obs, fit=keep, scale=NAIVE_VETO_SCALE)
-        return replace(tail, veto=knots, veto_factor=factor, veto_scale=NAIVE_VETO_SCALE)
-
-    # the sample's own anomalies (a training window holds them) widen every tail fitted on
-    # it, deep down most: the fit is repeated without the points the previous fit finds
-    # below CALIBRATION_DROP (clean points there are about that share of the sample, so
-    # the rates above it barely move), until no point changes side
-    if not drop:
-        return fit(obs)
-    keep, tail = obs, fit(obs)
-    for _ in range(CALIBRATION_PASSES - 1):
-        new = obs & ~(tail_probability(signed, obs, tail, naive, rel) < CALIBRATION_DROP)
-        if torch.equal(new, keep):
-            break
-        keep, tail = new, fit(new)
-    return tail
 
 
 def meta_train(
@@ -496,40 +316,3 @@ def meta_train(
     partial = calibrate_partial(params, calib_batch, torch_values, torch_mask, spec, cfg,
                                 eff_rates, start_step, gen)  # fmt: skip
     return MetaModel(params, spec, cfg, tail, metrics, rates, partial)
-
-
-def calibrate_partial(
-    params: Params, batch: TaskBatch, values: torch.Tensor, mask: torch.Tensor,
-    spec: FeatureSpec, cfg: MetaConfig, rates: Rates, start_step: int, gen: torch.Generator,
-    min_tasks: int = 200,
-) -> TailModel | None:  # fmt: skip
-    """The residual tail of series adapted from fewer than K support points.
-
-    Fewer support points fit the support more closely than they forecast, so their
-    z-scores have heavier tails: on the generator's data the full-support tail flagged
-    3.6e-3 of such series' clean points at a configured 1e-3. Fitted on the calibration
-    tasks whose support the data itself leaves between 3 and K - 1 points (real gaps and
-    starts); where there are fewer than ``min_tasks`` of them, gaps are simulated by
-    hiding each point with a probability drawn per series from U(0.05, 0.3).
-    """
-    n_sup = batch.ms.sum(1)
-    keep = (n_sup >= 3) & (n_sup < cfg.k)
-    if int(keep.sum()) < min_tasks:
-        n = values.shape[0]
-        hide = torch.rand(n, 1, generator=gen) * 0.25 + 0.05
-        gappy = mask & (torch.rand(values.shape, generator=gen) >= hide).to(mask.device)
-        batch = sample_tasks(values, gappy, cfg.calib_tasks, spec, cfg.k, cfg.horizon,
-                             start_step, gen, cfg.cut_every)  # fmt: skip
-        n_sup = batch.ms.sum(1)
-        keep = (n_sup >= 3) & (n_sup < cfg.k)
-    if int(keep.sum()) < min_tasks // 2:
-        return None
-    return calibrate(
-        params,
-        batch.select(keep),
-        cfg.inner_steps,
-        rates,
-        trim=cfg.trim,
-        steps_per_day=cfg.steps_per_day,
-        **dict.fromkeys(cfg.without, False),
-    )
