@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from tsmeta import jobs
 from tsmeta.config import load_settings
+from tsmeta.jobs import score as scoring
 from tsmeta.store.schema import anomalies, models, runs
 
 LAST = date(2026, 11, 29)  # the tiny dataset's last day
@@ -207,7 +208,7 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(
     broken = before["cluster_id"].value_counts(sort=True)["cluster_id"][
         0
     ]  # a cluster with anomalies
-    real = getattr(jobs, where)
+    real = getattr(scoring, where)
 
     def fails_for_one(*args):
         cid = args[3]  # both take the cluster id fourth
@@ -215,7 +216,7 @@ def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(
             raise RuntimeError(f"cluster {cid}: out of memory")
         return real(*args)
 
-    monkeypatch.setattr(jobs, where, fails_for_one)
+    monkeypatch.setattr(scoring, where, fails_for_one)
     res = flows.nightly(night=night, config=trained)
     assert res["status"] == "partial" and res["failed_clusters"] == [broken]
     assert "out of memory" in res["clusters"][broken]["error"]
@@ -254,13 +255,13 @@ def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained, mo
     night = LAST - timedelta(days=6)
     small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16}  # a batch per cluster
     serial, s_stats = jobs.score_night(load_settings(**small, score_workers=1), night, "a", "all")
-    real, threads = jobs._score_batch, []
+    real, threads = scoring._score_batch, []
 
     def recorded(*args):
         threads.append(threading.current_thread().name)
         return real(*args)
 
-    monkeypatch.setattr(jobs, "_score_batch", recorded)
+    monkeypatch.setattr(scoring, "_score_batch", recorded)
     threaded, t_stats = jobs.score_night(load_settings(**small, score_workers=3), night, "b", "all")
     # the batches ran on the pool's threads, several of them (the scored day's rows are
     # collected on the calling thread in the order read)
@@ -286,10 +287,10 @@ def test_a_cluster_without_a_model_is_counted_logged_and_named_with_the_fix(
     from tsmeta.cli import main
 
     night = LAST - timedelta(days=3)
-    real = jobs.load_latest_models
+    real = scoring.load_latest_models
     missing = sorted(real(jobs.engine_for(load_settings(**trained))))[0]
     monkeypatch.setattr(
-        jobs,
+        scoring,
         "load_latest_models",
         lambda engine, **kw: {c: m for c, m in real(engine, **kw).items() if c != missing},
     )

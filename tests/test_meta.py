@@ -487,7 +487,7 @@ def test_the_veto_measures_each_deviation_against_its_neighbours():
 
 def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference():
     from tsmeta.config import Settings
-    from tsmeta.jobs import _spec_for
+    from tsmeta.jobs.train import _spec_for
 
     hourly, daily = Settings(freq="h"), Settings(freq="d")
     assert _spec_for(hourly, "p24-0").veto_lag == 168

@@ -1,0 +1,97 @@
+"""One night end to end: score it, find its shared events, write both; replays of many."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date, timedelta
+
+import polars as pl
+
+from tsmeta import progress
+from tsmeta.config import Settings
+from tsmeta.data.panel import freq_timedelta
+from tsmeta.events import shared_events
+from tsmeta.jobs.common import engine_for, log, night_bounds, require_night_data
+from tsmeta.jobs.score import score_night
+from tsmeta.store.writes import replace_night
+
+
+def run_night(
+    settings: Settings, night: date, run_id: str, write: bool = True, keep: str = "flagged"
+) -> tuple[pl.DataFrame, dict]:
+    """Score one night, find its shared events and (``write``) replace its anomalies and
+    events in the database.
+
+    The nightly flow's body; ``keep`` as in :func:`score_night`; the rows gain an
+    ``event_id`` (the shared event a flagged point belongs to, ``tsmeta.events``). Only
+    flagged points are written either way. Re-running a night replaces its rows
+    (idempotent).
+    """
+    frame, stats = score_night(settings, night, run_id, keep)
+    flagged = frame.filter(pl.col("flag")).drop("flag") if "flag" in frame.columns else frame
+    shared, flagged = find_events(settings, night, flagged, stats)
+    if write:
+        require_night_data(settings, night, stats)
+        stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"],
+                                       shared)  # fmt: skip
+    if keep == "all" and frame.height:
+        frame = frame.join(flagged.select("series_id", "ts", "event_id"), on=["series_id", "ts"],
+                           how="left")  # fmt: skip
+        return frame, stats
+    return flagged, stats
+
+
+def find_events(
+    settings: Settings, night: date, flagged: pl.DataFrame, stats: dict
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(shared events, the flagged rows with their ``event_id``) of a night scored by
+    :func:`score_night` (``tsmeta.events.shared_events`` with the settings' thresholds and
+    holiday calendar); counts them into ``stats``."""
+    scored = {cid: c.get("scored", 0) for cid, c in stats["clusters"].items()}
+    shared, flagged = shared_events(flagged, scored, freq_timedelta(settings.freq),
+                                    settings.event_min_share, settings.event_min_series,
+                                    settings.holidays)  # fmt: skip
+    stats["events"] = shared.height
+    stats["event_points"] = int(shared.get_column("n_points").sum()) if shared.height else 0
+    if shared.height:
+        log.info("night %s: %d shared event(s) holding %d flagged points", night, shared.height,
+                 stats["event_points"])  # fmt: skip
+    return shared, flagged
+
+
+def replay(
+    settings: Settings, first: date, last: date, run_id: str, write: bool = False,
+    keep: str = "all",
+) -> Iterator[tuple[date, pl.DataFrame, dict]]:  # fmt: skip
+    """Score every night of ``first..last`` (inclusive), one at a time, with today's models.
+
+    Yields (night, rows, stats) per night: every scored point by default (evaluation), or
+    only the flagged ones (``keep="flagged"``). With ``write`` each night's anomalies are
+    replaced in the database as the nightly job would (backfills). Memory is one night.
+    """
+    if last < first:
+        raise ValueError(f"empty date range: {last} is before {first}; give first <= last")
+    night = first
+    while night <= last:
+        frame, stats = run_night(settings, night, run_id, write, keep)
+        yield night, frame, stats
+        night += timedelta(days=1)
+
+
+def write_night(
+    settings: Settings, frame: pl.DataFrame, night: date, run_id: str, clusters: list[str],
+    shared: pl.DataFrame | None = None,
+) -> int:  # fmt: skip
+    """Replace the night's anomalies and shared events of the given clusters with
+    ``frame`` and ``shared`` (idempotent)."""
+    night_start, night_end = night_bounds(night)
+    with progress.bar("write", total=frame.height, unit="rows") as pbar:
+        return replace_night(engine_for(settings), frame, night_start, night_end, run_id, clusters,
+                             progress=pbar.update, shared=shared)  # fmt: skip
+
+
+def read_night(settings: Settings, night: date) -> pl.DataFrame:
+    """The stored anomalies of a night, highest score first."""
+    from tsmeta.store.queries import query_anomalies
+
+    return query_anomalies(engine_for(settings), night, night)
