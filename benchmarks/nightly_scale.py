@@ -129,8 +129,8 @@ def copy_state(src_url: str, dst_url: str) -> None:
     import polars as pl
     import sqlalchemy as sa
 
+    from tsmeta.store.bulk import bulk_insert
     from tsmeta.store.schema import clusters, create_engine, create_schema, models, series_profile
-    from tsmeta.store.writes import _bulk_insert
 
     src, dst = create_engine(src_url), create_engine(dst_url)
     create_schema(dst)
@@ -138,7 +138,7 @@ def copy_state(src_url: str, dst_url: str) -> None:
         for table in (series_profile, clusters, models):
             b.execute(sa.delete(table))
         prof = pl.read_database(sa.select(series_profile), a)
-        _bulk_insert(b, series_profile, prof)
+        bulk_insert(b, series_profile, prof)
         for table in (clusters, models):
             rows = [dict(r._mapping) for r in a.execute(sa.select(table))]
             if rows:

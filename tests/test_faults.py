@@ -61,14 +61,14 @@ def night_rows(config: dict, night: date) -> pl.DataFrame:
 
 def test_database_failure_mid_write_never_leaves_a_half_written_night(trained, monkeypatch):
     from pipelines import flows
-    from tsmeta.store import writes
+    from tsmeta.store import night as night_writes
 
     night = LAST - timedelta(days=2)
     assert flows.nightly(night=night, config=trained)["status"] == "completed"
     clean = night_rows(trained, night)
     assert clean.height > 0
 
-    real = writes._insert_anomalies
+    real = night_writes._insert_anomalies
     failures = {"left": 10**6}
 
     def drop_connection_mid_write(conn, rows, progress=None):
@@ -80,7 +80,7 @@ def test_database_failure_mid_write_never_leaves_a_half_written_night(trained, m
             )
         real(conn, rows.slice(rows.height // 2))
 
-    monkeypatch.setattr(writes, "_insert_anomalies", drop_connection_mid_write)
+    monkeypatch.setattr(night_writes, "_insert_anomalies", drop_connection_mid_write)
     monkeypatch.setattr(flows, "write_night", flows.write_night.with_options(retry_delay_seconds=0))
 
     # the database keeps failing: retries exhausted, the run is marked failed, and the
@@ -105,7 +105,7 @@ def test_database_failure_mid_write_never_leaves_a_half_written_night(trained, m
 
 def test_failed_first_write_of_a_night_then_rerun_completes_it(trained, monkeypatch):
     from pipelines import flows
-    from tsmeta.store import writes
+    from tsmeta.store import night as night_writes
 
     night = LAST - timedelta(days=3)
 
@@ -115,7 +115,7 @@ def test_failed_first_write_of_a_night_then_rerun_completes_it(trained, monkeypa
         )
 
     with monkeypatch.context() as m:
-        m.setattr(writes, "_insert_anomalies", always_down)
+        m.setattr(night_writes, "_insert_anomalies", always_down)
         m.setattr(flows, "write_night", flows.write_night.with_options(retry_delay_seconds=0))
         with pytest.raises(sa.exc.OperationalError):
             flows.nightly(night=night, config=trained)

@@ -69,17 +69,17 @@ def test_replacing_one_cluster_keeps_the_others(engine):
 
 
 def test_crash_mid_write_leaves_previous_night_intact(engine, monkeypatch):
-    from tsmeta.store import writes
+    from tsmeta.store import night as night_writes
 
     end = NIGHT + timedelta(days=1)
     replace_night(engine, anomaly_frame(8), NIGHT, end, "run-1")
-    real = writes._insert_anomalies
+    real = night_writes._insert_anomalies
 
     def crash_after_half(conn, rows, progress=None):
         real(conn, rows.head(rows.height // 2))  # half the rows are in when the crash comes
         raise RuntimeError("worker died mid-write")
 
-    monkeypatch.setattr(writes, "_insert_anomalies", crash_after_half)
+    monkeypatch.setattr(night_writes, "_insert_anomalies", crash_after_half)
     with pytest.raises(RuntimeError, match="mid-write"):
         replace_night(engine, anomaly_frame(20, shift=1.0), NIGHT, end, "run-2")
     with engine.connect() as conn:
@@ -141,7 +141,7 @@ def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(tmp_path):
     """SQLite's bulk path hands plain tuples to the driver: every column, timestamps
     included, must hold the same text SQLAlchemy's own insert would have stored (or the
     analysts' range queries would compare text of two formats)."""
-    from tsmeta.store.writes import _bulk_insert
+    from tsmeta.store.bulk import bulk_insert
 
     e = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     create_schema(e)
@@ -151,7 +151,7 @@ def test_bulk_rows_are_stored_as_sqlalchemy_stores_them(tmp_path):
         pl.Series("surprise", [3.5, None, float("nan")]), pl.lit(None, pl.String).alias("severity"),
     )  # fmt: skip
     with e.begin() as conn:
-        _bulk_insert(conn, anomalies, frame)
+        bulk_insert(conn, anomalies, frame)
         conn.execute(
             sa.insert(anomalies),
             frame.with_columns(pl.lit("v2").alias("detector_version")).to_dicts(),

@@ -8,11 +8,27 @@ Errors are one line with the fix and exit code 2; ``--verbose`` shows the traceb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import date
 from pathlib import Path
+
+from tsmeta.commands import (
+    BENCHMARKS,
+    _settings,
+    cmd_anomalies,
+    cmd_backfill,
+    cmd_db_upgrade,
+    cmd_demo,
+    cmd_evaluate,
+    cmd_generate,
+    cmd_ingest,
+    cmd_nightly,
+    cmd_plot,
+    cmd_profile,
+    cmd_report,
+    cmd_train,
+)
 
 __all__ = ["main"]
 
@@ -54,274 +70,6 @@ def _freq(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _settings(args: argparse.Namespace):  # noqa: ANN202
-    from tsmeta.config import load_settings
-
-    return load_settings(data_dir=getattr(args, "data_dir", None), freq=getattr(args, "freq", None))
-
-
-def _config(args: argparse.Namespace) -> dict:
-    """Settings given on the command line (the others come from env vars and TOML)."""
-    out = {}
-    if getattr(args, "data_dir", None):
-        out["data_dir"] = str(args.data_dir)
-    if getattr(args, "freq", None):
-        out["freq"] = args.freq
-    if getattr(args, "max_cluster_size", None) is not None:
-        out["max_cluster_size"] = args.max_cluster_size
-    return out
-
-
-def _require_dataset(args: argparse.Namespace) -> None:
-    """Fail fast, before a flow starts, when there is no dataset to read."""
-    from tsmeta.jobs import latest_date
-
-    latest_date(_settings(args))
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
-
-# --- commands -------------------------------------------------------------------------
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from tsmeta import progress
-    from tsmeta.data.synthetic import write_synthetic_dataset
-
-    settings = _settings(args)
-    out = Path(args.out) if args.out else settings.dataset_path
-    with progress.bar("generate", total=args.series) as pbar:
-        manifest = write_synthetic_dataset(
-            out, args.series, settings.freq, args.days, args.start, args.seed, args.anomaly_rate,
-            progress=pbar.update, family=args.family,
-        )  # fmt: skip
-    print(f"wrote {manifest['rows']:,} rows of {args.series:,} series ({manifest['anomalies']:,} "
-          f"labelled anomalies) to {out} in {manifest['seconds']}s")  # fmt: skip
-    return 0
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from tsmeta.data.dataset_step import check_dataset_freq, record_dataset_freq
-    from tsmeta.data.io import check_no_overlap, read_long_raw, write_partitioned
-    from tsmeta.data.schema import on_grid
-
-    settings = _settings(args)
-    src = Path(args.file)
-    check_dataset_freq(settings.dataset_path, settings.freq)  # before anything is read
-    frame, grid = on_grid(read_long_raw(src), settings.freq, args.aggregate)
-    if grid["moved"] or grid["combined"]:
-        print(f"put {grid['rows']:,} rows on the {grid['freq']} grid (set the step with --freq "
-              f"or TSMETA_FREQ): {grid['moved']:,} moved to the start of their step, "
-              f"{grid['combined']:,} combined into another ({grid['aggregate']}); "
-              f"{grid['points']:,} point(s)")  # fmt: skip
-    if grid["empty_steps"]:
-        print(f"{grid['empty_steps']:,} steps between a series' first and last point have no "
-              "point (missing: scoring leaves them out)")  # fmt: skip
-    part = args.part or f"ingest-{src.stem}"
-    check_no_overlap(frame, settings.dataset_path, part)  # before anything is written
-    files = write_partitioned(frame, settings.dataset_path, part)
-    record_dataset_freq(settings.dataset_path, settings.freq)
-    days = frame.get_column("ts").dt.date()
-    print(f"ingested {frame.height:,} points of {frame.get_column('series_id').n_unique():,} series "
-          f"({days.min()}..{days.max()}) into {settings.dataset_path}: {files} date partition(s), "
-          f"file {part}.parquet in each (re-ingesting {src.name} replaces it)")  # fmt: skip
-    return 0
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    _require_dataset(args)
-    from pipelines.flows import profile
-
-    _print_json(profile(as_of=args.as_of, recluster=args.recluster, config=_config(args)))
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    _require_dataset(args)
-    from pipelines.flows import meta_train
-
-    res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
-                     meta_steps=args.meta_steps, config=_config(args))  # fmt: skip
-    _print_json(res)
-    return 0 if res["status"] == "completed" else 1
-
-
-def cmd_nightly(args: argparse.Namespace) -> int:
-    _require_dataset(args)
-    from pipelines.flows import nightly
-
-    res = nightly(night=args.night, config=_config(args))
-    _print_json(res)  # what a partial night left out is on stderr already (the job's log)
-    return 0 if res["status"] in ("completed", "partial") else 1
-
-
-def cmd_backfill(args: argparse.Namespace) -> int:
-    _require_dataset(args)
-    from pipelines.flows import backfill
-
-    res = backfill(start=args.start, end=args.end, force=args.force, config=_config(args))
-    _print_json(res)
-    return 0 if not res["failed"] else 1
-
-
-def cmd_anomalies(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from tsmeta import jobs
-    from tsmeta.data.panel import freq_timedelta
-    from tsmeta.events import episodes
-    from tsmeta.store.queries import query_anomalies, query_events
-
-    start, end = args.start, args.end
-    if args.night is not None:
-        if start or end:
-            raise ValueError("give either --night or --start/--end, not both")
-        start = end = args.night
-    settings = _settings(args)
-    engine = jobs.engine_for(settings)
-    by = args.by or ("episode" if args.format == "table" else "point")
-    common = 0  # flagged points of shared events left out of a table of episodes
-    top = args.top or (20 if args.format == "table" else None)  # exports are whole
-    frame = query_anomalies(engine, start, end, args.series, args.cluster, args.min_score,
-                            top if by == "point" else None)  # fmt: skip
-    if frame.height == 0:
-        from tsmeta.store.queries import latest_night
-
-        empty = latest_night(engine) is None
-        print("no anomalies stored yet: run `tsmeta nightly` first" if empty else "no anomalies match these filters",
-              file=sys.stderr)  # fmt: skip
-    elif by == "episode":  # consecutive flagged points of a series, one way: one anomaly
-        # (the points of shared events are listed as their events, in a table)
-        own = frame if args.format != "table" else frame.filter(pl.col("event_id").is_null())
-        common = frame.height - own.height
-        frame = episodes(own, freq_timedelta(settings.freq))
-        frame = frame.head(top) if top else frame
-    if args.format == "csv":
-        sys.stdout.write(frame.write_csv())
-    elif args.format == "json":
-        sys.stdout.write(frame.write_json() + "\n")
-    else:
-        shared = query_events(engine, start, end, args.cluster) if not args.series else None
-        with pl.Config(tbl_rows=max(top, 20), tbl_cols=14, tbl_width_chars=180, float_precision=3):
-            if shared is not None and shared.height:
-                print(f"{shared.height} shared event(s): a share of a cluster's series flagged the "
-                      "same way at once (their points are marked with the event_id)")  # fmt: skip
-                print(shared.drop("event_id"))
-            if by == "episode":
-                if frame.height:
-                    also = f"; {common:,} points of shared events not listed" if common else ""
-                    print(f"top {frame.height} anomalies (consecutive flagged points of a series, "
-                          f"one way, are one; end is the step after the last{also})")  # fmt: skip
-                    print(frame.drop("event_id"))
-            else:
-                print(frame.drop("run_id", "model_version", "residual"))
-    return 0
-
-
-def _night_or_latest(args: argparse.Namespace, settings) -> date:  # noqa: ANN001
-    """--date, else the latest night in the database, else the last date of the dataset."""
-    if args.date is not None:
-        return args.date
-    from tsmeta import jobs
-    from tsmeta.store.queries import latest_night
-
-    return latest_night(jobs.engine_for(settings)) or jobs.latest_date(settings)
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
-    from tsmeta.report import plot_series
-
-    settings = _settings(args)
-    night = _night_or_latest(args, settings)
-    out = args.out or Path(f"{args.series_id}_{night}.png")
-    path = plot_series(settings, args.series_id, night, out, args.history_days)
-    print(f"wrote {path}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from tsmeta.report import write_report
-
-    settings = _settings(args)
-    night = _night_or_latest(args, settings)
-    out = args.out or settings.data_dir / "reports" / f"report-{night}.html"
-    res = write_report(settings, night, out, args.top, args.history_days)
-    print(f"wrote {res['path']}: night {night}, run {res['status']}, {res['flagged']:,} anomalies, "
-          f"{res['plots']} series plotted")  # fmt: skip
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    extra = list(args.benchmark_args or [])
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
-    if extra and not args.benchmark:
-        raise ValueError(f"unexpected arguments {extra}: they are for --benchmark NAME")
-    if args.benchmark:
-        return _run_benchmark(args.benchmark, extra)
-    _require_dataset(args)
-    from tsmeta import jobs
-    from tsmeta.scorecard import evaluate_nights, format_scorecard
-
-    settings = _settings(args)
-    last = args.end or jobs.latest_date(settings)
-    first = args.start or last
-    card = evaluate_nights(settings, first, last)
-    print(format_scorecard(card))
-    if args.json:
-        args.json.write_text(json.dumps(card, indent=2, default=str))
-    return 0
-
-
-BENCHMARKS = {
-    "m4": "m4_hourly.py",  # sMAPE/MASE on M4 Hourly against seasonal naive, statsforecast, ...
-    "detection": "detection.py",  # event P/R/F1 and PR-AUC against baselines
-    "throughput": "adapt_throughput.py",
-}
-
-
-def _run_benchmark(name: str, extra: list[str]) -> int:
-    import runpy
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / BENCHMARKS[name]
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"{script} not found: the benchmarks ship with the source repository; run "
-            "`tsmeta evaluate --benchmark` from a clone"
-        )
-    argv = sys.argv
-    sys.argv = [str(script), *extra]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return 0
-
-
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from tsmeta import jobs
-    from tsmeta.store.migrate import current_revision
-
-    settings = _settings(args)
-    engine = jobs.engine_for(settings)  # runs the migrations
-    print(f"{settings.database_url}: schema at revision {current_revision(engine)} (head)")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from tsmeta.demo import run_demo
-
-    return run_demo(series=args.series, days=args.days, data_dir=args.data_dir, seed=args.seed,
-                    freq=args.freq or "h")  # fmt: skip
-
-
-# --- parser ---------------------------------------------------------------------------
-
-
 def _common(sp: argparse.ArgumentParser, top: bool = False) -> None:
     """--verbose / --progress / --no-progress, before the command (``top``: they set the
     defaults) and after it (they only override what was given)."""
@@ -337,8 +85,6 @@ def _common(sp: argparse.ArgumentParser, top: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tsmeta.meta import ALGORITHMS
-
     p = argparse.ArgumentParser(
         prog="tsmeta", description="Meta-learned anomaly detection for many time series."
     )
@@ -364,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    _data_commands(add)
+    _pipeline_commands(add)
+    _query_commands(add)
+    _evaluate_command(add)
+    _admin_commands(add, sub)
+    return p
+
+
+def _data_commands(add) -> None:  # noqa: ANN001 - build_parser's add
+    """generate, ingest"""
     g = add("generate", cmd_generate, "write a synthetic dataset with labelled anomalies")
     g.add_argument("--series", type=_positive, default=10_000)
     g.add_argument("--days", type=_positive, default=29)
@@ -387,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "unless given")  # fmt: skip
     ig.add_argument("--part", default=None,
                     help="file name inside each date partition (default: ingest-<file stem>)")  # fmt: skip
+
+
+def _pipeline_commands(add) -> None:  # noqa: ANN001 - build_parser's add
+    """profile, train, nightly, backfill"""
+    from tsmeta.meta import ALGORITHMS
 
     pr = add("profile", cmd_profile, "detect periods and assign clusters")
     pr.add_argument(
@@ -425,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--end", type=_iso_date, required=True, help="last night, inclusive")
     b.add_argument("--force", action="store_true", help="re-score nights that already completed")
 
+
+def _query_commands(add) -> None:  # noqa: ANN001 - build_parser's add
+    """anomalies, plot, report"""
     a = add("anomalies", cmd_anomalies, "list stored anomalies (default: the latest night)")
     a.add_argument("--night", "--date", dest="night", type=_iso_date, default=None,
                    help="one night (YYYY-MM-DD)")  # fmt: skip
@@ -460,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None,
                    help="HTML path (default: <data_dir>/reports/report-DATE.html)")  # fmt: skip
 
+
+def _evaluate_command(add) -> None:  # noqa: ANN001 - build_parser's add
+    """evaluate (and the benchmarks it runs)"""
     e = add("evaluate", cmd_evaluate,
             "forecast error, flag rate and (with labels) detection quality over a range of "
             "nights; or run a benchmark (--benchmark)")  # fmt: skip
@@ -473,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "`--` go to the script")  # fmt: skip
     e.add_argument("benchmark_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
+
+def _admin_commands(add, sub) -> None:  # noqa: ANN001 - build_parser's add
+    """db upgrade, demo"""
     db = sub.add_parser("db", help="database administration")
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = dbs.add_parser("upgrade", help="create or upgrade the schema")
@@ -491,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(data_dir=None)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,29 +1,24 @@
-"""Idempotent writes: runs, profiles and clusters, and a night's anomalies.
+"""Idempotent writes and their reads: runs, profiles and clusters, series, feedback.
 
-A night is written in one transaction that first deletes the rows this detector version
-already holds for that night (and those clusters), then inserts the new ones (PostgreSQL:
-COPY; SQLite: batched inserts) and the night's rows of the daily rollup: re-running a night
-replaces its rows instead of duplicating them, and a crash mid-write rolls back to the
-previous complete state.
+A night's anomalies are ``tsmeta.store.night``'s (``replace_night``, re-exported here).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import polars as pl
 import sqlalchemy as sa
 
+from tsmeta.store.bulk import INSERT_BATCH, bulk_insert
+from tsmeta.store.bulk import now as now_utc
+from tsmeta.store.night import ANOMALY_COLUMNS, replace_night
 from tsmeta.store.schema import (
-    DETECTOR_VERSION,
     TS,
-    anomalies,
-    anomaly_daily_counts,
     anomaly_feedback,
     clusters,
-    events,
     runs,
     series,
     series_profile,
@@ -45,19 +40,6 @@ __all__ = [
 
 FEEDBACK_LABELS = ("true_positive", "false_positive")
 
-ANOMALY_COLUMNS = (
-    "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score",
-    "direction", "cluster_id", "model_version",
-)  # fmt: skip
-# NULL when a frame lacks them
-OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise", "event_id")
-_INSERT_BATCH = 20_000  # rows per executemany (SQLite)
-_COPY_BATCH = 200_000  # rows per CSV chunk streamed into COPY (PostgreSQL)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
 
 def start_run(engine: sa.Engine, flow: str, parameters: dict, run_id: str | None = None) -> str:
     """Record a run as 'running'; returns its id (a given id is reused, e.g. a retry)."""
@@ -66,7 +48,11 @@ def start_run(engine: sa.Engine, flow: str, parameters: dict, run_id: str | None
         conn.execute(sa.delete(runs).where(runs.c.run_id == run_id))
         conn.execute(
             sa.insert(runs).values(
-                run_id=run_id, flow=flow, status="running", parameters=parameters, started_at=_now()
+                run_id=run_id,
+                flow=flow,
+                status="running",
+                parameters=parameters,
+                started_at=now_utc(),
             )
         )
     return run_id
@@ -82,11 +68,13 @@ def finish_run(
         conn.execute(
             sa.update(runs)
             .where(runs.c.run_id == run_id)
-            .values(status=status, finished_at=_now(), counts=counts, timings=timings, error=error)
+            .values(
+                status=status, finished_at=now_utc(), counts=counts, timings=timings, error=error
+            )
         )
 
 
-def _batches(rows: list[dict], size: int = _INSERT_BATCH) -> Iterable[list[dict]]:
+def _batches(rows: list[dict], size: int = INSERT_BATCH) -> Iterable[list[dict]]:
     for i in range(0, len(rows), size):
         yield rows[i : i + size]
 
@@ -104,7 +92,7 @@ def write_profile(
     profile: series_id, period, strength, cluster_id. ``centroids`` (``ClusterSet.rows()``)
     are stored with the clusters; a cluster that already existed keeps its ``created_at``.
     """
-    now = _now()
+    now = now_utc()
     prof = profile.select(
         pl.col("series_id").cast(pl.String), "period", "strength", "cluster_id"
     ).with_columns(pl.lit(now).alias("profiled_at"), pl.lit(run_id).alias("run_id"))
@@ -124,7 +112,7 @@ def write_profile(
             })  # fmt: skip
         conn.execute(sa.delete(series_profile))
         conn.execute(sa.delete(clusters))
-        _bulk_insert(conn, series_profile, prof, progress)
+        bulk_insert(conn, series_profile, prof, progress)
         if rows:
             conn.execute(sa.insert(clusters), rows)
 
@@ -156,7 +144,7 @@ def upsert_series(
         .with_columns(pl.col("series_id").cast(pl.String))
         .to_dicts()
     )
-    now = _now()
+    now = now_utc()
     for r in rows:
         r["updated_at"] = now
         r.setdefault("attributes", {})
@@ -219,8 +207,8 @@ def _upsert_seen(
     with engine.begin() as conn:
         stage.drop(conn, checkfirst=True)
         stage.create(conn)
-        _bulk_insert(conn, stage, rows, progress)
-        conn.execute(merge, {"now": _now()})
+        bulk_insert(conn, stage, rows, progress)
+        conn.execute(merge, {"now": now_utc()})
         stage.drop(conn)
     return rows.height
 
@@ -241,7 +229,12 @@ def record_feedback(
     with engine.begin() as conn:
         conn.execute(
             sa.insert(anomaly_feedback).values(
-                series_id=series_id, ts=ts, label=label, note=note, author=author, created_at=_now()
+                series_id=series_id,
+                ts=ts,
+                label=label,
+                note=note,
+                author=author,
+                created_at=now_utc(),
             )
         )
 
@@ -285,191 +278,3 @@ def read_profile(engine: sa.Engine, columns: tuple[str, ...] = PROFILE_COLUMNS) 
     if frame.height == 0:
         raise LookupError("no series profile in the database: run `tsmeta profile` first")
     return frame
-
-
-def _bulk_insert(
-    conn: sa.Connection, table: sa.Table, rows: pl.DataFrame,
-    progress: Callable[[int], object] | None = None,
-) -> None:  # fmt: skip
-    """Bulk insert a frame whose columns are ``table``'s: COPY on PostgreSQL, the driver's
-    batched executemany of plain tuples on SQLite (the store's two databases: its merges
-    use their ON CONFLICT). Runs inside the caller's transaction; ``progress(n)`` after
-    each batch of n rows."""
-    if rows.height == 0:
-        return
-    if conn.dialect.name == "postgresql":
-        cols = ", ".join(rows.columns)
-        raw = conn.connection.driver_connection  # psycopg: same connection, same transaction
-        with (
-            raw.cursor() as cur,
-            cur.copy(f"COPY {table.name} ({cols}) FROM STDIN (FORMAT csv)") as copy,
-        ):
-            for first in range(0, rows.height, _COPY_BATCH):
-                part = rows.slice(first, _COPY_BATCH)
-                copy.write(part.write_csv(include_header=False))
-                if progress is not None:
-                    progress(part.height)
-        return
-    raw = conn.connection.driver_connection  # sqlite3: same connection, same transaction
-    cols = rows.columns
-    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    cursor = raw.cursor()
-    try:
-        for first in range(0, rows.height, _INSERT_BATCH):
-            part = _sqlite_values(rows.slice(first, _INSERT_BATCH))
-            cursor.executemany(sql, part.iter_rows())
-            if progress is not None:
-                progress(part.height)
-    finally:
-        cursor.close()
-
-
-# how SQLAlchemy's SQLite dialect stores DateTime and Date values (text; a zone's fields as
-# they are): rows written by the driver directly read back exactly as its own would
-_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%6f"
-_SQLITE_DATE = "%Y-%m-%d"
-
-
-def _sqlite_values(part: pl.DataFrame) -> pl.DataFrame:
-    """``part`` with its timestamps and dates as the text SQLAlchemy's SQLite dialect stores."""
-    return part.with_columns(
-        [pl.col(c).dt.strftime(_SQLITE_DATETIME) for c, t in part.schema.items()
-         if isinstance(t, pl.Datetime)]
-        + [pl.col(c).dt.strftime(_SQLITE_DATE) for c, t in part.schema.items() if t == pl.Date]
-    )  # fmt: skip
-
-
-def _insert_anomalies(
-    conn: sa.Connection, rows: pl.DataFrame, progress: Callable[[int], object] | None = None
-) -> None:
-    """The night's anomaly rows (its own name: the fault tests inject failures here)."""
-    _bulk_insert(conn, anomalies, rows, progress)
-
-
-def replace_night(
-    engine: sa.Engine,
-    frame: pl.DataFrame,
-    night_start: datetime,
-    night_end: datetime,
-    run_id: str,
-    cluster_ids: list[str] | None = None,
-    progress: Callable[[int], object] | None = None,
-    shared: pl.DataFrame | None = None,
-) -> int:
-    """Replace this detector's anomalies in [night_start, night_end) with ``frame``.
-
-    One transaction: delete the night's rows (of ``cluster_ids``, default all), insert the
-    new ones (COPY on PostgreSQL), rewrite the night's rows of the daily rollup (a
-    cluster scored with no anomaly gets a zero row) and its shared events (``shared``:
-    ``tsmeta.events.shared_events``'s frame; None: none). A failure rolls all of it back.
-    Returns rows inserted.
-    """
-    missing = [c for c in ANOMALY_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"anomaly frame lacks column(s) {missing}; expected {list(ANOMALY_COLUMNS)}"
-        )
-    if frame.height and not isinstance(frame.schema["ts"], pl.Datetime):
-        raise ValueError(f"column 'ts' must be a datetime, received {frame.schema['ts']}")
-    outside = frame.filter((pl.col("ts") < night_start) | (pl.col("ts") >= night_end))
-    if outside.height:
-        raise ValueError(
-            f"{outside.height} anomaly rows fall outside the night [{night_start}, {night_end})"
-        )
-    dup = frame.filter(pl.struct("series_id", "ts").is_duplicated())
-    if dup.height:
-        raise ValueError(
-            f"{dup.height} anomaly rows share a (series_id, ts), e.g. {dup.row(0)[:2]}: one row per point"
-        )
-    in_frame = sorted(frame.get_column("cluster_id").unique().to_list()) if frame.height else []
-    if cluster_ids is not None:
-        extra = sorted(set(in_frame) - set(cluster_ids))
-        if extra:
-            raise ValueError(
-                f"anomaly rows of cluster(s) {extra} are not among the clusters replaced {cluster_ids}"
-            )
-    clusters_written = sorted(cluster_ids) if cluster_ids is not None else in_frame
-    shared = _event_rows(shared, night_start, night_end, clusters_written, run_id)
-    optional = [
-        pl.col(c) if c in frame.columns else pl.lit(None, pl.String).alias(c)
-        for c in OPTIONAL_ANOMALY_COLUMNS
-    ]
-    rows = frame.select(*ANOMALY_COLUMNS, *optional).with_columns(
-        pl.col("series_id").cast(pl.String),
-        pl.col("ts").dt.convert_time_zone("UTC")
-        if frame.schema["ts"].time_zone
-        else pl.col("ts").dt.replace_time_zone("UTC"),
-        pl.lit(run_id).alias("run_id"),
-        pl.lit(DETECTOR_VERSION).alias("detector_version"),
-        pl.lit(_now()).dt.convert_time_zone("UTC").alias("written_at"),
-    )
-    night = night_start.date()
-    counts = (
-        rows.group_by("cluster_id")
-        .agg(
-            pl.len().alias("n_anomalies"),
-            pl.col("series_id").n_unique().alias("n_series"),
-            pl.col("score").max().alias("max_score"),
-        )  # fmt: skip
-        .to_dicts()
-    )
-    by_cluster = {c["cluster_id"]: c for c in counts}
-    rollup = [
-        {"night": night, "cluster_id": cid, "detector_version": DETECTOR_VERSION, "run_id": run_id,
-         **{k: v for k, v in by_cluster.get(cid, {"n_anomalies": 0, "n_series": 0, "max_score": None}).items()
-            if k != "cluster_id"}}
-        for cid in clusters_written
-    ]  # fmt: skip
-    cond = (
-        (anomalies.c.ts >= night_start)
-        & (anomalies.c.ts < night_end)
-        & (anomalies.c.detector_version == DETECTOR_VERSION)
-    )
-    rollup_cond = (anomaly_daily_counts.c.night == night) & (
-        anomaly_daily_counts.c.detector_version == DETECTOR_VERSION
-    )
-    events_cond = (events.c.night == night) & (events.c.detector_version == DETECTOR_VERSION)
-    if cluster_ids is not None:
-        cond = cond & anomalies.c.cluster_id.in_(cluster_ids)
-        rollup_cond = rollup_cond & anomaly_daily_counts.c.cluster_id.in_(cluster_ids)
-        events_cond = events_cond & events.c.cluster_id.in_(cluster_ids)
-    with engine.begin() as conn:
-        conn.execute(sa.delete(anomalies).where(cond))
-        conn.execute(sa.delete(anomaly_daily_counts).where(rollup_cond))
-        conn.execute(sa.delete(events).where(events_cond))
-        _insert_anomalies(conn, rows, progress)
-        if rollup:
-            conn.execute(sa.insert(anomaly_daily_counts), rollup)
-        _bulk_insert(conn, events, shared)
-    return rows.height
-
-
-def _event_rows(
-    shared: pl.DataFrame | None, night_start: datetime, night_end: datetime,
-    clusters: list[str], run_id: str,
-) -> pl.DataFrame:  # fmt: skip
-    """The ``events`` table's rows of a night's shared events, checked like its anomalies."""
-    from tsmeta.events import EVENT_COLUMNS
-
-    if shared is None or shared.height == 0:
-        return pl.DataFrame()
-    missing = [c for c in EVENT_COLUMNS if c not in shared.columns]
-    if missing:
-        raise ValueError(f"event frame lacks column(s) {missing}; expected {list(EVENT_COLUMNS)}")
-    extra = sorted(set(shared.get_column("cluster_id").unique().to_list()) - set(clusters))
-    if extra:
-        raise ValueError(
-            f"events of cluster(s) {extra} are not among the clusters replaced {clusters}"
-        )
-    rows = shared.select(EVENT_COLUMNS).with_columns(
-        pl.col("start_ts", "end_ts").dt.convert_time_zone("UTC"),
-        pl.lit(night_start.date()).alias("night"),
-        pl.lit(run_id).alias("run_id"),
-        pl.lit(DETECTOR_VERSION).alias("detector_version"),
-    )
-    outside = rows.filter((pl.col("start_ts") < night_start) | (pl.col("end_ts") > night_end))
-    if outside.height:
-        raise ValueError(
-            f"{outside.height} events fall outside the night [{night_start}, {night_end})"
-        )
-    return rows
