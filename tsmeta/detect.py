@@ -152,16 +152,6 @@ def score_day(
             f"reach {need - cfg.k} steps further back (seasonal and week lags), needs "
             f"{need + H}; read more history"
         )
-    full_tail = model.calibration
-    part_tail = model.partial_calibration or full_tail  # fewer than K support points
-    z_alpha = (full_tail.threshold(false_alarm_rate), part_tail.threshold(false_alarm_rate))
-    out = {
-        k: np.empty((n, H), dtype=np.float32) for k in ("forecast", "lower", "upper", "residual")
-    }
-    tail_out = np.full((n, H), np.nan)
-    flag = np.zeros((n, H), dtype=bool)
-    support_points = np.zeros(n, dtype=np.int32)
-    basis = np.zeros(n, dtype=np.int8)
     dev = torch.device(device)
     # the leading columns no feature reads are left out (a night's window is as long as its
     # longest-reaching model needs: weekly lags read a week that daily ones never look at)
@@ -170,72 +160,29 @@ def score_day(
     vals_all = torch.as_tensor(values[:, skip:], dtype=torch.float32)
     mask_all = torch.as_tensor(mask[:, skip:], dtype=torch.bool)
     t_in, step_in = t0 - skip, start_step + skip  # the scored day's first column, column 0's step
-    forecaster = Adapted.from_model(model).to(dev)
-    # residual scale per forecast step, of each tail
-    # (times the factor of the night's weekday, where the model has one: every row of a
-    # window is cut at the same step, so one weekday for the whole call)
-    weekday = weekday_of(start_step + t0, cfg.steps_per_day) if cfg.steps_per_day else 0
-    steps = [torch.as_tensor(t.steps(H) * t.weekday(weekday), dtype=torch.float32, device=dev)[None, :]
-             for t in (full_tail, part_tail)]  # fmt: skip
-    # the residual scale's spread floor of each tail (one sort per chunk either way): one
-    # factor when the tails share it, else one per row by its tail (a tail calibrated
-    # before the floor existed has none: 0 floors nothing)
-    jumps = any(t.windows is not None and (t.windows.isolation is not None or
-                                           t.windows.onset is not None)
-                for t in (full_tail, part_tail))  # fmt: skip
-    floor, by_tail = full_tail.spread_floor, None
-    if part_tail.spread_floor != floor:
-        by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
-                               dtype=torch.float32, device=dev)  # fmt: skip
+    scorer = _ChunkScorer.of(model, spec, false_alarm_rate, start_step + t0, dev, causal)
+    out = {
+        k: np.empty((n, H), dtype=np.float32) for k in ("forecast", "lower", "upper", "residual")
+    }
+    tail_out = np.full((n, H), np.nan)
+    flag = np.zeros((n, H), dtype=bool)
+    support_points = np.zeros(n, dtype=np.int32)
+    basis = np.zeros(n, dtype=np.int8)
     with torch.no_grad():
         for first in range(0, n, chunk_series):
             sl = slice(first, min(n, first + chunk_series))
             vals_t = vals_all[sl].to(dev, non_blocking=True)
             mask_t = mask_all[sl].to(dev, non_blocking=True)
-            rows = torch.arange(vals_t.shape[0], device=dev)
-            cut = torch.full((len(rows),), t_in, dtype=torch.long, device=dev)
-            batch = make_batch(vals_t, mask_t, rows, cut, spec, cfg.k, H, step_in)
-            pred_s, pred_q, fell_back = forecaster.predict_guarded(batch)  # normalised
-            n_support = batch.ms.sum(1).to(torch.int32)
-            # (B,) normalised units, each row floored as its tail was calibrated
-            row_floor = floor if by_tail is None else by_tail[(n_support < cfg.k).long()]
-            sigma = residual_sigma(pred_s, batch, row_floor)
-            # (B,) the unit of isolation and onset, where a tail has either (older ones do not)
-            rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if jumps else None
-            flat = _constant_support(
-                vals_t, mask_t, t_in, cfg.k, spec.period if spec.seasonal_lag else 0
-            )
-            ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
-            partial = (n_support < cfg.k)[:, None]
-            base_unit = batch.scale[:, None] * sigma[:, None]
-            unit = base_unit * torch.where(partial, steps[1], steps[0])
-            forecast = batch.forecast(pred_q)
-            half = unit * torch.where(partial, z_alpha[1], z_alpha[0])
-            resid = vals_t[:, t_in:] - forecast
-            obs = mask_t[:, t_in:] & ok_series[:, None]
-            z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
-            naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
-            tail = tail_probability(z, obs, full_tail, naive, rel, causal)  # float64, on device
-            if part_tail is not full_tail and bool(partial.any()):  # only those rows again
-                part_rows = partial[:, 0].nonzero().squeeze(1)
-                tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
-                                                   None if naive is None else naive[part_rows],
-                                                   None if rel is None else rel[part_rows],
-                                                   causal)  # fmt: skip
-            tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
-            b = torch.where(n_support < cfg.k, _PARTIAL, _ADAPTED)
-            b = torch.where(fell_back, _FALLBACK, b)
-            b = torch.where(n_support >= MIN_SUPPORT_POINTS, b, _UNSCORED)
-            b = torch.where(flat & (n_support >= MIN_SUPPORT_POINTS), _CONSTANT, b)
+            c = scorer.score(vals_t, mask_t, t_in, step_in)
             # everything is computed where the chunk lives; one transfer per output array
-            out["forecast"][sl] = forecast.cpu().numpy()
-            out["lower"][sl] = (forecast - half).cpu().numpy()
-            out["upper"][sl] = (forecast + half).cpu().numpy()
-            out["residual"][sl] = torch.where(obs, resid, float("nan")).cpu().numpy()
-            tail_out[sl] = tail.cpu().numpy()
-            flag[sl] = (obs & (tail < false_alarm_rate)).cpu().numpy()
-            support_points[sl] = n_support.cpu().numpy()
-            basis[sl] = b.cpu().numpy()
+            out["forecast"][sl] = c.forecast.cpu().numpy()
+            out["lower"][sl] = (c.forecast - c.half).cpu().numpy()
+            out["upper"][sl] = (c.forecast + c.half).cpu().numpy()
+            out["residual"][sl] = torch.where(c.obs, c.resid, float("nan")).cpu().numpy()
+            tail_out[sl] = c.tail.cpu().numpy()
+            flag[sl] = (c.obs & (c.tail < false_alarm_rate)).cpu().numpy()
+            support_points[sl] = c.n_support.cpu().numpy()
+            basis[sl] = c.basis.cpu().numpy()
     return ScoredDay(
         series_ids=series_ids,
         cols=np.arange(t0, T),
@@ -247,6 +194,103 @@ def score_day(
         basis=basis,
         **out,
     )
+
+
+@dataclass
+class _Chunk:
+    """One chunk's results, on the chunk's device; (B, H) unless noted."""
+
+    forecast: torch.Tensor
+    half: torch.Tensor  # the band's half width: where an isolated point would be flagged
+    resid: torch.Tensor
+    obs: torch.Tensor  # bool: observed points of series that are scored
+    tail: torch.Tensor  # float64, NaN where not observed
+    n_support: torch.Tensor  # (B,)
+    basis: torch.Tensor  # (B,) index into BASIS
+
+
+@dataclass
+class _ChunkScorer:
+    """What every chunk of one ``score_day`` call shares: the adapted forecaster, the tails
+    of full and partial supports with their thresholds and their residual scales per
+    forecast step (times the factor of the night's weekday, where the model has one: every
+    row of a window is cut at the same step, so one weekday for the whole call)."""
+
+    spec: object  # FeatureSpec
+    k: int
+    horizon: int
+    forecaster: Adapted
+    tails: tuple  # (full, partial) TailModel
+    z_alpha: tuple[float, float]
+    steps: list[torch.Tensor]  # (1, H) of each tail
+    floor: float | None
+    by_tail: torch.Tensor | None  # (2,) the floor of each tail, where they differ
+    jumps: bool  # a tail has isolation or onset: their unit is needed
+    causal: bool
+
+    @classmethod
+    def of(cls, model: MetaModel, spec: object, false_alarm_rate: float, night_step: int,
+           dev: torch.device, causal: bool) -> _ChunkScorer:  # fmt: skip
+        cfg = model.config
+        full_tail = model.calibration
+        part_tail = model.partial_calibration or full_tail  # fewer than K support points
+        tails = (full_tail, part_tail)
+        z_alpha = (full_tail.threshold(false_alarm_rate), part_tail.threshold(false_alarm_rate))
+        weekday = weekday_of(night_step, cfg.steps_per_day) if cfg.steps_per_day else 0
+        steps = [torch.as_tensor(t.steps(cfg.horizon) * t.weekday(weekday), dtype=torch.float32,
+                                 device=dev)[None, :] for t in tails]  # fmt: skip
+        # the residual scale's spread floor of each tail (one sort per chunk either way): one
+        # factor when the tails share it, else one per row by its tail (a tail calibrated
+        # before the floor existed has none: 0 floors nothing)
+        jumps = any(t.windows is not None and (t.windows.isolation is not None or
+                                               t.windows.onset is not None)
+                    for t in tails)  # fmt: skip
+        floor, by_tail = full_tail.spread_floor, None
+        if part_tail.spread_floor != floor:
+            by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
+                                   dtype=torch.float32, device=dev)  # fmt: skip
+        return cls(spec, cfg.k, cfg.horizon, Adapted.from_model(model).to(dev), tails, z_alpha,
+                   steps, floor, by_tail, jumps, causal)  # fmt: skip
+
+    def score(self, vals_t: torch.Tensor, mask_t: torch.Tensor, t_in: int, step_in: int) -> _Chunk:
+        """Adapt, forecast and score one chunk of series whose night starts at column ``t_in``
+        (column 0 is global grid step ``step_in``)."""
+        spec, k, dev = self.spec, self.k, vals_t.device
+        full_tail, part_tail = self.tails
+        rows = torch.arange(vals_t.shape[0], device=dev)
+        cut = torch.full((len(rows),), t_in, dtype=torch.long, device=dev)
+        batch = make_batch(vals_t, mask_t, rows, cut, spec, k, self.horizon, step_in)
+        pred_s, pred_q, fell_back = self.forecaster.predict_guarded(batch)  # normalised
+        n_support = batch.ms.sum(1).to(torch.int32)
+        # (B,) normalised units, each row floored as its tail was calibrated
+        row_floor = self.floor if self.by_tail is None else self.by_tail[(n_support < k).long()]
+        sigma = residual_sigma(pred_s, batch, row_floor)
+        # (B,) the unit of isolation and onset, where a tail has either (older ones do not)
+        rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if self.jumps else None
+        flat = _constant_support(vals_t, mask_t, t_in, k, spec.period if spec.seasonal_lag else 0)
+        ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
+        partial = (n_support < k)[:, None]
+        base_unit = batch.scale[:, None] * sigma[:, None]
+        unit = base_unit * torch.where(partial, self.steps[1], self.steps[0])
+        forecast = batch.forecast(pred_q)
+        half = unit * torch.where(partial, self.z_alpha[1], self.z_alpha[0])
+        resid = vals_t[:, t_in:] - forecast
+        obs = mask_t[:, t_in:] & ok_series[:, None]
+        z = torch.where(obs, resid / unit, torch.zeros((), dtype=resid.dtype, device=dev))
+        naive = batch.naive  # seasonal-naive deviations: the veto's (None: no lag)
+        tail = tail_probability(z, obs, full_tail, naive, rel, self.causal)  # float64, on device
+        if part_tail is not full_tail and bool(partial.any()):  # only those rows again
+            part_rows = partial[:, 0].nonzero().squeeze(1)
+            tail[part_rows] = tail_probability(z[part_rows], obs[part_rows], part_tail,
+                                               None if naive is None else naive[part_rows],
+                                               None if rel is None else rel[part_rows],
+                                               self.causal)  # fmt: skip
+        tail = torch.where(obs, tail, torch.full((), float("nan"), dtype=tail.dtype))
+        b = torch.where(n_support < k, _PARTIAL, _ADAPTED)
+        b = torch.where(fell_back, _FALLBACK, b)
+        b = torch.where(n_support >= MIN_SUPPORT_POINTS, b, _UNSCORED)
+        b = torch.where(flat & (n_support >= MIN_SUPPORT_POINTS), _CONSTANT, b)
+        return _Chunk(forecast, half, resid, obs, tail, n_support, b)
 
 
 def _stuck_share(v: torch.Tensor, m: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
