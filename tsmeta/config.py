@@ -62,107 +62,262 @@ def _toml_path() -> Path | None:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TSMETA_", extra="forbid")
 
-    data_dir: Path = Path("tsmeta-data")  # root of everything the embedded setup writes
-    dataset_path: Path | None = None  # partitioned Parquet dataset; default data_dir/dataset
-    database_url: str | None = None  # default: sqlite file data_dir/tsmeta.db
-    model_dir: Path | None = None  # meta-model store; default data_dir/models
-    ray_address: str | None = None  # None -> start a local Ray; "auto" or ray://… for a cluster
-    executor: Literal["local", "ray"] = "local"  # where nightly scoring runs (training: always Ray)
+    # Every field's description is the settings page (docs/settings.md, generated from it
+    # by ``python -m tsmeta.settings_doc``; a test checks that they agree).
 
-    # the step of the data: any fixed step from one minute to one day that divides a day
-    # ("1min", "5min", "15min", "h", "d"; tsmeta.frequency). K, horizon and candidate
-    # periods default by it: below a day K = H = one day of steps, periods {day, week};
-    # daily K=28, H=1, {7}. One night scores one day (H points).
-    freq: str = "h"
-    k: int | None = Field(None, ge=2)  # support points each series adapts from
-    # "day": every cluster adapts from ``k`` points; "period": a cluster adapts from one
-    # period of its own (a weekly cluster from its last week; aperiodic ones from ``k``),
-    # at most ``k_max`` points (a week of minutes is 10,080). Takes effect at `train`
-    k_rule: Literal["day", "period"] = "day"
-    k_max: int = Field(2016, ge=2)
-    horizon: int | None = Field(None, ge=1)  # points scored per night
-    history_days: int | None = Field(None, ge=2)  # days read for profiling/scoring: 14 h, 70 d
-    train_days: int | None = Field(None, ge=2)  # meta-training window: 28 h (4 weekends), 365 d
+    # --- where things are
+    data_dir: Path = Field(
+        Path("tsmeta-data"),
+        description=(
+            "Root of everything the embedded setup writes: the dataset, the SQLite database, "
+            "the models, reports."
+        ),
+    )
+    dataset_path: Path | None = Field(
+        None, description=("The date-partitioned Parquet dataset. Unset: `data_dir/dataset`.")
+    )
+    database_url: str | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the anomaly store: SQLite or PostgreSQL "
+            "(`postgresql+psycopg://user:pw@host:5432/db`; `postgres://` URLs use psycopg 3). "
+            "Unset: the SQLite file `data_dir/tsmeta.db`."
+        ),
+    )
+    model_dir: Path | None = Field(
+        None,
+        description=(
+            "The meta-model store (one file per cluster and version). Unset: `data_dir/models`."
+        ),
+    )
+    ray_address: str | None = Field(
+        None,
+        description=(
+            "Ray cluster for meta-training (and scoring with `executor=ray`): `auto`, "
+            "`ray://host:10001`, `host:port`. Unset: a private local Ray instance."
+        ),
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description=(
+            "Where nightly scoring runs: `local` (in-process, a thread pool) or `ray` (one Ray "
+            "task per batch). Meta-training always goes through Ray."
+        ),
+    )
 
-    candidate_periods: list[int] | None = None
-    min_acf: float = 0.3  # autocorrelation a period needs before it is accepted
-    max_cluster_size: int = Field(100_000, ge=1)  # period groups larger than this split by shape
-    read_chunk_rows: int = Field(50_000_000, ge=1)  # rows read at once (bounds peak memory)
+    # --- the data's step and what derives from it
+    freq: str = Field(
+        "h",
+        description=(
+            "The data's step: any fixed step from one minute to one day that divides a day "
+            "(`1min`, `5min`, `15min`, `h`, `d`; spellings such as `5m`, `5T`, `1h`, `D` are "
+            "accepted). One dataset has one step. K, the horizon and the candidate periods "
+            "derive from it."
+        ),
+    )
+    k: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "Support points each series adapts from each night. Unset: one day of steps "
+            "(24 hourly, 288 at 5 minutes); daily data 28."
+        ),
+    )
+    k_rule: Literal["day", "period"] = Field(
+        "day",
+        description=(
+            "`day`: every cluster adapts from `k` points. `period`: a cluster adapts from one "
+            "period of its own (a weekly cluster from its last week; aperiodic ones from `k`), "
+            "at most `k_max`. Takes effect at `train`."
+        ),
+    )
+    k_max: int = Field(2016, ge=2, description="The cap on K of `k_rule=period`.")
+    horizon: int | None = Field(
+        None,
+        ge=1,
+        description=("Points scored per night. Unset: one day of steps (daily data: 1)."),
+    )
+    history_days: int | None = Field(
+        None, ge=2, description=("Days read for profiling. Unset: 14 (daily data: 70).")
+    )
+    train_days: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "Days of the meta-training window. Unset: 28, four weekends (daily data: 365)."
+        ),
+    )
+    candidate_periods: list[int] | None = Field(
+        None,
+        description=(
+            "Periods, in steps, that profiling tests. Unset: a day and a week of steps "
+            "(daily data: 7)."
+        ),
+    )
+    min_acf: float = Field(
+        0.3,
+        description=(
+            "Autocorrelation a candidate period needs before a series is called periodic."
+        ),
+    )
+    max_cluster_size: int = Field(
+        100_000,
+        ge=1,
+        description=("Period groups larger than this are split by the shape of their period."),
+    )
+    read_chunk_rows: int = Field(
+        50_000_000, ge=1, description=("Rows read at once; bounds peak memory of every step.")
+    )
 
-    # meta-learning
-    # "ridge" (the default) shares meta-learned hidden layers across the cluster and solves
-    # each series' output layer in closed form; "maml" adapts every layer nightly by
-    # gradient steps (5x slower to score; ranks sustained anomalies of the generator's
-    # corpus better); "anil" steps the output layer alone. Measured in benchmarks/README
-    # ("The ridge head"); see tsmeta.meta.train
-    algorithm: Literal[ALGORITHMS] = "ridge"  # type: ignore[valid-type]
-    hidden: int = 40  # MLP width, as in the MAML paper's regression network
-    # forecast the change from the most recent same-phase value (seasonal naive + a learned,
-    # adapted correction) rather than the level: M4 Hourly MASE 0.917 against 1.4 (level)
-    relative_to_lag: bool = False
-    # hourly models of a daily period also take the value a week before each point as an
-    # input (FeatureSpec.second_lag): from K recent points of a weekend a daily model
-    # alone forecasts Monday as a weekend day. M4 Hourly, ridge per period, K = 168:
-    # sMAPE / MASE 9.912 / 0.923 against 10.085 / 0.945 without (benchmarks/README)
-    week_lag_input: bool = True
-    # the lagged inputs (the value a period before, the week before) are the median of the
-    # same phase over this many recent periods, so that one unusual week (a holiday, an
-    # outage) is not read as the normal the week after; 1: the most recent value alone.
-    # Scoring reads this many periods back (for weekly models: 3 weeks). Takes effect at
-    # the next `train` (benchmarks/README, "Detection across families")
-    lag_periods: int = Field(3, ge=1)
-    inner_steps: int = Field(5, ge=1)  # gradient steps of nightly adaptation (not ridge's)
-    inner_lr: float = Field(0.1, gt=0)  # step size of those steps; ridge: initial penalty
-    meta_batch: int = Field(32, ge=1)  # tasks per outer step
-    meta_steps: int = Field(300, ge=1)  # outer steps per cluster
-    meta_lr: float = Field(1e-3, gt=0)
-    train_series_per_cluster: int = Field(20_000, ge=2)  # sample cap: tasks, not all series
-    seed: int = 0
-    timezone: str = "UTC"  # the zone whose calendar days are the nights
-    # the nightly job's default night (a schedule passes none): today in ``timezone`` minus
-    # this many days; 1 scores yesterday, 2 waits a day longer for late data
-    night_lag_days: int = Field(1, ge=0)
-    # a night is scored only when at least this share of the profiled series have a point
-    # in it; otherwise the run fails naming the shortfall and writes nothing (data late)
-    min_series_share: float = Field(0.5, ge=0, le=1)
+    # --- meta-learning
+    algorithm: Literal[ALGORITHMS] = Field(
+        "ridge",
+        description=(  # type: ignore[valid-type]
+            "The meta-learner. `ridge`: meta-learned hidden layers shared by the cluster, each "
+            "series' output layer solved in closed form. `maml`, `fomaml`, `anil`, `metasgd`: "
+            "gradient-step adaptation; `pretrain`: joint fit then fine-tuning (docs/decisions.md)."
+        ),
+    )
+    hidden: int = Field(40, description="Width of the forecaster's hidden layers.")
+    relative_to_lag: bool = Field(
+        False,
+        description=(
+            "Forecast the change from the most recent same-phase value (seasonal naive plus a "
+            "learned correction) instead of the level."
+        ),
+    )
+    week_lag_input: bool = Field(
+        True,
+        description=(
+            "Models of a daily period also read the value a week before each point, so that a "
+            "Monday adapted from a weekend is not forecast as a weekend day."
+        ),
+    )
+    lag_periods: int = Field(
+        3,
+        ge=1,
+        description=(
+            "The lagged inputs are the median of the same phase over this many recent periods, "
+            "so that one unusual week (a holiday, an outage) is not read as the normal the "
+            "week after; 1: the most recent value alone. Takes effect at `train`."
+        ),
+    )
+    inner_steps: int = Field(
+        5, ge=1, description=("Gradient steps of nightly adaptation (not used by `ridge`).")
+    )
+    inner_lr: float = Field(
+        0.1, gt=0, description=("Step size of those steps; for `ridge`, the initial penalty.")
+    )
+    meta_batch: int = Field(32, ge=1, description="Tasks per outer step of meta-training.")
+    meta_steps: int = Field(
+        300, ge=1, description="Outer steps per cluster (early stopping may end sooner)."
+    )
+    meta_lr: float = Field(1e-3, gt=0, description="Outer learning rate (Adam).")
+    train_series_per_cluster: int = Field(
+        20_000,
+        ge=2,
+        description=("Series sampled per cluster for meta-training (tasks, not every series)."),
+    )
+    seed: int = Field(0, description="Seed of sampling, initialisation and clustering.")
 
-    # scoring
-    false_alarm_rate: float = Field(1e-3, gt=0, lt=1)  # two-sided tail mass flagged on clean data
-    chunk_series: int = Field(8192, ge=1)  # series per batched adaptation chunk
-    # nightly scoring reads only the days its models read (the support, the night and
-    # their lags a period and weeks back), not every day of the window between them; the
-    # same rows either way (a test checks), fewer bytes read
-    read_needed_days: bool = True
-    # shared events (tsmeta.events): a step in which at least this share of a cluster's
-    # scored series, and at least event_min_series of them, are flagged the same way (a
-    # holiday, an upstream outage) is part of one event; its points are common-mode
-    event_min_share: float = Field(0.05, gt=0, le=1)
-    event_min_series: int = Field(5, ge=1)
-    # known holidays (dates; TSMETA_HOLIDAYS='["2026-12-25", "2027-01-01"]'): events on them
-    # are of kind "holiday" (expected), not "shared"
-    holidays: list[date] = Field(default_factory=list)
-    # each point's score reads no later point of the night (NAB's rule; runs during the
-    # day): window medians trail the point, isolation and onset are left out, the veto
-    # reads the point's own deviation (tsmeta.detect.score_day). The nightly default reads
-    # the whole night, which catches more (benchmarks/README, "NAB")
-    causal: bool = False
-    # torch threads of in-process nightly scoring on the CPU; 0: torch's default (one per
-    # core); unset: 1 when every model adapts its output layer only (ANIL: small elementwise
-    # steps whose intra-op threads mostly spin while the next chunk is read), else torch's
-    # default (MAML's batched matrix products do use them). Measured on 2M series, 2 cores:
-    # ANIL the same wall time on 1 thread as on 2 with about a quarter less CPU; MAML 264 s
-    # on 1 thread against 167 s on 2, for 12% less CPU (benchmarks/README)
-    score_threads: int | None = Field(None, ge=0)
-    # batches of in-process nightly scoring computed at once, each on its own Python thread
-    # (torch releases the GIL inside its operations, so each takes a core); results are
-    # collected in the order the batches were read. Unset: one per core when scoring runs
-    # on one torch thread on the CPU (ridge, ANIL: see score_threads), else 1 (MAML's
-    # matrix products already use every core; a GPU runs one batch at a time)
-    score_workers: int | None = Field(None, ge=1)
-    # where nightly adaptation runs: "auto" takes a CUDA GPU when torch sees one (with the
-    # Ray executor: when the cluster has GPUs), else the CPU. On a GPU raise chunk_series
-    # to 65536 or more (2M series scored at 0.9-1.06M series/s on an H100; 8192 is slower)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # --- nights
+    timezone: str = Field(
+        "UTC",
+        description=("The zone whose calendar day is the default night (the data itself is UTC)."),
+    )
+    night_lag_days: int = Field(
+        1,
+        ge=0,
+        description=(
+            "A run without a night scores today minus this many days (1: yesterday; 2 waits a "
+            "day longer for late data)."
+        ),
+    )
+    min_series_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "A night is scored only when at least this share of the profiled series have a "
+            "point in it; otherwise the run fails, naming the shortfall, and writes nothing."
+        ),
+    )
+
+    # --- scoring
+    false_alarm_rate: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description=(
+            "Two-sided tail probability below which a point is flagged: the share of clean "
+            "points flagged, by calibration."
+        ),
+    )
+    chunk_series: int = Field(
+        8192,
+        ge=1,
+        description=(
+            "Series adapted at once in one batched computation (on a GPU, 65,536 or more)."
+        ),
+    )
+    read_needed_days: bool = Field(
+        True,
+        description=(
+            "Nightly scoring reads only the days its models read (the support, the night and "
+            "their lags), not every day of the window between them; the same rows either way."
+        ),
+    )
+    event_min_share: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description=(
+            "A step in which at least this share of a cluster's scored series are flagged the "
+            "same way is part of one shared event (a holiday, an upstream outage)."
+        ),
+    )
+    event_min_series: int = Field(
+        5,
+        ge=1,
+        description="A shared event also needs at least this many series flagged in the step.",
+    )
+    holidays: list[date] = Field(
+        default_factory=list,
+        description=(
+            "Known holidays (`TSMETA_HOLIDAYS='[\"2026-12-25\"]'`): shared events on them are "
+            "of kind `holiday` (expected), not `shared`."
+        ),
+    )
+    causal: bool = Field(
+        False,
+        description=(
+            "Each point's score reads no later point of the night (NAB's rule; runs during the "
+            "day): window medians trail the point, isolation and onset are left out."
+        ),
+    )
+    score_threads: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "torch threads of in-process scoring on the CPU; 0: torch's default. Unset: 1 when "
+            "every model adapts its output layer only (`ridge`, `anil`), else torch's default."
+        ),
+    )
+    score_workers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Batches scored at once in-process, each on its own thread. Unset: one per core "
+            "when scoring runs on one torch thread on the CPU, else 1."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description=(
+            "Where nightly adaptation runs: `auto` takes a CUDA GPU when torch sees one "
+            "(with `executor=ray`: when the cluster has GPUs), else the CPU."
+        ),
+    )
 
     def torch_device(self) -> str:
         """The device nightly scoring computes on (``device`` resolved)."""
