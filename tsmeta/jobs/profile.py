@@ -33,7 +33,6 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     engine = engine_for(settings)
     previous = ClusterSet.from_rows(read_clusters(engine))
     start = _window_start(settings, as_of, settings.history_days)
-    default = settings.period_default
     parts, seen_parts = [], []
     pending: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # (part, rows, shapes)
     # long windows of short steps (two weeks of minutes: 20,160 points) read fewer series
@@ -48,18 +47,7 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
         pbar.update(panel.n_series)
         timings["read"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
-        cluster = np.empty(panel.n_series, dtype=object)
-        for p in np.unique(res.period):
-            rows = np.flatnonzero(res.period == p)
-            shapes = seasonal_shape(panel.values[rows], panel.mask[rows], panel.start_step,
-                                    shape_length(p, default))  # fmt: skip
-            if int(p) in previous and not recluster:
-                cluster[rows] = previous.assign(int(p), shapes)
-            else:
-                pending.setdefault(int(p), []).append((i, rows, shapes))
-        parts.append({"series_id": panel.series_ids, "period": res.period,
-                      "strength": res.strength, "cluster_id": cluster})  # fmt: skip
+        parts.append(_profile_chunk(settings, panel, i, previous, recluster, pending))
         seen_parts.append(_seen(panel))
         timings["detect"] += time.perf_counter() - tick
         tick = time.perf_counter()
@@ -68,14 +56,7 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
         raise EmptyInputError(f"no series in {settings.dataset_path} for [{start}, {as_of})")
 
     tick = time.perf_counter()
-    fitted = ClusterSet({} if recluster else dict(previous.groups))
-    for p, items in sorted(pending.items()):
-        labels = fitted.fit(p, np.concatenate([s for _, _, s in items]),
-                            settings.max_cluster_size, settings.seed, previous)  # fmt: skip
-        at = 0
-        for i, rows, _ in items:
-            parts[i]["cluster_id"][rows] = labels[at : at + len(rows)]
-            at += len(rows)
+    fitted = _fit_pending(settings, previous, pending, parts, recluster)
     timings["cluster"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -90,6 +71,51 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     timings["write"] = time.perf_counter() - tick
 
     sizes = dict(profile.group_by("cluster_id").len().sort("cluster_id").iter_rows())
+    over, fresh = _warn_about_clusters(settings, sizes, fitted, previous)
+    return {"series": profile.height, "clusters": sizes, "window": [str(start), str(as_of)],
+            "fitted_periods": sorted(pending), "new_clusters": fresh, "recluster": recluster,
+            "oversized": over, "timings": {k: round(v, 2) for k, v in timings.items()},
+            "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
+
+
+def _profile_chunk(settings: Settings, panel: object, i: int, previous: ClusterSet,
+                   recluster: bool, pending: dict) -> dict:  # fmt: skip
+    """Chunk ``i``'s periods, strengths and clusters: each series is assigned to the nearest
+    stored cluster of its period; the shapes of groups to be fitted go to ``pending``
+    (their cluster is filled in by ``_fit_pending``)."""
+    res = detect_periods(panel.values, panel.mask, settings.candidate_periods, settings.min_acf)
+    cluster = np.empty(panel.n_series, dtype=object)
+    for p in np.unique(res.period):
+        rows = np.flatnonzero(res.period == p)
+        shapes = seasonal_shape(panel.values[rows], panel.mask[rows], panel.start_step,
+                                shape_length(p, settings.period_default))  # fmt: skip
+        if int(p) in previous and not recluster:
+            cluster[rows] = previous.assign(int(p), shapes)
+        else:
+            pending.setdefault(int(p), []).append((i, rows, shapes))
+    return {"series_id": panel.series_ids, "period": res.period, "strength": res.strength,
+            "cluster_id": cluster}  # fmt: skip
+
+
+def _fit_pending(settings: Settings, previous: ClusterSet, pending: dict, parts: list[dict],
+                 recluster: bool) -> ClusterSet:  # fmt: skip
+    """Fit the clusters of the period groups that were not assigned to stored ones (a
+    group seen for the first time, or every group with ``recluster``) and write their
+    labels into ``parts``; the stored groups are kept unless reclustering."""
+    fitted = ClusterSet({} if recluster else dict(previous.groups))
+    for p, items in sorted(pending.items()):
+        labels = fitted.fit(p, np.concatenate([s for _, _, s in items]),
+                            settings.max_cluster_size, settings.seed, previous)  # fmt: skip
+        at = 0
+        for i, rows, _ in items:
+            parts[i]["cluster_id"][rows] = labels[at : at + len(rows)]
+            at += len(rows)
+    return fitted
+
+
+def _warn_about_clusters(settings: Settings, sizes: dict[str, int], fitted: ClusterSet,
+                         previous: ClusterSet) -> tuple[dict[str, int], list[str]]:  # fmt: skip
+    """(oversized clusters, new clusters), each logged with what to run next."""
     over = {c: n for c, n in sizes.items() if n > settings.max_cluster_size}
     if over:
         log.warning(
@@ -100,10 +126,7 @@ def profile_series(settings: Settings, as_of: date, run_id: str, recluster: bool
     fresh = sorted(set(fitted.cluster_ids) - set(previous.cluster_ids))
     if fresh and previous.groups:
         log.warning("new cluster(s) without a model until `tsmeta train`: %s", ", ".join(fresh))
-    return {"series": profile.height, "clusters": sizes, "window": [str(start), str(as_of)],
-            "fitted_periods": sorted(pending), "new_clusters": fresh, "recluster": recluster,
-            "oversized": over, "timings": {k: round(v, 2) for k, v in timings.items()},
-            "seconds": round(time.perf_counter() - t, 2)}  # fmt: skip
+    return over, fresh
 
 
 def _seen(panel) -> pl.DataFrame:  # noqa: ANN001 - a Panel

@@ -85,29 +85,7 @@ def train_models(
     end, _ = night_bounds(as_of)
     n_steps = int((end - begin) / freq_timedelta(settings.freq))
     cfg = meta_config(settings, **config_overrides)
-    rng = np.random.default_rng(settings.seed)
-    # a sample of each cluster's series (enough tasks; bounded memory), gathered from a
-    # chunked read of the window: only the sampled series are kept
-    sampled, panels = [], {}
-    for cid in wanted:
-        ids = profile.filter(pl.col("cluster_id") == cid).get_column("series_id").to_numpy()
-        if len(ids) > settings.train_series_per_cluster:
-            ids = np.sort(rng.choice(ids, settings.train_series_per_cluster, replace=False))
-        sampled.append(pl.DataFrame({"series_id": ids.astype(str), "cluster_id": cid,
-                                     "_slot": np.arange(len(ids))}))  # fmt: skip
-        panels[cid] = Panel(np.full((len(ids), n_steps), np.nan, dtype=np.float32),
-                            np.zeros((len(ids), n_steps), dtype=bool), ids, begin, settings.freq)  # fmt: skip
-    wanted_rows = pl.concat(sampled)
-    for chunk in iter_window_panels(settings.dataset_path, start, as_of, settings.freq, 1 << 30,
-                                    settings.read_chunk_rows):  # fmt: skip
-        ids = pl.Series("series_id", chunk.series_ids).cast(pl.String)
-        hit = pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))}).join(
-            wanted_rows, on="series_id", how="inner"
-        )
-        for (cid,), part in hit.partition_by("cluster_id", as_dict=True).items():
-            rows, slots = part.get_column("_row").to_numpy(), part.get_column("_slot").to_numpy()
-            panels[cid].values[slots] = chunk.values[rows]
-            panels[cid].mask[slots] = chunk.mask[rows]
+    panels = _sample_panels(settings, profile, wanted, start, as_of, n_steps)
     jobs = [
         ClusterJob(cid, panels[cid].values, panels[cid].mask, panels[cid].start_step,
                    _spec_for(settings, cid).to_dict(),
@@ -135,6 +113,42 @@ def train_models(
         results = train_clusters(jobs, settings.ray_address, done)
     finally:
         pbar.close()
+    return _save_models(settings, engine, results, run_id, begin, end)
+
+
+def _sample_panels(settings: Settings, profile: pl.DataFrame, wanted: list[str], start: date,
+                   as_of: date, n_steps: int) -> dict[str, Panel]:  # fmt: skip
+    """A sample of each cluster's series over [start, as_of) (at most
+    ``train_series_per_cluster``: enough tasks, bounded memory), gathered from one chunked
+    read of the window in which only the sampled series are kept."""
+    rng = np.random.default_rng(settings.seed)
+    begin, _ = night_bounds(start)
+    sampled, panels = [], {}
+    for cid in wanted:
+        ids = profile.filter(pl.col("cluster_id") == cid).get_column("series_id").to_numpy()
+        if len(ids) > settings.train_series_per_cluster:
+            ids = np.sort(rng.choice(ids, settings.train_series_per_cluster, replace=False))
+        sampled.append(pl.DataFrame({"series_id": ids.astype(str), "cluster_id": cid,
+                                     "_slot": np.arange(len(ids))}))  # fmt: skip
+        panels[cid] = Panel(np.full((len(ids), n_steps), np.nan, dtype=np.float32),
+                            np.zeros((len(ids), n_steps), dtype=bool), ids, begin, settings.freq)  # fmt: skip
+    wanted_rows = pl.concat(sampled)
+    for chunk in iter_window_panels(settings.dataset_path, start, as_of, settings.freq, 1 << 30,
+                                    settings.read_chunk_rows):  # fmt: skip
+        ids = pl.Series("series_id", chunk.series_ids).cast(pl.String)
+        hit = pl.DataFrame({"series_id": ids, "_row": np.arange(len(ids))}).join(
+            wanted_rows, on="series_id", how="inner"
+        )
+        for (cid,), part in hit.partition_by("cluster_id", as_dict=True).items():
+            rows, slots = part.get_column("_row").to_numpy(), part.get_column("_slot").to_numpy()
+            panels[cid].values[slots] = chunk.values[rows]
+            panels[cid].mask[slots] = chunk.mask[rows]
+    return panels
+
+
+def _save_models(settings: Settings, engine: object, results: dict, run_id: str, begin: object,
+                 end: object) -> dict[str, dict]:  # fmt: skip
+    """Each cluster's trained model saved as its next version, or its failure named."""
     out: dict[str, dict] = {}
     for cid, res in results.items():
         if isinstance(res, BaseException):

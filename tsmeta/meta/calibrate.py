@@ -60,7 +60,7 @@ def adapted_predictions(
 # the floor's factor: this quantile, over calibration tasks, of the support-residual scale
 # over the seasonal-difference spread. The median floored half the series and ranked the
 # generator's anomalies a little better (PR-AUC 0.409 against 0.397), but flagged M4's
-# clean test hours at 2.9e-3 against 8.1e-4 for a configured 1e-3 (benchmarks/README.md)
+# clean test hours at 2.9e-3 against 8.1e-4 for a configured 1e-3 (docs/decisions.md)
 SPREAD_FLOOR_QUANTILE = 0.25
 # calibration refits its tails without the points of its own sample that the previous fit
 # puts below this tail probability (the sample's anomalies), at most this many fits

@@ -237,6 +237,34 @@ def query_mse(params: Params, batch: TaskBatch, steps: int, rates: Rates) -> flo
     return float(err.sum() / batch.mq.sum().clamp_min(1.0))
 
 
+def _outer_loop(
+    learner: MetaLearner, draw: Callable[[], TaskBatch], val_batch: TaskBatch, cfg: MetaConfig,
+    on_eval: Callable[[int, float], None] | None,
+) -> tuple[tuple, list[tuple[int, float, float]], int, int]:  # fmt: skip
+    """Outer steps on batches from ``draw`` until ``cfg.meta_steps`` or early stopping
+    (``cfg.patience`` evaluations without improvement of the adapted validation loss).
+    Returns ((best val loss, best snapshot, its step), history, non-finite steps skipped,
+    steps run)."""
+    best = (math.inf, learner.snapshot(), 0)
+    history: list[tuple[int, float, float]] = []
+    stale = skipped = step = 0
+    for step in range(1, cfg.meta_steps + 1):
+        loss = learner.step(draw())
+        skipped += math.isnan(loss)
+        if step % cfg.eval_every == 0 or step == cfg.meta_steps:
+            val = query_mse(learner.params, val_batch, cfg.inner_steps, learner.inner_rates)
+            history.append((step, round(loss, 5), round(val, 5)))
+            if on_eval is not None:
+                on_eval(step, val)
+            if val < best[0] - 1e-4:
+                best, stale = (val, learner.snapshot(), step), 0
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    return best, history, skipped, step
+
+
 def meta_train(
     values: np.ndarray,
     mask: np.ndarray,
@@ -271,23 +299,8 @@ def meta_train(
 
     val_batch = tasks(vv, vm, cfg.val_tasks)
     learner = MetaLearner(init_params(spec.n_features, cfg.hidden, gen), cfg, device)
-    best = (math.inf, learner.snapshot(), 0)
-    history: list[tuple[int, float, float]] = []
-    stale = skipped = step = 0
-    for step in range(1, cfg.meta_steps + 1):
-        loss = learner.step(tasks(tv, tm, cfg.meta_batch))
-        skipped += math.isnan(loss)
-        if step % cfg.eval_every == 0 or step == cfg.meta_steps:
-            val = query_mse(learner.params, val_batch, cfg.inner_steps, learner.inner_rates)
-            history.append((step, round(loss, 5), round(val, 5)))
-            if on_eval is not None:
-                on_eval(step, val)
-            if val < best[0] - 1e-4:
-                best, stale = (val, learner.snapshot(), step), 0
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    break
+    best, history, skipped, step = _outer_loop(learner, lambda: tasks(tv, tm, cfg.meta_batch),
+                                               val_batch, cfg, on_eval)  # fmt: skip
     params, rates = best[1]
     eff_rates = inner_rates_of(cfg, rates)
     metrics = {
