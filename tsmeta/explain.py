@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -62,15 +62,7 @@ def series_night(
         raise ValueError(f"history_days must be at least 1, received {history_days}")
     ids = [str(s) for s in dict.fromkeys(series_ids)]
     engine = engine_for(settings)
-    profile = read_profile(engine).with_columns(pl.col("series_id").cast(pl.String))
-    located = pl.DataFrame({"series_id": ids}).join(profile, on="series_id", how="left")
-    unknown = located.filter(pl.col("cluster_id").is_null()).get_column("series_id").to_list()
-    if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise ValueError(
-            f"unknown series id {shown}: not in the profile; list flagged series with "
-            "`tsmeta anomalies`, or run `tsmeta profile` if the series is new"
-        )
+    located = _locate(engine, ids)
     models = load_latest_models(engine, model_dir=settings.model_dir)
     for cid in located.get_column("cluster_id").unique().sort().to_list():
         if cid not in models:
@@ -82,28 +74,7 @@ def series_night(
             f"no data for {night} in {settings.dataset_path} (it holds {span}): pick a date "
             "inside that range"
         )
-    spd = settings.steps_per_day
-    reach = max(
-        window_reach(m.spec, m.config.k, m.config.horizon) for _, m in models.values()
-    )  # as scoring
-    days = max(history_days, math.ceil(reach / spd))
-    first = max(night - timedelta(days=days), dates[0])
-    begin, _ = night_bounds(first)
-    night_start, finish = night_bounds(night)
-    frame = (
-        scan_dataset(settings.dataset_path, first, night + timedelta(days=1))
-        .filter(pl.col("series_id").cast(pl.String).is_in(ids))
-        .collect()
-    )
-    panel = scatter_panel(frame, settings.freq, begin.replace(tzinfo=None),
-                          finish.replace(tzinfo=None))  # fmt: skip
-    row_of = {str(s): i for i, s in enumerate(panel.series_ids)}
-    missing = [s for s in ids if s not in row_of]
-    if missing:
-        raise ValueError(
-            f"series {missing[0]!r} has no points in {first}..{night}: it stopped reporting; "
-            "pick an earlier date"
-        )
+    panel, row_of, night_start = _read_window(settings, ids, night, history_days, models, dates)
     stored = query_anomalies(engine, night, night, ids)
     night_run = _night_was_run(engine, night)
     step = np.timedelta64(int(freq_timedelta(settings.freq).total_seconds() * 1e6), "us")
@@ -169,3 +140,48 @@ def latest_nightly_run(engine, night: date) -> dict | None:  # noqa: ANN001
             ):  # fmt: skip
                 return dict(r)
     return None
+
+
+def _locate(engine: object, ids: list[str]) -> pl.DataFrame:
+    """series_id, period, strength, cluster_id of each id; a ValueError naming the unknown."""
+    profile = read_profile(engine).with_columns(pl.col("series_id").cast(pl.String))
+    located = pl.DataFrame({"series_id": ids}).join(profile, on="series_id", how="left")
+    unknown = located.filter(pl.col("cluster_id").is_null()).get_column("series_id").to_list()
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(
+            f"unknown series id {shown}: not in the profile; list flagged series with "
+            "`tsmeta anomalies`, or run `tsmeta profile` if the series is new"
+        )
+    return located
+
+
+def _read_window(
+    settings: Settings, ids: list[str], night: date, history_days: int, models: dict,
+    dates: list[date],
+) -> tuple[object, dict[str, int], datetime]:  # fmt: skip
+    """(the series' panel over the history and the window scoring reads, row of each id,
+    the night's start); a ValueError when a series has no point in it."""
+    spd = settings.steps_per_day
+    reach = max(
+        window_reach(m.spec, m.config.k, m.config.horizon) for _, m in models.values()
+    )  # as scoring
+    days = max(history_days, math.ceil(reach / spd))
+    first = max(night - timedelta(days=days), dates[0])
+    begin, _ = night_bounds(first)
+    night_start, finish = night_bounds(night)
+    frame = (
+        scan_dataset(settings.dataset_path, first, night + timedelta(days=1))
+        .filter(pl.col("series_id").cast(pl.String).is_in(ids))
+        .collect()
+    )
+    panel = scatter_panel(frame, settings.freq, begin.replace(tzinfo=None),
+                          finish.replace(tzinfo=None))  # fmt: skip
+    row_of = {str(s): i for i, s in enumerate(panel.series_ids)}
+    missing = [s for s in ids if s not in row_of]
+    if missing:
+        raise ValueError(
+            f"series {missing[0]!r} has no points in {first}..{night}: it stopped reporting; "
+            "pick an earlier date"
+        )
+    return panel, row_of, night_start
