@@ -249,6 +249,36 @@ def test_scoring_in_small_batches_writes_the_same_rows(trained):
     assert night_rows(trained, night).equals(whole)
 
 
+def test_bounded_buffers_score_the_same_rows_in_the_same_order(trained, monkeypatch):
+    """Past ``BUFFERED_BYTES`` of series waiting for a full batch, the fullest cluster's is
+    submitted as it is: smaller batches, every row and its order as before."""
+    night = LAST - timedelta(days=5)
+    settings = load_settings(**{**trained, "chunk_series": 10_000})  # one batch per cluster
+    real_read, real_stack = scoring.iter_window_panels, scoring._stack
+
+    def in_chunks_of_ten(*args, **kwargs):  # many small reads, as a large dataset gives
+        for panel in real_read(*args, **kwargs):
+            yield from panel.chunks(10)
+
+    submitted = []
+
+    def recorded(parts):
+        submitted.append(sum(p.n_series for p in parts))
+        return real_stack(parts)
+
+    monkeypatch.setattr(scoring, "iter_window_panels", in_chunks_of_ten)
+    monkeypatch.setattr(scoring, "_stack", recorded)
+    whole, w_stats = jobs.score_night(settings, night, "a", "all")
+    assert len(submitted) == len(w_stats["scored_clusters"])  # each cluster's series at once
+    submitted.clear()
+    monkeypatch.setattr(scoring, "BUFFERED_BYTES", 1)  # every buffer submitted after each read
+    bounded, b_stats = jobs.score_night(settings, night, "b", "all")
+    assert max(submitted) <= 10 and len(submitted) >= 300 // 10
+    assert bounded.height == whole.height == w_stats["points_scored"] > 300 * 20
+    assert bounded.equals(whole)
+    assert b_stats["clusters"] == w_stats["clusters"]
+
+
 def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained, monkeypatch):
     import threading
 

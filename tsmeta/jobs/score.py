@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import numpy as np
 import polars as pl
@@ -24,8 +24,8 @@ import polars as pl
 from tsmeta import progress
 from tsmeta.config import Settings
 from tsmeta.data.io import iter_window_panels
-from tsmeta.data.panel import Panel, freq_timedelta
-from tsmeta.detect import BASIS, BASIS_MEANING, SEVERITY, score_day, severity_of, surprise_of
+from tsmeta.data.panel import Panel
+from tsmeta.detect import BASIS, BASIS_MEANING, score_day
 from tsmeta.jobs.common import (
     _require_night_partition,
     _window_start,
@@ -33,6 +33,7 @@ from tsmeta.jobs.common import (
     log,
     night_bounds,
 )
+from tsmeta.jobs.rows import points_frame
 from tsmeta.meta.batched import head_only
 from tsmeta.meta.tasks import steps_read, window_reach
 from tsmeta.meta.train import MetaModel
@@ -174,6 +175,13 @@ def _unscorable(settings: Settings, models: dict, sizes: dict[str, int]) -> tupl
     return failed, no_model
 
 
+# a cluster's series wait in its buffer until they make a batch of ``chunk_series``; with
+# many clusters and long windows (a million 5-minute series read 6,336 steps each) the
+# buffers of every cluster together held 4 GiB. Past this many bytes the fullest buffer
+# is submitted as it is (smaller batches, the same rows: scoring is per series).
+BUFFERED_BYTES = 1 << 30
+
+
 class _NightScoring:
     """One night's scoring in flight: batches buffered per cluster, submitted in-process
     (up to ``workers`` computing at once on a thread pool, collected in the order they
@@ -203,6 +211,7 @@ class _NightScoring:
         self.pool = ThreadPoolExecutor(workers, "tsmeta-score") if self.ray_scorer is None else None
         self.pending: deque[tuple[str, Future]] = deque()
         self.buffers: dict[str, list[Panel]] = {}
+        self.buffered_bytes = 0
 
     def route(self, panel: Panel, lookup: pl.DataFrame) -> None:
         """Split a chunk of series by cluster into the clusters' buffers; a full buffer is
@@ -226,11 +235,15 @@ class _NightScoring:
             part = Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start,
                          panel.freq)  # fmt: skip
             self.buffers.setdefault(cid, []).append(part)
-            if sum(p.n_series for p in self.buffers[cid]) >= self.settings.chunk_series:
+            self.buffered_bytes += part.values.nbytes + part.mask.nbytes
+            if _series(self.buffers[cid]) >= self.settings.chunk_series:
                 self.flush(cid)
+        while self.buffered_bytes > BUFFERED_BYTES:
+            self.flush(max(self.buffers, key=lambda c: _series(self.buffers[c])))
 
     def flush(self, cid: str) -> None:
         parts = self.buffers.pop(cid, [])
+        self.buffered_bytes -= sum(p.values.nbytes + p.mask.nbytes for p in parts)
         if parts and cid not in self.failed:
             self.submit(cid, _stack(parts))
 
@@ -327,6 +340,10 @@ class _NightScoring:
         return out, stats
 
 
+def _series(parts: list[Panel]) -> int:
+    return sum(p.n_series for p in parts)
+
+
 def _stack(parts: list[Panel]) -> Panel:
     """One panel of the rows of several panels over the same window."""
     if len(parts) == 1:
@@ -346,50 +363,3 @@ def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str): 
     return score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
                      settings.false_alarm_rate, settings.chunk_series,
                      settings.torch_device(), causal=settings.causal)  # fmt: skip
-
-
-def points_frame(
-    day, night_start: datetime, freq: str, cluster_id: str, version: int,
-    false_alarm_rate: float, every_point: bool = False,
-) -> pl.DataFrame:  # noqa: ANN001  # fmt: skip
-    """The flagged points of a scored chunk as anomaly rows (every scored point, with a
-    ``flag`` column, when ``every_point``)."""
-    if every_point:
-        rows, hours = np.nonzero(day.observed & day.scored[:, None])
-    else:
-        rows, hours = day.flagged_rows()
-    step_us = int(freq_timedelta(freq) / timedelta(microseconds=1))
-    ts = np.datetime64(night_start.replace(tzinfo=None), "us") + hours * np.timedelta64(
-        step_us, "us"
-    )
-    resid = day.residual[rows, hours]
-    frame = pl.DataFrame(
-        {
-            "series_id": day.series_ids[rows].astype(str),
-            "ts": ts,
-            "value": day.value[rows, hours].astype(np.float64),
-            "forecast": day.forecast[rows, hours].astype(np.float64),
-            "lower": day.lower[rows, hours].astype(np.float64),
-            "upper": day.upper[rows, hours].astype(np.float64),
-            "residual": resid.astype(np.float64),
-            "score": day.score[rows, hours].astype(np.float64),
-            "surprise": surprise_of(day.tail[rows, hours]),
-            "direction": np.where(resid > 0, "up", "down"),
-            "severity": np.asarray(SEVERITY)[severity_of(day.tail[rows, hours], false_alarm_rate)],
-            "basis": np.asarray(BASIS)[day.basis[rows]],
-            "cluster_id": np.full(len(rows), cluster_id),
-            "model_version": np.full(len(rows), version, dtype=np.int64),
-        },
-        schema_overrides={
-            "series_id": pl.String,
-            "direction": pl.String,
-            "cluster_id": pl.String,
-            "severity": pl.String,
-            "basis": pl.String,
-        },  # fmt: skip
-    ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
-    if every_point:
-        frame = frame.with_columns(pl.Series("flag", day.flag[rows, hours])).with_columns(
-            pl.when(pl.col("flag")).then(pl.col("severity")).alias("severity")  # flags only
-        )
-    return frame
