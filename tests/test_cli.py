@@ -57,6 +57,9 @@ def test_verbose_shows_the_traceback(tmp_path):
 def test_anomalies_on_an_empty_store_says_so(tmp_path, capsys):
     assert main(["anomalies", "--data-dir", str(tmp_path)]) == 0
     assert "no anomalies stored yet" in capsys.readouterr().err
+    assert not (tmp_path / "tsmeta.db").exists()  # a command that reads creates nothing
+    assert main(["report", "--data-dir", str(tmp_path)]) == 2
+    assert "no database at" in capsys.readouterr().err
 
 
 def test_demo_runs_the_whole_path(tmp_path, capsys, prefect_harness, ray_local):
@@ -395,6 +398,11 @@ def test_ingest_puts_irregular_timestamps_on_the_grid(tmp_path, capsys):
         assert "holds 5min data, and the step asked for is h: pass --freq 5min" in err, err
     with pytest.raises(ValueError, match="holds 5min data"):
         read_window(tmp_path / "state" / "dataset", "2026-11-01", "2026-11-02", "h")
+    # no step asked for: the dataset's own (re-ingesting the same file replaces it)
+    assert (
+        main(["ingest", str(csv), "--aggregate", "max", "--data-dir", str(tmp_path / "state")]) == 0
+    )
+    assert "on the 5min grid" in capsys.readouterr().out
 
 
 def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):

@@ -91,14 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func, help_: str) -> argparse.ArgumentParser:  # noqa: ANN001
+    def add(name: str, func, help_: str, data_help: str | None = None) -> argparse.ArgumentParser:  # noqa: ANN001
         sp = sub.add_parser(name, help=help_, description=help_)
         _common(sp)
         sp.add_argument(
             "--data-dir",
             type=Path,
             default=None,
-            help="root of data, database and models (TSMETA_DATA_DIR)",
+            help=data_help or "root of data, database and models (TSMETA_DATA_DIR)",
         )
         sp.add_argument(
             "--freq",
@@ -250,9 +250,9 @@ def _admin_commands(add, sub) -> None:  # noqa: ANN001 - build_parser's add
     _common(up)
     up.set_defaults(func=cmd_db_upgrade)
 
-    d = add(
-        "demo", cmd_demo, "the whole path on a generated dataset: generate, profile, train, nightly"
-    )
+    d = add("demo", cmd_demo, "the whole path on a generated dataset: generate, profile, train, nightly",
+            "root of the demo's data, database and models (default tsmeta-data/demo, or "
+            "tsmeta-data/demo-<freq> below an hour; TSMETA_DATA_DIR is not read)")  # fmt: skip
     d.add_argument("--series", type=_positive, default=None,
                    help="series generated (default 10,000; below an hour the same points a "
                         "night: 833 at 5min)")  # fmt: skip

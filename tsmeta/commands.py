@@ -14,6 +14,28 @@ from pathlib import Path
 
 
 def _settings(args: argparse.Namespace):  # noqa: ANN202
+    """The settings of a command: its options over TSMETA_* and the TOML file; where no step
+    is asked for, the step the dataset records."""
+    from tsmeta.config import load_settings
+
+    settings = _settings_as_given(args)
+    recorded = _recorded_freq(args, settings)
+    return settings if recorded is None else load_settings(data_dir=getattr(args, "data_dir", None),
+                                                           freq=recorded)  # fmt: skip
+
+
+def _recorded_freq(args: argparse.Namespace, settings) -> str | None:  # noqa: ANN001
+    """The step the dataset records, where no step was asked for (no --freq, TSMETA_FREQ or
+    TOML ``freq``) and it is not the default one: a 5-minute dataset needs no --freq."""
+    from tsmeta.data.dataset_step import dataset_freq
+
+    if getattr(args, "freq", None) or "freq" in settings.model_fields_set:
+        return None
+    recorded = dataset_freq(settings.dataset_path)
+    return recorded if recorded not in (None, settings.freq) else None
+
+
+def _settings_as_given(args: argparse.Namespace):  # noqa: ANN202
     from tsmeta.config import load_settings
 
     return load_settings(data_dir=getattr(args, "data_dir", None), freq=getattr(args, "freq", None))
@@ -26,6 +48,10 @@ def _config(args: argparse.Namespace) -> dict:
         out["data_dir"] = str(args.data_dir)
     if getattr(args, "freq", None):
         out["freq"] = args.freq
+    else:
+        recorded = _recorded_freq(args, _settings_as_given(args))
+        if recorded is not None:
+            out["freq"] = recorded
     if getattr(args, "max_cluster_size", None) is not None:
         out["max_cluster_size"] = args.max_cluster_size
     return out
@@ -36,6 +62,27 @@ def _require_dataset(args: argparse.Namespace) -> None:
     from tsmeta.jobs import latest_date
 
     latest_date(_settings(args))
+
+
+def _no_store(settings) -> str | None:  # noqa: ANN001
+    """Where a SQLite store that is not there yet would be (None: it exists, or the store is
+    a server): commands that only read it say so instead of creating an empty one."""
+    url = settings.database_url
+    path = url.removeprefix("sqlite:///")
+    return path if url.startswith("sqlite:///") and not Path(path).is_file() else None
+
+
+def _store(settings):  # noqa: ANN001, ANN202 - Settings -> sqlalchemy Engine
+    """The anomaly store of a command that only reads it; a missing SQLite file is an error."""
+    from tsmeta import jobs
+
+    missing = _no_store(settings)
+    if missing:
+        raise FileNotFoundError(
+            f"no database at {missing}: run `tsmeta nightly` (or `tsmeta demo`) first, or point "
+            "--data-dir / TSMETA_DATABASE_URL at an existing one"
+        )
+    return jobs.engine_for(settings)
 
 
 def _print_json(obj: object) -> None:
@@ -125,7 +172,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from tsmeta import jobs
     from tsmeta.data.panel import freq_timedelta
     from tsmeta.events import episodes
     from tsmeta.store.queries import query_anomalies, query_events
@@ -136,7 +182,11 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             raise ValueError("give either --night or --start/--end, not both")
         start = end = args.night
     settings = _settings(args)
-    engine = jobs.engine_for(settings)
+    if _no_store(settings):
+        print(f"no anomalies stored yet: run `tsmeta nightly` first (no database at "
+              f"{_no_store(settings)})", file=sys.stderr)  # fmt: skip
+        return 0
+    engine = _store(settings)
     by = args.by or ("episode" if args.format == "table" else "point")
     common = 0  # flagged points of shared events left out of a table of episodes
     top = args.top or (20 if args.format == "table" else None)  # exports are whole
@@ -183,7 +233,7 @@ def _night_or_latest(args: argparse.Namespace, settings) -> date:  # noqa: ANN00
     from tsmeta import jobs
     from tsmeta.store.queries import latest_night
 
-    return latest_night(jobs.engine_for(settings)) or jobs.latest_date(settings)
+    return latest_night(_store(settings)) or jobs.latest_date(settings)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

@@ -26,7 +26,9 @@ Sources, highest priority first: a command's options (`--data-dir`, `--freq`, ..
 environment variable `TSMETA_<NAME>`, a TOML file (`TSMETA_CONFIG=path`, else `./tsmeta.toml`
 when present; keys as in the first column), the defaults below. Lists and dates in
 environment variables are JSON (`TSMETA_HOLIDAYS='["2026-12-25"]'`). Paths left unset
-derive from `data_dir`, so one variable relocates everything.
+derive from `data_dir`, so one variable relocates everything. Without a step asked for,
+the commands take the step the dataset records. Two variables are not settings:
+`TSMETA_CONFIG` (the TOML file) and `TSMETA_PROGRESS=off` (no progress bars).
 
 | setting | environment variable | type | default | what it does |
 |---|---|---|---|---|
