@@ -62,9 +62,7 @@ def _toml_path() -> Path | None:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TSMETA_", extra="forbid")
 
-    # Every field's description is the settings page (docs/settings.md, generated from it
-    # by ``python -m tsmeta.settings_doc``; a test checks that they agree).
-
+    # the descriptions are docs/settings.md (``python -m tsmeta.settings_doc``; tested)
     # --- where things are
     data_dir: Path = Field(
         Path("tsmeta-data"),
@@ -104,7 +102,6 @@ class Settings(BaseSettings):
             "task per batch). Meta-training always goes through Ray."
         ),
     )
-
     # --- the data's step and what derives from it
     freq: str = Field(
         "h",
@@ -168,7 +165,6 @@ class Settings(BaseSettings):
     read_chunk_rows: int = Field(
         50_000_000, ge=1, description=("Rows read at once; bounds peak memory of every step.")
     )
-
     # --- meta-learning
     algorithm: Literal[ALGORITHMS] = Field(
         "ridge",
@@ -219,7 +215,6 @@ class Settings(BaseSettings):
         description=("Series sampled per cluster for meta-training (tasks, not every series)."),
     )
     seed: int = Field(0, description="Seed of sampling, initialisation and clustering.")
-
     # --- nights
     timezone: str = Field(
         "UTC",
@@ -242,7 +237,6 @@ class Settings(BaseSettings):
             "point in it; otherwise the run fails, naming the shortfall, and writes nothing."
         ),
     )
-
     # --- scoring
     false_alarm_rate: float = Field(
         1e-3,
