@@ -403,6 +403,13 @@ def test_ingest_puts_irregular_timestamps_on_the_grid(tmp_path, capsys):
         main(["ingest", str(csv), "--aggregate", "max", "--data-dir", str(tmp_path / "state")]) == 0
     )
     assert "on the 5min grid" in capsys.readouterr().out
+    # a new dataset takes the step asked for (default hourly), not the data folder's
+    from tsmeta.data.dataset_step import dataset_freq
+
+    other = tmp_path / "other"
+    assert main(["generate", "--series", "2", "--days", "1", "--out", str(other), "--data-dir",
+                 str(tmp_path / "state")]) == 0  # fmt: skip
+    assert dataset_freq(other) == "h"
 
 
 def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):

@@ -65,11 +65,16 @@ def _require_dataset(args: argparse.Namespace) -> None:
 
 
 def _no_store(settings) -> str | None:  # noqa: ANN001
-    """Where a SQLite store that is not there yet would be (None: it exists, or the store is
-    a server): commands that only read it say so instead of creating an empty one."""
-    url = settings.database_url
-    path = url.removeprefix("sqlite:///")
-    return path if url.startswith("sqlite:///") and not Path(path).is_file() else None
+    """Where a SQLite store that is not there yet would be (None: it exists, it is in
+    memory, or the store is a server): commands that only read it say so instead of
+    creating an empty one."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    return None if Path(path).is_file() else path
 
 
 def _store(settings):  # noqa: ANN001, ANN202 - Settings -> sqlalchemy Engine
@@ -93,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tsmeta import progress
     from tsmeta.data.synthetic import write_synthetic_dataset
 
-    settings = _settings(args)
+    settings = _settings_as_given(args)  # a new dataset: the step asked for, or the default
     out = Path(args.out) if args.out else settings.dataset_path
     with progress.bar("generate", total=args.series) as pbar:
         manifest = write_synthetic_dataset(

@@ -238,8 +238,8 @@ def lagged(
         return torch.where(obss[0], vals[0], zero), obss[0]
     obs = torch.stack(obss)  # (P, B, N)
     inf = torch.full((), float("inf"), dtype=vnorm.dtype)
-    # sorted by a sorting network (elementwise minima and maxima of whole (B, N) tensors:
-    # 4x faster than torch.sort along a leading axis of 3, and the same values)
+    # sorted by a sorting network (elementwise minima and maxima of whole (B, N) tensors
+    # instead of torch.sort along a short leading axis; the same values)
     ranked = [torch.where(o, v, inf) for o, v in zip(obss, vals, strict=True)]
     for i, j in _sorting_network(periods):
         ranked[i], ranked[j] = (

@@ -38,7 +38,9 @@ from tsmeta.scoring.tails import TailModel, WindowTails, _log_tail_torch, fit_ta
 # and 0.5 across M4 and the generator (docs/decisions.md)
 NAIVE_VETO_SCALE = 0.71
 VETO_FACTOR_MIN = 0.05  # the veto's factor is never below this (fit_veto)
-COMBINE_AT = 0.05  # where the factor of the smallest-of-several tail probabilities is read (high
+# where the factor of the smallest-of-several tail probabilities is read (high enough that
+# anomalies in the calibration windows, a percent or so of points, barely move it)
+COMBINE_AT = 0.05
 
 
 def _smallest_log_tail(z, observed, tail: TailModel, rel=None, causal=False):  # noqa: ANN001, ANN202
