@@ -187,9 +187,10 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
             raise ValueError("give either --night or --start/--end, not both")
         start = end = args.night
     settings = _settings(args)
-    if _no_store(settings):
-        print(f"no anomalies stored yet: run `tsmeta nightly` first (no database at "
-              f"{_no_store(settings)})", file=sys.stderr)  # fmt: skip
+    missing = _no_store(settings)
+    if missing:
+        print(f"no anomalies stored yet: run `tsmeta nightly` first (no database at {missing})",
+              file=sys.stderr)  # fmt: skip
         return 0
     engine = _store(settings)
     by = args.by or ("episode" if args.format == "table" else "point")

@@ -211,7 +211,6 @@ class _NightScoring:
         self.pool = ThreadPoolExecutor(workers, "tsmeta-score") if self.ray_scorer is None else None
         self.pending: deque[tuple[str, Future]] = deque()
         self.buffers: dict[str, list[Panel]] = {}
-        self.buffered_bytes = 0
 
     def route(self, panel: Panel, lookup: pl.DataFrame) -> None:
         """Split a chunk of series by cluster into the clusters' buffers; a full buffer is
@@ -235,15 +234,13 @@ class _NightScoring:
             part = Panel(panel.values[rows], panel.mask[rows], ids_np[rows], panel.start,
                          panel.freq)  # fmt: skip
             self.buffers.setdefault(cid, []).append(part)
-            self.buffered_bytes += part.values.nbytes + part.mask.nbytes
             if _series(self.buffers[cid]) >= self.settings.chunk_series:
                 self.flush(cid)
-        while self.buffered_bytes > BUFFERED_BYTES:
+        while sum(_nbytes(parts) for parts in self.buffers.values()) > BUFFERED_BYTES:
             self.flush(max(self.buffers, key=lambda c: _series(self.buffers[c])))
 
     def flush(self, cid: str) -> None:
         parts = self.buffers.pop(cid, [])
-        self.buffered_bytes -= sum(p.values.nbytes + p.mask.nbytes for p in parts)
         if parts and cid not in self.failed:
             self.submit(cid, _stack(parts))
 
@@ -342,6 +339,10 @@ class _NightScoring:
 
 def _series(parts: list[Panel]) -> int:
     return sum(p.n_series for p in parts)
+
+
+def _nbytes(parts: list[Panel]) -> int:
+    return sum(p.values.nbytes + p.mask.nbytes for p in parts)
 
 
 def _stack(parts: list[Panel]) -> Panel:
