@@ -59,10 +59,10 @@ from tsmeta.frequency import (
 )
 from tsmeta.meta.tasks import window_reach
 from tsmeta.periodicity import detect_periods
+from tsmeta.scoring.history import ResidualHistory, alert_surprise, own_tail
 from tsmeta.store.models import load_latest_models
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"
-DETECTOR = "tsmeta"
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 TRAIN_START = date(2026, 9, 7)  # the generated corpus's first day (a Monday)
 TRAIN_DAYS = 35
@@ -78,11 +78,6 @@ def list_streams(nab: Path) -> list[tuple[str, Path]]:
     """(category/file, path) of every data file, in NAB's order."""
     files = sorted((nab / "data").glob("*/*.csv"))
     return [(f"{p.parent.name}/{p.name}", p) for p in files]
-
-
-def anomaly_score(tail: np.ndarray) -> np.ndarray:
-    s = np.nan_to_num(surprise_of(tail), nan=0.0)
-    return s / (s + 3.0)
 
 
 def train_models(
@@ -114,21 +109,29 @@ def pick_model(models: dict, period: int) -> str:
     return sorted(models)[0]
 
 
-def own_tail(tail: np.ndarray, spd: int) -> np.ndarray:
-    """Each point's tail among the series' own earlier points: the share of the earlier
-    scored points at least as surprising (causal; NaN where fewer than a day, ``spd``
-    points, of them)."""
-    import bisect
+DETECTORS = {  # NAB detector name: (tail, alerts)
+    "tsmeta": ("own", True),
+    "tsmetaOwnTail": ("own", False),
+    "tsmetaAlerts": ("cluster", True),
+    "tsmetaNightly": ("cluster", False),
+}
+MEANING = {
+    "tsmeta": "own-history tails, alerts (the replay's scores)",
+    "tsmetaOwnTail": "own-history tails, every point",
+    "tsmetaAlerts": "cluster tails, alerts",
+    "tsmetaNightly": "cluster tails, every point (nightly job)",
+}
 
-    s = np.nan_to_num(surprise_of(tail), nan=-1.0)
-    out = np.full_like(tail, np.nan)
-    seen: list[float] = []
-    for t in np.flatnonzero(~np.isnan(tail)):
-        n = len(seen)
-        if n >= spd:
-            above = n - bisect.bisect_left(seen, s[t])
-            out[t] = (1 + above) / (1 + n)
-        bisect.insort(seen, s[t])
+
+def stream_scores(tails: dict[str, np.ndarray], spd: int) -> dict[str, np.ndarray]:
+    """Each detector's per-step anomaly score from the cluster's and the own-history tails;
+    alerts compare a point with the day of surprises before it."""
+    out = {}
+    for det, (kind, alerts) in DETECTORS.items():
+        s = surprise_of(tails[kind])
+        if alerts:  # each point against the day of surprises before it
+            s = alert_surprise(s[None, :], np.full((1, spd), np.nan))[0]
+        out[det] = np.nan_to_num(s / (s + 3.0), nan=0.0)
     return out
 
 
@@ -138,9 +141,9 @@ def score_stream(
     settings,  # noqa: ANN001
     models: dict,
     recut: int | None = None,
-    self_rank: bool = False,
-) -> tuple[np.ndarray, dict]:
-    """Causal anomaly scores of a stream's rows (in file order) and what was done."""
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Causal anomaly scores of a stream's rows (in file order), per detector, and what
+    was done."""
     frame = raw.select(
         pl.lit("stream").alias("series_id"),
         pl.col("timestamp").str.to_datetime().alias("ts"),
@@ -166,38 +169,47 @@ def score_stream(
                          settings.min_acf)  # fmt: skip
     cid = pick_model(models, int(res.period[0]))
     _, model = models[cid]
-    tail = np.full(values.shape[1], np.nan)
+    tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "own")}
+    history = ResidualHistory.empty(1)
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
     for c in range(reach_days * spd, values.shape[1] - spd, every):
         lo = max(0, c - reach)
         day = score_day(values[:, lo : c + spd], mask[:, lo : c + spd], panel.series_ids,
                         panel.start_step + lo, model, settings.false_alarm_rate, causal=True)  # fmt: skip
-        tail[c : c + every] = day.tail[0, :every]
-    if self_rank:
-        tail = own_tail(tail, spd)
+        residual = np.where(day.observed, day.residual, np.nan)[:, :every]
+        own = own_tail(residual, history)  # the series' earlier residuals; the cluster's before
+        tails["cluster"][c : c + every] = day.tail[0, :every]
+        tails["own"][c : c + every] = np.where(np.isnan(own), day.tail[:, :every], own)[0]
+        history = history.merged(residual)
     # each row takes its step's score
     step = ((frame["ts"].dt.truncate(polars_every(freq)) - begin).dt.total_minutes()
             // freq_minutes(freq)).to_numpy()  # fmt: skip
-    scores = anomaly_score(tail)[step]
+    scores = {det: s[step] for det, s in stream_scores(tails, spd).items()}
     return scores, {"cluster": cid, "period": int(res.period[0]), **report,
-                    "flagged_points": int((tail < settings.false_alarm_rate).sum())}  # fmt: skip
+                    "flagged_points": int((tails["cluster"] < settings.false_alarm_rate).sum()),
+                    "flagged_own": int((tails["own"] < settings.false_alarm_rate).sum())}  # fmt: skip
 
 
-def run_scorer(nab_copy: Path) -> dict[str, float]:
-    """NAB's scorer on ``nab_copy`` for the tsmeta detector: {profile: final score}."""
+def run_scorer(nab_copy: Path) -> dict[str, dict[str, float]]:
+    """NAB's scorer on ``nab_copy`` for every tsmeta detector: {detector: {profile: score}}."""
     env = {**os.environ, "PYTHONPATH": str(nab_copy)}
-    subprocess.run([sys.executable, "scripts/create_new_detector.py", "--detector", DETECTOR],
-                   cwd=nab_copy, env=env, check=True, capture_output=True)  # fmt: skip
-    proc = subprocess.run([sys.executable, "run.py", "-d", DETECTOR, "--optimize", "--score",
-                           "--normalize", "--skipConfirmation"],
+    for det in DETECTORS:
+        subprocess.run([sys.executable, "scripts/create_new_detector.py", "--detector", det],
+                       cwd=nab_copy, env=env, check=True, capture_output=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, "run.py", "-d", ",".join(DETECTORS), "--optimize",
+                           "--score", "--normalize", "--skipConfirmation"],
                           cwd=nab_copy, env=env, capture_output=True, text=True)  # fmt: skip
     if proc.returncode:
         raise RuntimeError(f"NAB's scorer failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     found = re.findall(
         r"Final score for '(\w+)' detector on '(\w+)' profile = ([-\d.]+)", proc.stdout
     )
-    return {profile: float(score) for det, profile, score in found if det == DETECTOR}
+    final: dict[str, dict[str, float]] = {}
+    for det, profile, score in found:
+        if det in DETECTORS:
+            final.setdefault(det, {})[profile] = float(score)
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,9 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recut-hours", type=float, default=None,
                     help="move the forecast origin every this many hours (default: once a day, "
                          "as the nightly job)")  # fmt: skip
-    ap.add_argument("--self-rank", action="store_true",
-                    help="rank each point's surprise among the stream's own earlier points "
-                         "(not the product's score: see the docstring)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -266,14 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         settings, models = trained[freqs[name]]
         spd = steps_per_day(freqs[name])
         recut = max(1, round(args.recut_hours * spd / 24)) if args.recut_hours else None
-        scores, info = score_stream(raw, freqs[name], settings, models, recut, args.self_rank)
+        scores, info = score_stream(raw, freqs[name], settings, models, recut)
         details[name] = {"freq": freqs[name], "rows": raw.height, **info}
         category, file = name.split("/")
-        out = nab_copy / "results" / DETECTOR / category / f"{DETECTOR}_{file}"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        raw.select("timestamp", "value").with_columns(
-            pl.Series("anomaly_score", np.round(scores, 6)), pl.lit(0).alias("label")
-        ).write_csv(out)
+        for det, score in scores.items():
+            out = nab_copy / "results" / det / category / f"{det}_{file}"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            raw.select("timestamp", "value").with_columns(
+                pl.Series("anomaly_score", np.round(score, 6)), pl.lit(0).alias("label")
+            ).write_csv(out)
     t_score = time.perf_counter() - t_score
     t_nab = time.perf_counter()
     final = run_scorer(nab_copy)
@@ -283,15 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nNAB ({len(streams)} of 58 streams; frequencies "
           f"{dict(sorted(pl.Series(list(freqs.values())).value_counts().iter_rows()))}): "
           f"final scores by NAB's scorer\n")  # fmt: skip
-    print(f"{'detector':<22}{'standard':>10}{'low FP':>10}{'low FN':>10}")
-    print(
-        f"{'tsmeta (causal)':<22}"
-        + "".join(f"{final.get(p, float('nan')):>10.2f}" for p in PROFILES)
-    )
+    print(f"{'detector':<46}{'standard':>10}{'low FP':>10}{'low FN':>10}")
+    for det in DETECTORS:
+        mine = final.get(det, {})
+        print(f"{det + ': ' + MEANING[det]:<46}"
+              + "".join(f"{mine.get(p, float('nan')):>10.2f}" for p in PROFILES))  # fmt: skip
     rows = sorted(board.items(), key=lambda kv: -kv[1]["standard"])
     for det, sc in rows:
-        print(f"{det:<22}" + "".join(f"{sc[p]:>10.2f}" for p in PROFILES))
+        print(f"{det + ' (scoreboard)':<46}" + "".join(f"{sc[p]:>10.2f}" for p in PROFILES))
     flagged = sum(d["flagged_points"] for d in details.values())
+    flagged_own = sum(d["flagged_own"] for d in details.values())
     moved = sum(d["moved"] for d in details.values())
     combined = sum(d["combined"] for d in details.values())
     empty = sum(d["empty_steps"] for d in details.values())
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         .sort("count", descending=True)
     )
     print(f"\nrows put on the grid: {moved} moved, {combined} combined, {empty} empty steps; "
-          f"points flagged at the configured rate: {flagged}; models used: "
+          f"points flagged at the configured rate: {flagged} by the cluster's tails, {flagged_own} "
+          f"by own-history tails; models used: "
           f"{dict(clusters.iter_rows())}")  # fmt: skip
     print(f"seconds: train {t_train:.0f} (generated corpora, Ray), score {t_score:.0f}, "
           f"NAB's scorer {t_nab:.0f}, total {time.perf_counter() - t_all:.0f}")  # fmt: skip
@@ -311,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                                         indent=2, default=str))  # fmt: skip
     if args.work is None:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if final else 1
+    return 0 if final.get("tsmeta") else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""A series judged against its own past: residual history, own tails, alerts."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from tsmeta.scoring.history import MIN_HISTORY, ResidualHistory, alert_surprise, own_tail
+
+
+def test_history_merged_night_by_night_equals_the_statistics_of_all_residuals():
+    rng = np.random.default_rng(3)
+    r = rng.normal([[5.0], [-2.0], [0.0]], [[1.0], [30.0], [0.01]], size=(3, 700))
+    r[1, ::4] = np.nan  # missing points are not residuals
+    r[2, 100:400] = np.nan  # a night with none
+    h = ResidualHistory.empty(3)
+    for c in range(0, 700, 100):
+        h = h.merged(r[:, c : c + 100])
+    for i in range(3):
+        x = r[i][~np.isnan(r[i])]
+        assert h.count[i] == x.size
+        assert h.mean[i] == pytest.approx(x.mean(), rel=1e-12)
+        assert np.sqrt(h.m2[i] / h.count[i]) == pytest.approx(x.std(), rel=1e-10)
+
+
+def test_own_tail_is_the_normal_tail_against_the_series_own_scale_and_needs_history():
+    h = ResidualHistory.empty(2).merged(np.array([[1.0, 3.0] * 10, [10.0, 30.0] * 10]))
+    # mean 2 and 20, standard deviation 1 and 10: the same residual, ten times less surprising
+    t = own_tail(np.array([[5.0, 2.0, np.nan], [50.0, 5.0, 20.0]]), h)
+    assert t[0, 0] == pytest.approx(2 * norm.sf(3.0)) and t[1, 0] == pytest.approx(2 * norm.sf(3.0))
+    assert t[0, 1] == 1.0 and np.isnan(t[0, 2])
+    assert t[1, 1] == pytest.approx(2 * norm.sf(1.5))
+    short = ResidualHistory.empty(1).merged(np.ones((1, MIN_HISTORY - 1)))
+    assert np.isnan(own_tail(np.array([[1.0]]), short)).all()
+    flat = ResidualHistory.empty(1).merged(np.zeros((1, MIN_HISTORY)))  # never varied
+    assert own_tail(np.array([[0.0, 1e-3]]), flat).tolist() == [[1.0, 0.0]]
+
+
+def test_history_rejects_rows_of_other_series():
+    with pytest.raises(ValueError, match="one row per series"):
+        ResidualHistory.empty(2).merged(np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize(("h", "w"), [(5, 8), (8, 8), (12, 5), (3, 1)])
+def test_alerts_are_points_above_every_surprise_of_the_window_before_them(h, w):
+    rng = np.random.default_rng(h * 10 + w)
+    s = rng.exponential(size=(4, h))
+    before = rng.exponential(size=(4, w))
+    before[0, -1] = np.nan
+    s[1, 1] = np.nan
+    got = alert_surprise(s, before)
+    both = np.nan_to_num(np.concatenate([before, s], axis=1))
+    for i in range(4):
+        for j in range(h):
+            if np.isnan(s[i, j]):
+                assert np.isnan(got[i, j])
+            else:
+                prior = both[i, j : w + j].max()
+                assert got[i, j] == (s[i, j] if s[i, j] > prior else 0.0)
+
+
+def test_a_run_of_surprising_points_alerts_once_at_its_start_and_again_when_it_grows():
+    s = np.array([[0.1, 0.2, 5.0, 5.0, 4.0, 6.0, 0.1]])
+    assert alert_surprise(s, np.zeros((1, 3))).tolist() == [[0.1, 0.2, 5.0, 0.0, 0.0, 6.0, 0.0]]

@@ -1,0 +1,108 @@
+"""A series judged against its own past: residual history and alerts.
+
+The cluster's tail model (``tails``) is fitted on the training corpus. A series whose
+residuals run larger or smaller than its cluster's (a stream unlike anything trained on)
+is then flagged too often or too rarely, and no single threshold serves all series.
+``ResidualHistory`` keeps, per series, the count, mean and sum of squared deviations of
+its residuals on earlier nights (three numbers a series, merged night by night with
+Chan's update), and ``own_tail`` reads a residual's two-sided normal tail against them.
+The history keeps every residual, flagged or not: a real change of level is then learned
+(its residuals widen the scale within a night or two) instead of flagged forever.
+
+``alert_surprise`` turns a run of surprising points into one alert: a point alerts when
+its surprise is above every surprise of its series over the preceding window (a day);
+later points of the same run, no more surprising than its start, do not alert again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+__all__ = ["ResidualHistory", "own_tail", "alert_surprise", "MIN_HISTORY"]
+
+MIN_HISTORY = 10  # fewer earlier residuals: no own tail (NaN)
+
+
+@dataclass(frozen=True)
+class ResidualHistory:
+    """Per series: how many residuals, their mean and sum of squared deviations (float64)."""
+
+    count: np.ndarray  # (n,)
+    mean: np.ndarray  # (n,)
+    m2: np.ndarray  # (n,)
+
+    @classmethod
+    def empty(cls, n: int) -> ResidualHistory:
+        return cls(np.zeros(n), np.zeros(n), np.zeros(n))
+
+    def merged(self, residual: np.ndarray) -> ResidualHistory:
+        """This history with a night's residuals (n, H) added; NaN: not observed."""
+        r = np.asarray(residual, dtype=np.float64)
+        if r.ndim != 2 or r.shape[0] != self.count.shape[0]:
+            raise ValueError(f"residuals of shape {r.shape} for a history of "
+                             f"{self.count.shape[0]} series; give one row per series")  # fmt: skip
+        seen = ~np.isnan(r)
+        n_b = seen.sum(axis=1).astype(np.float64)
+        safe = np.where(seen, r, 0.0)
+        mean_b = np.divide(safe.sum(axis=1), n_b, out=np.zeros_like(n_b), where=n_b > 0)
+        m2_b = (np.where(seen, r - mean_b[:, None], 0.0) ** 2).sum(axis=1)
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        share = np.divide(n_b, n, out=np.zeros_like(n), where=n > 0)
+        return ResidualHistory(
+            count=n,
+            mean=self.mean + delta * share,
+            m2=self.m2 + m2_b + delta**2 * self.count * share,
+        )
+
+    def z(self, residual: np.ndarray) -> np.ndarray:
+        """|residual - mean| / standard deviation, per series row; NaN where the series
+        has fewer than MIN_HISTORY earlier residuals. A series whose residuals never
+        varied: 0 at its mean, infinite elsewhere."""
+        r = np.asarray(residual, dtype=np.float64)
+        known = self.count >= MIN_HISTORY
+        sd = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=known))
+        dev = np.abs(r - self.mean[:, None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(dev > 0, dev / sd[:, None], 0.0)
+        return np.where(known[:, None] & ~np.isnan(r), z, np.nan)
+
+
+def own_tail(residual: np.ndarray, history: ResidualHistory) -> np.ndarray:
+    """Two-sided normal tail probability of each residual against its series' history
+    (float64; NaN where not scored or without history)."""
+    z = history.z(residual)
+    return 2.0 * ndtr(-z)
+
+
+def alert_surprise(surprise: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """The surprise of points above every earlier surprise of their series within the
+    window, 0 elsewhere (NaN where not scored).
+
+    ``surprise`` (n, H) is the night's, ``before`` (n, W) the W surprises just before it
+    (NaN where unknown); each point is compared with the W points before it, which
+    reach back into ``before`` for the night's first points.
+    """
+    s = np.asarray(surprise, dtype=np.float64)
+    b = np.asarray(before, dtype=np.float64)
+    if b.shape[0] != s.shape[0]:
+        raise ValueError(f"{b.shape[0]} rows before a night of {s.shape[0]} series")
+    w = b.shape[1]
+    both = np.nan_to_num(np.concatenate([b, s], axis=1), nan=0.0)
+    if w == 0:
+        return s.copy()
+    h = s.shape[1]
+    if h <= w:
+        # point j's window: before[j:] and the night's points before j (suffix and prefix maxima)
+        suffix = np.maximum.accumulate(both[:, w - 1 :: -1], axis=1)[:, ::-1][:, :h]
+        prefix = np.maximum.accumulate(both[:, w:], axis=1)
+        prior = np.maximum(
+            suffix, np.concatenate([np.zeros((s.shape[0], 1)), prefix[:, :-1]], axis=1)
+        )
+    else:
+        windows = np.lib.stride_tricks.sliding_window_view(both[:, :-1], w, axis=1)
+        prior = windows[:, -h:].max(axis=2)
+    return np.where(np.isnan(s), np.nan, np.where(s > prior, s, 0.0))
