@@ -14,11 +14,20 @@ For each frequency among the streams (5 minutes, 10 minutes, 30 minutes, an hour
 3. **Every night replayed causally.** Each UTC day of the stream is scored as the nightly
    job scores a night (``score_day``, ``causal=True``: no point reads a later one), from
    the K points before it; days before the stream's start are missing, as they are for a
-   new series. A row's ``anomaly_score`` is that of its step: ``s / (s + 3)`` of the
-   point's surprise ``s = -log10 p`` (0.5 at the configured rate 1e-3; monotone, so NAB's
-   threshold sweep sees tsmeta's ranking); points not scored (the first day, gaps) get 0.
-4. NAB's scorer runs on a temporary copy of ``../shared/data/nab`` (``--optimize --score
-   --normalize``) and the three profiles' final scores are printed beside the scoreboard.
+   new series. Each point gets two tail probabilities: the cluster's alone (calibrated on
+   the training corpus) and the nightly job's (``tsmeta.jobs.history.NightHistory``, carried
+   from night to night as a replay carries it: the larger of the cluster's tail and the
+   point's tail against the stream's own residuals on earlier nights).
+4. **Four detectors from them**, each written as NAB result files: ``tsmeta`` (the nightly
+   tails, alerts: a point scores only where its surprise exceeds every surprise of the
+   day before it, so a run of surprising points is reported once, at its start,
+   ``tsmeta.scoring.history.alert_surprise``), ``tsmetaNightly`` (the nightly tails, every
+   point), ``tsmetaClusterAlerts`` and ``tsmetaCluster`` (the cluster's tails alone).
+   A row's ``anomaly_score`` is that of its step: ``s / (s + 3)`` of the surprise
+   ``s = -log10 p`` (0.5 at the configured rate 1e-3; monotone, so NAB's threshold sweep
+   sees tsmeta's ranking); points not scored (the first day, gaps) and non-alerts get 0.
+5. NAB's scorer runs on a temporary copy of ``../shared/data/nab`` (``--optimize --score
+   --normalize``) and the three profiles' final scores of each are printed beside the scoreboard.
 
 ``--streams N`` scores the first N streams in NAB's order (the test suite runs 2); the
 scorer then runs on those streams alone (its score is not comparable to the scoreboard).
@@ -37,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -57,15 +67,17 @@ from tsmeta.frequency import (
     polars_every,
     steps_per_day,
 )
+from tsmeta.jobs.history import NightHistory
 from tsmeta.meta.tasks import window_reach
 from tsmeta.periodicity import detect_periods
-from tsmeta.scoring.history import ResidualHistory, alert_surprise, own_tail
+from tsmeta.scoring.history import alert_surprise
 from tsmeta.store.models import load_latest_models
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 TRAIN_START = date(2026, 9, 7)  # the generated corpus's first day (a Monday)
 TRAIN_DAYS = 35
+_POINTWISE = ("value", "observed", "forecast", "lower", "upper", "residual", "tail", "flag")
 
 
 def stream_frequency(ts: pl.Series) -> str:
@@ -110,21 +122,21 @@ def pick_model(models: dict, period: int) -> str:
 
 
 DETECTORS = {  # NAB detector name: (tail, alerts)
-    "tsmeta": ("own", True),
-    "tsmetaOwnTail": ("own", False),
-    "tsmetaAlerts": ("cluster", True),
-    "tsmetaNightly": ("cluster", False),
+    "tsmeta": ("product", True),
+    "tsmetaNightly": ("product", False),
+    "tsmetaClusterAlerts": ("cluster", True),
+    "tsmetaCluster": ("cluster", False),
 }
 MEANING = {
-    "tsmeta": "own-history tails, alerts (the replay's scores)",
-    "tsmetaOwnTail": "own-history tails, every point",
-    "tsmetaAlerts": "cluster tails, alerts",
-    "tsmetaNightly": "cluster tails, every point (nightly job)",
+    "tsmeta": "nightly tails, alerts",
+    "tsmetaNightly": "nightly tails, every point",
+    "tsmetaClusterAlerts": "cluster tails alone, alerts",
+    "tsmetaCluster": "cluster tails alone, every point",
 }
 
 
 def stream_scores(tails: dict[str, np.ndarray], spd: int) -> dict[str, np.ndarray]:
-    """Each detector's per-step anomaly score from the cluster's and the own-history tails;
+    """Each detector's per-step anomaly score from the cluster's and the nightly tails;
     alerts compare a point with the day of surprises before it."""
     out = {}
     for det, (kind, alerts) in DETECTORS.items():
@@ -169,26 +181,26 @@ def score_stream(
                          settings.min_acf)  # fmt: skip
     cid = pick_model(models, int(res.period[0]))
     _, model = models[cid]
-    tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "own")}
-    history = ResidualHistory.empty(1)
+    tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "product")}
+    history = NightHistory()
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
     for c in range(reach_days * spd, values.shape[1] - spd, every):
         lo = max(0, c - reach)
         day = score_day(values[:, lo : c + spd], mask[:, lo : c + spd], panel.series_ids,
                         panel.start_step + lo, model, settings.false_alarm_rate, causal=True)  # fmt: skip
-        residual = np.where(day.observed, day.residual, np.nan)[:, :every]
-        own = own_tail(residual, history)  # the series' earlier residuals; the cluster's before
-        tails["cluster"][c : c + every] = day.tail[0, :every]
-        tails["own"][c : c + every] = np.where(np.isnan(own), day.tail[:, :every], own)[0]
-        history = history.merged(residual)
+        if every < spd:  # the points up to the next origin only
+            day = replace(day, **{f: getattr(day, f)[:, :every] for f in _POINTWISE})
+        tails["cluster"][c : c + every] = day.tail[0]
+        tails["product"][c : c + every] = history.apply(day, settings.false_alarm_rate).tail[0]
+        history = history.next()
     # each row takes its step's score
     step = ((frame["ts"].dt.truncate(polars_every(freq)) - begin).dt.total_minutes()
             // freq_minutes(freq)).to_numpy()  # fmt: skip
     scores = {det: s[step] for det, s in stream_scores(tails, spd).items()}
     return scores, {"cluster": cid, "period": int(res.period[0]), **report,
                     "flagged_points": int((tails["cluster"] < settings.false_alarm_rate).sum()),
-                    "flagged_own": int((tails["own"] < settings.false_alarm_rate).sum())}  # fmt: skip
+                    "flagged_nightly": int((tails["product"] < settings.false_alarm_rate).sum())}  # fmt: skip
 
 
 def run_scorer(nab_copy: Path) -> dict[str, dict[str, float]]:
@@ -302,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     for det, sc in rows:
         print(f"{det + ' (scoreboard)':<46}" + "".join(f"{sc[p]:>10.2f}" for p in PROFILES))
     flagged = sum(d["flagged_points"] for d in details.values())
-    flagged_own = sum(d["flagged_own"] for d in details.values())
+    flagged_nightly = sum(d["flagged_nightly"] for d in details.values())
     moved = sum(d["moved"] for d in details.values())
     combined = sum(d["combined"] for d in details.values())
     empty = sum(d["empty_steps"] for d in details.values())
@@ -312,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         .sort("count", descending=True)
     )
     print(f"\nrows put on the grid: {moved} moved, {combined} combined, {empty} empty steps; "
-          f"points flagged at the configured rate: {flagged} by the cluster's tails, {flagged_own} "
-          f"by own-history tails; models used: "
+          f"points flagged at the configured rate: {flagged} by the cluster's tails alone, "
+          f"{flagged_nightly} by the nightly tails; models used: "
           f"{dict(clusters.iter_rows())}")  # fmt: skip
     print(f"seconds: train {t_train:.0f} (generated corpora, Ray), score {t_score:.0f}, "
           f"NAB's scorer {t_nab:.0f}, total {time.perf_counter() - t_all:.0f}")  # fmt: skip

@@ -61,3 +61,50 @@ def test_alerts_are_points_above_every_surprise_of_the_window_before_them(h, w):
 def test_a_run_of_surprising_points_alerts_once_at_its_start_and_again_when_it_grows():
     s = np.array([[0.1, 0.2, 5.0, 5.0, 4.0, 6.0, 0.1]])
     assert alert_surprise(s, np.zeros((1, 3))).tolist() == [[0.1, 0.2, 5.0, 0.0, 0.0, 6.0, 0.0]]
+
+
+def _day(residual: np.ndarray, tail: np.ndarray, ids: list[str]):
+    from tsmeta.detect import BASIS, ScoredDay
+
+    n, h = residual.shape
+    zeros = np.zeros((n, h))
+    return ScoredDay(series_ids=np.array(ids), cols=np.arange(h), value=residual.copy(),
+                     observed=~np.isnan(residual), forecast=zeros, lower=zeros, upper=zeros,
+                     residual=residual, tail=tail, flag=tail < 1e-3,
+                     support_points=np.full(n, 24), basis=np.full(n, BASIS.index("adapted")))  # fmt: skip
+
+
+def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_rare(tmp_path):
+    from datetime import date
+
+    from tsmeta.config import load_settings
+    from tsmeta.jobs.history import KEEP_NIGHTS, NightHistory, history_dir
+
+    settings = load_settings(data_dir=tmp_path)
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(0, 10, (1, 24))  # "a" has always been noisy, "b" calm
+    calm = rng.normal(0, 0.1, (1, 24))
+    first = NightHistory.stored(settings, date(2026, 1, 2))  # nothing saved yet: empty
+    first.apply(_day(np.vstack([noisy, calm]), np.full((2, 24), 0.5), ["a", "b"]), 1e-3)
+    first.save(settings, date(2026, 1, 2))
+    tonight = NightHistory.stored(settings, date(2026, 1, 3))
+    # a residual of 5, which the cluster's tail calls rare, at both series
+    res = np.zeros((2, 24))
+    res[:, 5] = 5.0
+    tail = np.full((2, 24), 0.5)
+    tail[:, 5] = 1e-6
+    day = tonight.apply(_day(res, tail, ["a", "b"]), 1e-3)
+    assert day.flag[:, 5].tolist() == [False, True]  # ordinary for "a", rare for "b"
+    assert (day.tail >= tail).all() and day.flag.sum() == 1
+    # a series new tonight has no history: the cluster's tail alone
+    new = tonight.apply(_day(res[:1], tail[:1], ["c"]), 1e-3)
+    assert new.flag[0, 5] and new.tail[0, 5] == 1e-6
+    state = tonight.state().sort("series_id")
+    assert state["series_id"].to_list() == ["a", "b", "c"]
+    assert state["count"].to_list() == [48.0, 48.0, 24.0]
+    # re-running the night reads the same state; old states are dropped
+    assert NightHistory.stored(settings, date(2026, 1, 3)).prior.equals(tonight.prior)
+    tonight.save(settings, date(2026, 1, 3))
+    NightHistory().save(settings, date(2026, 1, 3 + KEEP_NIGHTS))  # the 2nd is too old now
+    names = sorted(p.name for p in history_dir(settings).iterdir())
+    assert names == ["night=2026-01-03.parquet", f"night=2026-01-{3 + KEEP_NIGHTS:02d}.parquet"]

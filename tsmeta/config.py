@@ -282,6 +282,13 @@ class Settings(BaseSettings):
             "of kind `holiday` (expected), not `shared`."
         ),
     )
+    own_history: bool = Field(
+        True,
+        description=(
+            "A point is flagged only if it is also surprising against its own series' residuals "
+            "on earlier nights (mean and standard deviation kept in `data_dir/history`)."
+        ),
+    )
     causal: bool = Field(
         False,
         description=(

@@ -12,13 +12,15 @@ from tsmeta.config import Settings
 from tsmeta.data.panel import freq_timedelta
 from tsmeta.events import shared_events
 from tsmeta.jobs.common import engine_for, log, night_bounds, require_night_data
+from tsmeta.jobs.history import NightHistory
 from tsmeta.jobs.score import score_night
 from tsmeta.store.writes import replace_night
 
 
 def run_night(
-    settings: Settings, night: date, run_id: str, write: bool = True, keep: str = "flagged"
-) -> tuple[pl.DataFrame, dict]:
+    settings: Settings, night: date, run_id: str, write: bool = True, keep: str = "flagged",
+    history: NightHistory | None = None,
+) -> tuple[pl.DataFrame, dict]:  # fmt: skip
     """Score one night, find its shared events and (``write``) replace its anomalies and
     events in the database.
 
@@ -34,6 +36,8 @@ def run_night(
         require_night_data(settings, night, stats)
         stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"],
                                        shared)  # fmt: skip
+        if history is not None:
+            history.save(settings, night)
     if keep == "all" and frame.height:
         frame = frame.join(flagged.select("series_id", "ts", "event_id"), on=["series_id", "ts"],
                            how="left")  # fmt: skip
@@ -68,13 +72,17 @@ def replay(
     Yields (night, rows, stats) per night: every scored point by default (evaluation), or
     only the flagged ones (``keep="flagged"``). With ``write`` each night's anomalies are
     replaced in the database as the nightly job would (backfills). Memory is one night.
+    Each series' residual history starts from the state saved before ``first`` and is
+    carried from night to night (saved only with ``write``).
     """
     if last < first:
         raise ValueError(f"empty date range: {last} is before {first}; give first <= last")
+    history = NightHistory.stored(settings, first) if settings.own_history else None
     night = first
     while night <= last:
-        frame, stats = run_night(settings, night, run_id, write, keep)
+        frame, stats = run_night(settings, night, run_id, write, keep, history)
         yield night, frame, stats
+        history = history.next() if history is not None else None
         night += timedelta(days=1)
 
 

@@ -33,6 +33,7 @@ from tsmeta.jobs.common import (
     log,
     night_bounds,
 )
+from tsmeta.jobs.history import NightHistory
 from tsmeta.jobs.rows import points_frame
 from tsmeta.meta.batched import head_only
 from tsmeta.meta.tasks import steps_read, window_reach
@@ -42,8 +43,9 @@ from tsmeta.store.writes import read_profile
 
 
 def score_night(
-    settings: Settings, night: date, run_id: str, keep: str = "flagged"
-) -> tuple[pl.DataFrame, dict]:
+    settings: Settings, night: date, run_id: str, keep: str = "flagged",
+    history: NightHistory | None = None,
+) -> tuple[pl.DataFrame, dict]:  # fmt: skip
     """Adapt and score every profiled series for ``night``; returns (rows, stats).
 
     ``keep="flagged"`` returns the flagged points (anomaly rows); ``keep="all"`` every
@@ -57,6 +59,11 @@ def score_night(
     model and series with too few recent points are counted and logged, never silently
     dropped; one cluster's failure is recorded and the others finish. In-process scoring
     runs on ``settings.score_threads`` torch threads (see there; restored afterwards).
+
+    With ``settings.own_history`` each point is also judged against its series' residuals
+    on earlier nights (``tsmeta.jobs.history``): without ``history`` the state saved after
+    the latest earlier night is read and the night's state saved after it; a replay passes
+    its own ``history`` and carries it on (nothing saved).
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
@@ -65,9 +72,16 @@ def score_night(
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
     threads = score_threads(settings, models)
+    stored = history is None and settings.own_history
+    if stored:
+        history = NightHistory.stored(settings, night)
     with _torch_threads(threads):
-        return _score_models(settings, night, keep, engine, models, t,
-                             score_workers(settings, threads))  # fmt: skip
+        frame, stats = _score_models(settings, night, keep, engine, models, t,
+                                     score_workers(settings, threads),
+                                     history if settings.own_history else None)  # fmt: skip
+    if stored:
+        history.save(settings, night)
+    return frame, stats
 
 
 def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
@@ -115,6 +129,7 @@ def _score_models(
     models: dict,
     t: float,
     workers: int = 1,
+    history: NightHistory | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """``score_night``'s body: read the window in chunks, route, score, summarise."""
     profile = read_profile(engine, ("series_id", "cluster_id"))
@@ -122,7 +137,7 @@ def _score_models(
         raise LookupError("no meta-models in the registry: run `tsmeta train` first")
     start, read_days = _read_plan(settings, night, models)
     sizes = dict(profile.group_by("cluster_id").len().iter_rows())
-    run = _NightScoring(settings, night, keep, models, sizes, workers)
+    run = _NightScoring(settings, night, keep, models, sizes, workers, history)
     lookup = profile.select(pl.col("series_id").cast(pl.String), "cluster_id")
     panels = iter_window_panels(settings.dataset_path, start, night + timedelta(days=1),
                                 settings.freq, 1 << 30, settings.read_chunk_rows,
@@ -190,8 +205,10 @@ class _NightScoring:
     and the clusters that failed."""
 
     def __init__(self, settings: Settings, night: date, keep: str, models: dict,
-                 sizes: dict[str, int], workers: int) -> None:  # fmt: skip
+                 sizes: dict[str, int], workers: int,
+                 history: NightHistory | None = None) -> None:  # fmt: skip
         self.settings, self.keep, self.models, self.sizes = settings, keep, models, sizes
+        self.history = history
         self.workers = workers
         self.night_start, _ = night_bounds(night)
         self.failed, no_model = _unscorable(settings, models, sizes)
@@ -270,6 +287,8 @@ class _NightScoring:
         if cid in self.failed:
             return
         version = self.models[cid][0]
+        if self.history is not None:  # also rare against the series' own earlier residuals
+            day = self.history.apply(day, self.settings.false_alarm_rate)
         self.frames[cid].append(points_frame(day, self.night_start, self.settings.freq, cid, version,
                                              self.settings.false_alarm_rate,
                                              self.keep == "all"))  # fmt: skip

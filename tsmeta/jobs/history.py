@@ -1,0 +1,103 @@
+"""Each series' residual history between nights: read before a night, saved after it.
+
+The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`` (a row
+per series: ``count``, ``mean``, ``m2`` of its residuals up to d). A night reads the
+latest file before it, so re-running a night starts from the same state and replaces its
+own file (idempotent); files older than ``KEEP_NIGHTS`` before the newest are removed.
+The numbers and their use are ``tsmeta.scoring.history``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tsmeta.config import Settings
+from tsmeta.detect import ScoredDay
+from tsmeta.scoring.history import ResidualHistory, own_tail
+
+__all__ = ["NightHistory", "history_dir", "KEEP_NIGHTS"]
+
+KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
+_SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64}
+_FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
+
+
+def history_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "history"
+
+
+def _stored(folder: Path) -> dict[date, Path]:
+    if not folder.is_dir():
+        return {}
+    found = (_FILE.fullmatch(p.name) for p in folder.iterdir())
+    return {date.fromisoformat(m.group(1)): folder / m.group(0) for m in found if m}
+
+
+class NightHistory:
+    """The residual history a night is scored against, and the state it leaves.
+
+    ``apply`` combines a scored batch's tails with its series' own-history tails (the
+    larger probability: a point stays flagged only if both call it rare) and records the
+    batch's residuals; ``state`` is every series' history after the night (series not
+    scored tonight carry theirs forward).
+    """
+
+    def __init__(self, prior: pl.DataFrame | None = None) -> None:
+        self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
+        self._rows = self.prior.select("series_id").with_row_index("_row")
+        self._cols = [self.prior[c].to_numpy() for c in ("count", "mean", "m2")]
+        self._parts: list[pl.DataFrame] = []
+
+    @classmethod
+    def stored(cls, settings: Settings, night: date) -> NightHistory:
+        """The state saved after the latest night before ``night`` (empty if none)."""
+        before = {d: p for d, p in _stored(history_dir(settings)).items() if d < night}
+        return cls(pl.read_parquet(before[max(before)]) if before else None)
+
+    def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
+        ids = pl.DataFrame({"series_id": day.series_ids.astype(str)})
+        found = ids.join(self._rows, on="series_id", how="left", maintain_order="left")["_row"]
+        known = found.is_not_null().to_numpy()
+        pick = found.fill_null(0).to_numpy().astype(np.int64)
+        history = ResidualHistory(*(np.where(known, c[pick], 0.0) if c.size else
+                                    np.zeros(known.size) for c in self._cols))  # fmt: skip
+        observed = day.observed & day.scored[:, None]
+        residual = np.where(observed, day.residual, np.nan)
+        own = own_tail(residual, history)
+        tail = np.where(np.isnan(own) | np.isnan(day.tail), day.tail, np.fmax(day.tail, own))
+        after = history.merged(residual)
+        self._parts.append(pl.DataFrame({"series_id": day.series_ids.astype(str),
+                                         "count": after.count, "mean": after.mean,
+                                         "m2": after.m2}, schema=_SCHEMA))  # fmt: skip
+        return replace(day, tail=tail, flag=day.flag & (tail < false_alarm_rate))
+
+    def state(self) -> pl.DataFrame:
+        tonight = pl.concat(self._parts) if self._parts else pl.DataFrame(schema=_SCHEMA)
+        carried = self.prior.join(tonight.select("series_id"), on="series_id", how="anti")
+        return pl.concat([tonight, carried]).unique("series_id", keep="first")
+
+    def next(self) -> NightHistory:
+        """The history the next night starts from (replays carry it night to night)."""
+        return NightHistory(self.state())
+
+    def save(self, settings: Settings, night: date) -> Path:
+        """Write the state after ``night`` (replacing its file) and drop old states."""
+        folder = history_dir(settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"night={night.isoformat()}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        self.state().write_parquet(tmp)
+        os.replace(tmp, path)  # never half-written
+        stored = _stored(folder)
+        newest = max(stored)
+        for d, p in stored.items():
+            if d < newest - timedelta(days=KEEP_NIGHTS):
+                p.unlink(missing_ok=True)
+        return path
