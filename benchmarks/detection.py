@@ -12,7 +12,9 @@ Two corpora, each scored by every method on the same points:
     of each series' own seasonal-difference spread) are injected into half the series.
 
 Methods: ``tsmeta`` (K-shot adapted meta-model, calibrated tail: each point's own, its
-windows', its isolation's and its onset's, then the seasonal-naive veto); ``unadapted init`` (the
+windows', its isolation's and its onset's, then the seasonal-naive veto); ``tsmeta, own
+history`` (the nightly job's default: a point also rare against its series' residuals on the
+7 horizons scored before, ``tsmeta.jobs.history``); ``unadapted init`` (the
 same meta-model without adaptation, its tail re-fitted for 0 steps); ``seasonal naive +
 robust z`` (the value one period back, z from the median/MAD of the last 7 days'
 seasonal differences); ``MSTL interval`` (statsforecast MSTL, season 24, fit on the
@@ -51,6 +53,7 @@ from tsmeta.data.synthetic import ANOMALY_KINDS, generate_blocks
 from tsmeta.detect import score_day
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.forecaster import FeatureSpec
+from tsmeta.jobs.history import NightHistory
 from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.calibrate import CALIBRATION_PARTS, calibrate
 from tsmeta.meta.tasks import sample_tasks, window_reach
@@ -74,10 +77,13 @@ TRAIN_DAYS = 28
 # "1024 tasks, no onset": without the onset statistic (the abrupt start or end of a level
 # shift; as before 2026-12-04); "1024 tasks, level veto": the veto's deviations not
 # measured against their neighbours' (FeatureSpec.veto_neighbours False; as before then)
-METHODS = ("tsmeta", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
            "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
+
+
+OWN_HISTORY = 7  # horizons scored before each one to build the series' residual history
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -175,11 +181,22 @@ def mstl_log_tail(
 
 
 def tsmeta_log_tail(model: MetaModel, values: np.ndarray, mask: np.ndarray, ids: np.ndarray,
-                    t0: int, start_step: int, rate: float) -> np.ndarray:  # fmt: skip
-    first = max(0, t0 - window_reach(model.spec, model.config.k, model.config.horizon))
+                    t0: int, start_step: int, rate: float, history: int = 0) -> np.ndarray:  # fmt: skip
+    """log tail of the horizon from ``t0``; ``history`` > 0: the nightly job's tails, each
+    series' residual history built from that many horizons scored before ``t0`` first."""
     h = model.config.horizon
-    day = score_day(values[:, first : t0 + h], mask[:, first : t0 + h], ids, start_step + first,
-                    model, rate)  # fmt: skip
+    reach = window_reach(model.spec, model.config.k, h)
+
+    def at(t: int):  # noqa: ANN202
+        first = max(0, t - reach)
+        return score_day(values[:, first : t + h], mask[:, first : t + h], ids, start_step + first,
+                         model, rate)  # fmt: skip
+
+    past = NightHistory()
+    for w in range(history, 0, -1):
+        past.apply(at(t0 - w * h), rate)
+        past = past.next()
+    day = past.apply(at(t0), rate) if history else at(t0)
     return np.log(np.maximum(day.tail, 1e-300))
 
 
@@ -295,6 +312,11 @@ def run_synthetic(args: argparse.Namespace) -> dict:
             sl = slice(t0 - train, t0 - train + 24)
             for p, rows in groups.items():
                 model = models.get(p, models[24])
+                t = time.perf_counter()
+                out["tsmeta, own history"][rows, sl] = tsmeta_log_tail(
+                    model, values[rows], mask[rows], ids[rows], t0, start_step, rate, OWN_HISTORY
+                )
+                seconds["tsmeta, own history"] += time.perf_counter() - t
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
                                 ("tsmeta, points only", points_only(model)),
                                 ("tsmeta, t tail only", t_only(model)),
@@ -437,6 +459,8 @@ def run_m4(args: argparse.Namespace) -> dict:
                         ("tsmeta, 1024 tasks, no onset", no_onset),
                         ("tsmeta, 1024 tasks, level veto", by_level)):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
+        scores["tsmeta, own history"] = tsmeta_log_tail(model, vals, mask, ids, cut, start_step,
+                                                        rate, OWN_HISTORY)  # fmt: skip
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))
         scores["MSTL interval"], _ = mstl_log_tail(vals, cut, H, 28 * 24)
         out[label] = scores

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from tsmeta import jobs
 from tsmeta.config import load_settings
 from tsmeta.jobs import score as scoring
+from tsmeta.jobs.history import history_dir
 from tsmeta.store.schema import anomalies, models, runs
 
 LAST = date(2026, 11, 29)  # the tiny dataset's last day
@@ -500,3 +501,25 @@ def test_a_shared_drop_is_one_event_per_cluster_and_reruns_replace_it(trained, t
     assert query_events(engine, night, night).sort("event_id").equals(shared.sort("event_id"))
     assert jobs.read_night(settings, night).select(COMPARED + ["event_id"]).sort(
         "series_id", "ts").equals(rows.select(COMPARED + ["event_id"]).sort("series_id", "ts"))  # fmt: skip
+
+
+def test_a_replay_carrying_the_residual_history_flags_what_the_nightly_runs_stored(trained):
+    """Each night reads the history saved after the night before; a replay carries its
+    own from night to night, saves none, and flags the same points; without the history
+    a night flags at least as many."""
+    settings = load_settings(**trained)
+    nights = [LAST - timedelta(days=d) for d in (2, 1, 0)]
+    for night in nights:
+        jobs.run_night(settings, night, f"history-{night}")
+    folder = history_dir(settings)
+    saved = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert {f"night={n.isoformat()}.parquet" for n in nights} <= set(saved)
+    replayed = {n: f for n, f, _ in jobs.replay(settings, nights[0], LAST, "replay")}
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == saved  # nothing saved
+    for night in nights:
+        stored = jobs.read_night(settings, night).select("series_id", "ts").sort("series_id", "ts")
+        flags = replayed[night].filter("flag").select("series_id", "ts").sort("series_id", "ts")
+        assert flags.equals(stored)
+    plain = load_settings(**trained, own_history=False)
+    without, _ = jobs.run_night(plain, LAST, "no-history", write=False, keep="all")
+    assert without.get_column("flag").sum() >= replayed[LAST].get_column("flag").sum()

@@ -1,6 +1,7 @@
 """End to end through the real flows: Prefect test harness, local Ray, a real database."""
 
 from datetime import date
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -121,7 +122,11 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
         assert frame.filter(~pl.col("flag")).get_column("severity").null_count() == (
             frame.height - stats["flagged"]
         )
-    # the stored night read no residual history (none before it): a replay of it alone neither
+    # the stored night read no residual history (none before it): a replay of it alone neither;
+    # replays save none
+    assert sorted(p.name for p in (Path(config["data_dir"]) / "history").iterdir()) == [
+        f"night={NIGHT.isoformat()}.parquet"
+    ]
     ((_, alone, _),) = jobs.replay(settings, NIGHT, NIGHT, "replay-test")
     last = alone.filter("flag").sort("series_id", "ts")
     assert last.select("series_id", "ts").equals(

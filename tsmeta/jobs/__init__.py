@@ -5,7 +5,8 @@ Each function is one step of the nightly story and is what a Prefect task wraps 
 ``periodicity``, ``clustering``, ``meta``, ``detect`` and ``scoring``; this package only
 wires data in and results out: ``profile`` (periods and clusters), ``train`` (one model
 per cluster, through ``tsmeta.execution``), ``score`` (a night's series, chunk by chunk,
-routed to their cluster's model), ``rows`` (a scored night as anomaly rows), ``night``
+routed to their cluster's model), ``history`` (each series' residual history between
+nights), ``rows`` (a scored night as anomaly rows), ``night``
 (events, writes, replays) and ``common`` (the database engine, which night, whether its
 data arrived).
 """

@@ -27,9 +27,10 @@ def run_night(
     The nightly flow's body; ``keep`` as in :func:`score_night`; the rows gain an
     ``event_id`` (the shared event a flagged point belongs to, ``tsmeta.events``). Only
     flagged points are written either way. Re-running a night replaces its rows
-    (idempotent).
+    (idempotent). ``history``: as in :func:`score_night`; given, it is saved here with
+    ``write`` (and nothing is saved without).
     """
-    frame, stats = score_night(settings, night, run_id, keep)
+    frame, stats = score_night(settings, night, run_id, keep, history)
     flagged = frame.filter(pl.col("flag")).drop("flag") if "flag" in frame.columns else frame
     shared, flagged = find_events(settings, night, flagged, stats)
     if write:
