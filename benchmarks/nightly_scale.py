@@ -9,7 +9,9 @@ the three weeks the week input's median reads):
    timed; reused when it exists);
 2. ``profile`` and ``train`` (one meta-model per cluster, Ray), each timed, in a fresh
    process against PostgreSQL;
-3. the ``nightly`` path for the last date, in a fresh process per database: read the
+3. the night before the last scored once (untimed, nothing written): it saves every
+   series' residual history, which the timed night reads as the nightly job would;
+   then the ``nightly`` path for the last date, in a fresh process per database: read the
    window, adapt and score every series, write the flagged points (PostgreSQL, then
    SQLite with the same profile and models copied over, untimed);
 4. on a random sample of the same series, in the same run: statsforecast's AutoETS and MSTL
@@ -83,6 +85,9 @@ def child(args: argparse.Namespace) -> int:
     if args.child == "profile":
         res = jobs.profile_series(settings, night, "bench")
         out = {"clusters": len(res["clusters"]), "series": res["series"]}
+    elif args.child == "history":  # the night before: its residual history, saved
+        _, stats = jobs.score_night(settings, night - timedelta(days=1), "bench-history")
+        out = {"series_scored": stats["series_scored"]}
     elif args.child == "train":
         res = jobs.train_models(settings, night, "bench")
         bad = {c: r["error"] for c, r in res.items() if "error" in r}
@@ -260,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{freq}] profile: {row['profile']}\n[{freq}] train ...", flush=True)
             row["train"] = run_child(args, "train", freq, main_url)
             print(f"[{freq}] train: {row['train']}", flush=True)
+            row["history_night"] = run_child(args, "history", freq, main_url)
+            print(f"[{freq}] the night before (history): {row['history_night']}", flush=True)
             row["nightly"] = {}
             for db, url in urls.items():
                 if url != main_url:
