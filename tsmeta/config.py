@@ -84,9 +84,7 @@ class Settings(BaseSettings):
     )
     model_dir: Path | None = Field(
         None,
-        description=(
-            "The meta-model store (one file per cluster and version). Unset: `data_dir/models`."
-        ),
+        description="The meta-model store (one file per cluster and version). Unset: `data_dir/models`.",
     )
     ray_address: str | None = Field(
         None,
@@ -140,9 +138,7 @@ class Settings(BaseSettings):
     train_days: int | None = Field(
         None,
         ge=2,
-        description=(
-            "Days of the meta-training window. Unset: 28, four weekends (daily data: 365)."
-        ),
+        description="Days of the meta-training window. Unset: 28, four weekends (daily data: 365).",
     )
     candidate_periods: list[int] | None = Field(
         None,
@@ -153,9 +149,7 @@ class Settings(BaseSettings):
     )
     min_acf: float = Field(
         0.3,
-        description=(
-            "Autocorrelation a candidate period needs before a series is called periodic."
-        ),
+        description="Autocorrelation a candidate period needs before a series is called periodic.",
     )
     max_cluster_size: int = Field(
         100_000,
@@ -250,9 +244,7 @@ class Settings(BaseSettings):
     chunk_series: int = Field(
         8192,
         ge=1,
-        description=(
-            "Series adapted at once in one batched computation (on a GPU, 65,536 or more)."
-        ),
+        description="Series adapted at once in one batched computation (on a GPU, 65,536 or more).",
     )
     read_needed_days: bool = Field(
         True,
@@ -284,10 +276,8 @@ class Settings(BaseSettings):
     )
     own_history: bool = Field(
         True,
-        description=(
-            "A point is flagged only if it is also surprising against its own series' residuals "
-            "on earlier nights (mean and standard deviation kept in `data_dir/history`)."
-        ),
+        description="Flag a point only if also rare against its series' residuals of earlier "
+        "nights (their mean and standard deviation, kept in `data_dir/history`).",
     )
     causal: bool = Field(
         False,
