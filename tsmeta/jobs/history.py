@@ -51,7 +51,9 @@ class NightHistory:
 
     def __init__(self, prior: pl.DataFrame | None = None) -> None:
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
-        self._rows = self.prior.select("series_id").with_row_index("_row")
+        ids = self.prior["series_id"].to_numpy().astype(str)
+        self._order = np.argsort(ids, kind="stable")  # series looked up by binary search
+        self._sorted = ids[self._order]
         self._cols = [self.prior[c].to_numpy() for c in ("count", "mean", "m2")]
         self._parts: list[pl.DataFrame] = []
 
@@ -62,12 +64,13 @@ class NightHistory:
         return cls(pl.read_parquet(before[max(before)]) if before else None)
 
     def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
-        ids = pl.DataFrame({"series_id": day.series_ids.astype(str)})
-        found = ids.join(self._rows, on="series_id", how="left", maintain_order="left")["_row"]
-        known = found.is_not_null().to_numpy()
-        pick = found.fill_null(0).to_numpy().astype(np.int64)
-        history = ResidualHistory(*(np.where(known, c[pick], 0.0) if c.size else
-                                    np.zeros(known.size) for c in self._cols))  # fmt: skip
+        ids = day.series_ids.astype(str)
+        if self._sorted.size:
+            at = np.minimum(np.searchsorted(self._sorted, ids), self._sorted.size - 1)
+            known, pick = self._sorted[at] == ids, self._order[at]
+            history = ResidualHistory(*(np.where(known, c[pick], 0.0) for c in self._cols))
+        else:
+            history = ResidualHistory.empty(len(ids))
         observed = day.observed & day.scored[:, None]
         residual = np.where(observed, day.residual, np.nan)
         own = own_tail(residual, history)
