@@ -47,6 +47,14 @@ def test_runtime_errors_are_one_line_with_exit_2(tmp_path):
         )
 
 
+def test_a_bad_setting_is_named_with_its_variable_and_value(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TSMETA_OWN_HISTORY", "bogus")
+    assert main(["anomalies", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "setting own_history (TSMETA_OWN_HISTORY)" in err and "'bogus'" in err
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(

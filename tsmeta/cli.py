@@ -298,6 +298,15 @@ def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
         cause = str(getattr(exc, "orig", exc)).strip().splitlines()
         return (f"cannot reach {url} ({cause[0] if cause else type(exc).__name__}): check "
                 "TSMETA_DATABASE_URL and that the server is running")  # fmt: skip
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # a setting's value: name it, its variable and why
+        parts = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            var = f" (TSMETA_{name.upper()})" if err["loc"] else ""
+            parts.append(f"setting {name}{var}: {err['msg']}, got {err.get('input')!r}")
+        return "; ".join(parts) + "; see docs/settings.md"
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -277,7 +277,8 @@ class Settings(BaseSettings):
     own_history: bool = Field(
         True,
         description="Flag a point only if also rare against its series' residuals of earlier "
-        "nights (their mean and standard deviation, kept in `data_dir/history`).",
+        "nights (their mean and standard deviation, kept in `data_dir/history`; off: nights "
+        "neither read nor save it).",
     )
     causal: bool = Field(
         False,
