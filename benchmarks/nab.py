@@ -121,17 +121,11 @@ def pick_model(models: dict, period: int) -> str:
     return sorted(models)[0]
 
 
-DETECTORS = {  # NAB detector name: (tail, alerts)
-    "tsmeta": ("product", True),
-    "tsmetaNightly": ("product", False),
-    "tsmetaClusterAlerts": ("cluster", True),
-    "tsmetaCluster": ("cluster", False),
-}
-MEANING = {
-    "tsmeta": "nightly tails, alerts",
-    "tsmetaNightly": "nightly tails, every point",
-    "tsmetaClusterAlerts": "cluster tails alone, alerts",
-    "tsmetaCluster": "cluster tails alone, every point",
+DETECTORS = {  # NAB detector name: (tail, alerts, what it is)
+    "tsmeta": ("product", True, "nightly tails, alerts"),
+    "tsmetaNightly": ("product", False, "nightly tails, every point"),
+    "tsmetaClusterAlerts": ("cluster", True, "cluster tails alone, alerts"),
+    "tsmetaCluster": ("cluster", False, "cluster tails alone, every point"),
 }
 
 
@@ -139,7 +133,7 @@ def stream_scores(tails: dict[str, np.ndarray], spd: int) -> dict[str, np.ndarra
     """Each detector's per-step anomaly score from the cluster's and the nightly tails;
     alerts compare a point with the day of surprises before it."""
     out = {}
-    for det, (kind, alerts) in DETECTORS.items():
+    for det, (kind, alerts, _) in DETECTORS.items():
         s = surprise_of(tails[kind])
         if alerts:  # each point against the day of surprises before it
             s = alert_surprise(s[None, :], np.full((1, spd), np.nan))[0]
@@ -306,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{dict(sorted(pl.Series(list(freqs.values())).value_counts().iter_rows()))}): "
           f"final scores by NAB's scorer\n")  # fmt: skip
     print(f"{'detector':<46}{'standard':>10}{'low FP':>10}{'low FN':>10}")
-    for det in DETECTORS:
+    for det, (_, _, meaning) in DETECTORS.items():
         mine = final.get(det, {})
-        print(f"{det + ': ' + MEANING[det]:<46}"
+        print(f"{det + ': ' + meaning:<46}"
               + "".join(f"{mine.get(p, float('nan')):>10.2f}" for p in PROFILES))  # fmt: skip
     rows = sorted(board.items(), key=lambda kv: -kv[1]["standard"])
     for det, sc in rows:
