@@ -45,7 +45,8 @@ class NightHistory:
 
     ``apply`` combines a scored batch's tails with its series' own-history tails (the
     larger probability: a point stays flagged only if both call it rare) and records the
-    batch's residuals; ``state`` is every series' history after the night (series not
+    batch's residuals (safe from several threads at once: it only reads the prior and
+    appends); ``state`` is every series' history after the night (series not
     scored tonight carry theirs forward).
     """
 
@@ -72,9 +73,9 @@ class NightHistory:
         else:
             history = ResidualHistory.empty(len(ids))
         observed = day.observed & day.scored[:, None]
-        residual = np.where(observed, day.residual, np.nan)
-        own = own_tail(residual, history)
-        tail = np.where(np.isnan(own) | np.isnan(day.tail), day.tail, np.fmax(day.tail, own))
+        residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
+        tail = np.fmax(day.tail, own_tail(residual, history))  # NaN own tail: the cluster's
+        np.copyto(tail, np.nan, where=np.isnan(day.tail))  # not scored stays so
         after = history.merged(residual)
         self._parts.append(pl.DataFrame({"series_id": day.series_ids.astype(str),
                                          "count": after.count, "mean": after.mean,
@@ -82,9 +83,12 @@ class NightHistory:
         return replace(day, tail=tail, flag=day.flag & (tail < false_alarm_rate))
 
     def state(self) -> pl.DataFrame:
+        """Every series' history after the night, sorted by series id (batches may finish
+        in any order; the file is the same whichever did)."""
         tonight = pl.concat(self._parts) if self._parts else pl.DataFrame(schema=_SCHEMA)
         carried = self.prior.join(tonight.select("series_id"), on="series_id", how="anti")
-        return pl.concat([tonight, carried]).unique("series_id", keep="first")
+        both = pl.concat([tonight, carried]).unique("series_id", keep="first")
+        return both.sort("series_id")
 
     def next(self) -> NightHistory:
         """The history the next night starts from (replays carry it night to night)."""

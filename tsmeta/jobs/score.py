@@ -25,7 +25,7 @@ from tsmeta import progress
 from tsmeta.config import Settings
 from tsmeta.data.io import iter_window_panels
 from tsmeta.data.panel import Panel
-from tsmeta.detect import BASIS, BASIS_MEANING, score_day
+from tsmeta.detect import BASIS, BASIS_MEANING, ScoredDay, score_day
 from tsmeta.jobs.common import (
     _require_night_partition,
     _window_start,
@@ -267,7 +267,8 @@ class _NightScoring:
             for done_cid, _, day in self.ray_scorer.submit(cid, model.state(), batch):
                 self.collect(done_cid, day)
             return
-        self.pending.append((cid, self.pool.submit(_score_batch, self.settings, batch, model, cid)))
+        self.pending.append((cid, self.pool.submit(_score_batch, self.settings, batch, model,
+                                                   self.history)))  # fmt: skip
         while len(self.pending) > self.workers:  # memory bounded: at most ``workers`` batches held
             self.collect_oldest()
 
@@ -287,8 +288,8 @@ class _NightScoring:
         if cid in self.failed:
             return
         version = self.models[cid][0]
-        if self.history is not None:  # also rare against the series' own earlier residuals
-            day = self.history.apply(day, self.settings.false_alarm_rate)
+        if self.history is not None and self.ray_scorer is not None:  # in-process: applied
+            day = self.history.apply(day, self.settings.false_alarm_rate)  # by _score_batch
         self.frames[cid].append(points_frame(day, self.night_start, self.settings.freq, cid, version,
                                              self.settings.false_alarm_rate,
                                              self.keep == "all"))  # fmt: skip
@@ -378,8 +379,11 @@ def _stack(parts: list[Panel]) -> Panel:
     )
 
 
-def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str):  # noqa: ANN202
-    """Score one batch of a cluster's series in this process (a ScoredDay)."""
-    return score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
-                     settings.false_alarm_rate, settings.chunk_series,
-                     settings.torch_device(), causal=settings.causal)  # fmt: skip
+def _score_batch(settings: Settings, batch: Panel, model: MetaModel,
+                 history: NightHistory | None) -> ScoredDay:  # fmt: skip
+    """Score one batch of a cluster's series in this process, against its series' residual
+    history too when given (on the worker thread: the reader goes on meanwhile)."""
+    day = score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
+                    settings.false_alarm_rate, settings.chunk_series,
+                    settings.torch_device(), causal=settings.causal)  # fmt: skip
+    return day if history is None else history.apply(day, settings.false_alarm_rate)

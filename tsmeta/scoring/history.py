@@ -39,16 +39,18 @@ class ResidualHistory:
         return cls(np.zeros(n), np.zeros(n), np.zeros(n))
 
     def merged(self, residual: np.ndarray) -> ResidualHistory:
-        """This history with a night's residuals (n, H) added; NaN: not observed."""
-        r = np.asarray(residual, dtype=np.float64)
+        """This history with a night's residuals (n, H) added; NaN: not observed. Sums are
+        accumulated in float64 whatever the residuals' precision."""
+        r = _floating(residual)
         if r.ndim != 2 or r.shape[0] != self.count.shape[0]:
             raise ValueError(f"residuals of shape {r.shape} for a history of "
                              f"{self.count.shape[0]} series; give one row per series")  # fmt: skip
-        seen = ~np.isnan(r)
-        n_b = seen.sum(axis=1).astype(np.float64)
-        safe = np.where(seen, r, 0.0)
-        mean_b = np.divide(safe.sum(axis=1), n_b, out=np.zeros_like(n_b), where=n_b > 0)
-        m2_b = (np.where(seen, r - mean_b[:, None], 0.0) ** 2).sum(axis=1)
+        n_b = np.count_nonzero(~np.isnan(r), axis=1).astype(np.float64)
+        total = np.nansum(r, axis=1, dtype=np.float64)
+        mean_b = np.divide(total, n_b, out=np.zeros_like(n_b), where=n_b > 0)
+        dev = r - mean_b[:, None].astype(r.dtype)
+        np.square(dev, out=dev)
+        m2_b = np.nansum(dev, axis=1, dtype=np.float64)
         n = self.count + n_b
         delta = mean_b - self.mean
         share = np.divide(n_b, n, out=np.zeros_like(n), where=n > 0)
@@ -59,23 +61,38 @@ class ResidualHistory:
         )
 
     def z(self, residual: np.ndarray) -> np.ndarray:
-        """|residual - mean| / standard deviation, per series row; NaN where the series
-        has fewer than MIN_HISTORY earlier residuals. A series whose residuals never
-        varied: 0 at its mean, infinite elsewhere."""
-        r = np.asarray(residual, dtype=np.float64)
+        """|residual - mean| / standard deviation, per series row, in the residuals'
+        precision; NaN where the series has fewer than MIN_HISTORY earlier residuals. A
+        series whose residuals never varied: 0 at its mean, infinite elsewhere."""
+        r = _floating(residual)
         known = self.count >= MIN_HISTORY
         sd = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=known))
-        dev = np.abs(r - self.mean[:, None])
+        z = r - self.mean[:, None].astype(r.dtype)  # one array, updated in place
+        np.abs(z, out=z)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(dev > 0, dev / sd[:, None], 0.0)
-        return np.where(known[:, None] & ~np.isnan(r), z, np.nan)
+            z /= sd[:, None].astype(r.dtype)
+        flat = known & (sd == 0)
+        if flat.any():  # 0/0 at the mean of a series that never varied
+            rows = r[flat]
+            z[flat] = np.where(rows == self.mean[flat, None], 0.0,
+                               np.where(np.isnan(rows), np.nan, np.inf))  # fmt: skip
+        z[~known] = np.nan
+        return z
+
+
+def _floating(x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
 def own_tail(residual: np.ndarray, history: ResidualHistory) -> np.ndarray:
     """Two-sided normal tail probability of each residual against its series' history
-    (float64; NaN where not scored or without history)."""
+    (in the residuals' precision; NaN where not scored or without history)."""
     z = history.z(residual)
-    return 2.0 * ndtr(-z)
+    np.negative(z, out=z)
+    ndtr(z, out=z)
+    z *= 2.0
+    return z
 
 
 def alert_surprise(surprise: np.ndarray, before: np.ndarray) -> np.ndarray:
