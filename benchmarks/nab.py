@@ -19,13 +19,15 @@ For each frequency among the streams (5 minutes, 10 minutes, 30 minutes, an hour
    from night to night as a replay carries it: the larger of the cluster's tail and the
    point's tail against the stream's own residuals on earlier nights).
 4. **Four detectors from them**, each written as NAB result files: ``tsmeta`` (the nightly
-   tails, alerts: a point scores only where its surprise exceeds every surprise of the
-   day before it, so a run of surprising points is reported once, at its start,
-   ``tsmeta.scoring.history.alert_surprise``), ``tsmetaNightly`` (the nightly tails, every
-   point), ``tsmetaClusterAlerts`` and ``tsmetaCluster`` (the cluster's tails alone).
-   A row's ``anomaly_score`` is that of its step: ``s / (s + 3)`` of the surprise
-   ``s = -log10 p`` (0.5 at the configured rate 1e-3; monotone, so NAB's threshold sweep
-   sees tsmeta's ranking); points not scored (the first day, gaps) and non-alerts get 0.
+   job's alerts, its ``alert`` column: a flagged point more surprising than any point of
+   the stream since the start of the night before, so a run of anomalies is reported
+   once, at its start), ``tsmetaFlags`` (the nightly job's tails at every point),
+   ``tsmetaRuns`` (the nightly tails at every point more surprising than the day before
+   it, flagged or not: ``tsmeta.scoring.history.alert_surprise``) and ``tsmetaCluster``
+   (the cluster's tails alone, every point). A row's ``anomaly_score`` is that of its
+   step: ``s / (s + 3)`` of the surprise ``s = -log10 p`` (0.5 at the configured rate
+   1e-3; monotone, so NAB's threshold sweep sees tsmeta's ranking); points not scored
+   (the first day, gaps) and points a detector passes over get 0.
 5. NAB's scorer runs on a temporary copy of ``../shared/data/nab`` (``--optimize --score
    --normalize``) and the three profiles' final scores of each are printed beside the scoreboard.
 
@@ -121,21 +123,24 @@ def pick_model(models: dict, period: int) -> str:
     return sorted(models)[0]
 
 
-DETECTORS = {  # NAB detector name: (tail, alerts, what it is)
-    "tsmeta": ("product", True, "nightly tails, alerts"),
-    "tsmetaNightly": ("product", False, "nightly tails, every point"),
-    "tsmetaClusterAlerts": ("cluster", True, "cluster tails alone, alerts"),
-    "tsmetaCluster": ("cluster", False, "cluster tails alone, every point"),
+DETECTORS = {  # NAB detector name: (tail, points scored, what it is)
+    "tsmeta": ("product", "alerts", "the nightly job's alerts"),
+    "tsmetaFlags": ("product", "every", "the nightly job's tails, every point"),
+    "tsmetaRuns": ("product", "runs", "nightly tails, above the day before"),
+    "tsmetaCluster": ("cluster", "every", "cluster tails alone, every point"),
 }
 
 
-def stream_scores(tails: dict[str, np.ndarray], spd: int) -> dict[str, np.ndarray]:
-    """Each detector's per-step anomaly score from the cluster's and the nightly tails;
-    alerts compare a point with the day of surprises before it."""
+def stream_scores(tails: dict[str, np.ndarray], alerts: np.ndarray,
+                  spd: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each detector's per-step anomaly score from the cluster's and the nightly tails and
+    the nightly job's alerts."""
     out = {}
-    for det, (kind, alerts, _) in DETECTORS.items():
+    for det, (kind, points, _) in DETECTORS.items():
         s = surprise_of(tails[kind])
-        if alerts:  # each point against the day of surprises before it
+        if points == "alerts":
+            s = np.where(alerts, s, 0.0)
+        elif points == "runs":  # each point against the day of surprises before it
             s = alert_surprise(s[None, :], np.full((1, spd), np.nan))[0]
         out[det] = np.nan_to_num(s / (s + 3.0), nan=0.0)
     return out
@@ -176,6 +181,7 @@ def score_stream(
     cid = pick_model(models, int(res.period[0]))
     _, model = models[cid]
     tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "product")}
+    alerts = np.zeros(values.shape[1], dtype=bool)
     history = NightHistory()
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
@@ -186,15 +192,17 @@ def score_stream(
         if every < spd:  # the points up to the next origin only
             day = replace(day, **{f: getattr(day, f)[:, :every] for f in _POINTWISE})
         tails["cluster"][c : c + every] = day.tail[0]
-        tails["product"][c : c + every] = history.apply(day, settings.false_alarm_rate).tail[0]
+        nightly = history.apply(day, settings.false_alarm_rate)
+        tails["product"][c : c + every], alerts[c : c + every] = nightly.tail[0], nightly.alert[0]
         history = history.next()
     # each row takes its step's score
     step = ((frame["ts"].dt.truncate(polars_every(freq)) - begin).dt.total_minutes()
             // freq_minutes(freq)).to_numpy()  # fmt: skip
-    scores = {det: s[step] for det, s in stream_scores(tails, spd).items()}
+    scores = {det: s[step] for det, s in stream_scores(tails, alerts, spd).items()}
     return scores, {"cluster": cid, "period": int(res.period[0]), **report,
                     "flagged_points": int((tails["cluster"] < settings.false_alarm_rate).sum()),
-                    "flagged_nightly": int((tails["product"] < settings.false_alarm_rate).sum())}  # fmt: skip
+                    "flagged_nightly": int((tails["product"] < settings.false_alarm_rate).sum()),
+                    "alerts": int(alerts.sum())}  # fmt: skip
 
 
 def run_scorer(nab_copy: Path) -> dict[str, dict[str, float]]:
@@ -309,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{det + ' (scoreboard)':<46}" + "".join(f"{sc[p]:>10.2f}" for p in PROFILES))
     flagged = sum(d["flagged_points"] for d in details.values())
     flagged_nightly = sum(d["flagged_nightly"] for d in details.values())
+    alerts = sum(d["alerts"] for d in details.values())
     moved = sum(d["moved"] for d in details.values())
     combined = sum(d["combined"] for d in details.values())
     empty = sum(d["empty_steps"] for d in details.values())
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nrows put on the grid: {moved} moved, {combined} combined, {empty} empty steps; "
           f"points flagged at the configured rate: {flagged} by the cluster's tails alone, "
-          f"{flagged_nightly} by the nightly tails; models used: "
+          f"{flagged_nightly} by the nightly tails, {alerts} of them alerts; models used: "
           f"{dict(clusters.iter_rows())}")  # fmt: skip
     print(f"seconds: train {t_train:.0f} (generated corpora, Ray), score {t_score:.0f}, "
           f"NAB's scorer {t_nab:.0f}, total {time.perf_counter() - t_all:.0f}")  # fmt: skip

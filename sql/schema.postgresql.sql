@@ -16,6 +16,7 @@ CREATE TABLE anomalies (
 	severity VARCHAR(8),
 	basis VARCHAR(8),
 	surprise FLOAT,
+	alert BOOLEAN,
 	cluster_id VARCHAR(64) NOT NULL,
 	event_id VARCHAR(128),
 	model_version INTEGER NOT NULL,

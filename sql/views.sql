@@ -7,7 +7,7 @@
 DROP VIEW IF EXISTS anomalies_with_series;
 CREATE VIEW anomalies_with_series AS
 SELECT a.series_id, a.ts, a.value, a.forecast, a.lower, a.upper, a.residual, a.score,
-       a.surprise, a.direction, a.severity, a.basis, a.cluster_id, a.event_id, a.model_version, a.run_id, a.detector_version,
+       a.surprise, a.alert, a.direction, a.severity, a.basis, a.cluster_id, a.event_id, a.model_version, a.run_id, a.detector_version,
        s.attributes, p.period, p.strength, c.n_series AS cluster_size
 FROM anomalies a
 LEFT JOIN series s ON s.series_id = a.series_id

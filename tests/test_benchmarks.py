@@ -143,7 +143,7 @@ def test_nab_small(tmp_path):
     streams = "artificialWithAnomaly/art_daily_jumpsup.csv,realKnownCause/ec2_request_latency_system_failure.csv"
     res = run("nab", "--only", streams, "--train-series", "150", "--meta-steps", "40",
               tmp_path=tmp_path)  # fmt: skip
-    assert set(res["scores"]) == {"tsmeta", "tsmetaNightly", "tsmetaClusterAlerts", "tsmetaCluster"}
+    assert set(res["scores"]) == {"tsmeta", "tsmetaFlags", "tsmetaRuns", "tsmetaCluster"}
     for profiles in res["scores"].values():
         assert set(profiles) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
         assert all(-1000 < v <= 100 for v in profiles.values())
@@ -151,4 +151,5 @@ def test_nab_small(tmp_path):
     for info in res["streams"].values():
         assert info["freq"] == "5min" and info["points"] > 3000 and info["cluster"]
         assert 0 < info["flagged_nightly"] <= info["flagged_points"] < info["points"] / 20
+        assert 0 < info["alerts"] < info["flagged_nightly"]
     assert res["scoreboard"]["windowedGaussian"]["standard"] == pytest.approx(39.65, abs=0.01)

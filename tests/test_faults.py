@@ -516,10 +516,17 @@ def test_a_replay_carrying_the_residual_history_flags_what_the_nightly_runs_stor
     assert {f"night={n.isoformat()}.parquet" for n in nights} <= set(saved)
     replayed = {n: f for n, f, _ in jobs.replay(settings, nights[0], LAST, "replay")}
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == saved  # nothing saved
+    alerts = 0
     for night in nights:
-        stored = jobs.read_night(settings, night).select("series_id", "ts").sort("series_id", "ts")
-        flags = replayed[night].filter("flag").select("series_id", "ts").sort("series_id", "ts")
-        assert flags.equals(stored)
+        cols = ("series_id", "ts", "alert")
+        stored = jobs.read_night(settings, night).select(cols).sort("series_id", "ts")
+        flags = replayed[night].filter("flag").select(cols).sort("series_id", "ts")
+        assert flags.equals(stored)  # the same points, the same alerts
+        assert stored["alert"].null_count() == 0
+        alerts += stored["alert"].sum()
+    assert 0 < alerts < sum(jobs.read_night(settings, n).height for n in nights)
+    assert not replayed[LAST].filter(~pl.col("flag"))["alert"].any()  # alerts are flagged points
     plain = load_settings(**trained, own_history=False)
     without, _ = jobs.run_night(plain, LAST, "no-history", write=False, keep="all")
     assert without.get_column("flag").sum() >= replayed[LAST].get_column("flag").sum()
+    assert without["alert"].null_count() == without.height  # no history: not judged

@@ -108,3 +108,23 @@ def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_ra
     NightHistory().save(settings, date(2026, 1, 3 + KEEP_NIGHTS))  # the 2nd is too old now
     names = sorted(p.name for p in history_dir(settings).iterdir())
     assert names == ["night=2026-01-03.parquet", f"night=2026-01-{3 + KEEP_NIGHTS:02d}.parquet"]
+
+
+def test_a_flagged_point_alerts_only_when_it_beats_every_tail_since_the_night_before():
+    from tsmeta.jobs.history import NightHistory
+
+    quiet = np.zeros((1, 6))
+    tail = np.array([[0.5, 1e-4, 1e-4, 1e-6, 0.5, 1e-5]])  # a run, it grows, a weaker one
+    first = NightHistory().apply(_day(quiet, tail, ["a"]), 1e-3)
+    assert first.flag.tolist() == [[False, True, True, True, False, True]]
+    assert first.alert.tolist() == [[False, True, False, True, False, False]]
+    # the next night: the points below last night's smallest tail (1e-6) alone alert
+    carried = NightHistory()
+    carried.apply(_day(quiet, tail, ["a"]), 1e-3)
+    nxt = carried.next().apply(_day(quiet, np.array([[1e-5, 1e-7, 0.5, 1e-8, 1e-8, 0.5]]),
+                                    ["a"]), 1e-3)  # fmt: skip
+    assert nxt.alert.tolist() == [[False, True, False, True, False, False]]
+    # a state saved before alerts existed reads as "nothing surprising before"
+    old = carried.state().drop("min_tail")
+    again = NightHistory(old).apply(_day(quiet, tail, ["a"]), 1e-3)
+    assert again.alert.tolist() == first.alert.tolist()

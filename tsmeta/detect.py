@@ -77,6 +77,9 @@ class ScoredDay:
     flag: np.ndarray  # bool
     support_points: np.ndarray  # (n,) observed points among the K support points
     basis: np.ndarray  # (n,) index into BASIS
+    # bool: a flagged point more surprising than any of its series' points since the start
+    # of the night before (``tsmeta.jobs.history``); None: not judged (no residual history)
+    alert: np.ndarray | None = None
 
     @property
     def score(self) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Each series' residual history between nights: read before a night, saved after it.
 
 The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`` (a row
-per series: ``count``, ``mean``, ``m2`` of its residuals up to d). A night reads the
+per series: ``count``, ``mean``, ``m2`` of its residuals up to d, and ``min_tail``, the
+smallest tail probability of its last scored night, for alerts). A night reads the
 latest file before it, so re-running a night starts from the same state and replaces its
 own file (idempotent); files older than ``KEEP_NIGHTS`` before the newest are removed.
 The numbers and their use are ``tsmeta.scoring.history``.
@@ -25,7 +26,9 @@ from tsmeta.scoring.history import ResidualHistory, own_tail
 __all__ = ["NightHistory", "history_dir", "KEEP_NIGHTS"]
 
 KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
-_SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64}
+_SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
+           "min_tail": pl.Float64}  # fmt: skip
+_STATS = ("count", "mean", "m2")
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
@@ -44,18 +47,22 @@ class NightHistory:
     """The residual history a night is scored against, and the state it leaves.
 
     ``apply`` combines a scored batch's tails with its series' own-history tails (the
-    larger probability: a point stays flagged only if both call it rare) and records the
+    larger probability: a point stays flagged only if both call it rare), marks alerts
+    (a flagged point whose tail is below every tail of its series since the start of the
+    night before: one alert a run of anomalous points, unless it grows) and records the
     batch's residuals (safe from several threads at once: it only reads the prior and
     appends); ``state`` is every series' history after the night (series not
     scored tonight carry theirs forward).
     """
 
     def __init__(self, prior: pl.DataFrame | None = None) -> None:
+        if prior is not None and "min_tail" not in prior.columns:  # a state saved before alerts
+            prior = prior.with_columns(min_tail=pl.lit(1.0))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
         ids = self.prior["series_id"].to_numpy().astype(str)
         self._order = np.argsort(ids, kind="stable")  # series looked up by binary search
         self._sorted = ids[self._order]
-        self._cols = [self.prior[c].to_numpy() for c in ("count", "mean", "m2")]
+        self._cols = [self.prior[c].to_numpy() for c in (*_STATS, "min_tail")]
         self._parts: list[pl.DataFrame] = []
 
     @classmethod
@@ -66,21 +73,29 @@ class NightHistory:
 
     def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
         ids = day.series_ids.astype(str)
-        if self._sorted.size:
-            at = np.minimum(np.searchsorted(self._sorted, ids), self._sorted.size - 1)
-            known, pick = self._sorted[at] == ids, self._order[at]
-            history = ResidualHistory(*(np.where(known, c[pick], 0.0) for c in self._cols))
-        else:
-            history = ResidualHistory.empty(len(ids))
+        *stats, least = self._lookup(ids)
+        history = ResidualHistory(*stats)
         observed = day.observed & day.scored[:, None]
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         tail = np.fmax(day.tail, own_tail(residual, history))  # NaN own tail: the cluster's
         np.copyto(tail, np.nan, where=np.isnan(day.tail))  # not scored stays so
+        flag = day.flag & (tail < false_alarm_rate)
+        lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
+        before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
+                            least[:, None])  # fmt: skip
         after = history.merged(residual)
-        self._parts.append(pl.DataFrame({"series_id": day.series_ids.astype(str),
-                                         "count": after.count, "mean": after.mean,
-                                         "m2": after.m2}, schema=_SCHEMA))  # fmt: skip
-        return replace(day, tail=tail, flag=day.flag & (tail < false_alarm_rate))
+        self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
+                                         "mean": after.mean, "m2": after.m2,
+                                         "min_tail": lowest[:, -1]}, schema=_SCHEMA))  # fmt: skip
+        return replace(day, tail=tail, flag=flag, alert=flag & (tail < before))
+
+    def _lookup(self, ids: np.ndarray) -> list[np.ndarray]:
+        """count, mean, m2 (0 for a series never seen) and min_tail (1) of each id."""
+        if not self._sorted.size:
+            return [np.zeros(len(ids))] * 3 + [np.ones(len(ids))]
+        at = np.minimum(np.searchsorted(self._sorted, ids), self._sorted.size - 1)
+        known, pick = self._sorted[at] == ids, self._order[at]
+        return [np.where(known, c[pick], 0.0 if i < 3 else 1.0) for i, c in enumerate(self._cols)]
 
     def state(self) -> pl.DataFrame:
         """Every series' history after the night, sorted by series id (batches may finish

@@ -37,6 +37,7 @@ def points_frame(
             "residual": resid.astype(np.float64),
             "score": day.score[rows, hours].astype(np.float64),
             "surprise": surprise_of(day.tail[rows, hours]),
+            "alert": None if day.alert is None else day.alert[rows, hours],
             "direction": np.where(resid > 0, "up", "down"),
             "severity": np.asarray(SEVERITY)[severity_of(day.tail[rows, hours], false_alarm_rate)],
             "basis": np.asarray(BASIS)[day.basis[rows]],
@@ -49,6 +50,7 @@ def points_frame(
             "cluster_id": pl.String,
             "severity": pl.String,
             "basis": pl.String,
+            "alert": pl.Boolean,
         },  # fmt: skip
     ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
     if every_point:

@@ -24,7 +24,7 @@ ANOMALY_COLUMNS = (
     "direction", "cluster_id", "model_version",
 )  # fmt: skip
 # NULL when a frame lacks them
-OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise", "event_id")
+OPTIONAL_ANOMALY_COLUMNS = ("severity", "basis", "surprise", "alert", "event_id")
 
 
 def _insert_anomalies(

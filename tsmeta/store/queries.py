@@ -13,7 +13,7 @@ __all__ = ["query_anomalies", "query_events", "latest_night", "ANOMALY_OUTPUT_CO
 
 ANOMALY_OUTPUT_COLUMNS = (
     "series_id", "ts", "value", "forecast", "lower", "upper", "residual", "score", "surprise",
-    "direction", "severity", "basis", "cluster_id", "event_id", "model_version", "run_id",
+    "alert", "direction", "severity", "basis", "cluster_id", "event_id", "model_version", "run_id",
 )  # fmt: skip
 EVENT_OUTPUT_COLUMNS = ("night", "kind", "cluster_id", "start_ts", "end_ts", "direction", "n_series",
                         "peak_share", "n_points", "event_id")  # fmt: skip

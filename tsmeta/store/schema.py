@@ -127,6 +127,9 @@ anomalies = sa.Table(
     # -log10 of the tail probability (3: one in a thousand on a normal night; capped at 300):
     # it keeps ranking where the score has saturated at 1.0
     sa.Column("surprise", sa.Float),
+    # the first point of a run of anomalies (more surprising than any point of its series
+    # since the start of the night before); NULL: written without the residual history
+    sa.Column("alert", sa.Boolean),
     sa.Column("cluster_id", sa.String(64), nullable=False),
     # the shared event (``events``) the point is a common-mode member of; NULL: its own
     sa.Column("event_id", sa.String(128)),
