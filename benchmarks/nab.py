@@ -18,13 +18,11 @@ For each frequency among the streams (5 minutes, 10 minutes, 30 minutes, an hour
    the training corpus) and the nightly job's (``tsmeta.jobs.history.NightHistory``, carried
    from night to night as a replay carries it: the larger of the cluster's tail and the
    point's tail against the stream's own residuals on earlier nights).
-4. **Four detectors from them**, each written as NAB result files: ``tsmeta`` (the nightly
-   job's alerts, its ``alert`` column: a flagged point more surprising than any point of
-   the stream since the start of the night before, so a run of anomalies is reported
-   once, at its start), ``tsmetaFlags`` (the nightly job's tails at every point),
-   ``tsmetaRuns`` (the nightly tails at every point more surprising than the day before
-   it, flagged or not: ``tsmeta.scoring.history.alert_surprise``) and ``tsmetaCluster``
-   (the cluster's tails alone, every point). A row's ``anomaly_score`` is that of its
+4. **Three detectors from them**, each written as NAB result files: ``tsmeta`` (the
+   nightly job's alerts, its ``alert`` column: a flagged point more surprising than any
+   point of the stream since the start of the night before, so a run of anomalies is
+   reported once, at its start), ``tsmetaFlags`` (the nightly job's tails at every point)
+   and ``tsmetaCluster`` (the cluster's tails alone, every point). A row's ``anomaly_score`` is that of its
    step: ``s / (s + 3)`` of the surprise ``s = -log10 p`` (0.5 at the configured rate
    1e-3; monotone, so NAB's threshold sweep sees tsmeta's ranking); points not scored
    (the first day, gaps) and points a detector passes over get 0.
@@ -72,7 +70,6 @@ from tsmeta.frequency import (
 from tsmeta.jobs.history import NightHistory
 from tsmeta.meta.tasks import window_reach
 from tsmeta.periodicity import detect_periods
-from tsmeta.scoring.history import alert_surprise
 from tsmeta.store.models import load_latest_models
 
 NAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nab"
@@ -126,13 +123,11 @@ def pick_model(models: dict, period: int) -> str:
 DETECTORS = {  # NAB detector name: (tail, points scored, what it is)
     "tsmeta": ("product", "alerts", "the nightly job's alerts"),
     "tsmetaFlags": ("product", "every", "the nightly job's tails, every point"),
-    "tsmetaRuns": ("product", "runs", "nightly tails, above the day before"),
     "tsmetaCluster": ("cluster", "every", "cluster tails alone, every point"),
 }
 
 
-def stream_scores(tails: dict[str, np.ndarray], alerts: np.ndarray,
-                  spd: int) -> dict[str, np.ndarray]:  # fmt: skip
+def stream_scores(tails: dict[str, np.ndarray], alerts: np.ndarray) -> dict[str, np.ndarray]:
     """Each detector's per-step anomaly score from the cluster's and the nightly tails and
     the nightly job's alerts."""
     out = {}
@@ -140,8 +135,6 @@ def stream_scores(tails: dict[str, np.ndarray], alerts: np.ndarray,
         s = surprise_of(tails[kind])
         if points == "alerts":
             s = np.where(alerts, s, 0.0)
-        elif points == "runs":  # each point against the day of surprises before it
-            s = alert_surprise(s[None, :], np.full((1, spd), np.nan))[0]
         out[det] = np.nan_to_num(s / (s + 3.0), nan=0.0)
     return out
 
@@ -198,7 +191,7 @@ def score_stream(
     # each row takes its step's score
     step = ((frame["ts"].dt.truncate(polars_every(freq)) - begin).dt.total_minutes()
             // freq_minutes(freq)).to_numpy()  # fmt: skip
-    scores = {det: s[step] for det, s in stream_scores(tails, alerts, spd).items()}
+    scores = {det: s[step] for det, s in stream_scores(tails, alerts).items()}
     return scores, {"cluster": cid, "period": int(res.period[0]), **report,
                     "flagged_points": int((tails["cluster"] < settings.false_alarm_rate).sum()),
                     "flagged_nightly": int((tails["product"] < settings.false_alarm_rate).sum()),

@@ -143,7 +143,7 @@ def test_nab_small(tmp_path):
     streams = "artificialWithAnomaly/art_daily_jumpsup.csv,realKnownCause/ec2_request_latency_system_failure.csv"
     res = run("nab", "--only", streams, "--train-series", "150", "--meta-steps", "40",
               tmp_path=tmp_path)  # fmt: skip
-    assert set(res["scores"]) == {"tsmeta", "tsmetaFlags", "tsmetaRuns", "tsmetaCluster"}
+    assert set(res["scores"]) == {"tsmeta", "tsmetaFlags", "tsmetaCluster"}
     for profiles in res["scores"].values():
         assert set(profiles) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
         assert all(-1000 < v <= 100 for v in profiles.values())

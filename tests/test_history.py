@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from tsmeta.scoring.history import MIN_HISTORY, ResidualHistory, alert_surprise, own_tail
+from tsmeta.scoring.history import MIN_HISTORY, ResidualHistory, own_tail
 
 
 def test_history_merged_night_by_night_equals_the_statistics_of_all_residuals():
@@ -38,29 +38,6 @@ def test_own_tail_is_the_normal_tail_against_the_series_own_scale_and_needs_hist
 def test_history_rejects_rows_of_other_series():
     with pytest.raises(ValueError, match="one row per series"):
         ResidualHistory.empty(2).merged(np.zeros((3, 5)))
-
-
-@pytest.mark.parametrize(("h", "w"), [(5, 8), (8, 8), (12, 5), (3, 1)])
-def test_alerts_are_points_above_every_surprise_of_the_window_before_them(h, w):
-    rng = np.random.default_rng(h * 10 + w)
-    s = rng.exponential(size=(4, h))
-    before = rng.exponential(size=(4, w))
-    before[0, -1] = np.nan
-    s[1, 1] = np.nan
-    got = alert_surprise(s, before)
-    both = np.nan_to_num(np.concatenate([before, s], axis=1))
-    for i in range(4):
-        for j in range(h):
-            if np.isnan(s[i, j]):
-                assert np.isnan(got[i, j])
-            else:
-                prior = both[i, j : w + j].max()
-                assert got[i, j] == (s[i, j] if s[i, j] > prior else 0.0)
-
-
-def test_a_run_of_surprising_points_alerts_once_at_its_start_and_again_when_it_grows():
-    s = np.array([[0.1, 0.2, 5.0, 5.0, 4.0, 6.0, 0.1]])
-    assert alert_surprise(s, np.zeros((1, 3))).tolist() == [[0.1, 0.2, 5.0, 0.0, 0.0, 6.0, 0.0]]
 
 
 def _day(residual: np.ndarray, tail: np.ndarray, ids: list[str]):

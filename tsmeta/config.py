@@ -277,8 +277,8 @@ class Settings(BaseSettings):
     own_history: bool = Field(
         True,
         description="Flag a point only if also rare against its series' residuals of earlier "
-        "nights (their mean and standard deviation, kept in `data_dir/history`; off: nights "
-        "neither read nor save it).",
+        "nights (their mean and standard deviation, kept in `data_dir/history`), and mark "
+        "alerts (off: nights neither read nor save it; `alert` is NULL).",
     )
     causal: bool = Field(
         False,

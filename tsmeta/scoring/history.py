@@ -1,4 +1,4 @@
-"""A series judged against its own past: residual history and alerts.
+"""A series judged against its own past: its residual history.
 
 The cluster's tail model (``tails``) is fitted on the training corpus. A series whose
 residuals run larger or smaller than its cluster's (a stream unlike anything trained on)
@@ -8,10 +8,6 @@ its residuals on earlier nights (three numbers a series, merged night by night w
 Chan's update), and ``own_tail`` reads a residual's two-sided normal tail against them.
 The history keeps every residual, flagged or not: a real change of level is then learned
 (its residuals widen the scale within a night or two) instead of flagged forever.
-
-``alert_surprise`` turns a run of surprising points into one alert: a point alerts when
-its surprise is above every surprise of its series over the preceding window (a day);
-later points of the same run, no more surprising than its start, do not alert again.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-__all__ = ["ResidualHistory", "own_tail", "alert_surprise", "MIN_HISTORY"]
+__all__ = ["ResidualHistory", "own_tail", "MIN_HISTORY"]
 
 MIN_HISTORY = 10  # fewer earlier residuals: no own tail (NaN)
 
@@ -93,33 +89,3 @@ def own_tail(residual: np.ndarray, history: ResidualHistory) -> np.ndarray:
     ndtr(z, out=z)
     z *= 2.0
     return z
-
-
-def alert_surprise(surprise: np.ndarray, before: np.ndarray) -> np.ndarray:
-    """The surprise of points above every earlier surprise of their series within the
-    window, 0 elsewhere (NaN where not scored).
-
-    ``surprise`` (n, H) is the night's, ``before`` (n, W) the W surprises just before it
-    (NaN where unknown); each point is compared with the W points before it, which
-    reach back into ``before`` for the night's first points.
-    """
-    s = np.asarray(surprise, dtype=np.float64)
-    b = np.asarray(before, dtype=np.float64)
-    if b.shape[0] != s.shape[0]:
-        raise ValueError(f"{b.shape[0]} rows before a night of {s.shape[0]} series")
-    w = b.shape[1]
-    both = np.nan_to_num(np.concatenate([b, s], axis=1), nan=0.0)
-    if w == 0:
-        return s.copy()
-    h = s.shape[1]
-    if h <= w:
-        # point j's window: before[j:] and the night's points before j (suffix and prefix maxima)
-        suffix = np.maximum.accumulate(both[:, w - 1 :: -1], axis=1)[:, ::-1][:, :h]
-        prefix = np.maximum.accumulate(both[:, w:], axis=1)
-        prior = np.maximum(
-            suffix, np.concatenate([np.zeros((s.shape[0], 1)), prefix[:, :-1]], axis=1)
-        )
-    else:
-        windows = np.lib.stride_tricks.sliding_window_view(both[:, :-1], w, axis=1)
-        prior = windows[:, -h:].max(axis=2)
-    return np.where(np.isnan(s), np.nan, np.where(s > prior, s, 0.0))
