@@ -197,8 +197,9 @@ def make_batch(
     ys_raw = torch.gather(v, 1, s_cols)
     ms = torch.gather(obs, 1, s_cols).to(v.dtype)
     loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms, REL_FLOOR)
-    vnorm = torch.where(obs, (v - loc[:, None]) / scale[:, None], torch.zeros((), dtype=v.dtype))
-    vnorm = vnorm.clamp(-clip, clip)
+    # in place on the batch's copy (v is not read again): a (B, T) window, 6,000 columns
+    # at 5 minutes, is not allocated four times over
+    vnorm = v.sub_(loc[:, None]).div_(scale[:, None]).clamp_(-clip, clip).masked_fill_(~obs, 0.0)
     q_in = q_cols < T
     q_safe = q_cols.clamp_max(T - 1)
     ys = torch.gather(vnorm, 1, s_cols)
