@@ -268,7 +268,7 @@ class _NightScoring:
                 self.collect(done_cid, day)
             return
         self.pending.append((cid, self.pool.submit(_score_batch, self.settings, batch, model,
-                                                   self.history)))  # fmt: skip
+                                                   cid, self.history)))  # fmt: skip
         while len(self.pending) > self.workers:  # memory bounded: at most ``workers`` batches held
             self.collect_oldest()
 
@@ -379,10 +379,10 @@ def _stack(parts: list[Panel]) -> Panel:
     )
 
 
-def _score_batch(settings: Settings, batch: Panel, model: MetaModel,
+def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str,
                  history: NightHistory | None) -> ScoredDay:  # fmt: skip
-    """Score one batch of a cluster's series in this process, against its series' residual
-    history too when given (on the worker thread: the reader goes on meanwhile)."""
+    """Score one batch of cluster ``cid``'s series in this process, against its series'
+    residual history too when given (on the worker thread: the reader goes on meanwhile)."""
     day = score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
                     settings.false_alarm_rate, settings.chunk_series,
                     settings.torch_device(), causal=settings.causal)  # fmt: skip
