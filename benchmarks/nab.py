@@ -22,10 +22,11 @@ For each frequency among the streams (5 minutes, 10 minutes, 30 minutes, an hour
    nightly job's alerts, its ``alert`` column: a flagged point more surprising than any
    point of the stream since the start of the night before, so a run of anomalies is
    reported once, at its start), ``tsmetaFlags`` (the nightly job's tails at every point)
-   and ``tsmetaCluster`` (the cluster's tails alone, every point). A row's ``anomaly_score`` is that of its
-   step: ``s / (s + 3)`` of the surprise ``s = -log10 p`` (0.5 at the configured rate
-   1e-3; monotone, so NAB's threshold sweep sees tsmeta's ranking); points not scored
-   (the first day, gaps) and points a detector passes over get 0.
+   and ``tsmetaCluster`` (the cluster's tails alone, every point). A row's
+   ``anomaly_score`` is that of its step: ``s / (s + 3)`` of the surprise ``s = -log10 p``
+   (0.5 at the configured rate 1e-3; monotone, so NAB's threshold sweep sees tsmeta's
+   ranking); points not scored (the first day, gaps) and points a detector passes over
+   get 0.
 5. NAB's scorer runs on a temporary copy of ``../shared/data/nab`` (``--optimize --score
    --normalize``) and the three profiles' final scores of each are printed beside the scoreboard.
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tsmeta.scoring.statistics import sorting_network
+from tsmeta.scoring.statistics import sorted_columns
 
 __all__ = [
     "FeatureSpec",
@@ -238,15 +238,9 @@ def lagged(
         return torch.where(obss[0], vals[0], zero), obss[0]
     obs = torch.stack(obss)  # (P, B, N)
     inf = torch.full((), float("inf"), dtype=vnorm.dtype)
-    # sorted by a sorting network: elementwise minima and maxima of whole (B, N) tensors
-    # (torch.sort along the short leading axis: 1.45x slower at 5 minutes; the same values)
-    ranked = [torch.where(o, v, inf) for o, v in zip(obss, vals, strict=True)]
-    for i, j in sorting_network(periods):
-        ranked[i], ranked[j] = (
-            torch.minimum(ranked[i], ranked[j]),
-            torch.maximum(ranked[i], ranked[j]),
-        )
-    ranked = torch.stack(ranked)
+    # the periods sorted elementwise (torch.sort along the short leading axis: 1.45x slower
+    # at 5 minutes; the same values)
+    ranked = sorted_columns(torch.where(o, v, inf) for o, v in zip(obss, vals, strict=True))
     count = obs.sum(0)  # (B, N) observed points among the P
     lo = torch.gather(ranked, 0, ((count - 1).clamp_min(0) // 2)[None]).squeeze(0)
     hi = torch.gather(ranked, 0, (count // 2).clamp_max(periods - 1)[None]).squeeze(0)

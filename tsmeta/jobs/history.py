@@ -28,7 +28,7 @@ __all__ = ["NightHistory", "history_dir", "KEEP_NIGHTS"]
 KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
            "min_tail": pl.Float64}  # fmt: skip
-_STATS = ("count", "mean", "m2")
+_UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0}  # a series never scored
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
@@ -57,12 +57,12 @@ class NightHistory:
 
     def __init__(self, prior: pl.DataFrame | None = None) -> None:
         if prior is not None and "min_tail" not in prior.columns:  # a state saved before alerts
-            prior = prior.with_columns(min_tail=pl.lit(1.0))
+            prior = prior.with_columns(min_tail=pl.lit(_UNSEEN["min_tail"]))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
         ids = self.prior["series_id"].to_numpy().astype(str)
         self._order = np.argsort(ids, kind="stable")  # series looked up by binary search
         self._sorted = ids[self._order]
-        self._cols = [self.prior[c].to_numpy() for c in (*_STATS, "min_tail")]
+        self._cols = {c: self.prior[c].to_numpy() for c in _UNSEEN}
         self._parts: list[pl.DataFrame] = []
 
     @classmethod
@@ -73,8 +73,8 @@ class NightHistory:
 
     def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
         ids = day.series_ids.astype(str)
-        *stats, least = self._lookup(ids)
-        history = ResidualHistory(*stats)
+        found = self._lookup(ids)
+        history = ResidualHistory(found["count"], found["mean"], found["m2"])
         observed = day.observed & day.scored[:, None]
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         tail = np.fmax(day.tail, own_tail(residual, history))  # NaN own tail: the cluster's
@@ -82,20 +82,20 @@ class NightHistory:
         flag = day.flag & (tail < false_alarm_rate)
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
-                            least[:, None])  # fmt: skip
+                            found["min_tail"][:, None])  # fmt: skip
         after = history.merged(residual)
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
                                          "min_tail": lowest[:, -1]}, schema=_SCHEMA))  # fmt: skip
         return replace(day, tail=tail, flag=flag, alert=flag & (tail < before))
 
-    def _lookup(self, ids: np.ndarray) -> list[np.ndarray]:
-        """count, mean, m2 (0 for a series never seen) and min_tail (1) of each id."""
+    def _lookup(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Each state column of each id (``_UNSEEN``'s values for a series never scored)."""
         if not self._sorted.size:
-            return [np.zeros(len(ids))] * 3 + [np.ones(len(ids))]
+            return {c: np.full(len(ids), v) for c, v in _UNSEEN.items()}
         at = np.minimum(np.searchsorted(self._sorted, ids), self._sorted.size - 1)
         known, pick = self._sorted[at] == ids, self._order[at]
-        return [np.where(known, c[pick], 0.0 if i < 3 else 1.0) for i, c in enumerate(self._cols)]
+        return {c: np.where(known, col[pick], _UNSEEN[c]) for c, col in self._cols.items()}
 
     def state(self) -> pl.DataFrame:
         """Every series' history after the night, sorted by series id (batches may finish

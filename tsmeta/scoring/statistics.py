@@ -41,7 +41,7 @@ def window_medians(z, observed, width: int, causal: bool = False):  # noqa: ANN0
     its points deviate the same way (a level shift, a stuck value, a changed season). Of an
     even count, the lower of the two middle values.
 
-    Every window is sorted at once by a sorting network (``sorting_network``): elementwise
+    Every window is sorted at once by a sorting network (``_sorting_network``): elementwise
     minima and maxima of whole time-major columns, about twice as fast on the CPU as
     ``torch.nanmedian`` over the unfolded windows, and exactly the same values (a median
     is a selection, so it is taken in z's own precision)."""
@@ -66,15 +66,24 @@ def lower_median(cols, count):  # noqa: ANN001, ANN201 - torch tensors
     """Elementwise lower median of the first ``count`` (integer tensor) of the values of
     ``cols`` (a list of same-shape tensors) in sorted order, where the values left out
     (unobserved, padding) are +inf and so sort last: sorted by a sorting network
-    (``sorting_network``: elementwise minima and maxima, no per-row sort), then picked by
+    (``_sorting_network``: elementwise minima and maxima, no per-row sort), then picked by
     rank. A selection, so in the values' own precision; the smallest where count is 0."""
     import torch
 
-    cols = list(cols)
-    for i, j in sorting_network(len(cols)):
-        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
     rank = ((count - 1).clamp_min(0) // 2).to(torch.int64)
-    return torch.stack(cols).gather(0, rank[None]).squeeze(0)
+    return sorted_columns(cols).gather(0, rank[None]).squeeze(0)
+
+
+def sorted_columns(cols):  # noqa: ANN001, ANN201 - torch tensors
+    """The same-shape tensors ``cols`` sorted elementwise, stacked on a new leading axis:
+    by a sorting network (``_sorting_network``: minima and maxima of whole tensors, faster
+    on the CPU than torch.sort along a short leading axis; the same values)."""
+    import torch
+
+    cols = list(cols)
+    for i, j in _sorting_network(len(cols)):
+        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
+    return torch.stack(cols)
 
 
 def neighbours(x):  # noqa: ANN001, ANN201 - a torch tensor
@@ -147,7 +156,7 @@ def onset(z, observed):  # noqa: ANN001, ANN201 - torch tensors
 
 
 @cache
-def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators (i, j), i < j, of Batcher's odd-even merge sort of n inputs: applying
     (min, max) to each pair in turn sorts any n values. Built for the next power of two;
     comparators reaching past n are dropped (as if the extra inputs were +inf, which no
