@@ -181,6 +181,8 @@ VARIANTS = {
     "no-trim": ({}, {"trim": float("inf")}),  # no support point is ever beyond it
     "no-lag_median": ({"lag_periods": 1}, {}),
     "no-week_input": ({"week_lag_input": False}, {}),
+    "no-own_history": ({"own_history": False}, {}),
+    "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period of the cluster
 }
 
 
