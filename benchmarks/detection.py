@@ -62,28 +62,24 @@ from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28
 # "tsmeta": the model as trained (tail and per-step scales fitted on held-out series);
-# the two "1024 tasks" rows recalibrate the same model on one larger sample of tasks from
-# the training window, with and without per-step scales (the calibration ablation);
-# "points only": the model as trained without the window statistics (each point judged
-# alone); "t tail only": the model as trained without the empirical tail knots (the t alone);
-# "1024 tasks, no floor": as "1024 tasks, per step" without the seasonal-difference floor
-# of the residual scale (sigma from the support residuals alone, as before 2026-11-23);
-# "1024 tasks, no veto": as "1024 tasks, per step" without the seasonal-naive veto (as
-# before 2026-11-24); "1024 tasks, no isolation": without the isolation statistic (a
-# point's jump away from both neighbours; as before 2026-12-03); "1024 tasks, no trim": the
-# ridge head adapted without leaving out its support outliers (``MetaConfig.trim`` None;
-# as before the second session of 2026-12-03); "1024 tasks, no drop": the tails fitted on
-# every point of the calibration sample, its own anomalies included (as before then too);
-# "1024 tasks, no onset": without the onset statistic (the abrupt start or end of a level
-# shift; as before 2026-12-04); "1024 tasks, level veto": the veto's deviations not
-# measured against their neighbours' (FeatureSpec.veto_neighbours False; as before then)
-METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, t tail only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+# "points only": its tails without the window statistics (each point judged alone); the
+# "1024 tasks" rows recalibrate the same model on one larger sample of tasks from the
+# training window (the ablation): "per step" with every part, "one tail" without per-step
+# scales, "no floor" without the seasonal-difference floor of the residual scale, "no
+# veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
+# sample, its own anomalies included), "no trim" (the ridge head adapted without leaving
+# out its support outliers), "level veto" (the veto's deviations not measured against
+# their neighbours'); on M4 every calibration part by its name, "no empirical" the point
+# tail without the sample's own far tail as knots (the Student-t alone)
+METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
            "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
 OWN_HISTORY = 7  # horizons scored before each one to build the series' residual history
+# rows scored with that history too, as the nightly job scores (the ablation's rows)
+ABLATED = ("tsmeta, points only", "tsmeta, 1024 tasks")
 
 
 def normal_log_tail(z: np.ndarray) -> np.ndarray:
@@ -103,14 +99,6 @@ def unadapted(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step
     return MetaModel(model.params, model.spec, cfg, tail, model.metrics, model.inner_rates)
 
 
-def t_only(model: MetaModel) -> MetaModel:
-    """The same model, its point tails without the empirical knots (the Student-t alone, no
-    window statistics): the calibration of two steps back."""
-    part = model.partial_calibration
-    return replace(model, calibration=replace(model.calibration.point, knots=None),
-                   partial_calibration=None if part is None else replace(part.point, knots=None))  # fmt: skip
-
-
 def points_only(model: MetaModel) -> MetaModel:
     """The same model, its tails without the window statistics (each point judged alone)."""
     part = model.partial_calibration
@@ -119,22 +107,20 @@ def points_only(model: MetaModel) -> MetaModel:
 
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
-                 per_step: bool, spread: bool = True, veto: bool = True,
-                 isolation: bool = True, trim: bool = True, drop: bool = True,
-                 onsets: bool = True, neighbours: bool = True) -> MetaModel:  # fmt: skip
+                 per_step: bool, trim: bool = True, neighbours: bool = True,
+                 **parts: bool) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
-    window, with or without per-step scales, the spread floor, the seasonal-naive veto,
-    the isolation statistic, the ridge head's refit without support outliers, the refit of
-    the tails without the sample's own anomalies, the onset statistic, the veto's
-    deviations against their neighbours'."""
+    window as the product calibrates (weekday factors included), with or without per-step
+    scales, the ridge head's refit without support outliers (``trim``), the veto's
+    deviations against their neighbours' (``neighbours``), and any of ``calibrate``'s
+    parts (``parts``: a keyword of CALIBRATION_PARTS, False to leave it out)."""
     cfg = model.config if trim else replace(model.config, trim=None)
     spec = model.spec if neighbours else replace(model.spec, veto_neighbours=False)
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
     tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
-                     spread=spread, veto=veto, isolation=isolation, trim=cfg.trim, drop=drop,
-                     onsets=onsets)  # fmt: skip
+                     trim=cfg.trim, steps_per_day=cfg.steps_per_day, **parts)  # fmt: skip
     return MetaModel(model.params, spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -319,7 +305,6 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                 seconds["tsmeta, own history"] += time.perf_counter() - t
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
                                 ("tsmeta, points only", points_only(model)),
-                                ("tsmeta, t tail only", t_only(model)),
                                 ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
                                 ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24])),
                                 ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24])),
@@ -330,8 +315,10 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, 1024 tasks, no onset", no_onset.get(p, no_onset[24])),
                                 ("tsmeta, 1024 tasks, level veto", by_level.get(p, by_level[24]))):  # fmt: skip
                     t = time.perf_counter()
+                    # the ablation rows as the nightly job scores: with the residual history
+                    hist = OWN_HISTORY if name.startswith(ABLATED) else 0
                     out[name][rows, sl] = tsmeta_log_tail(m, values[rows], mask[rows], ids[rows],
-                                                          t0, start_step, rate)  # fmt: skip
+                                                          t0, start_step, rate, hist)  # fmt: skip
                     seconds[name] += time.perf_counter() - t
             t = time.perf_counter()
             per = np.where(period == 0, 24, period)
@@ -414,16 +401,19 @@ def run_m4(args: argparse.Namespace) -> dict:
                      eval_every=50, patience=8, seed=args.seed, without=tuple(args.without), steps_per_day=24)  # fmt: skip
     model = meta_train(values[:, :cut], mask[:, :cut], start_step, spec, cfg)
     raw = unadapted(model, values[:, :cut], mask[:, :cut], start_step)
-    one_tail = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, False)
-    per_step = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True)
-    no_floor = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, spread=False)
-    no_veto = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, veto=False)
-    no_iso = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, isolation=False)
-    no_trim = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, trim=False)
-    no_drop = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, drop=False)
-    no_onset = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True, onsets=False)
-    by_level = recalibrated(model, values[:, :cut], mask[:, :cut], start_step, True,
-                            neighbours=False)  # fmt: skip
+    train_part = (values[:, :cut], mask[:, :cut], start_step)
+    # the ablation: the same model recalibrated with every part, then with one left out
+    ablation = {
+        "tsmeta, 1024 tasks, per step": recalibrated(model, *train_part, True),
+        "tsmeta, 1024 tasks, one tail": recalibrated(model, *train_part, False),
+    }
+    for part in CALIBRATION_PARTS:
+        if part != "per_step":
+            ablation[f"tsmeta, 1024 tasks, no {part}"] = recalibrated(model, *train_part, True,
+                                                                      **{part: False})  # fmt: skip
+    ablation["tsmeta, 1024 tasks, no trim"] = recalibrated(model, *train_part, True, trim=False)
+    ablation["tsmeta, 1024 tasks, level veto"] = recalibrated(model, *train_part, True,
+                                                              neighbours=False)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     n = len(ids)
     diffs = values[:, cut - 7 * 24 : cut] - values[:, cut - 8 * 24 : cut - 24]
@@ -447,18 +437,11 @@ def run_m4(args: argparse.Namespace) -> dict:
     out = {}
     for label, vals in (("injected", injected), ("clean", values)):
         scores = {}
-        for name, m in (("tsmeta", model), ("unadapted init", raw), ("tsmeta, points only", points_only(model)),
-                        ("tsmeta, t tail only", t_only(model)),
-                        ("tsmeta, 1024 tasks, one tail", one_tail),
-                        ("tsmeta, 1024 tasks, per step", per_step),
-                        ("tsmeta, 1024 tasks, no floor", no_floor),
-                        ("tsmeta, 1024 tasks, no veto", no_veto),
-                        ("tsmeta, 1024 tasks, no isolation", no_iso),
-                        ("tsmeta, 1024 tasks, no trim", no_trim),
-                        ("tsmeta, 1024 tasks, no drop", no_drop),
-                        ("tsmeta, 1024 tasks, no onset", no_onset),
-                        ("tsmeta, 1024 tasks, level veto", by_level)):  # fmt: skip
+        for name, m in (("tsmeta", model), ("unadapted init", raw),
+                        ("tsmeta, points only", points_only(model))):  # fmt: skip
             scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate)
+        for name, m in ablation.items():  # as the nightly job scores: with the residual history
+            scores[name] = tsmeta_log_tail(m, vals, mask, ids, cut, start_step, rate, OWN_HISTORY)
         scores["tsmeta, own history"] = tsmeta_log_tail(model, vals, mask, ids, cut, start_step,
                                                         rate, OWN_HISTORY)  # fmt: skip
         scores["seasonal naive + robust z"] = snaive_log_tail(vals, cut, H, np.full(n, 24))

@@ -193,7 +193,7 @@ def run_tsmeta(settings_kw: dict, config_kw: dict, as_of: date, last: date):  # 
     failed = {c: r["error"] for c, r in trained.items() if "error" in r}
     if failed:
         raise RuntimeError(f"training failed: {failed}")
-    frames = [f.select("series_id", "ts", "surprise", "flag", "event_id")
+    frames = [f.select("series_id", "ts", "surprise", "flag", "event_id", "basis", "cluster_id")
               for _, f, _ in jobs.replay(settings, as_of, last, "bench", keep="all")]  # fmt: skip
     return pl.concat(frames).with_columns(pl.col("series_id").cast(pl.String))
 
@@ -270,6 +270,12 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
         res["holiday_flags_in_events"] = (float(member[on_holiday].mean()) if on_holiday.any()
                                           else float("nan"))  # fmt: skip
         res["clean_flags_in_events"] = float(member[flagged & ~context & (event < 0)].mean())
+        # how each series-night was forecast: the share whose adaptation fell back to the base
+        nights = frame.group_by("series_id", pl.col("ts").dt.date()).agg(
+            pl.col("basis").first(), pl.col("cluster_id").first())  # fmt: skip
+        fell = nights.group_by("cluster_id").agg((pl.col("basis") == "fallback").mean())
+        res["fallback_share"] = float((nights["basis"] == "fallback").mean())
+        res["fallback_worst_cluster"] = (float(fell["basis"].max()) if fell.height else float("nan"))
         if name == "defaults":
             out["methods"]["tsmeta"] = res
         else:
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         for family in args.families:
             results["families"][family] = run_family(family, args, Path(tmp))
     cols = ("best_f1", "f1_at_rate", "pr_auc", "clean_rate", "worst_cell_rate", "worst_cell",
-            "holiday_rate", "after_holiday_rate")  # fmt: skip
+            "holiday_rate", "after_holiday_rate", "fallback_share")  # fmt: skip
     for family, res in results["families"].items():
         print(f"\n{family}: {res['series']} series, {res['nights']} nights replayed, {res['events']} events "
               f"(configured rate 1e-3; {res['total_seconds']} s)")  # fmt: skip
@@ -317,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|" + "---:|" * len(cols))
         rows = {**res["methods"], **{f"tsmeta {v}": m for v, m in res["ablation"].items()}}
         for name, m in rows.items():
-            print(f"| {name} | " + " | ".join(_fmt(m[c]) for c in cols) + " |")
+            print(f"| {name} | " + " | ".join(_fmt(m.get(c, "")) for c in cols) + " |")
         m = res["methods"]["tsmeta"]
+        print(f"tsmeta's forecasts that fell back to the base forecast: {_fmt(m['fallback_share'])} of "
+              f"series-nights (worst cluster {_fmt(m['fallback_worst_cluster'])})")
         print(f"tsmeta's shared events: {m['shared_events']} over the replayed nights; flags in them: "
               f"{_fmt(m['holiday_flags_in_events'])} of the holiday's, {_fmt(m['clean_flags_in_events'])} "
               "of those on clean points")  # fmt: skip

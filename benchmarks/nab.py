@@ -69,6 +69,7 @@ from tsmeta.frequency import (
     steps_per_day,
 )
 from tsmeta.jobs.history import NightHistory
+from tsmeta.meta.calibrate import CALIBRATION_PARTS
 from tsmeta.meta.tasks import window_reach
 from tsmeta.periodicity import detect_periods
 from tsmeta.store.models import load_latest_models
@@ -93,22 +94,25 @@ def list_streams(nab: Path) -> list[tuple[str, Path]]:
 
 
 def train_models(
-    freq: str, work: Path, n_series: int, seed: int, meta_steps: int | None = None
+    freq: str, work: Path, n_series: int, seed: int, meta_steps: int | None = None,
+    ablate: dict | None = None,
 ) -> tuple[object, dict]:
-    """Profile and meta-train on a generated corpus of ``freq``; (settings, models)."""
+    """Profile and meta-train on a generated corpus of ``freq``; (settings, models).
+    ``ablate``: ``MetaConfig`` overrides (the ablation: a part left out)."""
     settings = load_settings(data_dir=work / freq, freq=freq, seed=seed)
     done = work / freq / "trained.json"
-    if done.is_file() and json.loads(done.read_text()) == [n_series, seed, meta_steps]:
+    key = [n_series, seed, meta_steps, *([ablate] if ablate else [])]
+    if done.is_file() and json.loads(done.read_text()) == key:
         return settings, load_latest_models(jobs.engine_for(settings), settings.model_dir)
     write_synthetic_dataset(settings.dataset_path, n_series, freq, TRAIN_DAYS, TRAIN_START, seed)
     as_of = TRAIN_START + timedelta(days=TRAIN_DAYS)
     jobs.profile_series(settings, as_of, "nab")
-    trained = jobs.train_models(settings, as_of, "nab", meta_steps=meta_steps)
+    trained = jobs.train_models(settings, as_of, "nab", meta_steps=meta_steps, **(ablate or {}))
     failed = {c: r["error"] for c, r in trained.items() if "error" in r}
     if failed:
         raise RuntimeError(f"training failed at {freq}: {failed}")
     models = load_latest_models(jobs.engine_for(settings), settings.model_dir)
-    done.write_text(json.dumps([n_series, seed, meta_steps]))  # --work reuses them
+    done.write_text(json.dumps(key))  # --work reuses them
     return settings, models
 
 
@@ -241,8 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recut-hours", type=float, default=None,
                     help="move the forecast origin every this many hours (default: once a day, "
                          "as the nightly job)")  # fmt: skip
+    ap.add_argument("--without", nargs="*", default=[], choices=[*CALIBRATION_PARTS, "trim"],
+                    help="calibration parts left out of the models (the ablation; `trim`: the "
+                         "ridge head's refit without support outliers)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    parts = tuple(p for p in args.without if p != "trim")
+    ablate = {**({"without": parts} if parts else {}),
+              **({"trim": float("inf")} if "trim" in args.without else {})}  # fmt: skip
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="tsmeta-nab-")) if args.work is None else args.work
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     t_train = time.perf_counter()
     for freq in sorted(set(freqs.values()), key=steps_per_day, reverse=True):
         trained[freq] = train_models(freq, tmp / "work", args.train_series, args.seed,
-                                     args.meta_steps)  # fmt: skip
+                                     args.meta_steps, ablate)  # fmt: skip
     t_train = time.perf_counter() - t_train
     t_score = time.perf_counter()
     for name, raw in raws.items():

@@ -104,7 +104,7 @@ def test_detection_small(tmp_path):
     res = run("detection", "--series", "120", "--nights", "1", "--mstl-series", "20",
               "--meta-steps", "20", "--skip-m4", tmp_path=tmp_path)  # fmt: skip
     syn = res["synthetic"]
-    assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, t tail only",
+    assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, own history", "tsmeta, points only",
                                        "tsmeta, 1024 tasks, one tail",
                                        "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, no floor",
                                        "tsmeta, 1024 tasks, no veto",
