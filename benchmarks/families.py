@@ -275,7 +275,7 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
             pl.col("basis").first(), pl.col("cluster_id").first())  # fmt: skip
         fell = nights.group_by("cluster_id").agg((pl.col("basis") == "fallback").mean())
         res["fallback_share"] = float((nights["basis"] == "fallback").mean())
-        res["fallback_worst_cluster"] = (float(fell["basis"].max()) if fell.height else float("nan"))
+        res["fallback_worst_cluster"] = float(fell["basis"].max()) if fell.height else float("nan")
         if name == "defaults":
             out["methods"]["tsmeta"] = res
         else:
@@ -325,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in rows.items():
             print(f"| {name} | " + " | ".join(_fmt(m.get(c, "")) for c in cols) + " |")
         m = res["methods"]["tsmeta"]
-        print(f"tsmeta's forecasts that fell back to the base forecast: {_fmt(m['fallback_share'])} of "
-              f"series-nights (worst cluster {_fmt(m['fallback_worst_cluster'])})")
+        print(
+            f"tsmeta's forecasts that fell back to the base forecast: {_fmt(m['fallback_share'])} of "
+            f"series-nights (worst cluster {_fmt(m['fallback_worst_cluster'])})"
+        )
         print(f"tsmeta's shared events: {m['shared_events']} over the replayed nights; flags in them: "
               f"{_fmt(m['holiday_flags_in_events'])} of the holiday's, {_fmt(m['clean_flags_in_events'])} "
               "of those on clean points")  # fmt: skip

@@ -94,7 +94,11 @@ def list_streams(nab: Path) -> list[tuple[str, Path]]:
 
 
 def train_models(
-    freq: str, work: Path, n_series: int, seed: int, meta_steps: int | None = None,
+    freq: str,
+    work: Path,
+    n_series: int,
+    seed: int,
+    meta_steps: int | None = None,
     ablate: dict | None = None,
 ) -> tuple[object, dict]:
     """Profile and meta-train on a generated corpus of ``freq``; (settings, models).
