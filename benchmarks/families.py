@@ -182,6 +182,7 @@ VARIANTS = {
     "no-lag_median": ({"lag_periods": 1}, {}),
     "no-week_input": ({"week_lag_input": False}, {}),
     "no-own_history": ({"own_history": False}, {}),
+    "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
     "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period of the cluster
 }
 

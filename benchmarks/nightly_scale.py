@@ -85,8 +85,10 @@ def child(args: argparse.Namespace) -> int:
     if args.child == "profile":
         res = jobs.profile_series(settings, night, "bench")
         out = {"clusters": len(res["clusters"]), "series": res["series"]}
-    elif args.child == "history":  # the night before: its residual history, saved
-        _, stats = jobs.score_night(settings, night - timedelta(days=1), "bench-history")
+    elif args.child == "history":  # the night before: its residual history, saved (built
+        # from that night alone: the timed night reads a saved state, whatever it holds)
+        once = settings.model_copy(update={"history_warmup_nights": 0})
+        _, stats = jobs.score_night(once, night - timedelta(days=1), "bench-history")
         out = {"series_scored": stats["series_scored"]}
     elif args.child == "train":
         res = jobs.train_models(settings, night, "bench")

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ray()
         rows = []
         for executor in ("local", "ray"):
-            settings = load_settings(data_dir=Path(tmp), executor=executor)
+            # one night timed: no history warm-up (a first night's one-off)
+            settings = load_settings(data_dir=Path(tmp), executor=executor, history_warmup_nights=0)
             jobs.score_night(settings, night, "warm-up")
             best = float("inf")
             for _ in range(args.repeat):

@@ -284,7 +284,8 @@ def test_batches_scored_at_once_give_a_serial_runs_rows_in_its_order(trained, mo
     import threading
 
     night = LAST - timedelta(days=6)
-    small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16}  # a batch per cluster
+    # a batch per cluster, and no history warm-up (its nights' batches would count too)
+    small = {**trained, "read_chunk_rows": 2_000, "chunk_series": 16, "history_warmup_nights": 0}
     serial, s_stats = jobs.score_night(load_settings(**small, score_workers=1), night, "a", "all")
     real, threads = scoring._score_batch, []
 
@@ -530,3 +531,46 @@ def test_a_replay_carrying_the_residual_history_flags_what_the_nightly_runs_stor
     without, _ = jobs.run_night(plain, LAST, "no-history", write=False, keep="all")
     assert without.get_column("flag").sum() >= replayed[LAST].get_column("flag").sum()
     assert without["alert"].null_count() == without.height  # no history: not judged
+
+
+def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(trained, tmp_path):
+    """With no residual history saved (a deployment's first night) the night first scores
+    the ``history_warmup_nights`` nights before it, writing nothing for them; a replay
+    builds the same history, so both flag the same points. Without the warm-up the night
+    is judged by the cluster's tails alone and its state holds one night."""
+    from pathlib import Path
+
+    fresh = {
+        **trained,
+        "data_dir": str(tmp_path),
+        "model_dir": str(Path(trained["data_dir"]) / "models"),
+    }
+    settings = load_settings(**fresh)
+    engine = sa.create_engine(trained["database_url"])
+
+    def stored_rows() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(anomalies)).scalar_one()
+
+    before = stored_rows()
+    nightly, _ = jobs.run_night(settings, LAST, "warm", write=False, keep="all")
+    assert stored_rows() == before  # the warm-up nights wrote nothing (nor did this night)
+    saved = {p.name for p in history_dir(settings).iterdir()}
+    assert saved == {f"night={LAST.isoformat()}.parquet"}  # only the night's own state
+    state = pl.read_parquet(history_dir(settings) / f"night={LAST.isoformat()}.parquet")
+    warm = settings.history_warmup_nights
+    assert warm >= 1 and state["count"].max() == (warm + 1) * 24  # the nights before and it
+    (tmp_path / "history" / f"night={LAST.isoformat()}.parquet").unlink()
+    _, replayed, _ = next(iter(jobs.replay(settings, LAST, LAST, "replay")))
+    cols = ["series_id", "ts", "flag", "alert"]
+    assert (
+        replayed.select(cols)
+        .sort("series_id", "ts")
+        .equals(nightly.select(cols).sort("series_id", "ts"))
+    )
+    cold = load_settings(**fresh, history_warmup_nights=0)
+    alone, _ = jobs.run_night(cold, LAST, "cold", write=False, keep="all")
+    state = pl.read_parquet(history_dir(settings) / f"night={LAST.isoformat()}.parquet")
+    assert state["count"].max() == 24
+    assert alone.get_column("flag").sum() >= nightly.get_column("flag").sum()
+    engine.dispose()

@@ -280,6 +280,14 @@ class Settings(BaseSettings):
         "nights (their mean and standard deviation, kept in `data_dir/history`), and mark "
         "alerts (off: nights neither read nor save it; `alert` is NULL).",
     )
+    history_warmup_nights: int = Field(
+        7,
+        ge=0,
+        description="Where no residual history is saved before a night (a deployment's first "
+        "night), build it first by scoring this many nights before it (nothing written; "
+        "nights without data are skipped): a week holds every weekday. That night costs "
+        "this many nights more once; 0: judged by the cluster's tails alone.",
+    )
     causal: bool = Field(
         False,
         description=(

@@ -22,6 +22,7 @@ from tsmeta.data.io import dataset_dates, scan_dataset
 from tsmeta.data.panel import freq_timedelta, scatter_panel
 from tsmeta.detect import BASIS, score_day
 from tsmeta.jobs import engine_for, night_bounds, points_frame
+from tsmeta.jobs.history import NightHistory
 from tsmeta.meta.tasks import window_reach
 from tsmeta.store.models import load_latest_models
 from tsmeta.store.queries import query_anomalies
@@ -74,18 +75,38 @@ def series_night(
             f"no data for {night} in {settings.dataset_path} (it holds {span}): pick a date "
             "inside that range"
         )
-    panel, row_of, night_start = _read_window(settings, ids, night, history_days, models, dates)
+    # the residual history the nightly job judges the night against (as it builds it where
+    # none is saved: the nights before it scored first, here for these series alone)
+    prior = NightHistory.stored(settings, night) if settings.own_history else None
+    warm = []
+    if prior is not None and prior.empty:
+        known = set(dates)
+        warm = [d for d in range(settings.history_warmup_nights, 0, -1)
+                if night - timedelta(days=d) in known]  # fmt: skip
+    panel, row_of, night_start, shown = _read_window(settings, ids, night, history_days, models,
+                                                     dates, max(warm, default=0))  # fmt: skip
     stored = query_anomalies(engine, night, night, ids)
     night_run = _night_was_run(engine, night)
     step = np.timedelta64(int(freq_timedelta(settings.freq).total_seconds() * 1e6), "us")
-    ts = np.datetime64(panel.start, "us") + np.arange(panel.values.shape[1]) * step
+    ts = (np.datetime64(panel.start, "us") + np.arange(panel.values.shape[1]) * step)[shown:]
+    spd, rate = settings.steps_per_day, settings.false_alarm_rate
     out = []
     for cid, part in located.group_by("cluster_id", maintain_order=True):
         version, model = models[cid[0]]
         rows = np.array([row_of[s] for s in part.get_column("series_id")])
-        day = score_day(panel.values[rows], panel.mask[rows], panel.series_ids[rows],
-                        panel.start_step, model, settings.false_alarm_rate,
-                        causal=settings.causal)  # fmt: skip
+        T = panel.values.shape[1]
+
+        scored = [score_day(panel.values[rows, :end], panel.mask[rows, :end],
+                            panel.series_ids[rows], panel.start_step, model, rate,
+                            causal=settings.causal)
+                  for end in [T - d * spd for d in warm] + [T]]  # fmt: skip
+        history = prior if not warm else NightHistory()
+        for earlier in scored[:-1]:  # the nights before it, oldest first
+            history.apply(earlier, rate)
+            history = history.next()
+        day = scored[-1]
+        if history is not None:
+            day = history.apply(day, rate)
         H = model.config.horizon
         night_ts = ts[-H:]
         # the night's flags: the stored rows when the night was run, else this scoring's,
@@ -104,7 +125,7 @@ def series_night(
                     model_version=version,
                     night=night,
                     ts=ts,
-                    value=np.where(panel.mask[rows[j]], panel.values[rows[j]], np.nan),
+                    value=np.where(panel.mask[rows[j]], panel.values[rows[j]], np.nan)[shown:],
                     night_ts=night_ts,
                     forecast=day.forecast[j],
                     lower=day.lower[j],
@@ -158,16 +179,18 @@ def _locate(engine: object, ids: list[str]) -> pl.DataFrame:
 
 def _read_window(
     settings: Settings, ids: list[str], night: date, history_days: int, models: dict,
-    dates: list[date],
-) -> tuple[object, dict[str, int], datetime]:  # fmt: skip
-    """(the series' panel over the history and the window scoring reads, row of each id,
-    the night's start); a ValueError when a series has no point in it."""
+    dates: list[date], earlier_days: int = 0,
+) -> tuple[object, dict[str, int], datetime, int]:  # fmt: skip
+    """(the series' panel over the history and the window scoring reads, and
+    ``earlier_days`` more before them, row of each id, the night's start, the first column
+    shown: after those earlier days); a ValueError when a series has no point in it."""
     spd = settings.steps_per_day
     reach = max(
         window_reach(m.spec, m.config.k, m.config.horizon) for _, m in models.values()
     )  # as scoring
     days = max(history_days, math.ceil(reach / spd))
-    first = max(night - timedelta(days=days), dates[0])
+    first = max(night - timedelta(days=days + earlier_days), dates[0])
+    shown = (max(night - timedelta(days=days), dates[0]) - first).days * spd
     begin, _ = night_bounds(first)
     night_start, finish = night_bounds(night)
     frame = (
@@ -184,4 +207,4 @@ def _read_window(
             f"series {missing[0]!r} has no points in {first}..{night}: it stopped reporting; "
             "pick an earlier date"
         )
-    return panel, row_of, night_start
+    return panel, row_of, night_start, shown

@@ -89,6 +89,11 @@ class NightHistory:
                                          "min_tail": lowest[:, -1]}, schema=_SCHEMA))  # fmt: skip
         return replace(day, tail=tail, flag=flag, alert=flag & (tail < before))
 
+    @property
+    def empty(self) -> bool:
+        """No series has a history yet (nothing saved before the night)."""
+        return self.prior.height == 0
+
     def _lookup(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Each state column of each id (``_UNSEEN``'s values for a series never scored)."""
         if not self._sorted.size:

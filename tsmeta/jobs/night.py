@@ -13,7 +13,7 @@ from tsmeta.data.panel import freq_timedelta
 from tsmeta.events import shared_events
 from tsmeta.jobs.common import engine_for, log, night_bounds, require_night_data
 from tsmeta.jobs.history import NightHistory
-from tsmeta.jobs.score import score_night
+from tsmeta.jobs.score import history_before, score_night
 from tsmeta.store.writes import replace_night
 
 
@@ -73,12 +73,13 @@ def replay(
     Yields (night, rows, stats) per night: every scored point by default (evaluation), or
     only the flagged ones (``keep="flagged"``). With ``write`` each night's anomalies are
     replaced in the database as the nightly job would (backfills). Memory is one night.
-    Each series' residual history starts from the state saved before ``first`` and is
-    carried from night to night (saved only with ``write``).
+    Each series' residual history starts from the state saved before ``first`` (built
+    where none is: ``score.history_before``) and is carried from night to night (saved
+    only with ``write``).
     """
     if last < first:
         raise ValueError(f"empty date range: {last} is before {first}; give first <= last")
-    history = NightHistory.stored(settings, first) if settings.own_history else None
+    history = history_before(settings, first) if settings.own_history else None
     night = first
     while night <= last:
         frame, stats = run_night(settings, night, run_id, write, keep, history)

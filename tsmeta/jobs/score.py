@@ -23,7 +23,7 @@ import polars as pl
 
 from tsmeta import progress
 from tsmeta.config import Settings
-from tsmeta.data.io import iter_window_panels
+from tsmeta.data.io import dataset_dates, iter_window_panels
 from tsmeta.data.panel import Panel
 from tsmeta.detect import BASIS, BASIS_MEANING, ScoredDay, score_day
 from tsmeta.jobs.common import (
@@ -62,8 +62,9 @@ def score_night(
 
     With ``settings.own_history`` each point is also judged against its series' residuals
     on earlier nights (``tsmeta.jobs.history``): without ``history`` the state saved after
-    the latest earlier night is read and the night's state saved after it; a replay passes
-    its own ``history`` and carries it on (nothing saved).
+    the latest earlier night is read (built where none is: :func:`history_before`) and the
+    night's state saved after it; a replay passes its own ``history`` and carries it on
+    (nothing saved).
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
@@ -73,15 +74,45 @@ def score_night(
     models = load_latest_models(engine, model_dir=settings.model_dir)
     threads = score_threads(settings, models)
     stored = history is None and settings.own_history
-    if stored:
-        history = NightHistory.stored(settings, night)
     with _torch_threads(threads):
+        if stored:
+            history = _history_before(settings, night, engine, models, threads)
         frame, stats = _score_models(settings, night, keep, engine, models, t,
                                      score_workers(settings, threads),
                                      history if settings.own_history else None)  # fmt: skip
     if stored:
         history.save(settings, night)
     return frame, stats
+
+
+def history_before(settings: Settings, night: date) -> NightHistory:
+    """The residual history ``night`` is judged against: the state saved after the latest
+    earlier night, or where none is saved, one built by scoring the
+    ``settings.history_warmup_nights`` nights before it with today's models (nothing is
+    written or saved; nights without data are skipped)."""
+    engine = engine_for(settings)
+    models = load_latest_models(engine, model_dir=settings.model_dir)
+    threads = score_threads(settings, models)
+    with _torch_threads(threads):
+        return _history_before(settings, night, engine, models, threads)
+
+
+def _history_before(settings: Settings, night: date, engine: object, models: dict,
+                    threads: int) -> NightHistory:  # fmt: skip
+    history = NightHistory.stored(settings, night)
+    if not history.empty or not settings.history_warmup_nights or not models:
+        return history
+    dates = set(dataset_dates(settings.dataset_path))
+    warm = [night - timedelta(days=d) for d in range(settings.history_warmup_nights, 0, -1)]
+    warm = [d for d in warm if d in dates]
+    if warm:
+        log.info("night %s: no residual history saved before it; building it from %s..%s",
+                 night, warm[0], warm[-1])  # fmt: skip
+    for earlier in warm:
+        _score_models(settings, earlier, "flagged", engine, models, time.perf_counter(),
+                      score_workers(settings, threads), history)  # fmt: skip
+        history = history.next()
+    return history
 
 
 def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
