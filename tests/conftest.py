@@ -22,6 +22,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 for _var in [v for v in os.environ if v.startswith("TSMETA_") and v != "TSMETA_TEST_POSTGRES_URL"]:
     del os.environ[_var]  # tests set their own settings
+# a first night's residual history from one night before it, not the default week: every
+# test that scores a first night would score 8 (test_faults checks the default's warm-up)
+os.environ["TSMETA_HISTORY_WARMUP_NIGHTS"] = "1"
 
 PG_ADMIN_URL = os.environ.get(
     "TSMETA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

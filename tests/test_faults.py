@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tsmeta import jobs
-from tsmeta.config import load_settings
+from tsmeta.config import Settings, load_settings
 from tsmeta.jobs import score as scoring
 from tsmeta.jobs.history import history_dir
 from tsmeta.store.schema import anomalies, models, runs
@@ -544,6 +544,7 @@ def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(
         **trained,
         "data_dir": str(tmp_path),
         "model_dir": str(Path(trained["data_dir"]) / "models"),
+        "history_warmup_nights": Settings.model_fields["history_warmup_nights"].default,
     }
     settings = load_settings(**fresh)
     engine = sa.create_engine(trained["database_url"])
@@ -568,7 +569,7 @@ def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(
         .sort("series_id", "ts")
         .equals(nightly.select(cols).sort("series_id", "ts"))
     )
-    cold = load_settings(**fresh, history_warmup_nights=0)
+    cold = load_settings(**{**fresh, "history_warmup_nights": 0})
     alone, _ = jobs.run_night(cold, LAST, "cold", write=False, keep="all")
     state = pl.read_parquet(history_dir(settings) / f"night={LAST.isoformat()}.parquet")
     assert state["count"].max() == 24
