@@ -11,7 +11,7 @@ from tsmeta import jobs
 from tsmeta.config import load_settings
 from tsmeta.data.synthetic import read_labels
 from tsmeta.evaluation import detection_quality
-from tsmeta.jobs import score as scoring
+from tsmeta.jobs.threads import torch_threads
 from tsmeta.store.schema import anomalies, clusters, models, runs
 
 NIGHT = date(2026, 11, 29)  # the tiny dataset's last day
@@ -29,12 +29,12 @@ def test_in_process_scoring_sets_its_torch_threads_and_restores_them():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        with scoring._torch_threads(1):
+        with torch_threads(1):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with scoring._torch_threads(0):  # 0: left as they are
+        with torch_threads(0):  # 0: left as they are
             assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), scoring._torch_threads(1):
+        with pytest.raises(RuntimeError), torch_threads(1):
             raise RuntimeError("a failed night")
         assert torch.get_num_threads() == 2
     finally:

@@ -289,7 +289,7 @@ def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
     import sqlalchemy.exc as sa_exc
 
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-        from tsmeta.config import redact_url
+        from tsmeta.database_url import redact_url
 
         try:
             url = redact_url(_settings(args).database_url)

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tsmeta.database_url import normalise_database_url
 from tsmeta.frequency import normalise_freq, steps_per_day
 from tsmeta.meta import ALGORITHMS
 
@@ -27,23 +28,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "normalise_freq",
-    "normalise_database_url",
-    "redact_url",
 ]
-
-
-def normalise_database_url(url: str) -> str:
-    """PostgreSQL URLs without a driver (``postgres://``, ``postgresql://``, as hosting
-    services hand them out) use psycopg 3, the driver tsmeta installs; psycopg2 is not."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    if url.startswith(("postgres+psycopg2://", "postgresql+psycopg2://")):
-        raise ValueError(
-            "database URL uses the psycopg2 driver, which tsmeta does not install: write "
-            "postgresql+psycopg://user:pw@host:5432/db (psycopg 3)"
-        )
-    return url
 
 
 def _toml_path() -> Path | None:
@@ -392,13 +377,3 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from env/TOML with explicit overrides on top (None values ignored)."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password (for messages and reports)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can parse: show nothing of it
-        return "(the database URL)"

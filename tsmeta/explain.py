@@ -22,7 +22,7 @@ from tsmeta.data.io import dataset_dates, scan_dataset
 from tsmeta.data.panel import freq_timedelta, scatter_panel
 from tsmeta.detect import BASIS, score_day
 from tsmeta.jobs import engine_for, night_bounds, points_frame
-from tsmeta.jobs.history import NightHistory
+from tsmeta.jobs.history import NightHistory, warmup_nights
 from tsmeta.meta.tasks import window_reach
 from tsmeta.store.models import load_latest_models
 from tsmeta.store.queries import query_anomalies
@@ -78,24 +78,19 @@ def series_night(
     # the residual history the nightly job judges the night against (as it builds it where
     # none is saved: the nights before it scored first, here for these series alone)
     prior = NightHistory.stored(settings, night) if settings.own_history else None
-    warm = []
-    if prior is not None and prior.empty:
-        known = set(dates)
-        warm = [d for d in range(settings.history_warmup_nights, 0, -1)
-                if night - timedelta(days=d) in known]  # fmt: skip
+    empty = prior is not None and prior.empty
+    warm = [(night - d).days for d in warmup_nights(settings, night, dates)] if empty else []
     panel, row_of, night_start, shown = _read_window(settings, ids, night, history_days, models,
                                                      dates, max(warm, default=0))  # fmt: skip
     stored = query_anomalies(engine, night, night, ids)
     night_run = _night_was_run(engine, night)
     step = np.timedelta64(int(freq_timedelta(settings.freq).total_seconds() * 1e6), "us")
     ts = (np.datetime64(panel.start, "us") + np.arange(panel.values.shape[1]) * step)[shown:]
-    spd, rate = settings.steps_per_day, settings.false_alarm_rate
+    spd, rate, T = settings.steps_per_day, settings.false_alarm_rate, panel.values.shape[1]
     out = []
     for cid, part in located.group_by("cluster_id", maintain_order=True):
         version, model = models[cid[0]]
         rows = np.array([row_of[s] for s in part.get_column("series_id")])
-        T = panel.values.shape[1]
-
         scored = [score_day(panel.values[rows, :end], panel.mask[rows, :end],
                             panel.series_ids[rows], panel.start_step, model, rate,
                             causal=settings.causal)

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tsmeta.config import Settings, redact_url
+from tsmeta.config import Settings
 from tsmeta.data.panel import freq_timedelta
+from tsmeta.database_url import redact_url
 from tsmeta.detect import BASIS, BASIS_MEANING, NOT_SCORED
 from tsmeta.events import episodes
 from tsmeta.explain import SeriesNight, latest_nightly_run, series_night

@@ -22,7 +22,8 @@ from tsmeta.jobs.common import (
 from tsmeta.jobs.night import find_events, read_night, replay, run_night, write_night
 from tsmeta.jobs.profile import PROFILE_CELLS, profile_series
 from tsmeta.jobs.rows import points_frame
-from tsmeta.jobs.score import score_night, score_threads, score_workers
+from tsmeta.jobs.score import score_night
+from tsmeta.jobs.threads import score_threads, score_workers
 from tsmeta.jobs.train import k_for, meta_config, train_models
 
 __all__ = [

@@ -23,7 +23,7 @@ from tsmeta.config import Settings
 from tsmeta.detect import ScoredDay
 from tsmeta.scoring.history import ResidualHistory, own_tail
 
-__all__ = ["NightHistory", "history_dir", "KEEP_NIGHTS"]
+__all__ = ["NightHistory", "history_dir", "warmup_nights", "KEEP_NIGHTS"]
 
 KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
@@ -34,6 +34,14 @@ _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 def history_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "history"
+
+
+def warmup_nights(settings: Settings, night: date, dates: list[date]) -> list[date]:
+    """The nights scored first, oldest first, where no history is saved before ``night``:
+    the ``settings.history_warmup_nights`` before it that the dataset holds (``dates``)."""
+    known = set(dates)
+    before = (night - timedelta(days=d) for d in range(settings.history_warmup_nights, 0, -1))
+    return [d for d in before if d in known]
 
 
 def _stored(folder: Path) -> dict[date, Path]:

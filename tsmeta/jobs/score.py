@@ -10,12 +10,9 @@ finish.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import date, timedelta
 
 import numpy as np
@@ -33,9 +30,9 @@ from tsmeta.jobs.common import (
     log,
     night_bounds,
 )
-from tsmeta.jobs.history import NightHistory
+from tsmeta.jobs.history import NightHistory, warmup_nights
 from tsmeta.jobs.rows import points_frame
-from tsmeta.meta.batched import head_only
+from tsmeta.jobs.threads import score_threads, score_workers, torch_threads
 from tsmeta.meta.tasks import steps_read, window_reach
 from tsmeta.meta.train import MetaModel
 from tsmeta.store.models import load_latest_models
@@ -74,7 +71,7 @@ def score_night(
     models = load_latest_models(engine, model_dir=settings.model_dir)
     threads = score_threads(settings, models)
     stored = history is None and settings.own_history
-    with _torch_threads(threads):
+    with torch_threads(threads):
         if stored:
             history = _history_before(settings, night, engine, models, threads)
         frame, stats = _score_models(settings, night, keep, engine, models, t,
@@ -93,7 +90,7 @@ def history_before(settings: Settings, night: date) -> NightHistory:
     engine = engine_for(settings)
     models = load_latest_models(engine, model_dir=settings.model_dir)
     threads = score_threads(settings, models)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         return _history_before(settings, night, engine, models, threads)
 
 
@@ -102,9 +99,7 @@ def _history_before(settings: Settings, night: date, engine: object, models: dic
     history = NightHistory.stored(settings, night)
     if not history.empty or not settings.history_warmup_nights or not models:
         return history
-    dates = set(dataset_dates(settings.dataset_path))
-    warm = [night - timedelta(days=d) for d in range(settings.history_warmup_nights, 0, -1)]
-    warm = [d for d in warm if d in dates]
+    warm = warmup_nights(settings, night, dataset_dates(settings.dataset_path))
     if warm:
         log.info("night %s: no residual history saved before it; building it from %s..%s",
                  night, warm[0], warm[-1])  # fmt: skip
@@ -113,43 +108,6 @@ def _history_before(settings: Settings, night: date, engine: object, models: dic
                       score_workers(settings, threads), history)  # fmt: skip
         history = history.next()
     return history
-
-
-def score_threads(settings: Settings, models: dict[str, tuple[int, MetaModel]]) -> int:
-    """torch threads for in-process scoring of ``models`` (0: leave torch's as they are)."""
-    if settings.executor != "local":
-        return 0  # each Ray worker sets its own
-    if settings.score_threads is not None:
-        return settings.score_threads
-    return 1 if models and all(head_only(m.rates) for _, m in models.values()) else 0
-
-
-def score_workers(settings: Settings, threads: int) -> int:
-    """Batches scored at once in-process (``Settings.score_workers``; unset: one per core
-    when each runs on one torch thread on the CPU, else 1)."""
-    if settings.executor != "local":
-        return 1  # the Ray workers are the parallelism
-    if settings.score_workers is not None:
-        return settings.score_workers
-    if threads != 1 or settings.torch_device() != "cpu":
-        return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)  # fmt: skip
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` inside (0: left as they are), then restored."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 def _score_models(

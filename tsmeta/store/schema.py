@@ -198,7 +198,7 @@ anomaly_feedback = sa.Table(
 def create_engine(url: str) -> sa.Engine:
     """Engine for a database URL; SQLite files get their folder created and WAL mode;
     PostgreSQL URLs without a driver use psycopg 3 (``normalise_database_url``)."""
-    from tsmeta.config import normalise_database_url
+    from tsmeta.database_url import normalise_database_url
 
     url = normalise_database_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
