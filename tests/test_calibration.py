@@ -42,6 +42,22 @@ def test_fit_tail_degenerate_inputs():
     assert np.isfinite(fit_tail(np.zeros(100)).scale)
 
 
+@pytest.mark.parametrize("zeros", [0.45, 0.49, 0.55])
+def test_a_statistic_that_is_zero_on_about_half_the_points_is_fitted_on_the_rest(zeros):
+    """Isolation is exactly 0 on every slope, about half the points: whether a little
+    under or over half, the t is fitted to the nonzero values and the knots of the whole
+    sample place its tail near the truth (fitted through a median that the zeros pull to
+    nearly 0, it flagged 46% of points below 0.05)."""
+    rng = np.random.default_rng(2)
+    s = np.abs(rng.standard_normal(200_000))
+    s[rng.random(s.size) < zeros] = 0.0
+    tail = fit_tail(s)
+    assert tail.scale > 0.5
+    p = two_sided_tail(s, tail)
+    for rate in (0.05, 1e-3):
+        assert 0.7 * rate < (p < rate).mean() < 1.3 * rate
+
+
 @pytest.mark.parametrize("dof", [1.5, 4.0, 30.0, math.inf])
 def test_torch_tail_equals_the_numpy_tail(dof):
     import torch

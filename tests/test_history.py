@@ -40,7 +40,7 @@ def test_history_rejects_rows_of_other_series():
         ResidualHistory.empty(2).merged(np.zeros((3, 5)))
 
 
-def _day(residual: np.ndarray, tail: np.ndarray, ids: list[str]):
+def _day(residual: np.ndarray, tail: np.ndarray, ids: list[str], level=None):  # noqa: ANN001
     from tsmeta.detect import BASIS, ScoredDay
 
     n, h = residual.shape
@@ -48,7 +48,29 @@ def _day(residual: np.ndarray, tail: np.ndarray, ids: list[str]):
     return ScoredDay(series_ids=np.array(ids), cols=np.arange(h), value=residual.copy(),
                      observed=~np.isnan(residual), forecast=zeros, lower=zeros, upper=zeros,
                      residual=residual, tail=tail, flag=tail < 1e-3,
-                     support_points=np.full(n, 24), basis=np.full(n, BASIS.index("adapted")))  # fmt: skip
+                     support_points=np.full(n, 24), basis=np.full(n, BASIS.index("adapted")),
+                     level=level)  # fmt: skip
+
+
+@pytest.mark.parametrize("by_level", [True, False])
+def test_a_busy_hour_and_a_quiet_one_are_compared_with_the_past_at_one_level(by_level):
+    """Counts: residuals twice as wide in the busy hours (level factor 2) as a scale of one
+    and half as wide in the quiet ones. With the level factors (``ScoredDay.level``) the
+    history holds residuals at one level: a quiet-hour residual 5 of its widths out is
+    rare, a busy-hour one 2.5 widths out is not. Without them, one pooled scale inverts both."""
+    from tsmeta.jobs.history import NightHistory
+
+    level = np.where((np.arange(24) >= 8) & (np.arange(24) < 20), 2.0, 0.5)[None, :]
+    rng = np.random.default_rng(1)
+    history = NightHistory()
+    for _ in range(6):
+        past = level * rng.normal(0.0, 1.0, (1, 24))
+        history.apply(_day(past, np.full((1, 24), 0.5), ["a"], level if by_level else None), 1e-3)
+        history = history.next()
+    res = np.zeros((1, 24))
+    res[0, 2], res[0, 12] = 0.5 * 5.0, 2.0 * 2.5  # a quiet hour, a busy one
+    day = history.apply(_day(res, np.full((1, 24), 1e-6), ["a"], level if by_level else None), 1e-3)
+    assert day.flag[0, [2, 12]].tolist() == ([True, False] if by_level else [False, True])
 
 
 def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_rare(tmp_path):

@@ -36,6 +36,7 @@ from tsmeta.meta.calibrate import contrast_sigma, residual_sigma
 from tsmeta.meta.tasks import earliest_cut, make_batch, window_reach
 from tsmeta.meta.train import MetaModel
 from tsmeta.scoring import tail_probability, weekday_of
+from tsmeta.scoring.level import level_factor
 
 __all__ = ["ScoredDay", "score_day", "severity_of", "surprise_of", "MIN_SUPPORT_POINTS", "BASIS",
            "BASIS_MEANING", "NOT_SCORED", "SEVERITY"]  # fmt: skip
@@ -80,6 +81,9 @@ class ScoredDay:
     # bool: a flagged point more surprising than any of its series' points since the start
     # of the night before (``tsmeta.jobs.history``); None: not judged (no residual history)
     alert: np.ndarray | None = None
+    # the residual scale's factor of each point for noise that grows with the level
+    # (``tsmeta.scoring.level``; float32); None: 1 everywhere (the cluster's tails have none)
+    level: np.ndarray | None = None
 
     @property
     def score(self) -> np.ndarray:
@@ -171,6 +175,7 @@ def score_day(
     flag = np.zeros((n, H), dtype=bool)
     support_points = np.zeros(n, dtype=np.int32)
     basis = np.zeros(n, dtype=np.int8)
+    level = None
     with torch.no_grad():
         for first in range(0, n, chunk_series):
             sl = slice(first, min(n, first + chunk_series))
@@ -186,6 +191,10 @@ def score_day(
             flag[sl] = (c.obs & (c.tail < false_alarm_rate)).cpu().numpy()
             support_points[sl] = c.n_support.cpu().numpy()
             basis[sl] = c.basis.cpu().numpy()
+            if c.grow is not None:
+                if level is None:
+                    level = np.ones((n, H), dtype=np.float32)
+                level[sl] = c.grow.expand(-1, H).cpu().numpy()
     return ScoredDay(
         series_ids=series_ids,
         cols=np.arange(t0, T),
@@ -195,6 +204,7 @@ def score_day(
         flag=flag,
         support_points=support_points,
         basis=basis,
+        level=level,
         **out,
     )
 
@@ -210,6 +220,7 @@ class _Chunk:
     tail: torch.Tensor  # float64, NaN where not observed
     n_support: torch.Tensor  # (B,)
     basis: torch.Tensor  # (B,) index into BASIS
+    grow: torch.Tensor | None = None  # the level factor of each point (None: 1)
 
 
 @dataclass
@@ -276,6 +287,13 @@ class _ChunkScorer:
         base_unit = batch.scale[:, None] * sigma[:, None]
         unit = base_unit * torch.where(partial, self.steps[1], self.steps[0])
         forecast = batch.forecast(pred_q)
+        grows = [level_factor(forecast, batch.loc, t.level_power) for t in self.tails]
+        grow = None
+        if grows[0] is not None or grows[1] is not None:  # noise that grows with the level
+            ones = torch.ones((), dtype=unit.dtype, device=dev)
+            full, part = (ones if g is None else g.to(unit.dtype) for g in grows)
+            grow = torch.where(partial, part, full)
+            unit = unit * grow
         half = unit * torch.where(partial, self.z_alpha[1], self.z_alpha[0])
         resid = vals_t[:, t_in:] - forecast
         obs = mask_t[:, t_in:] & ok_series[:, None]
@@ -293,7 +311,7 @@ class _ChunkScorer:
         b = torch.where(fell_back, _FALLBACK, b)
         b = torch.where(n_support >= MIN_SUPPORT_POINTS, b, _UNSCORED)
         b = torch.where(flat & (n_support >= MIN_SUPPORT_POINTS), _CONSTANT, b)
-        return _Chunk(forecast, half, resid, obs, tail, n_support, b)
+        return _Chunk(forecast, half, resid, obs, tail, n_support, b, grow)
 
 
 def _stuck_share(v: torch.Tensor, m: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,8 @@ class NightHistory:
         history = ResidualHistory(found["count"], found["mean"], found["m2"])
         observed = day.observed & day.scored[:, None]
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
+        if day.level is not None:  # compared at one level (noise that grows with it)
+            residual /= day.level
         tail = np.fmax(day.tail, own_tail(residual, history))  # NaN own tail: the cluster's
         np.copyto(tail, np.nan, where=np.isnan(day.tail))  # not scored stays so
         flag = day.flag & (tail < false_alarm_rate)

@@ -29,6 +29,7 @@ from tsmeta.scoring import (
     weekday_of,
 )
 from tsmeta.scoring.combine import NAIVE_VETO_SCALE
+from tsmeta.scoring.level import fit_level_power, level_ratio
 
 if TYPE_CHECKING:
     from tsmeta.meta.train import MetaConfig
@@ -38,8 +39,8 @@ __all__ = ["CALIBRATION_PARTS", "adapted_predictions", "calibrate", "calibrate_p
 
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
-CALIBRATION_PARTS = ("per_step", "weekdays", "empirical", "windows", "isolation", "onsets", "spread",
-                     "veto", "drop")  # fmt: skip
+CALIBRATION_PARTS = ("per_step", "weekdays", "level", "empirical", "windows", "isolation", "onsets",
+                     "spread", "veto", "drop")  # fmt: skip
 
 
 def adapted_predictions(
@@ -129,13 +130,15 @@ class _Sample:
     floor: float | None
     step_scale: tuple[float, ...] | None
     weekday_scale: tuple[float, ...] | None
+    level_power: float | None
 
 
 def _sample(
     params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, spread: bool,
-    jumps: bool, per_step: bool, weekdays: bool, steps_per_day: int | None,
+    jumps: bool, per_step: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
 ) -> _Sample:  # fmt: skip
-    """The out-of-sample z-scores of the calibration tasks after adapting each on its support."""
+    """The out-of-sample z-scores of the calibration tasks after adapting each on its
+    support, divided by the level factor, then the per-step, then the per-weekday scales."""
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
     floor = spread_floor_of(sigma, batch.spread) if spread else None
@@ -144,6 +147,13 @@ def _sample(
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
+    level_power = None
+    if level:
+        ratio = level_ratio(batch.forecast(pq), batch.loc).detach().cpu()
+        level_power = fit_level_power(z, ratio.numpy(), observed)
+        if level_power:
+            signed = signed / ratio.to(signed.dtype) ** level_power
+            z = signed.abs().numpy()
     step_scale = fit_step_scale(z, observed) if per_step else None
     if step_scale is not None:
         z = z / np.asarray(step_scale)[None, :]
@@ -156,7 +166,7 @@ def _sample(
             factor = np.asarray(weekday_scale)[weekday][:, None]
             z = z / factor
             signed = signed / torch.as_tensor(factor, dtype=signed.dtype)
-    return _Sample(signed, z, observed, rel, floor, step_scale, weekday_scale)
+    return _Sample(signed, z, observed, rel, floor, step_scale, weekday_scale, level_power)
 
 
 def _fit_tails(
@@ -167,7 +177,8 @@ def _fit_tails(
     statistics' (``windows``), then the veto (with ``naive``)."""
     obs = torch.as_tensor(s.observed)
     point = replace(fit_tail(s.z[keep.numpy()], empirical=empirical), step_scale=s.step_scale,
-                    spread_floor=s.floor, weekday_scale=s.weekday_scale)  # fmt: skip
+                    spread_floor=s.floor, weekday_scale=s.weekday_scale,
+                    level_power=s.level_power)  # fmt: skip
     if not windows:
         tail = point
     else:
@@ -197,6 +208,7 @@ def calibrate(
     drop: bool = True,
     weekdays: bool = True,
     steps_per_day: int | None = None,
+    level: bool = True,
 ) -> TailModel:
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
@@ -205,7 +217,9 @@ def calibrate(
     residuals' scale floored by the seasonal-difference spread, its factor fitted here
     (``spread_floor_of``) and stored in the tail model so that scoring floors alike.
 
-    With ``per_step`` the residual scale of each forecast step is fitted first (errors
+    With ``level`` each point's scale first grows with its level (``fit_level_power``:
+    counts are noisier when busy). With ``per_step`` the residual scale of each forecast
+    step is fitted next (errors
     grow with the horizon) and the tail is fitted to z divided by it: one tail for all
     steps would mix scales and come out heavier than any step's. With ``windows`` the
     tails of sustained deviations are fitted on the same sample (``fit_windows``), and with
@@ -218,7 +232,7 @@ def calibrate(
     points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
     """
     s = _sample(params, batch, steps, rates, trim, spread, isolation or onsets, per_step, weekdays,
-                steps_per_day)  # fmt: skip
+                steps_per_day, level)  # fmt: skip
     obs = torch.as_tensor(s.observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()
 

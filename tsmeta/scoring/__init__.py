@@ -2,7 +2,9 @@
 
 A point's z-score is its residual over its series' residual scale (``tsmeta.meta.calibrate``).
 ``tails``: a Student-t fitted per cluster to the body of out-of-sample |z|, with the
-sample's own far tail kept as knots and per-step and per-weekday scales. ``statistics``:
+sample's own far tail kept as knots and per-step and per-weekday scales. ``level``: a
+point's scale grows with its forecast level, by a power each cluster's data chooses
+(counts are noisier when busy). ``statistics``:
 what a single point misses (window medians, a point's isolation, a level's onset).
 ``combine``: the calibrated smallest of those tail probabilities, then the seasonal-naive
 veto. ``tables``: every tail read from one cached table over a fixed grid of |z|.

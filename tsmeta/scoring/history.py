@@ -6,8 +6,11 @@ is then flagged too often or too rarely, and no single threshold serves all seri
 ``ResidualHistory`` keeps, per series, the count, mean and sum of squared deviations of
 its residuals on earlier nights (three numbers a series, merged night by night with
 Chan's update), and ``own_tail`` reads a residual's two-sided normal tail against them.
-The history keeps every residual, flagged or not: a real change of level is then learned
-(its residuals widen the scale within a night or two) instead of flagged forever.
+Where the cluster's scale grows with the level (``tsmeta.scoring.level``) the residuals
+are divided by each point's level factor first (``ScoredDay.level``), so a busy hour and
+a quiet one are judged against one history. The history keeps every residual, flagged
+or not: a real change of level is then learned (its residuals widen the scale within a
+night or two) instead of flagged forever.
 """
 
 from __future__ import annotations
