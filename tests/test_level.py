@@ -32,8 +32,12 @@ def test_the_level_ratio_is_the_forecast_over_the_support_mean():
     r = level_ratio(forecast, loc)
     assert r[0].tolist() == pytest.approx([0.5, 4.0, 0.1])  # clipped at 0.1
     assert r[1].tolist() == [1.0, 1.0, 1.0]  # a support mean that is not positive: no level
-    assert level_factor(forecast, loc, None) is None and level_factor(forecast, loc, 0.0) is None
+    assert (level_factor(forecast, loc, 0.0) == 1).all()
     assert level_factor(forecast, loc, 0.5)[0].tolist() == pytest.approx([0.5**0.5, 2.0, 0.1**0.5])
+    per_row = level_factor(forecast, loc, torch.tensor([[1.0], [0.5]]))  # each row its power
+    assert (
+        per_row[0].tolist() == pytest.approx([0.5, 4.0, 0.1]) and per_row[1].tolist() == [1.0] * 3
+    )
 
 
 def _count_tasks(rng, n, k=24, h=24):
@@ -82,9 +86,8 @@ def test_counts_flag_their_busy_and_their_quiet_hours_alike():
     rate = 1e-2
     rates = {}
     for name, tail in (("level", with_level), ("one", one_scale)):
-        grow = level_factor(forecast, fresh.loc, tail.level_power)
         z = -fresh.yq / sigma / torch.as_tensor(tail.steps(24), dtype=torch.float32)
-        z = z if grow is None else z / grow
+        z = z / level_factor(forecast, fresh.loc, tail.level_power or 0.0)
         flag = tail_probability(z, fresh.mq > 0, tail) < rate
         rates[name] = (float(flag[busy].float().mean()), float(flag[quiet].float().mean()))
     (lb, lq), (ob, oq) = rates["level"], rates["one"]

@@ -194,7 +194,7 @@ def score_day(
             if c.grow is not None:
                 if level is None:
                     level = np.ones((n, H), dtype=np.float32)
-                level[sl] = c.grow.expand(-1, H).cpu().numpy()
+                level[sl] = c.grow.cpu().numpy()
     return ScoredDay(
         series_ids=series_ids,
         cols=np.arange(t0, T),
@@ -266,6 +266,11 @@ class _ChunkScorer:
         return cls(spec, cfg.k, cfg.horizon, Adapted.from_model(model).to(dev), tails, z_alpha,
                    steps, floor, by_tail, jumps, causal)  # fmt: skip
 
+    @property
+    def powers(self) -> tuple[float, float]:
+        """The level power of each tail (0: its scale does not grow with the level)."""
+        return tuple(t.level_power or 0.0 for t in self.tails)
+
     def score(self, vals_t: torch.Tensor, mask_t: torch.Tensor, t_in: int, step_in: int) -> _Chunk:
         """Adapt, forecast and score one chunk of series whose night starts at column ``t_in``
         (column 0 is global grid step ``step_in``)."""
@@ -287,12 +292,10 @@ class _ChunkScorer:
         base_unit = batch.scale[:, None] * sigma[:, None]
         unit = base_unit * torch.where(partial, self.steps[1], self.steps[0])
         forecast = batch.forecast(pred_q)
-        grows = [level_factor(forecast, batch.loc, t.level_power) for t in self.tails]
         grow = None
-        if grows[0] is not None or grows[1] is not None:  # noise that grows with the level
-            ones = torch.ones((), dtype=unit.dtype, device=dev)
-            full, part = (ones if g is None else g.to(unit.dtype) for g in grows)
-            grow = torch.where(partial, part, full)
+        if self.powers[0] or self.powers[1]:  # noise that grows with the level
+            power = torch.where(partial, self.powers[1], self.powers[0])
+            grow = level_factor(forecast, batch.loc, power).to(unit.dtype)
             unit = unit * grow
         half = unit * torch.where(partial, self.z_alpha[1], self.z_alpha[0])
         resid = vals_t[:, t_in:] - forecast

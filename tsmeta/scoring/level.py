@@ -40,11 +40,9 @@ def level_ratio(forecast, loc):  # noqa: ANN001, ANN201 - torch tensors
     return torch.where(positive, r.clamp(*RATIO_CLIP), torch.ones_like(r))
 
 
-def level_factor(forecast, loc, power: float | None):  # noqa: ANN001, ANN201 - torch tensors
-    """(B, H) the residual scale's multiplier of each point: its level ratio to ``power``
-    (None when the power is 0 or None: nothing to multiply)."""
-    if not power:
-        return None
+def level_factor(forecast, loc, power):  # noqa: ANN001, ANN201 - torch tensors
+    """(B, H) the residual scale's multiplier of each point: its level ratio to ``power`` (a
+    float, or a tensor that broadcasts against (B, H): each row its tail's power)."""
     return level_ratio(forecast, loc) ** power
 
 
