@@ -61,17 +61,16 @@ from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
 from tsmeta.periodicity import detect_periods
 
 TRAIN_DAYS = 28
-# "tsmeta": the model as trained (tail and per-step scales fitted on held-out series);
+# "tsmeta": the model as trained (its tails fitted on held-out series);
 # "points only": its tails without the window statistics (each point judged alone); the
 # "1024 tasks" rows recalibrate the same model on one larger sample of tasks from the
-# training window (the ablation): "per step" with every part, "one tail" without per-step
-# scales, "no floor" without the seasonal-difference floor of the residual scale, "no
-# veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
+# training window (the ablation): "1024 tasks" with every part, "no floor" without the
+# seasonal-difference floor of the residual scale, "no veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
 # sample, its own anomalies included), "no trim" (the ridge head adapted without leaving
 # out its support outliers), "level veto" (the veto's deviations not measured against
 # their neighbours'); on M4 every calibration part by its name, "no empirical" the point
 # tail without the sample's own far tail as knots (the Student-t alone)
-METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, 1024 tasks, per step", "tsmeta, 1024 tasks, one tail",
+METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, 1024 tasks",
            "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
            "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
@@ -107,11 +106,11 @@ def points_only(model: MetaModel) -> MetaModel:
 
 
 def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_step: int,
-                 per_step: bool, trim: bool = True, neighbours: bool = True,
+                 trim: bool = True, neighbours: bool = True,
                  **parts: bool) -> MetaModel:  # fmt: skip
     """The same model, its residual tail refitted on 1024 tasks drawn from the training
-    window as the product calibrates (weekday factors included), with or without per-step
-    scales, the ridge head's refit without support outliers (``trim``), the veto's
+    window as the product calibrates (weekday factors included), with or without the
+    ridge head's refit without support outliers (``trim``), the veto's
     deviations against their neighbours' (``neighbours``), and any of ``calibrate``'s
     parts (``parts``: a keyword of CALIBRATION_PARTS, False to leave it out)."""
     cfg = model.config if trim else replace(model.config, trim=None)
@@ -119,8 +118,8 @@ def recalibrated(model: MetaModel, values: np.ndarray, mask: np.ndarray, start_s
     g = torch.Generator().manual_seed(1)
     batch = sample_tasks(torch.as_tensor(values), torch.as_tensor(mask), 1024, spec,
                          cfg.k, cfg.horizon, start_step, g, cfg.cut_every)  # fmt: skip
-    tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, per_step=per_step,
-                     trim=cfg.trim, steps_per_day=cfg.steps_per_day, **parts)  # fmt: skip
+    tail = calibrate(model.params, batch, cfg.inner_steps, model.rates, trim=cfg.trim,
+                     steps_per_day=cfg.steps_per_day, **parts)  # fmt: skip
     return MetaModel(model.params, spec, cfg, tail, model.metrics, model.inner_rates)
 
 
@@ -256,8 +255,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    (models, raw, flat, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped,
-     no_onset, by_level) = ({} for _ in range(11))  # fmt: skip
+    (models, raw, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped,
+     no_onset, by_level) = ({} for _ in range(10))  # fmt: skip
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
@@ -269,22 +268,21 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                          without=tuple(args.without), steps_per_day=24)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
-        flat[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, False)
-        stepped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step, True)
+        stepped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step)
         unfloored[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                    True, spread=False)  # fmt: skip
+                                    spread=False)  # fmt: skip
         unvetoed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                   True, veto=False)  # fmt: skip
+                                   veto=False)  # fmt: skip
         unisolated[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                     True, isolation=False)  # fmt: skip
+                                     isolation=False)  # fmt: skip
         untrimmed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                    True, trim=False)  # fmt: skip
+                                    trim=False)  # fmt: skip
         undropped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                    True, drop=False)  # fmt: skip
+                                    drop=False)  # fmt: skip
         no_onset[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                   True, onsets=False)  # fmt: skip
+                                   onsets=False)  # fmt: skip
         by_level[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                   True, neighbours=False)  # fmt: skip
+                                   neighbours=False)  # fmt: skip
     train_seconds = time.perf_counter() - t
 
     def score_all(values: np.ndarray, mask: np.ndarray, ids: np.ndarray, period: np.ndarray):  # noqa: ANN202
@@ -305,8 +303,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                 seconds["tsmeta, own history"] += time.perf_counter() - t
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
                                 ("tsmeta, points only", points_only(model)),
-                                ("tsmeta, 1024 tasks, one tail", flat.get(p, flat[24])),
-                                ("tsmeta, 1024 tasks, per step", stepped.get(p, stepped[24])),
+                                ("tsmeta, 1024 tasks", stepped.get(p, stepped[24])),
                                 ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24])),
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
@@ -404,15 +401,13 @@ def run_m4(args: argparse.Namespace) -> dict:
     train_part = (values[:, :cut], mask[:, :cut], start_step)
     # the ablation: the same model recalibrated with every part, then with one left out
     ablation = {
-        "tsmeta, 1024 tasks, per step": recalibrated(model, *train_part, True),
-        "tsmeta, 1024 tasks, one tail": recalibrated(model, *train_part, False),
+        "tsmeta, 1024 tasks": recalibrated(model, *train_part),
     }
     for part in CALIBRATION_PARTS:
-        if part != "per_step":
-            ablation[f"tsmeta, 1024 tasks, no {part}"] = recalibrated(model, *train_part, True,
-                                                                      **{part: False})  # fmt: skip
-    ablation["tsmeta, 1024 tasks, no trim"] = recalibrated(model, *train_part, True, trim=False)
-    ablation["tsmeta, 1024 tasks, level veto"] = recalibrated(model, *train_part, True,
+        ablation[f"tsmeta, 1024 tasks, no {part}"] = recalibrated(model, *train_part,
+                                                                  **{part: False})  # fmt: skip
+    ablation["tsmeta, 1024 tasks, no trim"] = recalibrated(model, *train_part, trim=False)
+    ablation["tsmeta, 1024 tasks, level veto"] = recalibrated(model, *train_part,
                                                               neighbours=False)  # fmt: skip
     rng = np.random.default_rng(args.seed)
     n = len(ids)

@@ -184,6 +184,8 @@ VARIANTS = {
     "no-own_history": ({"own_history": False}, {}),
     "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
     "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period of the cluster
+    "relative": ({"relative_to_lag": True}, {}),  # not a part: targets relative to the lag
+    "k-period-relative": ({"k_rule": "period", "relative_to_lag": True}, {}),
 }
 
 

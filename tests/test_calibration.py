@@ -73,29 +73,13 @@ def test_torch_tail_equals_the_numpy_tail(dof):
     assert np.isnan(got[-1].item())
 
 
-def test_per_step_scale_recovers_errors_growing_with_the_horizon():
-    from tsmeta.scoring import fit_step_scale
+def test_models_calibrated_with_per_step_scales_still_load():
+    """Per-step scales were removed; a stored tail and config that name them load without."""
+    from tsmeta.meta.train import MetaConfig
 
-    rng = np.random.default_rng(3)
-    growth = np.linspace(0.5, 2.0, 24)
-    z = np.abs(rng.standard_normal((4000, 24)) * growth)
-    observed = rng.random(z.shape) > 0.1
-    steps = np.asarray(fit_step_scale(z, observed))
-    np.testing.assert_allclose(steps / steps.mean(), growth / growth.mean(), rtol=0.08)
-    # too few points at a step: 1; nothing observed: None
-    sparse = observed.copy()
-    sparse[:, 5] = False
-    assert fit_step_scale(z, sparse)[5] == 1.0
-    assert fit_step_scale(z, np.zeros_like(observed)) is None
-    # a tail fitted per step is lighter than one fitted to the mixture of scales
-    mixed = fit_tail(z[observed])
-    per_step = fit_tail((z / steps)[observed])
-    assert per_step.dof > mixed.dof
-    tail = TailModel(per_step.scale, per_step.dof, tuple(steps))
-    assert TailModel.from_dict(tail.to_dict()) == tail
-    assert TailModel.from_dict({"scale": 1.0, "dof": None}).steps(24).tolist() == [1.0] * 24
-    with pytest.raises(ValueError, match="calibrated for 24 forecast steps, not 48"):
-        tail.steps(48)
+    stored = {**TailModel(1.2, 5.0).to_dict(), "step_scale": [0.9] * 12 + [1.1] * 12}
+    assert TailModel.from_dict(stored) == TailModel(1.2, 5.0)
+    assert MetaConfig(without=["per_step", "veto"]).without == ("veto",)
 
 
 def _light_far_tail(rng, n):
@@ -679,7 +663,7 @@ def test_calibration_leaves_out_its_samples_own_anomalies(seed):
 
     def clean_rate(tail: TailModel, rate: float = 1e-3) -> float:
         sigma = robust_sigma(fresh.ys, fresh.ms)
-        z = fresh.yq / sigma[:, None] / torch.as_tensor(tail.steps(24), dtype=torch.float32)
+        z = fresh.yq / sigma[:, None]
         rel = sigma / contrast_sigma(fresh.ys, fresh.ms)
         obs = fresh.mq > 0
         return float((tail_probability(z, obs, tail, fresh.naive, rel) < rate).double().mean())
@@ -717,7 +701,7 @@ def test_an_ablation_leaves_out_exactly_the_named_parts():
     assert full.veto is not None and full.windows is not None and full.windows.onset is not None
     off = {p: calibrate(params, batch, 0, 0.1, **{p: False}) for p in CALIBRATION_PARTS}
     assert off["veto"].veto is None and off["veto"].windows is not None
-    assert off["windows"].windows is None and off["per_step"].step_scale is None
+    assert off["windows"].windows is None and off["weekdays"].weekday_scale is None
     assert off["onsets"].windows.onset is None and off["onsets"].windows.isolation is not None
     assert off["isolation"].windows.isolation is None and off["empirical"].knots is None
     assert off["spread"].spread_floor is None  # (this sample has no spread: None either way)

@@ -62,8 +62,8 @@ def _count_tasks(rng, n, k=24, h=24):
 
 
 def test_counts_flag_their_busy_and_their_quiet_hours_alike():
-    """Count series with their own levels and daily phases (per-step scales cannot follow
-    them): calibrated with the level power (0.5, as Poisson noise grows), a fresh clean
+    """Count series with their own levels and daily phases (a cluster's weekday factors
+    cannot follow them): calibrated with the level power (0.5, as Poisson noise grows), a fresh clean
     sample flags its busiest and its quietest fifth of points near the rate; with one scale
     per series the busy points flag above the rate and the quiet ones almost never."""
     import torch
@@ -86,7 +86,7 @@ def test_counts_flag_their_busy_and_their_quiet_hours_alike():
     rate = 1e-2
     rates = {}
     for name, tail in (("level", with_level), ("one", one_scale)):
-        z = -fresh.yq / sigma / torch.as_tensor(tail.steps(24), dtype=torch.float32)
+        z = -fresh.yq / sigma
         z = z / level_factor(forecast, fresh.loc, tail.level_power or 0.0)
         flag = tail_probability(z, fresh.mq > 0, tail) < rate
         rates[name] = (float(flag[busy].float().mean()), float(flag[quiet].float().mean()))

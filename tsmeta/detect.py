@@ -226,9 +226,9 @@ class _Chunk:
 @dataclass
 class _ChunkScorer:
     """What every chunk of one ``score_day`` call shares: the adapted forecaster, the tails
-    of full and partial supports with their thresholds and their residual scales per
-    forecast step (times the factor of the night's weekday, where the model has one: every
-    row of a window is cut at the same step, so one weekday for the whole call)."""
+    of full and partial supports with their thresholds and the factor of the night's
+    weekday on their residual scales, where the model has one (every row of a window is
+    cut at the same step, so one weekday for the whole call)."""
 
     spec: object  # FeatureSpec
     k: int
@@ -236,7 +236,7 @@ class _ChunkScorer:
     forecaster: Adapted
     tails: tuple  # (full, partial) TailModel
     z_alpha: tuple[float, float]
-    steps: list[torch.Tensor]  # (1, H) of each tail
+    weekday: tuple[float, float]  # the night's weekday factor of each tail
     floor: float | None
     by_tail: torch.Tensor | None  # (2,) the floor of each tail, where they differ
     jumps: bool  # a tail has isolation or onset: their unit is needed
@@ -251,8 +251,6 @@ class _ChunkScorer:
         tails = (full_tail, part_tail)
         z_alpha = (full_tail.threshold(false_alarm_rate), part_tail.threshold(false_alarm_rate))
         weekday = weekday_of(night_step, cfg.steps_per_day) if cfg.steps_per_day else 0
-        steps = [torch.as_tensor(t.steps(cfg.horizon) * t.weekday(weekday), dtype=torch.float32,
-                                 device=dev)[None, :] for t in tails]  # fmt: skip
         # the residual scale's spread floor of each tail (one sort per chunk either way): one
         # factor when the tails share it, else one per row by its tail (a tail calibrated
         # before the floor existed has none: 0 floors nothing)
@@ -264,7 +262,8 @@ class _ChunkScorer:
             by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
                                    dtype=torch.float32, device=dev)  # fmt: skip
         return cls(spec, cfg.k, cfg.horizon, Adapted.from_model(model).to(dev), tails, z_alpha,
-                   steps, floor, by_tail, jumps, causal)  # fmt: skip
+                   tuple(t.weekday(weekday) for t in tails), floor, by_tail, jumps,
+                   causal)  # fmt: skip
 
     @property
     def powers(self) -> tuple[float, float]:
@@ -290,7 +289,7 @@ class _ChunkScorer:
         ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
         partial = (n_support < k)[:, None]
         base_unit = batch.scale[:, None] * sigma[:, None]
-        unit = base_unit * torch.where(partial, self.steps[1], self.steps[0])
+        unit = base_unit * torch.where(partial, self.weekday[1], self.weekday[0])
         forecast = batch.forecast(pred_q)
         grow = None
         if self.powers[0] or self.powers[1]:  # noise that grows with the level

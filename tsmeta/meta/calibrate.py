@@ -19,7 +19,6 @@ from tsmeta.meta.maml import Params, Rates, adapt_batch, is_ridge, predict_batch
 from tsmeta.meta.tasks import TaskBatch, robust_sigma, sample_tasks
 from tsmeta.scoring import (
     TailModel,
-    fit_step_scale,
     fit_tail,
     fit_veto,
     fit_weekday_scale,
@@ -39,8 +38,10 @@ __all__ = ["CALIBRATION_PARTS", "adapted_predictions", "calibrate", "calibrate_p
 
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
-CALIBRATION_PARTS = ("per_step", "weekdays", "level", "empirical", "windows", "isolation", "onsets",
+CALIBRATION_PARTS = ("weekdays", "level", "empirical", "windows", "isolation", "onsets",
                      "spread", "veto", "drop")  # fmt: skip
+# parts since removed (stored models' ``without`` may still name them)
+REMOVED_PARTS = ("per_step",)
 
 
 def adapted_predictions(
@@ -120,7 +121,7 @@ def _floored(sigma: torch.Tensor, spread: torch.Tensor | None, floor) -> torch.T
 @dataclass
 class _Sample:
     """A calibration sample's z-scores: signed (B, H, torch, cpu) and |z| (numpy), both
-    divided by the per-step and per-weekday scales fitted on them; their mask; the
+    divided by the level and per-weekday factors fitted on them; their mask; the
     series' residual scale over its jumps' (``rel``, or None) and what the tail stores."""
 
     signed: torch.Tensor
@@ -128,17 +129,16 @@ class _Sample:
     observed: np.ndarray
     rel: torch.Tensor | None
     floor: float | None
-    step_scale: tuple[float, ...] | None
     weekday_scale: tuple[float, ...] | None
     level_power: float | None
 
 
 def _sample(
     params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, spread: bool,
-    jumps: bool, per_step: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
+    jumps: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
 ) -> _Sample:  # fmt: skip
     """The out-of-sample z-scores of the calibration tasks after adapting each on its
-    support, divided by the level factor, then the per-step, then the per-weekday scales."""
+    support, divided by the level factor, then by the per-weekday scales."""
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
     floor = spread_floor_of(sigma, batch.spread) if spread else None
@@ -154,10 +154,6 @@ def _sample(
         if level_power:
             signed = signed / ratio.to(signed.dtype) ** level_power
             z = signed.abs().numpy()
-    step_scale = fit_step_scale(z, observed) if per_step else None
-    if step_scale is not None:
-        z = z / np.asarray(step_scale)[None, :]
-        signed = signed / torch.as_tensor(step_scale, dtype=signed.dtype)[None, :]
     weekday_scale = None
     if weekdays and steps_per_day and batch.night_step is not None:
         weekday = weekday_of(batch.night_step.cpu().numpy(), steps_per_day)
@@ -166,7 +162,7 @@ def _sample(
             factor = np.asarray(weekday_scale)[weekday][:, None]
             z = z / factor
             signed = signed / torch.as_tensor(factor, dtype=signed.dtype)
-    return _Sample(signed, z, observed, rel, floor, step_scale, weekday_scale, level_power)
+    return _Sample(signed, z, observed, rel, floor, weekday_scale, level_power)
 
 
 def _fit_tails(
@@ -176,9 +172,8 @@ def _fit_tails(
     """The tail model fitted on the sample's points ``keep``: the point tail, the window
     statistics' (``windows``), then the veto (with ``naive``)."""
     obs = torch.as_tensor(s.observed)
-    point = replace(fit_tail(s.z[keep.numpy()], empirical=empirical), step_scale=s.step_scale,
-                    spread_floor=s.floor, weekday_scale=s.weekday_scale,
-                    level_power=s.level_power)  # fmt: skip
+    point = replace(fit_tail(s.z[keep.numpy()], empirical=empirical), spread_floor=s.floor,
+                    weekday_scale=s.weekday_scale, level_power=s.level_power)  # fmt: skip
     if not windows:
         tail = point
     else:
@@ -197,7 +192,6 @@ def calibrate(
     batch: TaskBatch,
     steps: int,
     rates: Rates,
-    per_step: bool = True,
     empirical: bool = True,
     windows: bool = True,
     spread: bool = True,
@@ -218,10 +212,8 @@ def calibrate(
     (``spread_floor_of``) and stored in the tail model so that scoring floors alike.
 
     With ``level`` each point's scale first grows with its level (``fit_level_power``:
-    counts are noisier when busy). With ``per_step`` the residual scale of each forecast
-    step is fitted next (errors
-    grow with the horizon) and the tail is fitted to z divided by it: one tail for all
-    steps would mix scales and come out heavier than any step's. With ``windows`` the
+    counts are noisier when busy); with ``weekdays`` (and ``steps_per_day``) a factor per
+    weekday of the scored night next (``fit_weekday_scale``). With ``windows`` the
     tails of sustained deviations are fitted on the same sample (``fit_windows``), and with
     ``isolation`` that of single points jumping away from both neighbours, with
     ``onsets`` that of the abrupt start or end of a sustained deviation. With
@@ -231,7 +223,7 @@ def calibrate(
     adapts. With ``drop`` the tails are refitted without the sample's own anomalies (the
     points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
     """
-    s = _sample(params, batch, steps, rates, trim, spread, isolation or onsets, per_step, weekdays,
+    s = _sample(params, batch, steps, rates, trim, spread, isolation or onsets, weekdays,
                 steps_per_day, level)  # fmt: skip
     obs = torch.as_tensor(s.observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()

@@ -39,6 +39,7 @@ from tsmeta.meta import ALGORITHMS
 from tsmeta.meta.batched import HEAD
 from tsmeta.meta.calibrate import (
     CALIBRATION_PARTS,
+    REMOVED_PARTS,
     adapted_predictions,
     calibrate,
     calibrate_partial,
@@ -93,7 +94,9 @@ class MetaConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "without", tuple(self.without))  # stored states hold lists
+        # stored states hold lists, and may name a part since removed (nothing to leave out)
+        kept = tuple(p for p in self.without if p not in REMOVED_PARTS)
+        object.__setattr__(self, "without", kept)
         unknown = sorted(set(self.without) - set(CALIBRATION_PARTS))
         if unknown:
             raise ValueError(

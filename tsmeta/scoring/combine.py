@@ -162,7 +162,7 @@ def fit_windows(
     onsets: bool = True,
 ) -> WindowTails | None:  # noqa: ANN001 - torch tensors
     """The window statistics' tails and their combination with the point tail ``point``,
-    from out-of-sample signed z (B, H) (already divided by the per-step scales) and their
+    from out-of-sample signed z (B, H) (already divided by the level and weekday factors) and their
     mask; with ``rel`` (B,) (each task's residual scale over its ``contrast_sigma``) the
     isolation's tail too (``isolated``), and the onset's (``onsets``). None when the sample
     is too small to say. ``fit``: the observed points whose statistics the tails are

@@ -3,7 +3,7 @@
 A series of counts (requests, orders, sessions) is noisier in its busy hours than in its
 quiet ones: Poisson noise grows as the square root of the level, multiplicative errors as
 the level itself. One residual scale per series then flags its busy hours and misses its
-quiet ones, and per-step or per-weekday scales, fitted over a whole cluster, cannot follow
+quiet ones, and a cluster's per-weekday factors, fitted over the whole cluster, cannot follow
 each series' own shape. Each point's residual scale is therefore multiplied by its level
 ratio, the forecast over the mean of the series' support (``level_ratio``), to a power
 chosen per cluster by the calibration sample (``fit_level_power``): the power whose scaled

@@ -48,11 +48,9 @@ ZERO_SHARE = 0.4
 class TailModel:
     scale: float  # |z| / scale is standard-t distributed
     dof: float  # math.inf means normal
-    # per forecast step h: the residual scale at h relative to the typical one (errors grow
-    # with the horizon); z at step h is divided by it before the tail applies. None: flat.
-    step_scale: tuple[float, ...] | None = None
     # the calibration sample's two-sided tail as knots (|z|, log P(|Z| > |z|)), |z| rising
-    # (after the step scale); the tail probability is the smaller of the t's and this.
+    # (after the level and weekday factors); the tail probability is the smaller of the t's
+    # and this.
     # None: the t alone (models calibrated before it existed load so)
     knots: tuple[tuple[float, float], ...] | None = None
     # sustained deviations: the tails of centred window medians of z and how the smallest of
@@ -77,7 +75,7 @@ class TailModel:
     veto_scale: float | None = None
     # per weekday of the scored night (Monday first): the residual scale of that weekday's
     # nights relative to the typical one (a Monday adapted from a quieter Sunday misses
-    # more); z is divided by it, as by the step scale. None: one for every weekday
+    # more); z is divided by it. None: one for every weekday
     weekday_scale: tuple[float, ...] | None = None
     # noise that grows with the level (counts, multiplicative errors): the residual scale
     # of a point is multiplied by its level ratio (``level_ratio``: the forecast over the
@@ -89,7 +87,6 @@ class TailModel:
         return {
             "scale": self.scale,
             "dof": None if math.isinf(self.dof) else self.dof,
-            "step_scale": None if self.step_scale is None else list(self.step_scale),
             "knots": None if self.knots is None else [list(k) for k in self.knots],
             "windows": None if self.windows is None else self.windows.to_dict(),
             "spread_floor": self.spread_floor,
@@ -102,11 +99,13 @@ class TailModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> TailModel:
-        steps, knots, windows, veto = (d.get(k) for k in ("step_scale", "knots", "windows", "veto"))
+        # a "step_scale" of models calibrated with per-step scales (removed: they did not
+        # pay across families) is not read: such a model scores with one scale for every
+        # step until it is retrained
+        knots, windows, veto = (d.get(k) for k in ("knots", "windows", "veto"))
         return cls(
             float(d["scale"]),
             math.inf if d.get("dof") is None else float(d["dof"]),
-            None if steps is None else tuple(float(x) for x in steps),
             None if knots is None else tuple((float(a), float(b)) for a, b in knots),
             None if windows is None else WindowTails.from_dict(windows),
             None if d.get("spread_floor") is None else float(d["spread_floor"]),
@@ -128,17 +127,6 @@ class TailModel:
     def weekday(self, weekday: int) -> float:
         """The residual scale's factor for a night of ``weekday`` (Monday 0; 1 without one)."""
         return 1.0 if self.weekday_scale is None else self.weekday_scale[weekday]
-
-    def steps(self, horizon: int) -> np.ndarray:
-        """(horizon,) multipliers of the residual scale per forecast step (ones when flat)."""
-        if self.step_scale is None:
-            return np.ones(horizon)
-        if len(self.step_scale) != horizon:
-            raise ValueError(
-                f"the tail model was calibrated for {len(self.step_scale)} forecast steps, "
-                f"not {horizon}; retrain the cluster's model with this horizon"
-            )
-        return np.asarray(self.step_scale, dtype=np.float64)
 
     def threshold(self, false_alarm_rate: float) -> float:
         """|z| above which a point's tail probability is below the rate on its own (with
@@ -215,24 +203,6 @@ class WindowTails:
     def surprise_at(self, false_alarm_rate: float) -> float:
         """u = -log m at which the calibrated tail probability reaches the rate."""
         return _knot_tail_surprise(math.log(self.factor), self.knots, math.log(false_alarm_rate))
-
-
-def fit_step_scale(
-    abs_z: np.ndarray, observed: np.ndarray, min_points: int = 50, clip: float = 4.0
-) -> tuple[float, ...] | None:
-    """Per-step residual scale from out-of-sample |z| (n, H) and its mask: the median at each
-    step over the median of all, clipped to [1/clip, clip]; steps with fewer than
-    ``min_points`` observations get 1. None when there is too little data to say."""
-    z = np.where(observed, np.asarray(abs_z, dtype=np.float64), np.nan)
-    z[~np.isfinite(z)] = np.nan
-    overall = np.nanmedian(z) if np.isfinite(z).any() else np.nan
-    if not np.isfinite(overall) or overall <= 0:
-        return None
-    counts = np.isfinite(z).sum(0)
-    with np.errstate(all="ignore"):
-        per_step = np.nanmedian(np.where(counts[None, :] > 0, z, 0.0), axis=0) / overall
-    per_step = np.where(counts >= min_points, per_step, 1.0)
-    return tuple(float(x) for x in np.clip(per_step, 1.0 / clip, clip))
 
 
 def weekday_of(night_step, steps_per_day: int):  # noqa: ANN001, ANN201 - int or int array/tensor
