@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
             fc = np.empty_like(test)
             seconds, steps_run = 0.0, []
             for p, members in groups.items():
-                cfg = config(algorithm, k)
+                cfg = config(algorithm, p if args.k_period else k)
                 t = time.perf_counter()
                 gspec = FeatureSpec(period=p, harmonics=args.harmonics,
                                     relative_to_lag=args.relative,
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
                 t = time.perf_counter()
                 fc[members] = model_forecast(model, values, mask, cut, start_step, None, members)
                 seconds += time.perf_counter() - t
-            add(label, fc, seconds, k, "clusters " + ", ".join(
+            add(label, fc, seconds, "period" if args.k_period else k, "clusters " + ", ".join(
                 f"p{p}: {len(r)} series, {s} meta-steps" for (p, r), s in zip(groups.items(), steps_run, strict=True)))  # fmt: skip
     for k in args.k:
         models = {}
@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--m4-dir", type=Path, default=None, help="default: ../shared/data/m4")
     ap.add_argument("--k", type=int, nargs="+", default=[168], help="support points K")
+    ap.add_argument("--k-period", action="store_true",
+                    help="the per-period models adapt from one period (the product's "
+                         "TSMETA_K_RULE=period); --k then sets only the single model's K")  # fmt: skip
     ap.add_argument("--harmonics", type=int, default=3)
     ap.add_argument(
         "--relative",
