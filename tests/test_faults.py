@@ -557,7 +557,11 @@ def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(
     nightly, _ = jobs.run_night(settings, LAST, "warm", write=False, keep="all")
     assert stored_rows() == before  # the warm-up nights wrote nothing (nor did this night)
     saved = {p.name for p in history_dir(settings).iterdir()}
-    assert saved == {f"night={LAST.isoformat()}.parquet"}  # only the night's own state
+    # only the night's own state and the shared events remembered for the nights after it
+    assert saved == {
+        f"night={LAST.isoformat()}.parquet",
+        f"events-night={LAST.isoformat()}.parquet",
+    }
     state = pl.read_parquet(history_dir(settings) / f"night={LAST.isoformat()}.parquet")
     warm = settings.history_warmup_nights
     assert warm >= 1 and state["count"].max() == (warm + 1) * 24  # the nights before and it

@@ -125,7 +125,8 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     # the stored night read no residual history (none before it): a replay of it alone neither;
     # replays save none
     assert sorted(p.name for p in (Path(config["data_dir"]) / "history").iterdir()) == [
-        f"night={NIGHT.isoformat()}.parquet"
+        f"events-night={NIGHT.isoformat()}.parquet",  # its shared events, for the nights after
+        f"night={NIGHT.isoformat()}.parquet",
     ]
     ((_, alone, _),) = jobs.replay(settings, NIGHT, NIGHT, "replay-test")
     last = alone.filter("flag").sort("series_id", "ts")

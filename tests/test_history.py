@@ -106,7 +106,82 @@ def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_ra
     tonight.save(settings, date(2026, 1, 3))
     NightHistory().save(settings, date(2026, 1, 3 + KEEP_NIGHTS))  # the 2nd is too old now
     names = sorted(p.name for p in history_dir(settings).iterdir())
-    assert names == ["night=2026-01-03.parquet", f"night=2026-01-{3 + KEEP_NIGHTS:02d}.parquet"]
+    last = f"2026-01-{3 + KEEP_NIGHTS:02d}"
+    assert names == ["events-night=2026-01-03.parquet", f"events-night={last}.parquet",
+                     "night=2026-01-03.parquet", f"night={last}.parquet"]  # fmt: skip
+
+
+def _events(*spans: tuple[str, str, str]):  # noqa: ANN202 - (cluster, start, end) ISO hours
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    def at(iso: str) -> datetime:
+        return datetime.fromisoformat(iso).replace(tzinfo=UTC)
+
+    return pl.DataFrame({"cluster_id": [c for c, _, _ in spans],
+                         "start_ts": [at(a) for _, a, _ in spans],
+                         "end_ts": [at(b) for _, _, b in spans]},
+                        schema={"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
+                                "end_ts": pl.Datetime("us", "UTC")})  # fmt: skip
+
+
+def test_earlier_shared_events_are_left_out_of_what_a_night_adapts_from():
+    """A holiday (a shared event of the cluster) is unobserved in the window of the nights
+    after it, never in the night scored itself nor for other clusters; a series that
+    would keep under half of its K support points keeps them all (a new normal)."""
+    from datetime import datetime
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.jobs.history import NightHistory
+
+    start = datetime(2026, 1, 1)  # a window of 3 days, the night the last 24 hours
+    values = np.arange(3 * 72, dtype=np.float32).reshape(3, 72)
+    mask = np.ones_like(values, dtype=bool)
+    mask[2, 30:40] = False  # series 2 misses half of its support already
+    panel = Panel(values.copy(), mask.copy(), np.array(["a", "b", "c"]), start, "h")
+    history = NightHistory(events=_events(("p24-0", "2026-01-01T09:00", "2026-01-01T17:00"),
+                                          ("p24-0", "2026-01-02T20:00", "2026-01-03T05:00"),
+                                          ("p168-0", "2026-01-02T00:00", "2026-01-02T12:00")))  # fmt: skip
+    out = history.without_events(panel, "p24-0", k=24, horizon=24)
+    gone = np.zeros(72, dtype=bool)
+    gone[9:17] = gone[44:48] = True  # the second event's hours in the night stay
+    assert (out.mask[:2] == ~gone).all() and np.isnan(out.values[:2, gone]).all()
+    assert (out.values[:2, ~gone] == values[:2, ~gone]).all()
+    # series 2 keeps 10 of its 14 observed support points: more than half, so they go too
+    assert (out.mask[2] == (mask[2] & ~gone)).all()
+    assert history.without_events(panel, "aperiodic-0", 24, 24) is panel  # no events of its own
+    # K = 24 with a day-long event: the support would be gone, so it is kept
+    long = NightHistory(events=_events(("p24-0", "2026-01-02T00:00", "2026-01-03T00:00")))
+    kept = long.without_events(panel, "p24-0", k=24, horizon=24)
+    assert (kept.mask == mask).all()
+    # K = 48: the day-long event leaves half of the support, so it goes
+    half = long.without_events(panel, "p24-0", k=48, horizon=24)
+    assert not half.mask[0, 24:48].any() and half.mask[0, :24].all()
+
+
+def test_shared_events_are_remembered_night_to_night_and_forgotten_after_event_days(tmp_path):
+    from datetime import date, timedelta
+
+    from tsmeta.config import load_settings
+    from tsmeta.jobs.history import EVENT_DAYS, NightHistory, record_events
+
+    settings = load_settings(data_dir=tmp_path)
+    first = _events(("p24-0", "2026-01-01T09:00", "2026-01-01T17:00"))
+    history = NightHistory()
+    history.add_events(first, date(2026, 1, 1))
+    history.add_events(first, date(2026, 1, 1))  # the night re-run: once
+    history.save(settings, date(2026, 1, 1))
+    assert NightHistory.stored(settings, date(2026, 1, 2)).events.equals(history.events)
+    assert history.next().events.height == 1
+    # the stored path: a night's events written beside the state saved before they were known
+    record_events(settings, date(2026, 1, 2), _events(("p168-0", "2026-01-02T00:00",
+                                                         "2026-01-02T03:00")))  # fmt: skip
+    events = NightHistory.stored(settings, date(2026, 1, 3)).events
+    assert events["cluster_id"].to_list() == ["p24-0", "p168-0"]
+    later = NightHistory(events=events)
+    later.add_events(first.clear(), date(2026, 1, 2) + timedelta(days=EVENT_DAYS))
+    assert later.events["cluster_id"].to_list() == ["p168-0"]  # the first has ended too long ago
 
 
 def test_a_flagged_point_alerts_only_when_it_beats_every_tail_since_the_night_before():

@@ -2,10 +2,12 @@
 
 The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`` (a row
 per series: ``count``, ``mean``, ``m2`` of its residuals up to d, and ``min_tail``, the
-smallest tail probability of its last scored night, for alerts). A night reads the
-latest file before it, so re-running a night starts from the same state and replaces its
-own file (idempotent); files older than ``KEEP_NIGHTS`` before the newest are removed.
-The numbers and their use are ``tsmeta.scoring.history``.
+smallest tail probability of its last scored night, for alerts), and beside it
+``events-night=d.parquet``: the shared events of the last ``EVENT_DAYS`` nights (cluster,
+start, end), whose hours later nights leave out of what they adapt from. A night reads
+the latest files before it, so re-running a night starts from the same state and
+replaces its own files (idempotent); files older than ``KEEP_NIGHTS`` before the newest
+are removed. The numbers and their use are ``tsmeta.scoring.history``.
 """
 
 from __future__ import annotations
@@ -13,23 +15,31 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from tsmeta.config import Settings
+from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.detect import ScoredDay
 from tsmeta.scoring.history import ResidualHistory, own_tail
 
-__all__ = ["NightHistory", "history_dir", "warmup_nights", "KEEP_NIGHTS"]
+__all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEEP_NIGHTS",
+           "EVENT_DAYS"]  # fmt: skip
 
 KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
+# shared events are remembered this long: longer than any window a night reads (a weekly
+# cluster's lag medians reach 3 weeks back, its K = one period another week)
+EVENT_DAYS = 35
+_EVENT_SCHEMA = {"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
+                 "end_ts": pl.Datetime("us", "UTC")}  # fmt: skip
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
            "min_tail": pl.Float64}  # fmt: skip
 _UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0}  # a series never scored
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
+_EVENT_FILE = re.compile(r"events-night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
 def history_dir(settings: Settings) -> Path:
@@ -44,11 +54,33 @@ def warmup_nights(settings: Settings, night: date, dates: list[date]) -> list[da
     return [d for d in before if d in known]
 
 
-def _stored(folder: Path) -> dict[date, Path]:
+def _stored(folder: Path, pattern: re.Pattern = _FILE) -> dict[date, Path]:
     if not folder.is_dir():
         return {}
-    found = (_FILE.fullmatch(p.name) for p in folder.iterdir())
+    found = (pattern.fullmatch(p.name) for p in folder.iterdir())
     return {date.fromisoformat(m.group(1)): folder / m.group(0) for m in found if m}
+
+
+def _events_before(settings: Settings, night: date) -> pl.DataFrame | None:
+    """The shared events saved with the latest night before ``night`` (None if none)."""
+    before = {d: p for d, p in _stored(history_dir(settings), _EVENT_FILE).items() if d < night}
+    return pl.read_parquet(before[max(before)]) if before else None
+
+
+def _write(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)  # never half-written
+
+
+def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None:
+    """Save a night's shared events with those of earlier nights (a night scored with
+    the stored history: ``NightHistory.save`` wrote its state before its events were
+    known)."""
+    history = NightHistory(events=_events_before(settings, night))
+    history.add_events(shared, night)
+    history_dir(settings).mkdir(parents=True, exist_ok=True)
+    _write(history.events, history_dir(settings) / f"events-night={night.isoformat()}.parquet")
 
 
 class NightHistory:
@@ -63,7 +95,8 @@ class NightHistory:
     scored tonight carry theirs forward).
     """
 
-    def __init__(self, prior: pl.DataFrame | None = None) -> None:
+    def __init__(self, prior: pl.DataFrame | None = None,
+                 events: pl.DataFrame | None = None) -> None:  # fmt: skip
         if prior is not None and "min_tail" not in prior.columns:  # a state saved before alerts
             prior = prior.with_columns(min_tail=pl.lit(_UNSEEN["min_tail"]))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
@@ -72,12 +105,48 @@ class NightHistory:
         self._sorted = ids[self._order]
         self._cols = {c: self.prior[c].to_numpy() for c in _UNSEEN}
         self._parts: list[pl.DataFrame] = []
+        # shared events of earlier nights (cluster_id, start_ts, end_ts)
+        self.events = pl.DataFrame(schema=_EVENT_SCHEMA) if events is None else (
+            events.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA))  # fmt: skip
 
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
         before = {d: p for d, p in _stored(history_dir(settings)).items() if d < night}
-        return cls(pl.read_parquet(before[max(before)]) if before else None)
+        return cls(pl.read_parquet(before[max(before)]) if before else None,
+                   _events_before(settings, night))  # fmt: skip
+
+    def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int) -> Panel:
+        """The panel with the steps of the cluster's earlier shared events unobserved before
+        its last ``horizon`` steps (the night), so that a holiday or an outage is not what
+        its series adapt from nor what their lag medians, spread and veto read. A series
+        that would keep under half of its K support points keeps them all (a new normal
+        that long is learned as usual)."""
+        night0 = panel.mask.shape[1] - horizon
+        step = freq_timedelta(panel.freq)
+        drop = np.zeros(panel.mask.shape[1], dtype=bool)
+        rows = self.events.filter(pl.col("cluster_id") == cluster_id)
+        for start, end in rows.select("start_ts", "end_ts").iter_rows():
+            a = max(0, -(-(start.replace(tzinfo=None) - panel.start) // step))
+            b = min(night0, -(-(end.replace(tzinfo=None) - panel.start) // step))
+            if a < b:
+                drop[a:b] = True
+        if not drop.any():
+            return panel
+        masked = panel.mask & ~drop
+        support = slice(max(0, night0 - k), night0)
+        enough = 2 * masked[:, support].sum(1) >= panel.mask[:, support].sum(1)
+        mask = np.where(enough[:, None], masked, panel.mask)
+        values = np.where(mask, panel.values, np.nan).astype(panel.values.dtype)
+        return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
+
+    def add_events(self, shared: pl.DataFrame, night: date) -> None:
+        """Remember a night's shared events (``tsmeta.events.shared_events``'s frame) for
+        the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
+        tonight = shared.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA)
+        horizon = datetime(night.year, night.month, night.day, tzinfo=UTC) - timedelta(EVENT_DAYS)
+        self.events = pl.concat([self.events, tonight]).unique(maintain_order=True).filter(
+            pl.col("end_ts") > horizon)  # fmt: skip
 
     def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
         ids = day.series_ids.astype(str)
@@ -122,19 +191,18 @@ class NightHistory:
 
     def next(self) -> NightHistory:
         """The history the next night starts from (replays carry it night to night)."""
-        return NightHistory(self.state())
+        return NightHistory(self.state(), self.events)
 
     def save(self, settings: Settings, night: date) -> Path:
         """Write the state after ``night`` (replacing its file) and drop old states."""
         folder = history_dir(settings)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"night={night.isoformat()}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        self.state().write_parquet(tmp)
-        os.replace(tmp, path)  # never half-written
-        stored = _stored(folder)
-        newest = max(stored)
-        for d, p in stored.items():
-            if d < newest - timedelta(days=KEEP_NIGHTS):
-                p.unlink(missing_ok=True)
+        _write(self.events, folder / f"events-night={night.isoformat()}.parquet")
+        _write(self.state(), path)
+        newest = max(_stored(folder))
+        for pattern in (_FILE, _EVENT_FILE):
+            for d, p in _stored(folder, pattern).items():
+                if d < newest - timedelta(days=KEEP_NIGHTS):
+                    p.unlink(missing_ok=True)
         return path

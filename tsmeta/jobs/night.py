@@ -12,7 +12,7 @@ from tsmeta.config import Settings
 from tsmeta.data.panel import freq_timedelta
 from tsmeta.events import shared_events
 from tsmeta.jobs.common import engine_for, log, night_bounds, require_night_data
-from tsmeta.jobs.history import NightHistory
+from tsmeta.jobs.history import NightHistory, record_events
 from tsmeta.jobs.score import history_before, score_night
 from tsmeta.store.writes import replace_night
 
@@ -32,7 +32,7 @@ def run_night(
     """
     frame, stats = score_night(settings, night, run_id, keep, history)
     flagged = frame.filter(pl.col("flag")).drop("flag") if "flag" in frame.columns else frame
-    shared, flagged = find_events(settings, night, flagged, stats)
+    shared, flagged = find_events(settings, night, flagged, stats, history)
     if write:
         require_night_data(settings, night, stats)
         stats["written"] = write_night(settings, flagged, night, run_id, stats["scored_clusters"],
@@ -47,15 +47,22 @@ def run_night(
 
 
 def find_events(
-    settings: Settings, night: date, flagged: pl.DataFrame, stats: dict
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+    settings: Settings, night: date, flagged: pl.DataFrame, stats: dict,
+    history: NightHistory | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:  # fmt: skip
     """(shared events, the flagged rows with their ``event_id``) of a night scored by
     :func:`score_night` (``tsmeta.events.shared_events`` with the settings' thresholds and
-    holiday calendar); counts them into ``stats``."""
+    holiday calendar); counts them into ``stats``. The events are remembered for the
+    nights after it (their steps are not what those adapt from): in ``history`` where a
+    replay carries one, else beside the stored residual history (``own_history``)."""
     scored = {cid: c.get("scored", 0) for cid, c in stats["clusters"].items()}
     shared, flagged = shared_events(flagged, scored, freq_timedelta(settings.freq),
                                     settings.event_min_share, settings.event_min_series,
                                     settings.holidays)  # fmt: skip
+    if history is not None:
+        history.add_events(shared, night)
+    elif settings.own_history:
+        record_events(settings, night, shared)
     stats["events"] = shared.height
     stats["event_points"] = int(shared.get_column("n_points").sum()) if shared.height else 0
     if shared.height:
