@@ -183,9 +183,8 @@ VARIANTS = {
     "no-week_input": ({"week_lag_input": False}, {}),
     "no-own_history": ({"own_history": False}, {}),
     "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
-    "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period of the cluster
+    "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period (4 weeks' data)
     "relative": ({"relative_to_lag": True}, {}),  # not a part: targets relative to the lag
-    "k-period-relative": ({"k_rule": "period", "relative_to_lag": True}, {}),
 }
 
 

@@ -99,12 +99,38 @@ def test_postgres_urls_without_a_driver_use_psycopg(monkeypatch, pg_url):
         load_settings(database_url=pg_url.replace("+psycopg", "+psycopg2"))
 
 
-def test_k_by_period_is_one_period_of_the_cluster_capped():
+def test_k_by_period_is_one_period_of_the_cluster_capped_once_the_window_holds_it():
     from tsmeta.jobs import k_for
 
-    day = load_settings()
+    day = load_settings()  # the default
     assert [k_for(day, c) for c in ("p24-0", "p168-3", "aperiodic-0")] == [24, 24, 24]
     period = load_settings(k_rule="period")
     assert [k_for(period, c) for c in ("p24-0", "p168-3", "aperiodic-0")] == [24, 168, 24]
+    # a weekly cluster adapts from its week once its training window holds the support and
+    # the 3 weeks its lag medians read (4 weeks), from a day before
+    assert k_for(period, "p168-3", steps=4 * 168) == 168
+    assert k_for(period, "p168-3", steps=4 * 168 - 1) == 24
+    assert k_for(period, "p24-0", steps=4 * 24) == 24
     minutes = load_settings(k_rule="period", freq="1min", k_max=2016)
     assert [k_for(minutes, c) for c in ("p1440-0", "p10080-1", "aperiodic-0")] == [1440, 2016, 1440]
+    daily = load_settings(k_rule="period", freq="d")  # daily data's K (28) exceeds its period
+    assert k_for(daily, "p7-0") == 28
+
+
+def test_the_training_window_counts_from_its_first_observed_step():
+    from datetime import datetime
+
+    import numpy as np
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.jobs.train import _steps_held
+
+    start, ids = datetime(2026, 1, 1), np.array(["a", "b", "c"])
+    mask = np.zeros((3, 672), dtype=bool)
+    mask[1, 168:] = True  # 3 weeks of data in a 4-week window
+    mask[2, 200:400] = True
+    values = np.where(mask, 1.0, np.nan).astype(np.float32)
+    assert _steps_held(Panel(values, mask, ids, start, "h")) == 504
+    empty = np.zeros((1, 24), dtype=bool)
+    assert _steps_held(Panel(np.full((1, 24), np.nan, np.float32), empty, ids[:1], start,
+                             "h")) == 0  # fmt: skip

@@ -34,12 +34,16 @@ def meta_config(settings: Settings, **overrides: object) -> MetaConfig:
     return MetaConfig(**values)  # type: ignore[arg-type]
 
 
-def k_for(settings: Settings, cluster_id: str) -> int:
-    """Support points of a cluster's series: ``settings.k``, or with ``k_rule="period"`` one
-    period of the cluster (aperiodic: ``settings.k``), at most ``k_max``."""
+def k_for(settings: Settings, cluster_id: str, steps: int | None = None) -> int:
+    """Support points of a cluster's series: ``settings.k``, or with ``k_rule="period"`` at
+    least one period of the cluster (aperiodic: ``settings.k``), at most ``k_max``, where
+    its training window of ``steps`` (None: enough) holds ``lag_periods`` + 1 periods: a
+    week-long support with lag medians over 3 weeks before it cannot be meta-trained
+    and calibrated on 3 weeks of data."""
     period = period_of_cluster(cluster_id)
     if settings.k_rule == "period" and period:
-        return min(period, settings.k_max)
+        if steps is None or steps >= (settings.lag_periods + 1) * period:
+            return max(settings.k, min(period, settings.k_max))
     return settings.k
 
 
@@ -89,7 +93,8 @@ def train_models(
     jobs = [
         ClusterJob(cid, panels[cid].values, panels[cid].mask, panels[cid].start_step,
                    _spec_for(settings, cid).to_dict(),
-                   {**cfg.__dict__, "k": config_overrides.get("k") or k_for(settings, cid)})
+                   {**cfg.__dict__, "k": config_overrides.get("k")
+                    or k_for(settings, cid, _steps_held(panels[cid]))})
         for cid in wanted
     ]  # fmt: skip
     del panels
@@ -114,6 +119,12 @@ def train_models(
     finally:
         pbar.close()
     return _save_models(settings, engine, results, run_id, begin, end)
+
+
+def _steps_held(panel: Panel) -> int:
+    """Steps from the first observed point of a training panel to its end."""
+    seen = np.flatnonzero(panel.mask.any(axis=0))
+    return int(panel.mask.shape[1] - seen[0]) if seen.size else 0
 
 
 def _sample_panels(settings: Settings, profile: pl.DataFrame, wanted: list[str], start: date,
