@@ -110,7 +110,7 @@ class Settings(BaseSettings):
             "least one period of its own (a weekly cluster from its last week; aperiodic ones "
             "from `k`), at most `k_max`, once its training window holds `lag_periods` + 1 "
             "periods (4 weeks for a weekly cluster; from `k` before): better detection on a "
-            "28-day window, 2.4x the nightly time at 2M hourly series (docs/decisions.md). "
+            "28-day window, twice the nightly time at 2M hourly series (docs/decisions.md). "
             "Takes effect at `train`."
         ),
     )
