@@ -49,7 +49,7 @@ import polars as pl
 
 from tsmeta import jobs
 from tsmeta.config import load_settings
-from tsmeta.data.business import CONTEXT_KINDS
+from tsmeta.data.business import CONTEXT_KINDS, holiday_day
 from tsmeta.data.io import read_window
 from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
@@ -185,6 +185,7 @@ VARIANTS = {
     "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
     "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period (4 weeks' data)
     "relative": ({"relative_to_lag": True}, {}),  # not a part: targets relative to the lag
+    "calendar": ({}, {}),  # not a part: the holiday known (``Settings.holidays``; run_family)
 }
 
 
@@ -218,6 +219,9 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     for name in variants:
         t_v = time.perf_counter()
         s_kw, c_kw = VARIANTS[name]
+        if name == "calendar":  # the business family's holiday given as a known date
+            s_kw = {"holidays": [start + timedelta(days=holiday_day(days, datetime(
+                start.year, start.month, start.day)))]}  # fmt: skip
         scored[name] = run_tsmeta(base_kw | s_kw, c_kw, as_of, last)
         seconds[name] = round(time.perf_counter() - t_v, 1)
         print(f"  {family} {name}: trained and replayed in {seconds[name]} s", file=sys.stderr)

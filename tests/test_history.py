@@ -127,10 +127,11 @@ def _events(*spans: tuple[str, str, str]):  # noqa: ANN202 - (cluster, start, en
 
 
 def test_earlier_shared_events_are_left_out_of_what_a_night_adapts_from():
-    """A holiday (a shared event of the cluster) is unobserved in the window of the nights
-    after it, never in the night scored itself nor for other clusters; a series that
-    would keep under half of its K support points keeps them all (a new normal)."""
-    from datetime import datetime
+    """A holiday (a shared event of the cluster, or a date of the calendar) is unobserved
+    in the window of the nights after it, never in the night scored itself nor (an event)
+    for other clusters; a series that would keep under half of its K support points keeps
+    them all (a new normal)."""
+    from datetime import date, datetime
 
     from tsmeta.data.panel import Panel
     from tsmeta.jobs.history import NightHistory
@@ -151,6 +152,11 @@ def test_earlier_shared_events_are_left_out_of_what_a_night_adapts_from():
     # series 2 keeps 10 of its 14 observed support points: more than half, so they go too
     assert (out.mask[2] == (mask[2] & ~gone)).all()
     assert history.without_events(panel, "aperiodic-0", 24, 24) is panel  # no events of its own
+    # a known holiday (the calendar) is left out whole, for every cluster
+    known = history.without_events(panel, "aperiodic-0", k=48, horizon=24,
+                                   holidays=[date(2026, 1, 1), date(2026, 1, 3)])  # fmt: skip
+    assert not known.mask[:2, :24].any() and (known.mask[:, 24:] == mask[:, 24:]).all()
+    assert (known.mask[2] == mask[2]).all()  # 14 of its 38 support points left: kept
     # K = 24 with a day-long event: the support would be gone, so it is kept
     long = NightHistory(events=_events(("p24-0", "2026-01-02T00:00", "2026-01-03T00:00")))
     kept = long.without_events(panel, "p24-0", k=24, horizon=24)

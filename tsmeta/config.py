@@ -259,7 +259,8 @@ class Settings(BaseSettings):
         default_factory=list,
         description=(
             "Known holidays (`TSMETA_HOLIDAYS='[\"2026-12-25\"]'`): shared events on them are "
-            "of kind `holiday` (expected), not `shared`."
+            "of kind `holiday` (expected), not `shared`, and with `own_history` their days (UTC) "
+            "are left out of what later nights adapt from."
         ),
     )
     own_history: bool = Field(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -116,19 +117,24 @@ class NightHistory:
         return cls(pl.read_parquet(before[max(before)]) if before else None,
                    _events_before(settings, night))  # fmt: skip
 
-    def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int) -> Panel:
-        """The panel with the steps of the cluster's earlier shared events unobserved before
-        its last ``horizon`` steps (the night), so that a holiday or an outage is not what
-        its series adapt from nor what their lag medians, spread and veto read. A series
-        that would keep under half of its K support points keeps them all (a new normal
-        that long is learned as usual)."""
+    def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
+                       holidays: Collection[date] = ()) -> Panel:  # fmt: skip
+        """The panel with the steps of the cluster's earlier shared events, and of the
+        known ``holidays`` (whole UTC days), unobserved before its last ``horizon`` steps
+        (the night), so that a holiday or an outage is not what its series adapt from nor
+        what their lag medians, spread and veto read. A series that would keep under half
+        of its K support points keeps them all (a new normal that long is learned as
+        usual)."""
         night0 = panel.mask.shape[1] - horizon
         step = freq_timedelta(panel.freq)
         drop = np.zeros(panel.mask.shape[1], dtype=bool)
         rows = self.events.filter(pl.col("cluster_id") == cluster_id)
-        for start, end in rows.select("start_ts", "end_ts").iter_rows():
-            a = max(0, -(-(start.replace(tzinfo=None) - panel.start) // step))
-            b = min(night0, -(-(end.replace(tzinfo=None) - panel.start) // step))
+        days = [datetime(d.year, d.month, d.day) for d in holidays]
+        spans = [(a.replace(tzinfo=None), b.replace(tzinfo=None))
+                 for a, b in rows.select("start_ts", "end_ts").iter_rows()]  # fmt: skip
+        for start, end in spans + [(d, d + timedelta(days=1)) for d in days]:
+            a = max(0, -(-(start - panel.start) // step))
+            b = min(night0, -(-(end - panel.start) // step))
             if a < b:
                 drop[a:b] = True
         if not drop.any():

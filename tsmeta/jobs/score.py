@@ -253,7 +253,8 @@ class _NightScoring:
     def submit(self, cid: str, batch: Panel) -> None:
         model = self.models[cid][1]
         if self.history is not None:  # earlier nights' shared events are not the normal
-            batch = self.history.without_events(batch, cid, model.config.k, model.config.horizon)
+            batch = self.history.without_events(batch, cid, model.config.k, model.config.horizon,
+                                                self.settings.holidays)  # fmt: skip
         if self.ray_scorer is not None:
             for done_cid, _, day in self.ray_scorer.submit(cid, model.state(), batch):
                 self.collect(done_cid, day)
