@@ -207,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
     v_np, m_np = values.numpy(), mask.numpy()
     ids = np.arange(args.series)
-    # a tail as training leaves it: a t, empirical knots, weekday factors and the window
+    # a tail as training leaves it: a t, empirical knots and the window
     # statistics' and the isolation's tails (a partial one too)
     rng = np.random.default_rng(0)
     z_cal = rng.standard_t(5.0, size=(4096, H))
     tail = fit_tail(np.abs(z_cal).ravel())
     windows = fit_windows(torch.as_tensor(z_cal), torch.ones(z_cal.shape, dtype=torch.bool), tail,
                           rel=torch.ones(len(z_cal), dtype=torch.float64))  # fmt: skip
-    tail = dataclasses.replace(tail, weekday_scale=tuple(np.linspace(0.9, 1.2, 7)), windows=windows)
+    tail = dataclasses.replace(tail, windows=windows)
     # the same without the onset statistic, and with the veto's deviations by level alone
     # (as before 2026-12-04); and the product's hourly models of a daily period: the week
     # before as a second input (FeatureSpec.second_lag) and as the veto's second reference

@@ -255,7 +255,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    (models, raw, stepped, unfloored, unvetoed, unisolated, untrimmed, undropped,
+    (models, raw, recal, unfloored, unvetoed, unisolated, untrimmed, undropped,
      no_onset, by_level) = ({} for _ in range(10))  # fmt: skip
     t = time.perf_counter()
     for p, rows in groups.items():
@@ -268,7 +268,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                          without=tuple(args.without), steps_per_day=24)  # fmt: skip
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
-        stepped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step)
+        recal[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step)
         unfloored[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                     spread=False)  # fmt: skip
         unvetoed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
@@ -303,7 +303,7 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                 seconds["tsmeta, own history"] += time.perf_counter() - t
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
                                 ("tsmeta, points only", points_only(model)),
-                                ("tsmeta, 1024 tasks", stepped.get(p, stepped[24])),
+                                ("tsmeta, 1024 tasks", recal.get(p, recal[24])),
                                 ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24])),
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),

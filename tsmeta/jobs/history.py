@@ -74,14 +74,22 @@ def _write(frame: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)  # never half-written
 
 
+def _with_events(events: pl.DataFrame | None, shared: pl.DataFrame, night: date) -> pl.DataFrame:
+    """Earlier ``events`` and a night's ``shared`` ones (``tsmeta.events.shared_events``'s
+    frame), each once, without those that ended more than ``EVENT_DAYS`` before it."""
+    horizon = datetime(night.year, night.month, night.day, tzinfo=UTC) - timedelta(EVENT_DAYS)
+    frames = [f.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA)
+              for f in (events, shared) if f is not None]  # fmt: skip
+    return pl.concat(frames).unique(maintain_order=True).filter(pl.col("end_ts") > horizon)
+
+
 def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None:
     """Save a night's shared events with those of earlier nights (a night scored with
     the stored history: ``NightHistory.save`` wrote its state before its events were
     known)."""
-    history = NightHistory(events=_events_before(settings, night))
-    history.add_events(shared, night)
     history_dir(settings).mkdir(parents=True, exist_ok=True)
-    _write(history.events, history_dir(settings) / f"events-night={night.isoformat()}.parquet")
+    _write(_with_events(_events_before(settings, night), shared, night),
+           history_dir(settings) / f"events-night={night.isoformat()}.parquet")  # fmt: skip
 
 
 class NightHistory:
@@ -149,10 +157,7 @@ class NightHistory:
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
         """Remember a night's shared events (``tsmeta.events.shared_events``'s frame) for
         the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
-        tonight = shared.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA)
-        horizon = datetime(night.year, night.month, night.day, tzinfo=UTC) - timedelta(EVENT_DAYS)
-        self.events = pl.concat([self.events, tonight]).unique(maintain_order=True).filter(
-            pl.col("end_ts") > horizon)  # fmt: skip
+        self.events = _with_events(self.events, shared, night)
 
     def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
         ids = day.series_ids.astype(str)
