@@ -221,6 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     no_onset = dataclasses.replace(tail, windows=dataclasses.replace(windows, onset=None))
     week = FeatureSpec(24, second_lag=168, veto_lag=168)
     week_params = init_params(week.n_features, args.hidden, torch.Generator().manual_seed(0))
+    # and a weekly cluster adapting from one period (TSMETA_K_RULE=period): K = 168 points
+    # with the median of 3 weeks as their lag input (a 29-day window), the ridge head's
+    # primal form (41 x 41 systems)
+    wframe, _, _ = generate_frame(min(args.series, 8192), "h", 29, seed=2)
+    wpanel = build_panel(wframe, "h")
+    w_np, wm_np = (np.tile(a, (reps, 1))[: args.series] for a in (wpanel.values, wpanel.mask))
+    weekly = FeatureSpec(168, lag_periods=3)
+    weekly_model = MetaModel(
+        init_params(weekly.n_features, args.hidden, torch.Generator().manual_seed(0)), weekly,
+        MetaConfig(algorithm="ridge", k=168, horizon=H, hidden=args.hidden, trim=MetaConfig.trim),
+        tail, partial_calibration=tail,
+    )  # fmt: skip
     for device in devices:
         chunk = 8192 if device == "cpu" else args.gpu_chunk
         for algorithm, relative, trim in (("maml", False, None), ("maml", True, None),
@@ -251,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             sec = timed(lambda m=model, d=device, c=chunk: score_day(
                 v_np, m_np, ids, panel.start_step, m, 1e-3, c, d))  # fmt: skip
             record(name, device, args.series, sec)
+        sec = timed(lambda d=device, c=chunk: score_day(
+            w_np, wm_np, ids, wpanel.start_step, weekly_model, 1e-3, c, d))  # fmt: skip
+        record("score_day, ridge, weekly K = 168", device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {args.inner_steps} inner steps, "
           f"MLP {args.hidden}-{args.hidden}, "

@@ -9,7 +9,14 @@ import torch
 from tsmeta.forecaster import hidden_features, init_params
 from tsmeta.meta.batched import adapt_predict, head_only
 from tsmeta.meta.linalg import spd_solve
-from tsmeta.meta.maml import RIDGE, adapt_batch, predict_batch, ridge_head, trim_rounds
+from tsmeta.meta.maml import (
+    RIDGE,
+    _spd_inverse,
+    adapt_batch,
+    predict_batch,
+    ridge_head,
+    trim_rounds,
+)
 from tsmeta.meta.tasks import TaskBatch, robust_sigma
 from tsmeta.meta.train import MetaConfig, MetaLearner, MetaModel
 
@@ -52,6 +59,16 @@ def test_a_matrix_that_is_not_positive_definite_gives_nan_rows_not_an_exception(
     a[1, 2, 2] = -1.0
     sol, _ = spd_solve(a, torch.ones(2, 3))
     assert torch.equal(sol[0], torch.ones(3)) and torch.isnan(sol[1]).all()
+
+
+def test_the_cholesky_inverse_inverts_and_gives_nan_where_not_positive_definite():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 41, 41, generator=g, dtype=torch.float64)
+    a = x @ x.transpose(1, 2) + 0.1 * torch.eye(41, dtype=torch.float64)
+    torch.testing.assert_close(_spd_inverse(a), torch.linalg.inv(a))
+    a[3, 5, 5] = -1.0
+    inv = _spd_inverse(a)
+    assert torch.isnan(inv[3]).all() and not torch.isnan(inv[[0, 1, 2, 4, 5, 6, 7]]).any()
 
 
 @pytest.mark.parametrize("k", [6, 30])  # the kernel form (K <= H + 1) and the primal one
@@ -183,10 +200,12 @@ def test_trim_is_a_model_setting_older_models_load_without():
     assert MetaModel.from_state(state).config.trim is None
 
 
-def test_scoring_and_training_solve_the_same_ridge():
-    """The nightly path (vectorised Cholesky, no autograd) equals the differentiable one."""
-    b = _batch(16, 24, 24, 8, dtype=torch.float32)
-    params = init_params(8, 40, torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("k,hidden", [(24, 40), (96, 10)])  # the kernel form, the primal one
+def test_scoring_and_training_solve_the_same_ridge(k, hidden):
+    """The nightly path (vectorised Cholesky or Cholesky inverse, no autograd) equals the
+    differentiable one (torch.linalg)."""
+    b = _batch(16, k, 24, 8, dtype=torch.float32)
+    params = init_params(8, hidden, torch.Generator().manual_seed(4))
     h = hidden_features(params, b.xs)
     log_pen = torch.tensor(math.log(0.05), requires_grad=True)
     w_t, b_t, loo_t = ridge_head(h, b.ys, b.ms, params["w3"], params["b3"], log_pen, loo=True)

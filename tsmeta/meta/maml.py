@@ -109,14 +109,18 @@ def ridge_head(
             resid_loo = alpha / inv_diag * ms
     else:
         phi = torch.cat([h, torch.ones_like(h[..., :1])], -1) * ms.unsqueeze(-1)  # (B, K, P)
-        eye = torch.eye(H + 1, dtype=h.dtype, device=h.device)
-        gram = phi.transpose(1, 2) @ phi + lam.reshape(B, 1, 1) * eye
+        gram = phi.transpose(1, 2) @ phi
+        gram = gram + torch.diag_embed(lam.unsqueeze(1).expand(-1, H + 1))
         if loo:
-            # (B, P, K); the inverse times Phi^T: one batched product, 2.4x faster here than
-            # torch.linalg.solve's matrix-by-matrix LU with K right-hand sides (P = 41, K = 288)
-            a_phi = torch.linalg.inv(gram) @ phi.transpose(1, 2)
-            d = (a_phi @ r.unsqueeze(-1)).squeeze(-1)
-            hat = (phi * a_phi.transpose(1, 2)).sum(-1)  # (B, K)
+            # Phi A^-1 (B, K, P), rows in memory order (A^-1 is symmetric: a_phi's transpose):
+            # one batched product after the inverse, 2.4x faster here than torch.linalg.solve's
+            # matrix-by-matrix LU with K right-hand sides (P = 41, K = 288), and the hat
+            # diagonal an elementwise product of two contiguous (B, K, P) tensors
+            inverse = torch.linalg.inv if torch.is_grad_enabled() else _spd_inverse
+            phi_a = phi @ inverse(gram)
+            d = (r.unsqueeze(1) @ phi_a).squeeze(1)
+            hat = torch.einsum("bkp,bkp->bk", phi, phi_a)  # (B, K)
+            a_phi = phi_a.transpose(1, 2)  # (B, P, K), a view for the trim's few series
             resid_loo = (r - (phi @ d.unsqueeze(-1)).squeeze(-1)) / (1 - hat) * ms
             if trim is not None:
                 idx, act = _outliers(resid_loo, ms, trim)
@@ -133,6 +137,19 @@ def ridge_head(
             d = torch.linalg.solve(gram, phi.transpose(1, 2) @ r.unsqueeze(-1)).squeeze(-1)
     w, b = w0.reshape(1, -1) + d[:, :H], b0.reshape(()) + d[:, H]
     return (w, b, resid_loo) if loo else (w, b)
+
+
+def _spd_inverse(a: torch.Tensor) -> torch.Tensor:
+    """The inverses of a batch of symmetric positive-definite matrices (B, n, n) from their
+    Cholesky factors: L^-T L^-1, with L^-1 by one batched triangular solve (1.8x faster on
+    the CPU than ``torch.linalg.inv``'s LU at n = 41). A matrix that is not numerically
+    positive definite gives NaN (a failed fit for the caller), never an exception."""
+    low, info = torch.linalg.cholesky_ex(a)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    inv_low = torch.linalg.solve_triangular(low, eye, upper=False)
+    inv = inv_low.transpose(1, 2) @ inv_low
+    nan = torch.full((), float("nan"), dtype=a.dtype, device=a.device)
+    return torch.where((info == 0)[:, None, None], inv, nan)
 
 
 def trim_rounds(k: int) -> int:
