@@ -9,6 +9,8 @@ from tsmeta.data.panel import build_panel
 from tsmeta.data.synthetic import generate_frame
 from tsmeta.detect import BASIS, SEVERITY, score_day, severity_of
 from tsmeta.forecaster import FeatureSpec
+from tsmeta.meta.baselines import Adapted
+from tsmeta.meta.tasks import make_batch
 from tsmeta.meta.train import MetaConfig, meta_train
 
 
@@ -187,6 +189,34 @@ def test_diverging_adaptation_falls_back_to_the_base_forecast(trained):
     assert np.isfinite(day.forecast[fell]).all()
     # the fallback forecasts the support mean (level targets): finite, and flags stay rare
     assert day.flag[fell].mean() < 0.2
+
+
+def test_the_ridge_head_falls_back_only_where_its_fit_failed(trained, shared_feature_model):
+    """Leave-one-out support residuals often fit worse than the support's in-sample mean;
+    that alone keeps the ridge forecast (it cannot diverge). A fit that failed (NaN)
+    forecasts the support mean instead, finite, and says so."""
+    values, mask, ids, start, _ = trained
+    ridge = shared_feature_model("ridge")
+    v = values[:30].copy()
+    v[0] = 42.0 + 1e-3 * np.arange(v.shape[1]) % 2  # a series that barely varies
+    day = score_day(v, mask[:30], ids[:30], start, ridge, 1e-3)
+    cfg = ridge.config
+    r = torch.arange(30)
+    batch = make_batch(torch.as_tensor(v), torch.as_tensor(mask[:30]), r,
+                       torch.full_like(r, v.shape[1] - cfg.horizon), ridge.spec, cfg.k,
+                       cfg.horizon, start)  # fmt: skip
+    ps, _ = Adapted.from_model(ridge).predict(batch)
+    loo = ((ps - batch.ys) ** 2 * batch.ms).sum(1)
+    assert (loo > (batch.ys**2 * batch.ms).sum(1)).any()  # worse than the mean, in sample
+    assert not (day.basis == BASIS.index("fallback")).any()
+    broken = replace(
+        ridge, params={**ridge.params, "b3": torch.full_like(ridge.params["b3"], float("nan"))}
+    )
+    bad = score_day(v, mask[:30], ids[:30], start, broken, 1e-3)
+    assert (bad.basis == BASIS.index("fallback")).all()
+    assert np.isfinite(bad.forecast).all()
+    support = np.where(mask[:30, -48:-24], v[:, -48:-24], np.nan)
+    np.testing.assert_allclose(bad.forecast[:, 0], np.nanmean(support, 1), rtol=1e-4)
 
 
 def test_scores_keep_strong_anomalies_apart_and_severity_grades_them(trained):

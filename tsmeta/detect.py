@@ -19,7 +19,7 @@ week before (the seasonal-naive veto, ``TailModel.veto``: the forecast missed wh
 series repeated from one period, or one week, before).
 
 Every series says how it was forecast (``BASIS``): from all K points, from fewer (cold
-start, gaps), from the base forecast when adaptation diverged, or not at all (fewer than
+start, gaps), from the base forecast when adaptation failed or diverged, or not at all (fewer than
 ``MIN_SUPPORT_POINTS`` recent points). Series of a cluster without a model never reach
 this module: the nightly job counts and logs them (``tsmeta.jobs.score_night``)."""
 
@@ -50,7 +50,7 @@ MIN_SUPPORT_POINTS = 3  # fewer observed support points: the series is reported 
 BASIS_MEANING = {
     "adapted": "from all K recent points",
     "partial": "cold start or gaps: from fewer than K recent points",
-    "fallback": "adaptation diverged: the base forecast (seasonal naive or mean) is used",
+    "fallback": "adaptation failed or diverged: the base forecast (seasonal naive or mean) is used",
     "unscored": f"fewer than {MIN_SUPPORT_POINTS} of the recent points were observed",
     "constant": "the recent points are stuck at one value after a varying period",
 }

@@ -19,7 +19,7 @@ import torch
 
 from tsmeta.forecaster import FeatureSpec, init_params, mlp
 from tsmeta.meta.batched import adapt_predict
-from tsmeta.meta.maml import Params, Rates
+from tsmeta.meta.maml import Params, Rates, is_ridge
 from tsmeta.meta.tasks import TaskBatch
 from tsmeta.meta.train import MetaModel
 
@@ -67,6 +67,10 @@ class Adapted:
         in a few hundred ends with every prediction far off). A series whose adapted fit
         to its own support points is worse than predicting zero (the seasonal naive forecast
         with ``relative_to_lag``, the support mean otherwise) gets that zero forecast instead.
+        The ridge head cannot diverge: it falls back only where its fit failed (not
+        finite). Its support predictions are leave-one-out, so a fit worse than the mean's
+        in-sample one says little: on the rows that test picked out, the ridge forecast
+        still beat the support mean out of sample (docs/decisions.md).
         """
         with torch.no_grad():
             if self.steps == 0:
@@ -77,7 +81,10 @@ class Adapted:
             cnt = batch.ms.sum(1).clamp_min(1.0)
             fit = ((ps - batch.ys) ** 2 * batch.ms).sum(1) / cnt
             zero = (batch.ys**2 * batch.ms).sum(1) / cnt
-            bad = ~(fit <= zero)  # also catches NaN
+            if is_ridge(self.rates):
+                bad = ~(fit.isfinite() & pq.isfinite().all(1))
+            else:
+                bad = ~(fit <= zero)  # also catches NaN
             if bad.any():
                 ps = torch.where(bad[:, None], torch.zeros_like(ps), ps)
                 pq = torch.where(bad[:, None], torch.zeros_like(pq), pq)
