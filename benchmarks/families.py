@@ -184,7 +184,7 @@ VARIANTS = {
     "no-own_history": ({"own_history": False}, {}),
     "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
     "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period (4 weeks' data)
-    "relative": ({"relative_to_lag": True}, {}),  # not a part: targets relative to the lag
+    "level": ({"relative_to_lag": False}, {}),  # not a part: level targets
     "calendar": ({}, {}),  # not a part: the holiday known (``Settings.holidays``; run_family)
 }
 

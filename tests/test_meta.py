@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from tsmeta.forecaster import FeatureSpec, init_params, masked_mse, mlp
 from tsmeta.meta.maml import adapt, adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import earliest_cut, make_batch, sample_tasks
 from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
+from tsmeta.scoring import TailModel
 
 
 def tiny_batch(dtype=torch.float64, B=3, K=6, H=4, F=4, seed=0):
@@ -127,6 +130,32 @@ def test_a_horizon_longer_than_the_period_never_reads_what_it_forecasts(relative
         torch.testing.assert_close(a.forecast(a.yq), values[:, 150:198], rtol=1e-4, atol=1e-4)
 
 
+def test_relative_targets_are_the_change_from_the_median_of_the_lag_periods():
+    """With lag_periods = 3 the targets' base is the lagged input, the median of the same
+    phase over the last 3 periods: yesterday's spike is no base for today. Models saved
+    before it (median_base False) keep the single most recent value."""
+    g = torch.Generator().manual_seed(4)
+    values = 10.0 + torch.randn(2, 200, generator=g, dtype=torch.float64)
+    values[0, 150 - 24 + 5] += 50.0  # a spike yesterday, at hour 5 of the scored day
+    mask = torch.ones(2, 200, dtype=torch.bool)
+    rows, cut = torch.arange(2), torch.full((2,), 150)
+    spec = FeatureSpec(24, relative_to_lag=True, lag_periods=3)
+    b = make_batch(values, mask, rows, cut, spec, 24, 24, 0)
+    days = torch.stack([values[:, 150 - 24 * d : 174 - 24 * d] for d in (1, 2, 3)])
+    expect = days.median(0).values  # three values: no ties to average
+    torch.testing.assert_close(b.forecast(torch.zeros_like(b.yq)), expect, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b.forecast(b.yq), values[:, 150:174], rtol=1e-4, atol=1e-4)
+    assert abs(float(b.forecast(torch.zeros_like(b.yq))[0, 5]) - 10.0) < 5.0  # not the spike
+    old = make_batch(values, mask, rows, cut, replace(spec, median_base=False), 24, 24, 0)
+    torch.testing.assert_close(old.forecast(torch.zeros_like(old.yq)), days[0], rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    state = MetaModel(init_params(spec.n_features, 4), spec, MetaConfig(algorithm="ridge"),
+                      TailModel(1.0, 5.0)).state()  # fmt: skip
+    assert MetaModel.from_state(state).spec.median_base
+    state["spec"].pop("median_base")
+    assert not MetaModel.from_state(state).spec.median_base
+
+
 def test_the_second_lag_input_is_the_week_before_known_at_the_cut():
     """FeatureSpec.second_lag: two more inputs (the value second_lag steps back, the most
     recent such one known at the cut, and its observed flag); the window must reach it."""
@@ -222,7 +251,6 @@ def test_meta_training_rejects_bad_input():
 from tsmeta.meta.baselines import Adapted, Scratch, SeasonalNaive, query_mse  # noqa: E402
 from tsmeta.meta.batched import adapt_mlp, adapt_predict, predict  # noqa: E402
 from tsmeta.meta.train import MetaLearner  # noqa: E402
-from tsmeta.scoring import TailModel  # noqa: E402
 
 
 def random_rates(params, seed=0):

@@ -158,10 +158,11 @@ class Settings(BaseSettings):
     )
     hidden: int = Field(40, description="Width of the forecaster's hidden layers.")
     relative_to_lag: bool = Field(
-        False,
+        True,
         description=(
-            "Forecast the change from the most recent same-phase value (seasonal naive plus a "
-            "learned correction) instead of the level."
+            "Forecast the change from the lagged input (the median of the same phase over "
+            "`lag_periods` periods: a robust seasonal naive forecast, plus a learned and "
+            "adapted correction) instead of the level."
         ),
     )
     week_lag_input: bool = Field(

@@ -43,9 +43,14 @@ class FeatureSpec:
     period: int  # phase period in steps (aperiodic series use the frequency's natural day)
     harmonics: int = 3
     seasonal_lag: bool = True
-    # targets relative to the seasonal lag: the network forecasts the change from the most
-    # recent same-phase value (seasonal naive + a learned, adapted correction)
+    # targets relative to the seasonal lag: the network forecasts the change from the
+    # lagged input (with ``lag_periods`` > 1 the median of the same phase over those
+    # periods: one unusual day, a holiday or an anomaly, is no base for the next), a learned
+    # and adapted correction of a robust seasonal naive forecast
     relative_to_lag: bool = False
+    # the base of relative targets is the lagged input (above); False: the single most
+    # recent same-phase value, as models saved before it were trained
+    median_base: bool = True
     # a second reference of the seasonal-naive veto (``TaskBatch.naive``): the value this
     # many steps before each forecast point (the most recent such one known at the cut);
     # 0: the support's last same phase alone. Hourly models of a daily period take the

@@ -222,13 +222,13 @@ def make_batch(
             if spec.veto_neighbours:
                 other = _against_neighbours(other, mq)
             naive = torch.where(other.abs() < naive.abs(), other, naive)
-    if spec.relative_to_lag:  # the lag is both a feature and the targets' base
-        base_s, base_q = lag_s[0], lag_q[0]
+    lag_in_s, lag_in_q = lag_s, lag_q
+    if spec.seasonal_lag and spec.lag_periods > 1:  # the input: the median over periods
+        lag_in_s = lagged(spec.period, vnorm, obs, s_cols, t0, spec.lag_periods)
+        lag_in_q = lagged(spec.period, vnorm, obs, q_cols, t0, spec.lag_periods)
+    if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
+        base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in
-    if spec.lag_periods > 1:  # the inputs are the median over periods: build_features's
-        lag_in_s = lag_in_q = None
-    else:
-        lag_in_s, lag_in_q = lag_s, lag_q
     return TaskBatch(
         xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_in_s, week_s),
         ys=ys,

@@ -166,7 +166,8 @@ class MetaModel:
         rates = state.get("inner_rates")
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
-            spec=FeatureSpec(**{"veto_neighbours": False, **state["spec"]}),  # older: no
+            # older models: no neighbour test in the veto, the single lag as relative base
+            spec=FeatureSpec(**{"veto_neighbours": False, "median_base": False, **state["spec"]}),
             config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
