@@ -64,14 +64,13 @@ TRAIN_DAYS = 28
 # "tsmeta": the model as trained (its tails fitted on held-out series);
 # "points only": its tails without the window statistics (each point judged alone); the
 # "1024 tasks" rows recalibrate the same model on one larger sample of tasks from the
-# training window (the ablation): "1024 tasks" with every part, "no floor" without the
-# seasonal-difference floor of the residual scale, "no veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
+# training window (the ablation): "1024 tasks" with every part, "no veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
 # sample, its own anomalies included), "no trim" (the ridge head adapted without leaving
 # out its support outliers), "level veto" (the veto's deviations not measured against
 # their neighbours'); on M4 every calibration part by its name, "no empirical" the point
 # tail without the sample's own far tail as knots (the Student-t alone)
 METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, 1024 tasks",
-           "tsmeta, 1024 tasks, no floor", "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
+           "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
            "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
@@ -255,8 +254,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    (models, raw, recal, unfloored, unvetoed, unisolated, untrimmed, undropped,
-     no_onset, by_level) = ({} for _ in range(10))  # fmt: skip
+    (models, raw, recal, unvetoed, unisolated, untrimmed, undropped,
+     no_onset, by_level) = ({} for _ in range(9))  # fmt: skip
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
@@ -269,8 +268,6 @@ def run_synthetic(args: argparse.Namespace) -> dict:
         m = meta_train(values[rows, :train], mask[rows, :train], start_step, spec, cfg)
         models[p], raw[p] = m, unadapted(m, values[rows, :train], mask[rows, :train], start_step)
         recal[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step)
-        unfloored[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                    spread=False)  # fmt: skip
         unvetoed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                    veto=False)  # fmt: skip
         unisolated[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
@@ -304,7 +301,6 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                 for name, m in (("tsmeta", model), ("unadapted init", raw.get(p, raw[24])),
                                 ("tsmeta, points only", points_only(model)),
                                 ("tsmeta, 1024 tasks", recal.get(p, recal[24])),
-                                ("tsmeta, 1024 tasks, no floor", unfloored.get(p, unfloored[24])),
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
                                 ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24])),

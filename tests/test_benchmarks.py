@@ -105,7 +105,7 @@ def test_detection_small(tmp_path):
               "--meta-steps", "20", "--skip-m4", tmp_path=tmp_path)  # fmt: skip
     syn = res["synthetic"]
     assert set(syn["mstl_sample"]) == {"tsmeta", "tsmeta, own history", "tsmeta, points only",
-                                       "tsmeta, 1024 tasks", "tsmeta, 1024 tasks, no floor",
+                                       "tsmeta, 1024 tasks",
                                        "tsmeta, 1024 tasks, no veto",
                                        "tsmeta, 1024 tasks, no isolation",
                                        "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop",

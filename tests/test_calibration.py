@@ -73,13 +73,15 @@ def test_torch_tail_equals_the_numpy_tail(dof):
     assert np.isnan(got[-1].item())
 
 
-def test_models_calibrated_with_per_step_scales_still_load():
-    """Per-step scales were removed; a stored tail and config that name them load without."""
+def test_models_calibrated_with_removed_parts_still_load():
+    """Per-step scales and the spread floor were removed; a stored tail and config that
+    name them load without."""
     from tsmeta.meta.train import MetaConfig
 
-    stored = {**TailModel(1.2, 5.0).to_dict(), "step_scale": [0.9] * 12 + [1.1] * 12}
+    stored = {**TailModel(1.2, 5.0).to_dict(), "step_scale": [0.9] * 12 + [1.1] * 12,
+              "spread_floor": 0.4}  # fmt: skip
     assert TailModel.from_dict(stored) == TailModel(1.2, 5.0)
-    assert MetaConfig(without=["per_step", "veto"]).without == ("veto",)
+    assert MetaConfig(without=["per_step", "veto", "spread"]).without == ("veto",)
 
 
 def _light_far_tail(rng, n):
@@ -704,7 +706,6 @@ def test_an_ablation_leaves_out_exactly_the_named_parts():
     assert off["windows"].windows is None and off["weekdays"].weekday_scale is None
     assert off["onsets"].windows.onset is None and off["onsets"].windows.isolation is not None
     assert off["isolation"].windows.isolation is None and off["empirical"].knots is None
-    assert off["spread"].spread_floor is None  # (this sample has no spread: None either way)
 
 
 def test_weekday_of_the_grid_and_the_weekday_scale_recovers_a_noisier_monday():

@@ -356,50 +356,6 @@ def test_a_shared_feature_model_scores_a_night_like_its_reference(
                                atol=1e-4 * np.abs(ref).max())  # fmt: skip
 
 
-def test_the_spread_floor_widens_the_band_after_an_anomalous_support(trained):
-    """A head fitted to a support that shifted away from the day before takes the shift
-    for normal and would flag the recovery: the seasonal-difference spread floors the
-    residual scale, so the night after flags far fewer points. The floor's factor is fitted
-    at calibration (stored with the tail); a tail without one (models calibrated before
-    it) scores by the support residuals alone. (Without the seasonal-naive veto, which
-    lifts those recovery flags by itself: the shifted day is the recovery's reference.)"""
-    from tsmeta.scoring import TailModel
-
-    values, mask, ids, start, model = trained
-    model = _without_veto(model)
-    floor = model.calibration.spread_floor
-    assert floor is not None and floor > 0
-    assert TailModel.from_dict(model.calibration.to_dict()) == model.calibration
-    old = {k: v for k, v in model.calibration.to_dict().items() if k != "spread_floor"}
-    assert TailModel.from_dict(old).spread_floor is None
-    unfloored = replace(model, calibration=replace(model.calibration, spread_floor=None))
-    v = values[:40].copy()
-    T, H = v.shape[1], model.config.horizon
-    spread = np.nanstd(v[:, : T - H], axis=1)
-    v[:, T - H - 24 : T - H] += 4 * spread[:, None]  # the support's day shifted up
-    day = score_day(v, mask[:40], ids[:40], start, model, 1e-3)
-    old_day = score_day(v, mask[:40], ids[:40], start, unfloored, 1e-3)
-    assert (day.upper - day.lower >= old_day.upper - old_day.lower - 1e-4).all()
-    assert day.flag.sum() < 0.5 * old_day.flag.sum()
-    # on clean data the floor keeps flags near the rate
-    clean = score_day(values, mask, ids, start, model, 1e-3)
-    assert clean.flag.sum() / clean.observed.sum() < 0.01
-    # a series adapted from fewer than K points is floored by the partial tail's factor,
-    # the others by the full tail's
-    gappy = mask[:6].copy()
-    gappy[:3, T - H - 10 : T - H] = False  # 14 of the 24 support points left
-    part = model.partial_calibration or model.calibration
-    wide = replace(model, partial_calibration=replace(part, spread_floor=50.0))
-    none = replace(model, partial_calibration=replace(part, spread_floor=None))
-    a = score_day(values[:6], gappy, ids[:6], start, wide, 1e-3)
-    b = score_day(values[:6], gappy, ids[:6], start, none, 1e-3)
-    partial = a.basis == BASIS.index("partial")
-    assert partial[:3].all() and (a.basis == BASIS.index("adapted")).any()
-    band = lambda d: d.upper - d.lower  # noqa: E731
-    assert (band(a)[partial] > 2 * band(b)[partial]).all()
-    np.testing.assert_array_equal(band(a)[~partial], band(b)[~partial])
-
-
 def test_the_band_widens_by_the_factor_of_the_nights_weekday(trained):
     """A model with a weekday scale (``MetaConfig.steps_per_day``) divides z by the factor
     of the scored night's weekday: the band's half-width is that factor times the model's

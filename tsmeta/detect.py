@@ -237,8 +237,6 @@ class _ChunkScorer:
     tails: tuple  # (full, partial) TailModel
     z_alpha: tuple[float, float]
     weekday: tuple[float, float]  # the night's weekday factor of each tail
-    floor: float | None
-    by_tail: torch.Tensor | None  # (2,) the floor of each tail, where they differ
     jumps: bool  # a tail has isolation or onset: their unit is needed
     causal: bool
 
@@ -251,18 +249,11 @@ class _ChunkScorer:
         tails = (full_tail, part_tail)
         z_alpha = (full_tail.threshold(false_alarm_rate), part_tail.threshold(false_alarm_rate))
         weekday = weekday_of(night_step, cfg.steps_per_day) if cfg.steps_per_day else 0
-        # the residual scale's spread floor of each tail (one sort per chunk either way): one
-        # factor when the tails share it, else one per row by its tail (a tail calibrated
-        # before the floor existed has none: 0 floors nothing)
         jumps = any(t.windows is not None and (t.windows.isolation is not None or
                                                t.windows.onset is not None)
                     for t in tails)  # fmt: skip
-        floor, by_tail = full_tail.spread_floor, None
-        if part_tail.spread_floor != floor:
-            by_tail = torch.tensor([f or 0.0 for f in (floor, part_tail.spread_floor)],
-                                   dtype=torch.float32, device=dev)  # fmt: skip
         return cls(spec, cfg.k, cfg.horizon, Adapted.from_model(model).to(dev), tails, z_alpha,
-                   tuple(t.weekday(weekday) for t in tails), floor, by_tail, jumps,
+                   tuple(t.weekday(weekday) for t in tails), jumps,
                    causal)  # fmt: skip
 
     @property
@@ -280,9 +271,7 @@ class _ChunkScorer:
         batch = make_batch(vals_t, mask_t, rows, cut, spec, k, self.horizon, step_in)
         pred_s, pred_q, fell_back = self.forecaster.predict_guarded(batch)  # normalised
         n_support = batch.ms.sum(1).to(torch.int32)
-        # (B,) normalised units, each row floored as its tail was calibrated
-        row_floor = self.floor if self.by_tail is None else self.by_tail[(n_support < k).long()]
-        sigma = residual_sigma(pred_s, batch, row_floor)
+        sigma = residual_sigma(pred_s, batch)  # (B,) normalised units
         # (B,) the unit of isolation and onset, where a tail has either (older ones do not)
         rel = sigma / contrast_sigma(pred_s - batch.ys, batch.ms) if self.jumps else None
         flat = _constant_support(vals_t, mask_t, t_in, k, spec.period if spec.seasonal_lag else 0)

@@ -34,14 +34,14 @@ if TYPE_CHECKING:
     from tsmeta.meta.train import MetaConfig
 
 __all__ = ["CALIBRATION_PARTS", "adapted_predictions", "calibrate", "calibrate_partial",
-           "contrast_sigma", "residual_sigma", "spread_floor_of"]  # fmt: skip
+           "contrast_sigma", "residual_sigma"]  # fmt: skip
 
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
 CALIBRATION_PARTS = ("weekdays", "level", "empirical", "windows", "isolation", "onsets",
-                     "spread", "veto", "drop")  # fmt: skip
+                     "veto", "drop")  # fmt: skip
 # parts since removed (stored models' ``without`` may still name them)
-REMOVED_PARTS = ("per_step",)
+REMOVED_PARTS = ("per_step", "spread")
 
 
 def adapted_predictions(
@@ -59,44 +59,17 @@ def adapted_predictions(
         return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
 
 
-# the floor's factor: this quantile, over calibration tasks, of the support-residual scale
-# over the seasonal-difference spread. The median floored half the series and ranked the
-# generator's anomalies a little better (PR-AUC 0.409 against 0.397), but flagged M4's
-# clean test hours at 2.9e-3 against 8.1e-4 for a configured 1e-3 (docs/decisions.md)
-SPREAD_FLOOR_QUANTILE = 0.25
 # calibration refits its tails without the points of its own sample that the previous fit
 # puts below this tail probability (the sample's anomalies), at most this many fits
 CALIBRATION_DROP = 1e-4
 CALIBRATION_PASSES = 3
 
 
-def spread_floor_of(sigma: torch.Tensor, spread: torch.Tensor | None) -> float | None:
-    """The factor of ``residual_sigma``'s floor: the ``SPREAD_FLOOR_QUANTILE`` over the
-    calibration tasks of the support-residual scale over the seasonal-difference spread
-    (tasks with a spread), so only series whose support residuals came out small for
-    their variability are floored. None where there is no spread (no seasonal lag) or no
-    task has one."""
-    if spread is None:
-        return None
-    ok = spread > 0
-    if not bool(ok.any()):
-        return None
-    return float(torch.quantile((sigma[ok] / spread[ok]).double(), SPREAD_FLOOR_QUANTILE))
-
-
-def residual_sigma(
-    pred_s: torch.Tensor, batch: TaskBatch, spread_floor: float | torch.Tensor | None
-) -> torch.Tensor:
+def residual_sigma(pred_s: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """(B,) each series' residual scale (normalised units): the robust scale of its support
-    residuals (leave-one-out for the ridge head), floored at ``spread_floor`` (a float, or
-    one per series) times the robust spread of its support's seasonal differences.
-
-    24 support residuals give a noisy scale, and a head fitted closely to its support
-    (or to an anomalous support) gives one too small: its normal points then score as
-    anomalies, and rank above real ones across series. The seasonal differences of the
-    same points measure the series' own variability independently of the fit, and grow
-    when the support moved away from the period before it."""
-    return _floored(robust_sigma(pred_s - batch.ys, batch.ms), batch.spread, spread_floor)
+    residuals (leave-one-out for the ridge head: 41 parameters fitted to 24 points leave
+    almost none in sample)."""
+    return robust_sigma(pred_s - batch.ys, batch.ms)
 
 
 def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
@@ -112,12 +85,6 @@ def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) ->
     return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
 
 
-def _floored(sigma: torch.Tensor, spread: torch.Tensor | None, floor) -> torch.Tensor:  # noqa: ANN001
-    if floor is None or spread is None:
-        return sigma
-    return torch.maximum(sigma, floor * spread)
-
-
 @dataclass
 class _Sample:
     """A calibration sample's z-scores: signed (B, H, torch, cpu) and |z| (numpy), both
@@ -128,21 +95,17 @@ class _Sample:
     z: np.ndarray
     observed: np.ndarray
     rel: torch.Tensor | None
-    floor: float | None
     weekday_scale: tuple[float, ...] | None
     level_power: float | None
 
 
 def _sample(
-    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, spread: bool,
-    jumps: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
+    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, jumps: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
 ) -> _Sample:  # fmt: skip
     """The out-of-sample z-scores of the calibration tasks after adapting each on its
     support, divided by the level factor, then by the per-weekday scales."""
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
-    sigma = robust_sigma(ps - batch.ys, batch.ms)  # as residual_sigma, the floor fitted first
-    floor = spread_floor_of(sigma, batch.spread) if spread else None
-    sigma = _floored(sigma, batch.spread, floor)
+    sigma = residual_sigma(ps, batch)
     rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if jumps else None
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
@@ -162,7 +125,7 @@ def _sample(
             factor = np.asarray(weekday_scale)[weekday][:, None]
             z = z / factor
             signed = signed / torch.as_tensor(factor, dtype=signed.dtype)
-    return _Sample(signed, z, observed, rel, floor, weekday_scale, level_power)
+    return _Sample(signed, z, observed, rel, weekday_scale, level_power)
 
 
 def _fit_tails(
@@ -172,7 +135,7 @@ def _fit_tails(
     """The tail model fitted on the sample's points ``keep``: the point tail, the window
     statistics' (``windows``), then the veto (with ``naive``)."""
     obs = torch.as_tensor(s.observed)
-    point = replace(fit_tail(s.z[keep.numpy()], empirical=empirical), spread_floor=s.floor,
+    point = replace(fit_tail(s.z[keep.numpy()], empirical=empirical),
                     weekday_scale=s.weekday_scale, level_power=s.level_power)  # fmt: skip
     if not windows:
         tail = point
@@ -194,7 +157,6 @@ def calibrate(
     rates: Rates,
     empirical: bool = True,
     windows: bool = True,
-    spread: bool = True,
     veto: bool = True,
     isolation: bool = True,
     onsets: bool = True,
@@ -207,9 +169,7 @@ def calibrate(
     """Tail model of out-of-sample z = r_query / sigma_support on calibration tasks
     (the query points are never part of the support the series adapts on).
 
-    With ``spread`` (and a seasonal lag) sigma is ``residual_sigma``'s: the support
-    residuals' scale floored by the seasonal-difference spread, its factor fitted here
-    (``spread_floor_of``) and stored in the tail model so that scoring floors alike.
+    sigma is ``residual_sigma``'s, the robust scale of the support residuals.
 
     With ``level`` each point's scale first grows with its level (``fit_level_power``:
     counts are noisier when busy); with ``weekdays`` (and ``steps_per_day``) a factor per
@@ -223,7 +183,7 @@ def calibrate(
     adapts. With ``drop`` the tails are refitted without the sample's own anomalies (the
     points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
     """
-    s = _sample(params, batch, steps, rates, trim, spread, isolation or onsets, weekdays,
+    s = _sample(params, batch, steps, rates, trim, isolation or onsets, weekdays,
                 steps_per_day, level)  # fmt: skip
     obs = torch.as_tensor(s.observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()

@@ -51,7 +51,7 @@ class TaskBatch:
     base_s: torch.Tensor | None = None  # (B, K)
     base_q: torch.Tensor | None = None  # (B, H)
     # robust spread of the support's seasonal differences (normalised units; 0 where none
-    # is observed), None without a seasonal lag: a floor for the residual scale
+    # is observed), None without a seasonal lag: the unit of ``naive`` below
     spread: torch.Tensor | None = None  # (B,)
     # each query point's seasonal-naive deviation in units of ``spread``: its value minus
     # the support's last same-phase value, over the spread (+inf where either is missing

@@ -56,10 +56,6 @@ class TailModel:
     # sustained deviations: the tails of centred window medians of z and how the smallest of
     # the point's and the windows' tail probabilities is calibrated. None: the point alone
     windows: WindowTails | None = None
-    # a series' residual scale is at least spread_floor times the robust spread of its
-    # support's seasonal differences (TaskBatch.spread; see ``residual_sigma``). None: the
-    # support residuals alone (models calibrated before it existed load so)
-    spread_floor: float | None = None
     # the seasonal-naive veto: knots (v, log P(V > v)), v rising, of V = -log max(p, q) on
     # the calibration sample, p being the tail probability above and q the normal tail of
     # the point's seasonal-naive deviation (TaskBatch.naive). None: no veto (models
@@ -89,7 +85,6 @@ class TailModel:
             "dof": None if math.isinf(self.dof) else self.dof,
             "knots": None if self.knots is None else [list(k) for k in self.knots],
             "windows": None if self.windows is None else self.windows.to_dict(),
-            "spread_floor": self.spread_floor,
             "veto": None if self.veto is None else [list(k) for k in self.veto],
             "veto_factor": self.veto_factor,
             "veto_scale": self.veto_scale,
@@ -99,16 +94,16 @@ class TailModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> TailModel:
-        # a "step_scale" of models calibrated with per-step scales (removed: they did not
-        # pay across families) is not read: such a model scores with one scale for every
-        # step until it is retrained
+        # a "step_scale" of models calibrated with per-step scales, and a "spread_floor" of
+        # those whose residual scale was floored by the seasonal-difference spread (both
+        # removed: they did not pay across families), are not read: such a model scores
+        # with one scale for every step, unfloored, until it is retrained
         knots, windows, veto = (d.get(k) for k in ("knots", "windows", "veto"))
         return cls(
             float(d["scale"]),
             math.inf if d.get("dof") is None else float(d["dof"]),
             None if knots is None else tuple((float(a), float(b)) for a, b in knots),
             None if windows is None else WindowTails.from_dict(windows),
-            None if d.get("spread_floor") is None else float(d["spread_floor"]),
             None if veto is None else tuple((float(a), float(b)) for a, b in veto),
             None if d.get("veto_factor") is None else float(d["veto_factor"]),
             None if d.get("veto_scale") is None else float(d["veto_scale"]),
