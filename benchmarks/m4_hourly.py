@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict:
     train_v, train_m = values[:, :cut], mask[:, :cut]
     week = 7 * PERIOD
     spec = FeatureSpec(period=PERIOD, harmonics=args.harmonics, relative_to_lag=args.relative,
+                       median_base=not args.single_lag_base,
                        second_lag=week if args.week_lag else 0, lag_periods=args.lag_periods)  # fmt: skip
     rows: list[dict] = []
     fit_seconds: dict[str, float] = {}
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> dict:
                 t = time.perf_counter()
                 gspec = FeatureSpec(period=p, harmonics=args.harmonics,
                                     relative_to_lag=args.relative,
+                                    median_base=not args.single_lag_base,
                                     second_lag=week if args.week_lag and p < week else 0,
                                     lag_periods=args.lag_periods)  # fmt: skip
                 model = meta_train(train_v[members], train_m[members], start_step, gspec, cfg)
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="targets relative to the seasonal lag (FeatureSpec.relative_to_lag)",
     )
+    ap.add_argument("--single-lag-base", action="store_true",
+                    help="relative targets from the single most recent period, not the lag "
+                         "median (FeatureSpec.median_base=False)")  # fmt: skip
     ap.add_argument(
         "--week-lag",
         action=argparse.BooleanOptionalAction,
