@@ -65,12 +65,12 @@ class Adapted:
 
         A few gradient steps can diverge on an unusual support set (seen on M4: one series
         in a few hundred ends with every prediction far off). A series whose adapted fit
-        to its own support points is worse than predicting zero (the seasonal naive forecast
-        with ``relative_to_lag``, the support mean otherwise) gets that zero forecast instead.
-        The ridge head cannot diverge: it falls back only where its fit failed (not
-        finite). Its support predictions are leave-one-out, so a fit worse than the mean's
-        in-sample one says little: on the rows that test picked out, the ridge forecast
-        still beat the support mean out of sample (docs/decisions.md).
+        to its own support points is worse than predicting zero (the lag median, a robust
+        seasonal naive forecast, with ``relative_to_lag``; the support mean otherwise) gets
+        that zero forecast instead. The ridge head cannot diverge: it falls back only where
+        its fit failed (not finite). Its support predictions are leave-one-out; against the
+        mean's in-sample fit that test picked the worse forecast, and against the lag
+        median's it detected worse in every family (docs/decisions.md).
         """
         with torch.no_grad():
             if self.steps == 0:

@@ -100,7 +100,8 @@ class _Sample:
 
 
 def _sample(
-    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, jumps: bool, weekdays: bool, steps_per_day: int | None, level: bool = True,
+    params: Params, batch: TaskBatch, steps: int, rates: Rates, trim: float | None, jumps: bool,
+    weekdays: bool, steps_per_day: int | None, level: bool = True,
 ) -> _Sample:  # fmt: skip
     """The out-of-sample z-scores of the calibration tasks after adapting each on its
     support, divided by the level factor, then by the per-weekday scales."""
