@@ -266,6 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         sec = timed(lambda d=device, c=chunk: score_day(
             w_np, wm_np, ids, wpanel.start_step, weekly_model, 1e-3, c, d))  # fmt: skip
         record("score_day, ridge, weekly K = 168", device, args.series, sec)
+        # the product's hourly daily-period models on the same 29-day window (the lag
+        # inputs' medians read 3 weeks): targets relative to the lag median, and level ones
+        for relative in (True, False):
+            spec = FeatureSpec(24, relative_to_lag=relative, second_lag=168, veto_lag=168,
+                               lag_periods=3)  # fmt: skip
+            model = MetaModel(week_params, spec, cfg, tail, partial_calibration=tail)
+            sec = timed(lambda m=model, d=device, c=chunk: score_day(
+                w_np, wm_np, ids, wpanel.start_step, m, 1e-3, c, d))  # fmt: skip
+            name = f"score_day, ridge, product p24, {'relative' if relative else 'level'}"
+            record(name, device, args.series, sec)
     naive = {r["device"]: r["series_per_s"] for r in rows_out if r["method"] == "per-series loop"}
     print(f"adaptation throughput: K={K}, H={H}, {args.inner_steps} inner steps, "
           f"MLP {args.hidden}-{args.hidden}, "
