@@ -80,10 +80,10 @@ class Adapted:
                                    self.steps, self.rates, trim=self.trim)  # fmt: skip
             cnt = batch.ms.sum(1).clamp_min(1.0)
             fit = ((ps - batch.ys) ** 2 * batch.ms).sum(1) / cnt
-            zero = (batch.ys**2 * batch.ms).sum(1) / cnt
             if is_ridge(self.rates):
                 bad = ~(fit.isfinite() & pq.isfinite().all(1))
             else:
+                zero = (batch.ys**2 * batch.ms).sum(1) / cnt
                 bad = ~(fit <= zero)  # also catches NaN
             if bad.any():
                 ps = torch.where(bad[:, None], torch.zeros_like(ps), ps)
