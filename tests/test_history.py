@@ -208,3 +208,66 @@ def test_a_flagged_point_alerts_only_when_it_beats_every_tail_since_the_night_be
     old = carried.state().drop("min_tail")
     again = NightHistory(old).apply(_day(quiet, tail, ["a"]), 1e-3)
     assert again.alert.tolist() == first.alert.tolist()
+
+
+def test_the_combined_tail_gives_back_the_rate_the_own_history_took_away():
+    """Residual scales that vary per series-night, which the cluster's tail knows and the
+    own history (a long-run scale of 1) does not: the cluster's tail is calibrated, the
+    larger of the two flags about 0.65x the configured rate; with the batch's factor read at
+    COMBINE_AT it flags the configured rate again. A small batch, and points without
+    history, keep the larger probability as it is."""
+    from scipy.special import ndtr
+
+    from tsmeta.scoring.combine import COMBINE_AT
+    from tsmeta.scoring.history import MIN_COMBINE_POINTS, MIN_COMBINE_SERIES, combined_tail
+
+    rng = np.random.default_rng(0)
+    u = np.exp(rng.normal(0.0, 0.3, (4000, 1)))
+    r = u * rng.standard_normal((4000, 24))
+    cluster, own = 2 * ndtr(-np.abs(r) / u), 2 * ndtr(-np.abs(r))
+    rate = 1e-2
+    assert 0.9 < (cluster < rate).mean() / rate < 1.1
+    assert (np.fmax(cluster, own) < rate).mean() / rate < 0.7
+    assert 0.85 < (combined_tail(cluster, own) < rate).mean() / rate < 1.15
+    both = combined_tail(cluster, own)
+    assert (both <= np.fmax(cluster, own)).all()  # one factor, never above the larger
+    ratio = both / np.fmax(cluster, own)
+    assert np.allclose(ratio, ratio[0, 0]) and ratio[0, 0] < 1
+    # unscored points stay NaN; without history, the cluster's tail unchanged
+    cluster[0, 0], own[1, :] = np.nan, np.nan
+    out = combined_tail(cluster, own)
+    assert np.isnan(out[0, 0]) and (out[1] == cluster[1]).all()
+    # too few points below COMBINE_AT to read a factor from: the larger probability
+    small = slice(0, MIN_COMBINE_POINTS // 2)
+    assert (combined_tail(cluster[small], own[small])[1:] == np.fmax(cluster, own)[small][1:]).all()
+    # one series, however many points (a stream of a year of minutes): no factor either
+    one = np.concatenate([r[2:], -r[2:]]).reshape(1, -1)
+    c1, o1 = 2 * ndtr(-np.abs(one) / 0.8), 2 * ndtr(-np.abs(one))
+    assert (c1 < COMBINE_AT).sum() >= MIN_COMBINE_POINTS
+    assert (combined_tail(c1, o1) == np.fmax(c1, o1)).all()
+    assert combined_tail(c1.reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES], o1.reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES]
+                         ).sum() < np.fmax(c1, o1).reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES].sum()  # fmt: skip
+
+
+def test_a_night_flags_where_the_combined_tail_is_below_the_rate():
+    """Through ``NightHistory.apply``: a batch of many series whose cluster tails flag fewer
+    points with the history than alone gets the rate back; a flagged point's tail is below
+    the rate whether or not the cluster's alone was."""
+    from scipy.special import ndtr
+
+    from tsmeta.jobs.history import NightHistory
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    u = np.exp(rng.normal(0.0, 0.3, (n, 1)))
+    ids = [f"s{i}" for i in range(n)]
+    history = NightHistory()
+    for _ in range(3):  # earlier nights: residuals of scale 1 on average
+        history.apply(_day(rng.standard_normal((n, 24)), np.full((n, 24), 0.5), ids), 1e-2)
+        history = history.next()
+    r = u * rng.standard_normal((n, 24))
+    cluster = 2 * ndtr(-np.abs(r) / u)
+    day = history.apply(_day(r, cluster, ids), 1e-2)
+    assert 0.8 < day.flag.mean() / 1e-2 < 1.2
+    assert (day.flag == (day.tail < 1e-2)).all()
+    assert (day.flag & (cluster >= 1e-2)).any()  # the factor may flag what the cluster did not

@@ -267,8 +267,10 @@ class Settings(BaseSettings):
     own_history: bool = Field(
         True,
         description="Flag a point only if also rare against its series' residuals of earlier "
-        "nights (their mean and standard deviation, kept in `data_dir/history`), and mark "
-        "alerts (off: nights neither read nor save it; `alert` is NULL).",
+        "nights (their mean and standard deviation, kept in `data_dir/history`; the larger "
+        "tail probability, times each batch's factor that gives back the rate this second "
+        "opinion takes away), and mark alerts (off: nights neither read nor save it; `alert` "
+        "is NULL).",
     )
     history_warmup_nights: int = Field(
         7,

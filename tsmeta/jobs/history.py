@@ -25,7 +25,7 @@ import polars as pl
 from tsmeta.config import Settings
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.detect import ScoredDay
-from tsmeta.scoring.history import ResidualHistory, own_tail
+from tsmeta.scoring.history import ResidualHistory, combined_tail, own_tail
 
 __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEEP_NIGHTS",
            "EVENT_DAYS"]  # fmt: skip
@@ -95,8 +95,9 @@ def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None
 class NightHistory:
     """The residual history a night is scored against, and the state it leaves.
 
-    ``apply`` combines a scored batch's tails with its series' own-history tails (the
-    larger probability: a point stays flagged only if both call it rare), marks alerts
+    ``apply`` combines a scored batch's tails with its series' own-history tails
+    (``combined_tail``: the larger probability, so a point is flagged only where both call
+    it rare, times the batch's factor that keeps the configured rate), marks alerts
     (a flagged point whose tail is below every tail of its series since the start of the
     night before: one alert a run of anomalous points, unless it grows) and records the
     batch's residuals (safe from several threads at once: it only reads the prior and
@@ -167,9 +168,8 @@ class NightHistory:
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         if day.level is not None:  # compared at one level (noise that grows with it)
             residual /= day.level
-        tail = np.fmax(day.tail, own_tail(residual, history))  # NaN own tail: the cluster's
-        np.copyto(tail, np.nan, where=np.isnan(day.tail))  # not scored stays so
-        flag = day.flag & (tail < false_alarm_rate)
+        tail = combined_tail(day.tail, own_tail(residual, history))  # not scored: NaN
+        flag = tail < false_alarm_rate
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
                             found["min_tail"][:, None])  # fmt: skip
