@@ -535,9 +535,12 @@ def test_a_replay_carrying_the_residual_history_flags_what_the_nightly_runs_stor
 
 def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(trained, tmp_path):
     """With no residual history saved (a deployment's first night) the night first scores
-    the ``history_warmup_nights`` nights before it, writing nothing for them; a replay
-    builds the same history, so both flag the same points. Without the warm-up the night
-    is judged by the cluster's tails alone and its state holds one night."""
+    the ``history_warmup_nights`` nights before it, writing no rows for them, and saves the
+    history they built as the state after the last of them (a re-run reads it); a replay
+    builds the same history itself, saving nothing, so both flag the same points. Without
+    the warm-up the night is judged by the cluster's tails alone and its state holds one
+    night."""
+    import shutil
     from pathlib import Path
 
     fresh = {
@@ -557,16 +560,23 @@ def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(
     nightly, _ = jobs.run_night(settings, LAST, "warm", write=False, keep="all")
     assert stored_rows() == before  # the warm-up nights wrote nothing (nor did this night)
     saved = {p.name for p in history_dir(settings).iterdir()}
-    # only the night's own state and the shared events remembered for the nights after it
-    assert saved == {
-        f"night={LAST.isoformat()}.parquet",
-        f"events-night={LAST.isoformat()}.parquet",
-    }
+    # the night's state, the shared events and the clusters' counts for the nights after
+    # it, and the same after the last warm-up night
+    before = LAST - timedelta(days=1)
+    assert saved == {f"{kind}night={d.isoformat()}.parquet"
+                     for kind in ("", "events-", "combine-") for d in (before, LAST)}  # fmt: skip
     state = pl.read_parquet(history_dir(settings) / f"night={LAST.isoformat()}.parquet")
     warm = settings.history_warmup_nights
     assert warm >= 1 and state["count"].max() == (warm + 1) * 24  # the nights before and it
-    (tmp_path / "history" / f"night={LAST.isoformat()}.parquet").unlink()
+    state = pl.read_parquet(history_dir(settings) / f"night={before.isoformat()}.parquet")
+    assert state["count"].max() == warm * 24
+    again, _ = jobs.run_night(settings, LAST, "again", write=False, keep="all")  # reads it
+    cols = ["series_id", "ts", "flag", "alert"]
+    assert again.select(cols).sort("series_id", "ts").equals(
+        nightly.select(cols).sort("series_id", "ts"))  # fmt: skip
+    shutil.rmtree(history_dir(settings))
     _, replayed, _ = next(iter(jobs.replay(settings, LAST, LAST, "replay")))
+    assert not history_dir(settings).exists() or not any(history_dir(settings).iterdir())
     cols = ["series_id", "ts", "flag", "alert"]
     assert (
         replayed.select(cols)

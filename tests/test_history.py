@@ -107,7 +107,8 @@ def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_ra
     NightHistory().save(settings, date(2026, 1, 3 + KEEP_NIGHTS))  # the 2nd is too old now
     names = sorted(p.name for p in history_dir(settings).iterdir())
     last = f"2026-01-{3 + KEEP_NIGHTS:02d}"
-    assert names == ["events-night=2026-01-03.parquet", f"events-night={last}.parquet",
+    assert names == ["combine-night=2026-01-03.parquet", f"combine-night={last}.parquet",
+                     "events-night=2026-01-03.parquet", f"events-night={last}.parquet",
                      "night=2026-01-03.parquet", f"night={last}.parquet"]  # fmt: skip
 
 
@@ -213,13 +214,17 @@ def test_a_flagged_point_alerts_only_when_it_beats_every_tail_since_the_night_be
 def test_the_combined_tail_gives_back_the_rate_the_own_history_took_away():
     """Residual scales that vary per series-night, which the cluster's tail knows and the
     own history (a long-run scale of 1) does not: the cluster's tail is calibrated, the
-    larger of the two flags about 0.65x the configured rate; with the batch's factor read at
-    COMBINE_AT it flags the configured rate again. A small batch, and points without
-    history, keep the larger probability as it is."""
+    larger of the two flags about 0.65x the configured rate; times the factor read at
+    COMBINE_AT it flags the configured rate again. Too few points or series: no factor."""
     from scipy.special import ndtr
 
-    from tsmeta.scoring.combine import COMBINE_AT
-    from tsmeta.scoring.history import MIN_COMBINE_POINTS, MIN_COMBINE_SERIES, combined_tail
+    from tsmeta.scoring.history import (
+        MIN_COMBINE_POINTS,
+        MIN_COMBINE_SERIES,
+        CombineCounts,
+        combine_factor,
+        combined_tail,
+    )
 
     rng = np.random.default_rng(0)
     u = np.exp(rng.normal(0.0, 0.3, (4000, 1)))
@@ -228,46 +233,66 @@ def test_the_combined_tail_gives_back_the_rate_the_own_history_took_away():
     rate = 1e-2
     assert 0.9 < (cluster < rate).mean() / rate < 1.1
     assert (np.fmax(cluster, own) < rate).mean() / rate < 0.7
-    assert 0.85 < (combined_tail(cluster, own) < rate).mean() / rate < 1.15
-    both = combined_tail(cluster, own)
-    assert (both <= np.fmax(cluster, own)).all()  # one factor, never above the larger
-    ratio = both / np.fmax(cluster, own)
-    assert np.allclose(ratio, ratio[0, 0]) and ratio[0, 0] < 1
+    counts = CombineCounts.of(cluster, own)
+    assert counts.series == 4000 and counts.kept < counts.below
+    factor = combine_factor(counts)
+    both = combined_tail(cluster, own, factor)
+    assert 0.85 < (both < rate).mean() / rate < 1.15
+    assert np.allclose(both, factor * np.fmax(cluster, own)) and factor < 1
     # unscored points stay NaN; without history, the cluster's tail unchanged
     cluster[0, 0], own[1, :] = np.nan, np.nan
-    out = combined_tail(cluster, own)
+    out = combined_tail(cluster, own, factor)
     assert np.isnan(out[0, 0]) and (out[1] == cluster[1]).all()
-    # too few points below COMBINE_AT to read a factor from: the larger probability
-    small = slice(0, MIN_COMBINE_POINTS // 2)
-    assert (combined_tail(cluster[small], own[small])[1:] == np.fmax(cluster, own)[small][1:]).all()
-    # one series, however many points (a stream of a year of minutes): no factor either
-    one = np.concatenate([r[2:], -r[2:]]).reshape(1, -1)
-    c1, o1 = 2 * ndtr(-np.abs(one) / 0.8), 2 * ndtr(-np.abs(one))
-    assert (c1 < COMBINE_AT).sum() >= MIN_COMBINE_POINTS
-    assert (combined_tail(c1, o1) == np.fmax(c1, o1)).all()
-    assert combined_tail(c1.reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES], o1.reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES]
-                         ).sum() < np.fmax(c1, o1).reshape(-1, 24)[: 2 * MIN_COMBINE_SERIES].sum()  # fmt: skip
+    assert CombineCounts.of(cluster, own).series == 4000 - 1
+    # too few points below COMBINE_AT, or one series however long: the larger as it is
+    assert combine_factor(CombineCounts(MIN_COMBINE_POINTS - 1, 0.0, 4000)) == 1.0
+    one = CombineCounts.of(cluster.reshape(1, -1), own.reshape(1, -1))
+    assert one.below >= MIN_COMBINE_POINTS and combine_factor(one) == 1.0
+    assert combine_factor(CombineCounts(one.below, one.kept, MIN_COMBINE_SERIES)) < 1.0
+    # earlier nights weigh less: a week's memory
+    later = counts.after(CombineCounts(0.0, 0.0, 10.0), memory=7.0)
+    assert np.isclose(later.below, counts.below * 6 / 7) and later.series == 10.0
 
 
-def test_a_night_flags_where_the_combined_tail_is_below_the_rate():
-    """Through ``NightHistory.apply``: a batch of many series whose cluster tails flag fewer
-    points with the history than alone gets the rate back; a flagged point's tail is below
-    the rate whether or not the cluster's alone was."""
+def test_a_night_flags_with_its_clusters_factor_from_earlier_nights(tmp_path):
+    """Through ``NightHistory``: the first night has no counts (no factor: the larger
+    probability flags ~0.65x the rate); its counts, saved with the state, give the next
+    night its cluster's factor, whichever batches its series come in, and the configured
+    rate back. Another cluster's counts are its own."""
+    from datetime import date
+
     from scipy.special import ndtr
 
+    from tsmeta.config import load_settings
     from tsmeta.jobs.history import NightHistory
 
+    settings = load_settings(data_dir=tmp_path)
     rng = np.random.default_rng(3)
     n = 3000
-    u = np.exp(rng.normal(0.0, 0.3, (n, 1)))
     ids = [f"s{i}" for i in range(n)]
     history = NightHistory()
-    for _ in range(3):  # earlier nights: residuals of scale 1 on average
-        history.apply(_day(rng.standard_normal((n, 24)), np.full((n, 24), 0.5), ids), 1e-2)
+    for _ in range(2):  # earlier nights: residuals of scale 1 on average
+        history.apply(_day(rng.standard_normal((n, 24)), np.full((n, 24), 0.5), ids), 1e-2, "c")
         history = history.next()
-    r = u * rng.standard_normal((n, 24))
-    cluster = 2 * ndtr(-np.abs(r) / u)
-    day = history.apply(_day(r, cluster, ids), 1e-2)
-    assert 0.8 < day.flag.mean() / 1e-2 < 1.2
-    assert (day.flag == (day.tail < 1e-2)).all()
-    assert (day.flag & (cluster >= 1e-2)).any()  # the factor may flag what the cluster did not
+
+    def night() -> tuple[np.ndarray, np.ndarray]:
+        u = np.exp(rng.normal(0.0, 0.3, (n, 1)))
+        r = u * rng.standard_normal((n, 24))
+        return r, 2 * ndtr(-np.abs(r) / u)
+
+    r, cluster = night()
+    assert history.factor("c") == 1.0  # the earlier nights' cluster tails were all 0.5
+    first = history.apply(_day(r, cluster, ids), 1e-2, "c")
+    assert first.flag.mean() / 1e-2 < 0.75
+    history.save(settings, date(2026, 1, 2))
+    tonight = NightHistory.stored(settings, date(2026, 1, 3))
+    assert 0.3 < tonight.factor("c") < 0.95 and tonight.factor("other") == 1.0
+    r, cluster = night()
+    whole = tonight.apply(_day(r, cluster, ids), 1e-2, "c")
+    assert 0.8 < whole.flag.mean() / 1e-2 < 1.2
+    assert (whole.flag == (whole.tail < 1e-2)).all()
+    assert (whole.flag & (cluster >= 1e-2)).any()  # the factor may flag what the cluster did not
+    again = NightHistory.stored(settings, date(2026, 1, 3))
+    parts = [again.apply(_day(r[a:a + 7], cluster[a:a + 7], ids[a:a + 7]), 1e-2, "c")
+             for a in range(0, n, 7)]  # fmt: skip
+    assert (np.vstack([p.tail for p in parts]) == whole.tail).all()  # batches do not matter

@@ -268,17 +268,18 @@ class Settings(BaseSettings):
         True,
         description="Flag a point only if also rare against its series' residuals of earlier "
         "nights (their mean and standard deviation, kept in `data_dir/history`; the larger "
-        "tail probability, times each batch's factor that gives back the rate this second "
-        "opinion takes away), and mark alerts (off: nights neither read nor save it; `alert` "
+        "tail probability, times its cluster's factor from earlier nights that gives back "
+        "the rate this second opinion takes away), and mark alerts (off: nights neither read nor save it; `alert` "
         "is NULL).",
     )
     history_warmup_nights: int = Field(
         7,
         ge=0,
         description="Where no residual history is saved before a night (a deployment's first "
-        "night), build it first by scoring this many nights before it (nothing written; "
-        "nights without data are skipped): a week holds every weekday. That night costs "
-        "this many nights more once; 0: judged by the cluster's tails alone.",
+        "night), build it first by scoring this many nights before it (no rows written; "
+        "nights without data are skipped) and save it as the state after the last of them: "
+        "a week holds every weekday. That night costs this many nights more once; 0: judged "
+        "by the cluster's tails alone.",
     )
     causal: bool = Field(
         False,

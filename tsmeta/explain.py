@@ -97,11 +97,11 @@ def series_night(
                   for end in [T - d * spd for d in warm] + [T]]  # fmt: skip
         history = prior if not warm else NightHistory()
         for earlier in scored[:-1]:  # the nights before it, oldest first
-            history.apply(earlier, rate)
+            history.apply(earlier, rate, cid[0])
             history = history.next()
         day = scored[-1]
         if history is not None:
-            day = history.apply(day, rate)
+            day = history.apply(day, rate, cid[0])
         H = model.config.horizon
         night_ts = ts[-H:]
         # the night's flags: the stored rows when the night was run, else this scoring's,

@@ -4,7 +4,9 @@ The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`
 per series: ``count``, ``mean``, ``m2`` of its residuals up to d, and ``min_tail``, the
 smallest tail probability of its last scored night, for alerts), and beside it
 ``events-night=d.parquet``: the shared events of the last ``EVENT_DAYS`` nights (cluster,
-start, end), whose hours later nights leave out of what they adapt from. A night reads
+start, end), whose hours later nights leave out of what they adapt from, and
+``combine-night=d.parquet``: per cluster, the counts its factor is read from
+(``tsmeta.scoring.history.CombineCounts``, nights weighted down by ``COMBINE_MEMORY``). A night reads
 the latest files before it, so re-running a night starts from the same state and
 replaces its own files (idempotent); files older than ``KEEP_NIGHTS`` before the newest
 are removed. The numbers and their use are ``tsmeta.scoring.history``.
@@ -25,21 +27,33 @@ import polars as pl
 from tsmeta.config import Settings
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.detect import ScoredDay
-from tsmeta.scoring.history import ResidualHistory, combined_tail, own_tail
+from tsmeta.scoring.history import (
+    CombineCounts,
+    ResidualHistory,
+    combine_factor,
+    combined_tail,
+    own_tail,
+)
 
 __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEEP_NIGHTS",
-           "EVENT_DAYS"]  # fmt: skip
+           "EVENT_DAYS", "COMBINE_MEMORY"]  # fmt: skip
 
 KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
 # shared events are remembered this long: longer than any window a night reads (a weekly
 # cluster's lag medians reach 3 weeks back, its K = one period another week)
 EVENT_DAYS = 35
+COMBINE_MEMORY = 7.0
 _EVENT_SCHEMA = {"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
                  "end_ts": pl.Datetime("us", "UTC")}  # fmt: skip
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
            "min_tail": pl.Float64}  # fmt: skip
 _UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0}  # a series never scored
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
+_COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
+_COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
+                   "series": pl.Float64}  # fmt: skip
+# a cluster's factor counts its earlier nights with weights 1, 1 - 1/7, (1 - 1/7)^2, ...: a
+# week's memory, so a retrained model's tails take over within days
 _EVENT_FILE = re.compile(r"events-night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
@@ -62,9 +76,11 @@ def _stored(folder: Path, pattern: re.Pattern = _FILE) -> dict[date, Path]:
     return {date.fromisoformat(m.group(1)): folder / m.group(0) for m in found if m}
 
 
-def _events_before(settings: Settings, night: date) -> pl.DataFrame | None:
-    """The shared events saved with the latest night before ``night`` (None if none)."""
-    before = {d: p for d, p in _stored(history_dir(settings), _EVENT_FILE).items() if d < night}
+def _events_before(settings: Settings, night: date,
+                   pattern: re.Pattern = _EVENT_FILE) -> pl.DataFrame | None:  # fmt: skip
+    """The shared events (or with ``_COMBINE_FILE`` the clusters' combination counts) saved
+    with the latest night before ``night`` (None if none)."""
+    before = {d: p for d, p in _stored(history_dir(settings), pattern).items() if d < night}
     return pl.read_parquet(before[max(before)]) if before else None
 
 
@@ -97,7 +113,8 @@ class NightHistory:
 
     ``apply`` combines a scored batch's tails with its series' own-history tails
     (``combined_tail``: the larger probability, so a point is flagged only where both call
-    it rare, times the batch's factor that keeps the configured rate), marks alerts
+    it rare, times its cluster's factor from earlier nights, which keeps the configured
+    rate; ``cluster``: the batch's), marks alerts
     (a flagged point whose tail is below every tail of its series since the start of the
     night before: one alert a run of anomalous points, unless it grows) and records the
     batch's residuals (safe from several threads at once: it only reads the prior and
@@ -105,8 +122,8 @@ class NightHistory:
     scored tonight carry theirs forward).
     """
 
-    def __init__(self, prior: pl.DataFrame | None = None,
-                 events: pl.DataFrame | None = None) -> None:  # fmt: skip
+    def __init__(self, prior: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
+                 combine: pl.DataFrame | None = None) -> None:  # fmt: skip
         if prior is not None and "min_tail" not in prior.columns:  # a state saved before alerts
             prior = prior.with_columns(min_tail=pl.lit(_UNSEEN["min_tail"]))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
@@ -118,13 +135,20 @@ class NightHistory:
         # shared events of earlier nights (cluster_id, start_ts, end_ts)
         self.events = pl.DataFrame(schema=_EVENT_SCHEMA) if events is None else (
             events.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA))  # fmt: skip
+        # each cluster's combination counts of earlier nights, its factor, and tonight's counts
+        self.combine = {} if combine is None else {
+            r["cluster_id"]: CombineCounts(r["below"], r["kept"], r["series"])
+            for r in combine.iter_rows(named=True)}  # fmt: skip
+        self._factors = {c: combine_factor(counts) for c, counts in self.combine.items()}
+        self._tonight: list[tuple[str, CombineCounts]] = []
 
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
         before = {d: p for d, p in _stored(history_dir(settings)).items() if d < night}
         return cls(pl.read_parquet(before[max(before)]) if before else None,
-                   _events_before(settings, night))  # fmt: skip
+                   _events_before(settings, night),
+                   _events_before(settings, night, _COMBINE_FILE))  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
                        holidays: Collection[date] = ()) -> Panel:  # fmt: skip
@@ -160,7 +184,11 @@ class NightHistory:
         the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
         self.events = _with_events(self.events, shared, night)
 
-    def apply(self, day: ScoredDay, false_alarm_rate: float) -> ScoredDay:
+    def factor(self, cluster: str = "") -> float:
+        """The cluster's factor tonight (``combine_factor`` of its earlier nights' counts)."""
+        return self._factors.get(cluster, 1.0)
+
+    def apply(self, day: ScoredDay, false_alarm_rate: float, cluster: str = "") -> ScoredDay:
         ids = day.series_ids.astype(str)
         found = self._lookup(ids)
         history = ResidualHistory(found["count"], found["mean"], found["m2"])
@@ -168,7 +196,9 @@ class NightHistory:
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         if day.level is not None:  # compared at one level (noise that grows with it)
             residual /= day.level
-        tail = combined_tail(day.tail, own_tail(residual, history))  # not scored: NaN
+        own = own_tail(residual, history)
+        tail = combined_tail(day.tail, own, self.factor(cluster))  # not scored: NaN
+        self._tonight.append((cluster, CombineCounts.of(day.tail, own)))
         flag = tail < false_alarm_rate
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
@@ -200,9 +230,22 @@ class NightHistory:
         both = pl.concat([tonight, carried]).unique("series_id", keep="first")
         return both.sort("series_id")
 
+    def combine_state(self) -> pl.DataFrame:
+        """Every cluster's combination counts after the night (clusters not scored tonight
+        carry theirs), sorted by cluster."""
+        tonight: dict[str, CombineCounts] = {}
+        for cid, counts in list(self._tonight):
+            tonight[cid] = tonight.get(cid, CombineCounts()) + counts
+        after = dict(self.combine)
+        for cid, counts in tonight.items():
+            after[cid] = after.get(cid, CombineCounts()).after(counts, COMBINE_MEMORY)
+        rows = [{"cluster_id": c, "below": v.below, "kept": v.kept, "series": v.series}
+                for c, v in sorted(after.items())]  # fmt: skip
+        return pl.DataFrame(rows, schema=_COMBINE_SCHEMA)
+
     def next(self) -> NightHistory:
         """The history the next night starts from (replays carry it night to night)."""
-        return NightHistory(self.state(), self.events)
+        return NightHistory(self.state(), self.events, self.combine_state())
 
     def save(self, settings: Settings, night: date) -> Path:
         """Write the state after ``night`` (replacing its file) and drop old states."""
@@ -210,9 +253,10 @@ class NightHistory:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"night={night.isoformat()}.parquet"
         _write(self.events, folder / f"events-night={night.isoformat()}.parquet")
+        _write(self.combine_state(), folder / f"combine-night={night.isoformat()}.parquet")
         _write(self.state(), path)
         newest = max(_stored(folder))
-        for pattern in (_FILE, _EVENT_FILE):
+        for pattern in (_FILE, _EVENT_FILE, _COMBINE_FILE):
             for d, p in _stored(folder, pattern).items():
                 if d < newest - timedelta(days=KEEP_NIGHTS):
                     p.unlink(missing_ok=True)

@@ -59,9 +59,9 @@ def score_night(
 
     With ``settings.own_history`` each point is also judged against its series' residuals
     on earlier nights (``tsmeta.jobs.history``): without ``history`` the state saved after
-    the latest earlier night is read (built where none is: :func:`history_before`) and the
-    night's state saved after it; a replay passes its own ``history`` and carries it on
-    (nothing saved).
+    the latest earlier night is read (built where none is: :func:`history_before`, and
+    saved as the state after the last night it scored) and the night's state saved after
+    it; a replay passes its own ``history`` and carries it on (nothing saved).
     """
     if keep not in ("flagged", "all"):
         raise ValueError(f"keep must be 'flagged' or 'all', received {keep!r}")
@@ -73,7 +73,7 @@ def score_night(
     stored = history is None and settings.own_history
     with torch_threads(threads):
         if stored:
-            history = _history_before(settings, night, engine, models, threads)
+            history = _history_before(settings, night, engine, models, threads, save=True)
         frame, stats = _score_models(settings, night, keep, engine, models, t,
                                      score_workers(settings, threads),
                                      history if settings.own_history else None)  # fmt: skip
@@ -95,7 +95,10 @@ def history_before(settings: Settings, night: date) -> NightHistory:
 
 
 def _history_before(settings: Settings, night: date, engine: object, models: dict,
-                    threads: int) -> NightHistory:  # fmt: skip
+                    threads: int, save: bool = False) -> NightHistory:  # fmt: skip
+    """``history_before``'s body; ``save``: a history built from the nights before is saved
+    as the state after the last of them (the nightly job: a re-run, and ``tsmeta explain``,
+    read it instead of building it again)."""
     history = NightHistory.stored(settings, night)
     if not history.empty or not settings.history_warmup_nights or not models:
         return history
@@ -107,6 +110,8 @@ def _history_before(settings: Settings, night: date, engine: object, models: dic
         _score_models(settings, earlier, "flagged", engine, models, time.perf_counter(),
                       score_workers(settings, threads), history)  # fmt: skip
         history = history.next()
+    if save and warm:
+        history.save(settings, warm[-1])
     return history
 
 
@@ -281,7 +286,7 @@ class _NightScoring:
             return
         version = self.models[cid][0]
         if self.history is not None and self.ray_scorer is not None:  # in-process: applied
-            day = self.history.apply(day, self.settings.false_alarm_rate)  # by _score_batch
+            day = self.history.apply(day, self.settings.false_alarm_rate, cid)  # by _score_batch
         self.frames[cid].append(points_frame(day, self.night_start, self.settings.freq, cid, version,
                                              self.settings.false_alarm_rate,
                                              self.keep == "all"))  # fmt: skip
@@ -378,4 +383,4 @@ def _score_batch(settings: Settings, batch: Panel, model: MetaModel, cid: str,
     day = score_day(batch.values, batch.mask, batch.series_ids, batch.start_step, model,
                     settings.false_alarm_rate, settings.chunk_series,
                     settings.torch_device(), causal=settings.causal)  # fmt: skip
-    return day if history is None else history.apply(day, settings.false_alarm_rate)
+    return day if history is None else history.apply(day, settings.false_alarm_rate, cid)

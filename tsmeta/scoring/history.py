@@ -13,12 +13,14 @@ or not: a real change of level is then learned (its residuals widen the scale wi
 night or two) instead of flagged forever.
 
 ``combined_tail`` joins the two: a point is as rare as the larger of its cluster's and its
-own-history tail probabilities say (rare only if both call it rare), times the batch's
+own-history tail probabilities say (rare only if both call it rare), times its cluster's
 factor: the share of the points the cluster's tail alone puts below ``COMBINE_AT`` that
 stay below it with both, the same correction as the smallest-of-several's and the veto's
-(``tsmeta.scoring.combine``). Without it the larger of two calibrated probabilities is far
-below the configured rate: 5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two generated
-families (docs/decisions.md).
+(``tsmeta.scoring.combine``), counted on the cluster's earlier nights (``CombineCounts``,
+kept with the history: a cluster's factor does not depend on how its series are batched).
+Without it the larger of two calibrated probabilities is far below the configured rate:
+5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two generated families
+(docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -30,16 +32,15 @@ from scipy.special import ndtr
 
 from tsmeta.scoring.combine import COMBINE_AT, VETO_FACTOR_MIN
 
-__all__ = ["ResidualHistory", "own_tail", "combined_tail", "MIN_HISTORY", "MIN_COMBINE_POINTS",
-           "MIN_COMBINE_SERIES"]  # fmt: skip
+__all__ = ["ResidualHistory", "CombineCounts", "own_tail", "combine_factor", "combined_tail",
+           "MIN_HISTORY", "MIN_COMBINE_POINTS", "MIN_COMBINE_SERIES"]  # fmt: skip
 
 MIN_HISTORY = 10  # fewer earlier residuals: no own tail (NaN)
-# ``combined_tail`` reads its factor from a batch with at least this many points with both
-# tails below ``COMBINE_AT`` by the cluster's (about 1,000 points: 42 series-nights of 24),
-# across at least this many series with a history: the factor says how a cluster's two
-# opinions overlap. Read from one series it would give back exactly the flags that
-# series' own history called ordinary (NAB's single streams: 50.94 to 49.63). Fewer: no
-# factor, the larger probability as it is
+# ``combine_factor`` needs at least this many points with both tails below ``COMBINE_AT`` by
+# the cluster's (about 1,000 points: 42 series-nights of 24), on a night with at least this
+# many series with a history: the factor says how a cluster's two opinions overlap. Read
+# from one series it would give back exactly the flags that series' own history called
+# ordinary (NAB's single streams: 50.94 to 49.63). Fewer: no factor, the larger as it is
 MIN_COMBINE_POINTS = 50
 MIN_COMBINE_SERIES = 20
 
@@ -113,23 +114,57 @@ def own_tail(residual: np.ndarray, history: ResidualHistory) -> np.ndarray:
     return z
 
 
-def combined_tail(cluster: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """Each point's tail probability from its cluster's (``cluster``, NaN: not scored) and its
-    own history's (``own``, NaN: no history; arrays of one batch): the larger of the two
-    times the batch's factor, the share of the points with both whose cluster tail is below
-    ``COMBINE_AT`` that the larger one keeps below it (at least ``VETO_FACTOR_MIN``; 1 with
-    fewer than ``MIN_COMBINE_POINTS`` such points or ``MIN_COMBINE_SERIES`` series with
-    history; arrays (series, steps)). Read where a batch's anomalies are a
-    small part of its points, the factor gives the points both call rare back the rate the
-    second opinion took away. Points without history keep the cluster's tail; float64."""
+@dataclass(frozen=True)
+class CombineCounts:
+    """What a cluster's factor is read from (``combine_factor``): among its points with
+    both tails, how many its cluster tail puts below ``COMBINE_AT`` (``below``), how many of
+    those the larger of both keeps below it (``kept``), and over how many series
+    (``series``: a night's, not summed over nights)."""
+
+    below: float = 0.0
+    kept: float = 0.0
+    series: float = 0.0
+
+    @classmethod
+    def of(cls, cluster: np.ndarray, own: np.ndarray) -> CombineCounts:
+        """The counts of one batch's points (series, steps): cluster and own tails."""
+        c, o = np.asarray(cluster, dtype=np.float64), np.asarray(own, dtype=np.float64)
+        has = ~np.isnan(c) & ~np.isnan(o)
+        low = c[has] < COMBINE_AT
+        return cls(float(np.count_nonzero(low)),
+                   float(np.count_nonzero(low & (o[has] < COMBINE_AT))),
+                   float(np.count_nonzero(has.any(axis=-1))))  # fmt: skip
+
+    def __add__(self, other: CombineCounts) -> CombineCounts:  # the same night's batches
+        return CombineCounts(self.below + other.below, self.kept + other.kept,
+                             self.series + other.series)  # fmt: skip
+
+    def after(self, tonight: CombineCounts, memory: float) -> CombineCounts:
+        """These counts of earlier nights, each night's weight ``1 - 1/memory`` of the
+        next's, with tonight's added (series: tonight's where it scored any)."""
+        keep = 1.0 - 1.0 / memory
+        return CombineCounts(self.below * keep + tonight.below, self.kept * keep + tonight.kept,
+                             tonight.series or self.series)  # fmt: skip
+
+
+def combine_factor(counts: CombineCounts) -> float:
+    """The share of ``counts``' points below ``COMBINE_AT`` by the cluster's tail that stay
+    below it with both (at least ``VETO_FACTOR_MIN``); 1 with fewer than
+    ``MIN_COMBINE_POINTS`` such points or ``MIN_COMBINE_SERIES`` series."""
+    if counts.below < MIN_COMBINE_POINTS or counts.series < MIN_COMBINE_SERIES:
+        return 1.0
+    return max(counts.kept / counts.below, VETO_FACTOR_MIN)
+
+
+def combined_tail(cluster: np.ndarray, own: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """Each point's tail probability from its cluster's (``cluster``, NaN: not scored) and
+    its own history's (``own``, NaN: no history): the larger of the two times ``factor``
+    (``combine_factor``'s, read from the cluster's earlier nights). Points without history
+    keep the cluster's tail; float64."""
     c = np.asarray(cluster, dtype=np.float64)
     o = np.asarray(own, dtype=np.float64)
     both = np.fmax(c, o)  # NaN own: the cluster's; NaN cluster stays NaN below
-    has = ~np.isnan(c) & ~np.isnan(o)
-    below = int(np.count_nonzero(c[has] < COMBINE_AT))
-    series = int(np.count_nonzero(has.any(axis=-1))) if has.ndim == 2 else int(has.any())
-    if below >= MIN_COMBINE_POINTS and series >= MIN_COMBINE_SERIES:
-        factor = max(int(np.count_nonzero(both[has] < COMBINE_AT)) / below, VETO_FACTOR_MIN)
-        both = np.where(has, both * factor, both)
+    if factor != 1.0:
+        both = np.where(np.isnan(o), both, both * factor)
     both[np.isnan(c)] = np.nan
     return both
