@@ -239,6 +239,12 @@ def test_the_combined_tail_gives_back_the_rate_the_own_history_took_away():
     both = combined_tail(cluster, own, factor)
     assert 0.85 < (both < rate).mean() / rate < 1.15
     assert np.allclose(both, factor * np.fmax(cluster, own)) and factor < 1
+    # points left out of the counts (a night's flags): anomalies both call rare would make
+    # the two tails look more alike than they are on clean points
+    flagged = both < rate
+    clean = CombineCounts.of(cluster, own, ~flagged)
+    assert clean.below == counts.below - flagged.sum() and clean.kept == counts.kept - flagged.sum()
+    assert combine_factor(clean) < factor
     # unscored points stay NaN; without history, the cluster's tail unchanged
     cluster[0, 0], own[1, :] = np.nan, np.nan
     out = combined_tail(cluster, own, factor)

@@ -198,8 +198,8 @@ class NightHistory:
             residual /= day.level
         own = own_tail(residual, history)
         tail = combined_tail(day.tail, own, self.factor(cluster))  # not scored: NaN
-        self._tonight.append((cluster, CombineCounts.of(day.tail, own)))
         flag = tail < false_alarm_rate
+        self._tonight.append((cluster, CombineCounts.of(day.tail, own, ~flag)))
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
                             found["min_tail"][:, None])  # fmt: skip

@@ -16,8 +16,9 @@ night or two) instead of flagged forever.
 own-history tail probabilities say (rare only if both call it rare), times its cluster's
 factor: the share of the points the cluster's tail alone puts below ``COMBINE_AT`` that
 stay below it with both, the same correction as the smallest-of-several's and the veto's
-(``tsmeta.scoring.combine``), counted on the cluster's earlier nights (``CombineCounts``,
-kept with the history: a cluster's factor does not depend on how its series are batched).
+(``tsmeta.scoring.combine``), counted on the cluster's earlier nights' unflagged points
+(``CombineCounts``, kept with the history: a cluster's factor does not depend on how its
+series are batched).
 Without it the larger of two calibrated probabilities is far below the configured rate:
 5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two generated families
 (docs/decisions.md).
@@ -126,10 +127,15 @@ class CombineCounts:
     series: float = 0.0
 
     @classmethod
-    def of(cls, cluster: np.ndarray, own: np.ndarray) -> CombineCounts:
-        """The counts of one batch's points (series, steps): cluster and own tails."""
+    def of(cls, cluster: np.ndarray, own: np.ndarray,
+           keep: np.ndarray | None = None) -> CombineCounts:  # fmt: skip
+        """The counts of one batch's points (series, steps): cluster and own tails; ``keep``:
+        the points counted (the night's flagged points are left out: anomalies, which
+        both call rare, would otherwise make the two look more alike than on clean data)."""
         c, o = np.asarray(cluster, dtype=np.float64), np.asarray(own, dtype=np.float64)
         has = ~np.isnan(c) & ~np.isnan(o)
+        if keep is not None:
+            has &= keep
         low = c[has] < COMBINE_AT
         return cls(float(np.count_nonzero(low)),
                    float(np.count_nonzero(low & (o[has] < COMBINE_AT))),
