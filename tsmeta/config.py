@@ -269,8 +269,8 @@ class Settings(BaseSettings):
         description="Flag a point only if also rare against its series' residuals of earlier "
         "nights (their mean and standard deviation, kept in `data_dir/history`; the larger "
         "tail probability, times its cluster's factor from earlier nights that gives back "
-        "the rate this second opinion takes away), and mark alerts (off: nights neither read nor save it; `alert` "
-        "is NULL).",
+        "the rate this second opinion takes away), and mark alerts (off: nights neither "
+        "read nor save it; `alert` is NULL).",
     )
     history_warmup_nights: int = Field(
         7,

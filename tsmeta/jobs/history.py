@@ -6,8 +6,8 @@ smallest tail probability of its last scored night, for alerts), and beside it
 ``events-night=d.parquet``: the shared events of the last ``EVENT_DAYS`` nights (cluster,
 start, end), whose hours later nights leave out of what they adapt from, and
 ``combine-night=d.parquet``: per cluster, the counts its factor is read from
-(``tsmeta.scoring.history.CombineCounts``, nights weighted down by ``COMBINE_MEMORY``). A night reads
-the latest files before it, so re-running a night starts from the same state and
+(``tsmeta.scoring.history.CombineCounts``, older nights weighted down by
+``COMBINE_MEMORY``). A night reads the latest files before it, so re-running a night starts from the same state and
 replaces its own files (idempotent); files older than ``KEEP_NIGHTS`` before the newest
 are removed. The numbers and their use are ``tsmeta.scoring.history``.
 """
@@ -42,6 +42,8 @@ KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of rece
 # shared events are remembered this long: longer than any window a night reads (a weekly
 # cluster's lag medians reach 3 weeks back, its K = one period another week)
 EVENT_DAYS = 35
+# a cluster's factor counts its earlier nights with weights 1, 1 - 1/7, (1 - 1/7)^2, ...: a
+# week's memory, so a retrained model's tails take over within days
 COMBINE_MEMORY = 7.0
 _EVENT_SCHEMA = {"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
                  "end_ts": pl.Datetime("us", "UTC")}  # fmt: skip
@@ -52,8 +54,6 @@ _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
                    "series": pl.Float64}  # fmt: skip
-# a cluster's factor counts its earlier nights with weights 1, 1 - 1/7, (1 - 1/7)^2, ...: a
-# week's memory, so a retrained model's tails take over within days
 _EVENT_FILE = re.compile(r"events-night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
@@ -76,10 +76,11 @@ def _stored(folder: Path, pattern: re.Pattern = _FILE) -> dict[date, Path]:
     return {date.fromisoformat(m.group(1)): folder / m.group(0) for m in found if m}
 
 
-def _events_before(settings: Settings, night: date,
+def _latest_before(settings: Settings, night: date,
                    pattern: re.Pattern = _EVENT_FILE) -> pl.DataFrame | None:  # fmt: skip
-    """The shared events (or with ``_COMBINE_FILE`` the clusters' combination counts) saved
-    with the latest night before ``night`` (None if none)."""
+    """The shared events (or with ``_FILE`` the residual state, with ``_COMBINE_FILE`` the
+    clusters' combination counts) saved with the latest night before ``night`` (None if
+    none)."""
     before = {d: p for d, p in _stored(history_dir(settings), pattern).items() if d < night}
     return pl.read_parquet(before[max(before)]) if before else None
 
@@ -104,7 +105,7 @@ def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None
     the stored history: ``NightHistory.save`` wrote its state before its events were
     known)."""
     history_dir(settings).mkdir(parents=True, exist_ok=True)
-    _write(_with_events(_events_before(settings, night), shared, night),
+    _write(_with_events(_latest_before(settings, night), shared, night),
            history_dir(settings) / f"events-night={night.isoformat()}.parquet")  # fmt: skip
 
 
@@ -145,10 +146,8 @@ class NightHistory:
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
-        before = {d: p for d, p in _stored(history_dir(settings)).items() if d < night}
-        return cls(pl.read_parquet(before[max(before)]) if before else None,
-                   _events_before(settings, night),
-                   _events_before(settings, night, _COMBINE_FILE))  # fmt: skip
+        return cls(_latest_before(settings, night, _FILE), _latest_before(settings, night),
+                   _latest_before(settings, night, _COMBINE_FILE))  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
                        holidays: Collection[date] = ()) -> Panel:  # fmt: skip

@@ -18,8 +18,7 @@ factor: the share of the points the cluster's tail alone puts below ``COMBINE_AT
 stay below it with both, the same correction as the smallest-of-several's and the veto's
 (``tsmeta.scoring.combine``), counted on the cluster's earlier nights' unflagged points
 (``CombineCounts``, kept with the history: a cluster's factor does not depend on how its
-series are batched).
-Without it the larger of two calibrated probabilities is far below the configured rate:
+series are batched). Without it the larger of two calibrated probabilities is far below the configured rate:
 5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two generated families
 (docs/decisions.md).
 """
@@ -37,11 +36,12 @@ __all__ = ["ResidualHistory", "CombineCounts", "own_tail", "combine_factor", "co
            "MIN_HISTORY", "MIN_COMBINE_POINTS", "MIN_COMBINE_SERIES"]  # fmt: skip
 
 MIN_HISTORY = 10  # fewer earlier residuals: no own tail (NaN)
-# ``combine_factor`` needs at least this many points with both tails below ``COMBINE_AT`` by
-# the cluster's (about 1,000 points: 42 series-nights of 24), on a night with at least this
-# many series with a history: the factor says how a cluster's two opinions overlap. Read
-# from one series it would give back exactly the flags that series' own history called
-# ordinary (NAB's single streams: 50.94 to 49.63). Fewer: no factor, the larger as it is
+# ``combine_factor`` needs at least this many points with an own tail that the cluster's
+# tail puts below ``COMBINE_AT`` (about 1,000 points: 42 series-nights of 24), on a night
+# with at least this many series with a history: the factor says how a cluster's two
+# opinions overlap. Read from one series it would give back exactly the flags that
+# series' own history called ordinary (NAB's single streams: 50.94 to 49.63). Fewer: no
+# factor, the larger as it is
 MIN_COMBINE_POINTS = 50
 MIN_COMBINE_SERIES = 20
 
@@ -132,7 +132,7 @@ class CombineCounts:
         """The counts of one batch's points (series, steps): cluster and own tails; ``keep``:
         the points counted (the night's flagged points are left out: anomalies, which
         both call rare, would otherwise make the two look more alike than on clean data)."""
-        c, o = np.asarray(cluster, dtype=np.float64), np.asarray(own, dtype=np.float64)
+        c, o = np.asarray(cluster), np.asarray(own)  # compared as they are: no float64 copies
         has = ~np.isnan(c) & ~np.isnan(o)
         if keep is not None:
             has &= keep
