@@ -64,14 +64,13 @@ TRAIN_DAYS = 28
 # "tsmeta": the model as trained (its tails fitted on held-out series);
 # "points only": its tails without the window statistics (each point judged alone); the
 # "1024 tasks" rows recalibrate the same model on one larger sample of tasks from the
-# training window (the ablation): "1024 tasks" with every part, "no veto", "no isolation", "no onset", "no drop" (the tails fitted on every point of the
-# sample, its own anomalies included), "no trim" (the ridge head adapted without leaving
+# training window (the ablation): "1024 tasks" with every part, "no veto", "no isolation", "no onset", "no trim" (the ridge head adapted without leaving
 # out its support outliers), "level veto" (the veto's deviations not measured against
 # their neighbours'); on M4 every calibration part by its name, "no empirical" the point
 # tail without the sample's own far tail as knots (the Student-t alone)
 METHODS = ("tsmeta", "tsmeta, own history", "tsmeta, points only", "tsmeta, 1024 tasks",
            "tsmeta, 1024 tasks, no veto", "tsmeta, 1024 tasks, no isolation",
-           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
+           "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no onset", "tsmeta, 1024 tasks, level veto",
            "unadapted init", "seasonal naive + robust z", "MSTL interval")  # fmt: skip
 
 
@@ -254,8 +253,8 @@ def run_synthetic(args: argparse.Namespace) -> dict:
     period = detect_periods(values[:, train - 14 * 24 : train], mask[:, train - 14 * 24 : train],
                             (24, 168), 0.3).period  # fmt: skip
     groups = {int(p): np.flatnonzero(period == p) for p in np.unique(period)}
-    (models, raw, recal, unvetoed, unisolated, untrimmed, undropped,
-     no_onset, by_level) = ({} for _ in range(9))  # fmt: skip
+    (models, raw, recal, unvetoed, unisolated, untrimmed,
+     no_onset, by_level) = ({} for _ in range(8))  # fmt: skip
     t = time.perf_counter()
     for p, rows in groups.items():
         spec = FeatureSpec(period=p or 24, relative_to_lag=args.relative,
@@ -274,8 +273,6 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                      isolation=False)  # fmt: skip
         untrimmed[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                     trim=False)  # fmt: skip
-        undropped[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
-                                    drop=False)  # fmt: skip
         no_onset[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
                                    onsets=False)  # fmt: skip
         by_level[p] = recalibrated(m, values[rows, :train], mask[rows, :train], start_step,
@@ -304,7 +301,6 @@ def run_synthetic(args: argparse.Namespace) -> dict:
                                 ("tsmeta, 1024 tasks, no veto", unvetoed.get(p, unvetoed[24])),
                                 ("tsmeta, 1024 tasks, no isolation", unisolated.get(p, unisolated[24])),
                                 ("tsmeta, 1024 tasks, no trim", untrimmed.get(p, untrimmed[24])),
-                                ("tsmeta, 1024 tasks, no drop", undropped.get(p, undropped[24])),
                                 ("tsmeta, 1024 tasks, no onset", no_onset.get(p, no_onset[24])),
                                 ("tsmeta, 1024 tasks, level veto", by_level.get(p, by_level[24]))):  # fmt: skip
                     t = time.perf_counter()

@@ -163,6 +163,7 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
         "clean_rate": float(flag[clean].mean()),
         "worst_cell": worst,
         "worst_cell_rate": rates[worst] if worst else float("nan"),
+        "cell_rates": {k: round(v, 6) for k, v in rates.items()},
         "holiday_rate": float(raw[hol].mean()) if hol.any() else float("nan"),
         "after_holiday_rate": float(flag[after].mean()) if after.any() else float("nan"),
         "clean_rate_per_night": [

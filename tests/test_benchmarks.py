@@ -108,7 +108,7 @@ def test_detection_small(tmp_path):
                                        "tsmeta, 1024 tasks",
                                        "tsmeta, 1024 tasks, no veto",
                                        "tsmeta, 1024 tasks, no isolation",
-                                       "tsmeta, 1024 tasks, no trim", "tsmeta, 1024 tasks, no drop",
+                                       "tsmeta, 1024 tasks, no trim",
                                        "tsmeta, 1024 tasks, no onset",
                                        "tsmeta, 1024 tasks, level veto",
                                        "unadapted init",

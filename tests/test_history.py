@@ -1,5 +1,7 @@
 """A series judged against its own past: residual history, own tails, alerts."""
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -258,6 +260,33 @@ def test_the_combined_tail_gives_back_the_rate_the_own_history_took_away():
     # earlier nights weigh less: a week's memory
     later = counts.after(CombineCounts(0.0, 0.0, 10.0), memory=7.0)
     assert np.isclose(later.below, counts.below * 6 / 7) and later.series == 10.0
+
+
+def test_the_factor_is_read_at_the_configured_rate_where_two_tails_agree_less_the_rarer():
+    """Two tails whose z-scores are jointly normal (correlation 0.7): they agree on a third
+    of the 5% tail and on a fifth of the 0.1% tail. The share counted at COMBINE_AT gives
+    back half the rate at 1e-3; read at the rate (through the correlation it implies) the
+    rate itself; at COMBINE_AT both are the share counted."""
+    from scipy.special import ndtr
+
+    from tsmeta.scoring.combine import COMBINE_AT
+    from tsmeta.scoring.history import CombineCounts, combine_factor
+
+    rng = np.random.default_rng(5)
+    z1 = rng.standard_normal((20000, 24))
+    z2 = 0.7 * z1 + math.sqrt(1 - 0.49) * rng.standard_normal(z1.shape)
+    cluster, own = 2 * ndtr(-np.abs(z1)), 2 * ndtr(-np.abs(z2))
+    counts = CombineCounts.of(cluster, own)
+    share = counts.kept / counts.below
+    assert combine_factor(counts) == combine_factor(counts, COMBINE_AT) == share
+    larger = np.fmax(cluster, own)
+    assert (larger * share < 1e-3).mean() / 1e-3 < 0.6
+    factor = combine_factor(counts, 1e-3)
+    assert factor < share and 0.9 < (larger * factor < 1e-3).mean() / 1e-3 < 1.1
+    assert combine_factor(counts, 1e-2) > factor  # the rarer the rate, the smaller
+    # a share no better than chance (independent tails: x * x = 1e-4 at x = 1e-2, a
+    # factor of 1e-2): never below VETO_FACTOR_MIN
+    assert combine_factor(CombineCounts(1000.0, 50.0, 100.0), 1e-4) == 0.05
 
 
 def test_a_night_flags_with_its_clusters_factor_from_earlier_nights(tmp_path):

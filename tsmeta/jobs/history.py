@@ -140,7 +140,7 @@ class NightHistory:
         self.combine = {} if combine is None else {
             r["cluster_id"]: CombineCounts(r["below"], r["kept"], r["series"])
             for r in combine.iter_rows(named=True)}  # fmt: skip
-        self._factors = {c: combine_factor(counts) for c, counts in self.combine.items()}
+        self._factors: dict[tuple[str, float], float] = {}  # (cluster, rate): its factor
         self._tonight: list[tuple[str, CombineCounts]] = []
 
     @classmethod
@@ -183,9 +183,14 @@ class NightHistory:
         the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
         self.events = _with_events(self.events, shared, night)
 
-    def factor(self, cluster: str = "") -> float:
-        """The cluster's factor tonight (``combine_factor`` of its earlier nights' counts)."""
-        return self._factors.get(cluster, 1.0)
+    def factor(self, cluster: str = "", rate: float = 1e-3) -> float:
+        """The cluster's factor tonight at the configured rate ``rate`` (``combine_factor``
+        of its earlier nights' counts; 1 for a cluster without them)."""
+        key = (cluster, float(rate))
+        if key not in self._factors:  # several batches' threads may compute it: the same
+            counts = self.combine.get(cluster)
+            self._factors[key] = 1.0 if counts is None else combine_factor(counts, rate)
+        return self._factors[key]
 
     def apply(self, day: ScoredDay, false_alarm_rate: float, cluster: str = "") -> ScoredDay:
         ids = day.series_ids.astype(str)
@@ -196,7 +201,8 @@ class NightHistory:
         if day.level is not None:  # compared at one level (noise that grows with it)
             residual /= day.level
         own = own_tail(residual, history)
-        tail = combined_tail(day.tail, own, self.factor(cluster))  # not scored: NaN
+        # not scored: NaN
+        tail = combined_tail(day.tail, own, self.factor(cluster, false_alarm_rate))
         flag = tail < false_alarm_rate
         self._tonight.append((cluster, CombineCounts.of(day.tail, own, ~flag)))
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight

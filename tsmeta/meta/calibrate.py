@@ -39,9 +39,9 @@ __all__ = ["CALIBRATION_PARTS", "adapted_predictions", "calibrate", "calibrate_p
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
 CALIBRATION_PARTS = ("weekdays", "level", "empirical", "windows", "isolation", "onsets",
-                     "veto", "drop")  # fmt: skip
+                     "veto")  # fmt: skip
 # parts since removed (stored models' ``without`` may still name them)
-REMOVED_PARTS = ("per_step", "spread")
+REMOVED_PARTS = ("per_step", "spread", "drop")
 
 
 def adapted_predictions(
@@ -57,12 +57,6 @@ def adapted_predictions(
                                  trim=trim)  # fmt: skip
         fast = adapt_batch(params, batch, steps, rates)
         return predict_batch(fast, batch.xs), predict_batch(fast, batch.xq)
-
-
-# calibration refits its tails without the points of its own sample that the previous fit
-# puts below this tail probability (the sample's anomalies), at most this many fits
-CALIBRATION_DROP = 1e-4
-CALIBRATION_PASSES = 3
 
 
 def residual_sigma(pred_s: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
@@ -162,7 +156,6 @@ def calibrate(
     isolation: bool = True,
     onsets: bool = True,
     trim: float | None = None,
-    drop: bool = True,
     weekdays: bool = True,
     steps_per_day: int | None = None,
     level: bool = True,
@@ -181,30 +174,13 @@ def calibrate(
     ``veto`` (and a seasonal lag) the seasonal-naive veto is fitted last (``fit_veto``):
     a point the support's last same-phase value explains is not an anomaly, however badly
     the model forecast it. ``trim``: the adaptation's (``MetaConfig.trim``), as scoring
-    adapts. With ``drop`` the tails are refitted without the sample's own anomalies (the
-    points below ``CALIBRATION_DROP``, up to ``CALIBRATION_PASSES`` fits).
+    adapts.
     """
     s = _sample(params, batch, steps, rates, trim, isolation or onsets, weekdays,
                 steps_per_day, level)  # fmt: skip
     obs = torch.as_tensor(s.observed)
     naive = None if not veto or batch.naive is None else batch.naive.cpu()
-
-    def fit(keep: torch.Tensor) -> TailModel:
-        return _fit_tails(s, keep, naive, empirical, windows, isolation, onsets)
-
-    # the sample's own anomalies (a training window holds them) widen every tail fitted on
-    # it, deep down most: the fit is repeated without the points the previous fit finds
-    # below CALIBRATION_DROP (clean points there are about that share of the sample, so
-    # the rates above it barely move), until no point changes side
-    if not drop:
-        return fit(obs)
-    keep, tail = obs, fit(obs)
-    for _ in range(CALIBRATION_PASSES - 1):
-        new = obs & ~(tail_probability(s.signed, obs, tail, naive, s.rel) < CALIBRATION_DROP)
-        if torch.equal(new, keep):
-            break
-        keep, tail = new, fit(new)
-    return tail
+    return _fit_tails(s, obs, naive, empirical, windows, isolation, onsets)
 
 
 def calibrate_partial(

@@ -14,21 +14,25 @@ night or two) instead of flagged forever.
 
 ``combined_tail`` joins the two: a point is as rare as the larger of its cluster's and its
 own-history tail probabilities say (rare only if both call it rare), times its cluster's
-factor: the share of the points the cluster's tail alone puts below ``COMBINE_AT`` that
-stay below it with both, the same correction as the smallest-of-several's and the veto's
-(``tsmeta.scoring.combine``), counted on the cluster's earlier nights' unflagged points
+factor (``combine_factor``), counted on the cluster's earlier nights' unflagged points
 (``CombineCounts``, kept with the history: a cluster's factor does not depend on how its
-series are batched). Without it the larger of two calibrated probabilities is far below the configured rate:
-5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two generated families
+series are batched): the share of the points the cluster's tail alone puts below
+``COMBINE_AT`` that stay below it with both, carried to the configured rate through the
+correlation of two normal z-scores that share implies (the two tails agree less the
+rarer the point). Without a factor the larger of two calibrated probabilities flags far
+below the configured rate: 5.5e-5 and 2.6e-4 of clean points at 1e-3 on the two
+generated families; with the share at ``COMBINE_AT`` as it is, 3.3e-4 and 6.6e-4
 (docs/decisions.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.optimize import brentq
+from scipy.special import ndtr, ndtri, owens_t
 
 from tsmeta.scoring.combine import COMBINE_AT, VETO_FACTOR_MIN
 
@@ -153,13 +157,38 @@ class CombineCounts:
                              tonight.series or self.series)  # fmt: skip
 
 
-def combine_factor(counts: CombineCounts) -> float:
-    """The share of ``counts``' points below ``COMBINE_AT`` by the cluster's tail that stay
-    below it with both (at least ``VETO_FACTOR_MIN``); 1 with fewer than
+def _kept_share(at: float, rho: float) -> float:
+    """The share of the points one two-sided normal tail puts below ``at`` that the other
+    keeps below it too, when the two z-scores are jointly normal with correlation ``rho``
+    (Owen's T: P(|Z1| > a, |Z2| > a) = 2 P(Z1 > a, Z2 > a; rho) + 2 P(Z1 > a, Z2 > a; -rho))."""
+    a = float(ndtri(1.0 - at / 2.0))
+    both = sum(owens_t(a, math.sqrt((1.0 - r) / (1.0 + r))) for r in (rho, -rho))
+    return min(max(2.0 - 4.0 * float(both) / at, 0.0), 1.0)
+
+
+def combine_factor(counts: CombineCounts, rate: float = COMBINE_AT) -> float:
+    """The factor that gives the larger of the two tails back the rate ``rate``: the share
+    of the points the cluster's tail puts below x that stay below it with both, at the x
+    where that share times x is ``rate`` (so P(larger * factor < rate) = rate). Counted at
+    ``COMBINE_AT`` (``counts``: enough points there), read at x through the correlation of
+    the two z-scores that share implies: the two agree less the rarer the point (a series
+    whose own scale is larger than its cluster's keeps fewer of its cluster's extremes
+    than of its 5% tail), and the share at 0.05 alone gives back a third of the rate at
+    1e-3 (docs/decisions.md). At least ``VETO_FACTOR_MIN``; 1 with fewer than
     ``MIN_COMBINE_POINTS`` such points or ``MIN_COMBINE_SERIES`` series."""
     if counts.below < MIN_COMBINE_POINTS or counts.series < MIN_COMBINE_SERIES:
         return 1.0
-    return max(counts.kept / counts.below, VETO_FACTOR_MIN)
+    share = min(max(counts.kept / counts.below, VETO_FACTOR_MIN), 1.0)
+    if share >= 1.0 or rate >= COMBINE_AT * share:  # read where it was counted (or above)
+        return share
+    if share <= COMBINE_AT:  # no more than chance: independent
+        rho = 0.0
+    else:
+        rho = brentq(lambda r: _kept_share(COMBINE_AT, r) - share, 0.0, 1.0 - 1e-9)
+    # x * kept share(x) grows with x: from rate (share <= 1) to COMBINE_AT
+    lx = brentq(lambda lx: lx + math.log(max(_kept_share(math.exp(lx), rho), 1e-300))
+                - math.log(rate), math.log(rate), math.log(COMBINE_AT))  # fmt: skip
+    return max(rate / math.exp(lx), VETO_FACTOR_MIN)
 
 
 def combined_tail(cluster: np.ndarray, own: np.ndarray, factor: float = 1.0) -> np.ndarray:
