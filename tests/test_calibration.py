@@ -620,11 +620,10 @@ def test_a_level_shift_inside_the_band_is_flagged_at_its_onset():
     assert TailModel.from_dict(old).windows.onset is None
 
 
-def _noise_tasks(rng, n, k=24, h=24, anomalies=0.0):
+def _noise_tasks(rng, n, k=24, h=24):
     """Tasks a zero network forecasts as 0: out-of-sample z = y_query / the support's
     robust scale (t-distributed noise, each task its own scale), with a seasonal-naive
-    reference near every point, and ``anomalies`` of the query points 15-40 scales out,
-    far from the reference too (what a training window's anomalies look like)."""
+    reference near every point."""
     import torch
 
     from tsmeta.meta.tasks import TaskBatch
@@ -632,10 +631,6 @@ def _noise_tasks(rng, n, k=24, h=24, anomalies=0.0):
     scale = rng.uniform(0.5, 2.0, size=(n, 1))
     ys = scale * rng.standard_t(6.0, size=(n, k))
     yq = scale * rng.standard_t(6.0, size=(n, h))
-    hit = rng.random((n, h)) < anomalies
-    yq[hit] += (
-        scale.repeat(h, 1)[hit] * rng.uniform(15, 40, hit.sum()) * rng.choice([-1, 1], hit.sum())
-    )
     naive = yq / scale + rng.normal(0.0, 1.5, size=(n, h))
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     return TaskBatch(t(np.zeros((n, k, 8))), t(ys), t(np.ones((n, k))), t(np.zeros((n, h, 8))), t(yq),
