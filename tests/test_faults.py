@@ -494,6 +494,15 @@ def test_a_shared_drop_is_one_event_per_cluster_and_reruns_replace_it(trained, t
     members = rows.filter(pl.col("event_id").is_not_null())
     assert members.height == shared.get_column("n_points").sum() > 100
     assert set(members.get_column("event_id")) == set(shared.get_column("event_id"))
+    # the members are left out of their series' own histories (the state the next night reads)
+    from tsmeta.jobs.history import history_dir
+
+    states = [pl.read_parquet(history_dir(settings) / f"night={d}.parquet")
+              for d in (night - timedelta(days=1), night)]  # fmt: skip
+    grew = states[1].join(states[0], on="series_id", suffix="_0").select(
+        "series_id", (pl.col("count") - pl.col("count_0")).alias("grew"))  # fmt: skip
+    per = members.group_by(pl.col("series_id").cast(pl.String)).len().join(grew, on="series_id")
+    assert (per["grew"] <= 24 - per["len"]).all() and (per["grew"] == 24 - per["len"]).any()
     page = write_report(settings, night, tmp_path / "r.html")["path"]
     html = open(page).read()
     assert html.index("Shared events") < html.index("Top anomalies")

@@ -331,3 +331,39 @@ def test_a_night_flags_with_its_clusters_factor_from_earlier_nights(tmp_path):
     parts = [again.apply(_day(r[a:a + 7], cluster[a:a + 7], ids[a:a + 7]), 1e-2, "c")
              for a in range(0, n, 7)]  # fmt: skip
     assert (np.vstack([p.tail for p in parts]) == whole.tail).all()  # batches do not matter
+
+
+def test_a_shared_events_members_are_left_out_of_their_series_own_history():
+    """A holiday: every series of a cluster runs far below its forecast for hours, and those
+    flagged points are a shared event's members. ``forget`` takes exactly their residuals
+    out of the state the next night reads (the series' own scale is not the holiday's);
+    the night's other points, and a series not in the event, stay as merged."""
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from tsmeta.jobs.history import NightHistory
+
+    rng = np.random.default_rng(11)
+    n, ids = 50, [f"s{i:02d}" for i in range(50)]
+    first = rng.standard_normal((n, 24))
+    history = NightHistory()
+    history.apply(_day(first, np.full((n, 24), 0.5), ids), 1e-3, "c")
+    history = history.next()
+    r = rng.standard_normal((n, 24))
+    r[:, 8:18] -= 20.0  # the holiday's hours
+    day = history.apply(_day(r, np.where(np.abs(r) > 10, 1e-9, 0.5), ids), 1e-3, "c")
+    assert day.flag[:, 8:18].all() and day.flag.sum() == n * 10
+    start = datetime(2026, 10, 7, tzinfo=UTC)
+    members = pl.DataFrame({"series_id": [s for s in ids[:-1] for _ in range(10)],
+                            "ts": [start + timedelta(hours=h) for _ in ids[:-1]
+                                   for h in range(8, 18)]})  # fmt: skip
+    history.forget(members, start, timedelta(hours=1))
+    after = history.state().sort("series_id")
+    kept = r.copy()
+    kept[:-1, 8:18] = np.nan
+    expect = ResidualHistory.empty(n).merged(first).merged(kept)
+    assert np.allclose(after["count"].to_numpy(), expect.count)
+    assert np.allclose(after["mean"].to_numpy(), expect.mean)
+    assert np.allclose(after["m2"].to_numpy(), expect.m2)
+    assert after["count"][0] == 38.0 and after["count"][-1] == 48.0

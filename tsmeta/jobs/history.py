@@ -100,6 +100,23 @@ def _with_events(events: pl.DataFrame | None, shared: pl.DataFrame, night: date)
     return pl.concat(frames).unique(maintain_order=True).filter(pl.col("end_ts") > horizon)
 
 
+# the nightly job's stored history of its latest night, until that night's shared events
+# are known (``tsmeta.jobs.night.find_events``: their members are left out of it and it
+# is saved again); one night at a time
+_PENDING: dict[tuple[str, date], NightHistory] = {}
+
+
+def hold_stored(settings: Settings, night: date, history: NightHistory) -> None:
+    """Keep the stored history a night was scored with until its events are known."""
+    _PENDING.clear()
+    _PENDING[(str(settings.data_dir), night)] = history
+
+
+def take_stored(settings: Settings, night: date) -> NightHistory | None:
+    """The stored history ``hold_stored`` kept for ``night`` (None if another night's)."""
+    return _PENDING.pop((str(settings.data_dir), night), None)
+
+
 def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None:
     """Save a night's shared events with those of earlier nights (a night scored with
     the stored history: ``NightHistory.save`` wrote its state before its events were
@@ -142,6 +159,10 @@ class NightHistory:
             for r in combine.iter_rows(named=True)}  # fmt: skip
         self._factors: dict[tuple[str, float], float] = {}  # (cluster, rate): its factor
         self._tonight: list[tuple[str, CombineCounts]] = []
+        # tonight's flagged points' residuals (series_id, step, residual: as merged), and
+        # those of a shared event's members, left out of the state (``forget``)
+        self._flagged: list[pl.DataFrame] = []
+        self._forgotten: pl.DataFrame | None = None
 
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
@@ -209,6 +230,11 @@ class NightHistory:
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
                             found["min_tail"][:, None])  # fmt: skip
         after = history.merged(residual)
+        rows, steps = np.nonzero(flag & ~np.isnan(residual))
+        if rows.size:
+            self._flagged.append(pl.DataFrame({
+                "series_id": ids[rows], "step": steps.astype(np.int64),
+                "residual": residual[rows, steps].astype(np.float64)}))  # fmt: skip
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
                                          "min_tail": lowest[:, -1]}, schema=_SCHEMA))  # fmt: skip
@@ -227,10 +253,29 @@ class NightHistory:
         known, pick = self._sorted[at] == ids, self._order[at]
         return {c: np.where(known, col[pick], _UNSEEN[c]) for c, col in self._cols.items()}
 
+    def forget(self, members: pl.DataFrame, night_start: datetime, step: timedelta) -> None:
+        """Leave tonight's flagged points ``members`` (series_id, ts: a night's shared
+        events' members, ``tsmeta.events``) out of their series' histories: a holiday or an
+        outage is the cluster's, not what its series' own residuals look like (a series'
+        own anomalies stay: a real change of level is learned from them)."""
+        if not self._flagged or not members.height:
+            return
+        start = night_start.replace(tzinfo=None)
+        since = (pl.col("ts").dt.replace_time_zone(None) - start).dt.total_microseconds()
+        at = members.select(pl.col("series_id").cast(pl.String),
+                            (since // (step // timedelta(microseconds=1))).alias("step"))  # fmt: skip
+        gone = pl.concat(self._flagged).join(at, on=["series_id", "step"], how="semi")
+        self._forgotten = gone.group_by("series_id").agg(
+            pl.len().cast(pl.Float64).alias("n_b"), pl.col("residual").mean().alias("mean_b"),
+            ((pl.col("residual") - pl.col("residual").mean()) ** 2).sum().alias("m2_b"))  # fmt: skip
+
     def state(self) -> pl.DataFrame:
-        """Every series' history after the night, sorted by series id (batches may finish
-        in any order; the file is the same whichever did)."""
+        """Every series' history after the night (without the residuals ``forget`` left
+        out), sorted by series id (batches may finish in any order; the file is the same
+        whichever did)."""
         tonight = pl.concat(self._parts) if self._parts else pl.DataFrame(schema=_SCHEMA)
+        if self._forgotten is not None and self._forgotten.height:
+            tonight = _less(tonight, self._forgotten)
         carried = self.prior.join(tonight.select("series_id"), on="series_id", how="anti")
         both = pl.concat([tonight, carried]).unique("series_id", keep="first")
         return both.sort("series_id")
@@ -266,3 +311,15 @@ class NightHistory:
                 if d < newest - timedelta(days=KEEP_NIGHTS):
                     p.unlink(missing_ok=True)
         return path
+
+
+def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:
+    """``state``'s histories without the residuals summarised in ``gone`` (series_id, n_b,
+    mean_b, m2_b; ``ResidualHistory.less``)."""
+    both = state.join(gone, on="series_id", how="left").fill_null(0.0)
+    less = ResidualHistory(both["count"].to_numpy(), both["mean"].to_numpy(),
+                           both["m2"].to_numpy()).less(both["n_b"].to_numpy(),
+                                                       both["mean_b"].to_numpy(),
+                                                       both["m2_b"].to_numpy())  # fmt: skip
+    return both.with_columns(pl.Series("count", less.count), pl.Series("mean", less.mean),
+                             pl.Series("m2", less.m2)).select(list(_SCHEMA))  # fmt: skip

@@ -12,7 +12,7 @@ from tsmeta.config import Settings
 from tsmeta.data.panel import freq_timedelta
 from tsmeta.events import shared_events
 from tsmeta.jobs.common import engine_for, log, night_bounds, require_night_data
-from tsmeta.jobs.history import NightHistory, record_events
+from tsmeta.jobs.history import NightHistory, record_events, take_stored
 from tsmeta.jobs.score import history_before, score_night
 from tsmeta.store.writes import replace_night
 
@@ -59,9 +59,16 @@ def find_events(
     shared, flagged = shared_events(flagged, scored, freq_timedelta(settings.freq),
                                     settings.event_min_share, settings.event_min_series,
                                     settings.holidays)  # fmt: skip
-    if history is not None:
-        history.add_events(shared, night)
-    elif settings.own_history:
+    members = flagged.filter(pl.col("event_id").is_not_null()).select("series_id", "ts")
+    start = night_bounds(night)[0]
+    stored = take_stored(settings, night) if history is None and settings.own_history else None
+    for carried in (history, stored):
+        if carried is not None:  # members are left out of their series' own histories
+            carried.add_events(shared, night)
+            carried.forget(members, start, freq_timedelta(settings.freq))
+    if stored is not None:
+        stored.save(settings, night)
+    elif history is None and settings.own_history:
         record_events(settings, night, shared)
     stats["events"] = shared.height
     stats["event_points"] = int(shared.get_column("n_points").sum()) if shared.height else 0

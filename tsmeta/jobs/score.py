@@ -30,7 +30,7 @@ from tsmeta.jobs.common import (
     log,
     night_bounds,
 )
-from tsmeta.jobs.history import NightHistory, warmup_nights
+from tsmeta.jobs.history import NightHistory, hold_stored, warmup_nights
 from tsmeta.jobs.rows import points_frame
 from tsmeta.jobs.threads import score_threads, score_workers, torch_threads
 from tsmeta.meta.tasks import steps_read, window_reach
@@ -78,7 +78,8 @@ def score_night(
                                      score_workers(settings, threads),
                                      history if settings.own_history else None)  # fmt: skip
     if stored:
-        history.save(settings, night)
+        history.save(settings, night)  # saved again without its shared events' members
+        hold_stored(settings, night, history)  # once they are known (``find_events``)
     return frame, stats
 
 

@@ -84,6 +84,19 @@ class ResidualHistory:
             m2=self.m2 + m2_b + delta**2 * self.count * share,
         )
 
+    def less(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> ResidualHistory:
+        """This history without some of the residuals it holds, given as their own count,
+        mean and sum of squared deviations per series (``merged`` undone: Chan's update
+        solved for the rest). A series left with none has the empty history."""
+        n = self.count - count
+        left = n > 0
+        safe = np.where(left, n, 1.0)
+        rest = np.where(left, (self.count * self.mean - count * mean) / safe, 0.0)
+        delta = mean - rest
+        m2_rest = self.m2 - m2 - delta**2 * count * n / np.where(left, self.count, 1.0)
+        return ResidualHistory(np.where(left, n, 0.0), rest,
+                               np.where(left, np.maximum(m2_rest, 0.0), 0.0))  # fmt: skip
+
     def z(self, residual: np.ndarray) -> np.ndarray:
         """|residual - mean| / standard deviation, per series row, in the residuals'
         precision; NaN where the series has fewer than MIN_HISTORY earlier residuals. A
