@@ -9,7 +9,10 @@ start, end), whose hours later nights leave out of what they adapt from, and
 (``tsmeta.scoring.history.CombineCounts``, older nights weighted down by
 ``COMBINE_MEMORY``). A night reads the latest files before it, so re-running a night starts from the same state and
 replaces its own files (idempotent); files older than ``KEEP_NIGHTS`` before the newest
-are removed. The numbers and their use are ``tsmeta.scoring.history``.
+are removed. A night's shared events' members are left out of the state
+(``NightHistory.forget``): the nightly job saves it again once its events are known
+(``hold_stored``, ``take_stored``). The numbers and their use are
+``tsmeta.scoring.history``.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Chan's update), and ``own_tail`` reads a residual's two-sided normal tail agains
 Where the cluster's scale grows with the level (``tsmeta.scoring.level``) the residuals
 are divided by each point's level factor first (``ScoredDay.level``), so a busy hour and
 a quiet one are judged against one history. The history keeps every residual, flagged
-or not: a real change of level is then learned (its residuals widen the scale within a
-night or two) instead of flagged forever.
+or not (a real change of level is then learned: its residuals widen the scale within a
+night or two, instead of being flagged forever), except the members of a cluster's shared
+events (``ResidualHistory.less``: a holiday is the cluster's, not the series' normal).
 
 ``combined_tail`` joins the two: a point is as rare as the larger of its cluster's and its
 own-history tail probabilities say (rare only if both call it rare), times its cluster's
