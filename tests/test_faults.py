@@ -598,3 +598,19 @@ def test_a_first_night_is_judged_against_a_history_built_from_the_nights_before(
     assert state["count"].max() == 24
     assert alone.get_column("flag").sum() >= nightly.get_column("flag").sum()
     engine.dispose()
+
+
+def test_a_night_too_early_for_every_model_fails_per_cluster_and_writes_nothing(trained):
+    """The dataset's second day: no model has the window it reads. Every cluster fails with
+    its own reason, the rows are an empty frame with the anomaly columns, and writing the
+    night writes nothing (not a complaint about missing columns)."""
+    from tsmeta.data.io import dataset_dates
+    from tsmeta.jobs.rows import ROW_SCHEMA
+
+    settings = load_settings(**{**trained, "own_history": False})
+    night = dataset_dates(settings.dataset_path)[1]
+    frame, stats = jobs.score_night(settings, night, "too-early")
+    assert stats["scored_clusters"] == [] and stats["clusters"]
+    assert all("too short" in c["error"] for c in stats["clusters"].values())
+    assert frame.height == 0 and dict(frame.schema) == ROW_SCHEMA
+    assert jobs.write_night(settings, frame, night, "too-early", stats["scored_clusters"]) == 0

@@ -10,6 +10,20 @@ import polars as pl
 from tsmeta.data.panel import freq_timedelta
 from tsmeta.detect import BASIS, SEVERITY, severity_of, surprise_of
 
+# the rows' columns and types (``points_frame``; ``flag`` only with every point)
+ROW_SCHEMA = {
+    "series_id": pl.String, "ts": pl.Datetime("us", "UTC"), "value": pl.Float64,
+    "forecast": pl.Float64, "lower": pl.Float64, "upper": pl.Float64, "residual": pl.Float64,
+    "score": pl.Float64, "surprise": pl.Float64, "alert": pl.Boolean, "direction": pl.String,
+    "severity": pl.String, "basis": pl.String, "cluster_id": pl.String, "model_version": pl.Int64,
+}  # fmt: skip
+
+
+def no_points(every_point: bool = False) -> pl.DataFrame:
+    """A night without rows (every cluster failed, or none was scored), with the columns
+    ``points_frame`` gives: what is written and read after it needs no special case."""
+    return pl.DataFrame(schema=ROW_SCHEMA | ({"flag": pl.Boolean} if every_point else {}))
+
 
 def points_frame(
     day, night_start: datetime, freq: str, cluster_id: str, version: int,

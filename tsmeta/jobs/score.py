@@ -31,7 +31,7 @@ from tsmeta.jobs.common import (
     night_bounds,
 )
 from tsmeta.jobs.history import NightHistory, hold_stored, warmup_nights
-from tsmeta.jobs.rows import points_frame
+from tsmeta.jobs.rows import no_points, points_frame
 from tsmeta.jobs.threads import score_threads, score_workers, torch_threads
 from tsmeta.meta.tasks import steps_read, window_reach
 from tsmeta.meta.train import MetaModel
@@ -340,7 +340,7 @@ class _NightScoring:
                 stats["clusters"][cid] = {"series": n_series, **self.counts[cid],
                                           "model_version": self.models[cid][0]}  # fmt: skip
         found = [f for cid in sorted(self.frames) if cid not in failed for f in self.frames[cid]]
-        out = pl.concat(found) if found else pl.DataFrame()
+        out = pl.concat(found) if found else no_points(self.keep == "all")
         clusters = stats["clusters"].values()
         stats.update(
             series=sum(c["series"] for c in clusters),
