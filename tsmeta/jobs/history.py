@@ -207,7 +207,7 @@ class NightHistory:
         the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
         self.events = _with_events(self.events, shared, night)
 
-    def factor(self, cluster: str = "", rate: float = 1e-3) -> float:
+    def factor(self, cluster: str, rate: float) -> float:
         """The cluster's factor tonight at the configured rate ``rate`` (``combine_factor``
         of its earlier nights' counts; 1 for a cluster without them)."""
         key = (cluster, float(rate))

@@ -59,17 +59,20 @@ def find_events(
     shared, flagged = shared_events(flagged, scored, freq_timedelta(settings.freq),
                                     settings.event_min_share, settings.event_min_series,
                                     settings.holidays)  # fmt: skip
+    # the events' members are left out of their series' own histories
     members = flagged.filter(pl.col("event_id").is_not_null()).select("series_id", "ts")
-    start = night_bounds(night)[0]
-    stored = take_stored(settings, night) if history is None and settings.own_history else None
-    for carried in (history, stored):
-        if carried is not None:  # members are left out of their series' own histories
-            carried.add_events(shared, night)
-            carried.forget(members, start, freq_timedelta(settings.freq))
-    if stored is not None:
-        stored.save(settings, night)
-    elif history is None and settings.own_history:
-        record_events(settings, night, shared)
+    start, step = night_bounds(night)[0], freq_timedelta(settings.freq)
+    if history is not None:
+        history.add_events(shared, night)
+        history.forget(members, start, step)
+    elif settings.own_history:
+        stored = take_stored(settings, night)
+        if stored is not None and members.height:  # its state saved again without them
+            stored.add_events(shared, night)
+            stored.forget(members, start, step)
+            stored.save(settings, night)
+        else:  # no members: the state score_night saved stands
+            record_events(settings, night, shared)
     stats["events"] = shared.height
     stats["event_points"] = int(shared.get_column("n_points").sum()) if shared.height else 0
     if shared.height:
