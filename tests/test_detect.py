@@ -76,7 +76,7 @@ def test_a_longer_window_than_the_model_reads_scores_the_same(trained):
 
 def test_the_lagged_inputs_median_reads_the_periods_before_and_resists_one_unusual_one(trained):
     """FeatureSpec.lag_periods = 3: the inputs are the median of the same phase over three
-    periods, so scoring reads them (a change three periods back moves the forecast, and a
+    periods (and a spare one for a period not observed), so scoring reads them (a change three periods back moves the forecast, and a
     longer window than that reads changes nothing), and one period at 0.6x of its level (a
     holiday) moves the forecast less than it moves the single most recent lag's."""
     values, mask, ids, start, base = trained
@@ -91,7 +91,7 @@ def test_the_lagged_inputs_median_reads_the_periods_before_and_resists_one_unusu
     older[:, t0 - 72 : t0 - 48] *= 1.5  # three days back: the support's second lag
     assert np.array_equal(forecast(base, older), forecast(base, values))  # one lag: not read
     assert not np.allclose(forecast(med, older), forecast(med, values))
-    need = 24 + 3 * 24 + 24  # K, three periods of lags, the scored day
+    need = 24 + 4 * 24 + 24  # K, three periods of lags and a spare, the scored day
     cut = values.shape[1] - need
     short = score_day(values[:, cut:], mask[:, cut:], ids, start + cut, med, 1e-3)
     np.testing.assert_array_equal(short.forecast, forecast(med, values))
@@ -101,6 +101,21 @@ def test_the_lagged_inputs_median_reads_the_periods_before_and_resists_one_unusu
     moved = {name: np.nanmedian(np.abs(forecast(m, holiday) / forecast(m, values) - 1))
              for name, m in (("one", base), ("median", med))}  # fmt: skip
     assert moved["median"] < moved["one"], moved
+
+    # FeatureSpec.lag_spare: a fourth period back is read only where one of the three is
+    # not observed (a shared event, a holiday), so the median still has three points
+    def fc(model, v, m):  # noqa: ANN001, ANN202
+        return score_day(np.where(m, v, np.nan), m, ids, start, model, 1e-3).forecast
+
+    fourth = values.copy()
+    fourth[:, t0 - 120 : t0 - 96] *= 1.5  # the support's fourth lag (none of the night's)
+    full = np.ones_like(mask)
+    assert np.array_equal(fc(med, fourth, full), fc(med, values, full))
+    gap = full.copy()
+    gap[:, t0 - 48 : t0 - 24] = False  # the support's first lag (the night's second)
+    assert not np.allclose(fc(med, fourth, gap), fc(med, values, gap))
+    none = replace(med, spec=replace(med.spec, lag_spare=0))
+    assert np.array_equal(fc(none, fourth, gap), fc(none, values, gap))
 
 
 def _without_veto(model):  # noqa: ANN001, ANN202

@@ -529,10 +529,11 @@ def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference()
     assert _spec_for(Settings(freq="h", week_lag_input=False), "p24-0").second_lag == 0
 
 
-@pytest.mark.parametrize("periods", [1, 2, 3, 4])
-def test_lagged_median_matches_a_per_point_loop(periods):
+@pytest.mark.parametrize(("periods", "spare"), [(1, 0), (2, 0), (3, 0), (4, 0), (3, 1), (3, 2)])
+def test_lagged_median_matches_a_per_point_loop(periods, spare):
     """The lagged input over several periods: the median of the observed same-phase points
-    (a plain loop per point as the oracle), cut-aware like the single lag."""
+    (a plain loop per point as the oracle), cut-aware like the single lag; with spare
+    periods, of the ``periods`` most recent observed ones among ``periods + spare``."""
     from tsmeta.forecaster import lagged
 
     rng = np.random.default_rng(periods)
@@ -541,12 +542,12 @@ def test_lagged_median_matches_a_per_point_loop(periods):
     obs = torch.tensor(rng.random((B, T)) > 0.2)
     cols = torch.tensor(rng.integers(0, T, size=(B, 30)))
     cut = torch.tensor(rng.integers(30, 90, size=B))
-    val, ok = lagged(lag, v, obs, cols, cut, periods)
+    val, ok = lagged(lag, v, obs, cols, cut, periods, spare)
     for b in range(B):
         for j, c in enumerate(cols[b].tolist()):
             back = 1 + max(c - int(cut[b]), 0) // lag
-            seen = [float(v[b, c - lag * (back + e)]) for e in range(periods)
-                    if c - lag * (back + e) >= 0 and obs[b, c - lag * (back + e)]]  # fmt: skip
+            seen = [float(v[b, c - lag * (back + e)]) for e in range(periods + spare)
+                    if c - lag * (back + e) >= 0 and obs[b, c - lag * (back + e)]][:periods]  # fmt: skip
             assert bool(ok[b, j]) == bool(seen)
             expect = float(np.median(seen)) if seen else 0.0
             assert float(val[b, j]) == pytest.approx(expect, abs=1e-6)

@@ -72,6 +72,12 @@ class FeatureSpec:
     # the series' normal the week after. 1: the single most recent value. The veto and the
     # residual spread keep the single most recent value. Models saved before it load with 1
     lag_periods: int = 1
+    # the median reads up to this many periods further back and takes the ``lag_periods``
+    # most recent observed ones: a period left out (a shared event, a holiday, a gap) is
+    # replaced by an older one, so that the median keeps its odd count and still outvotes
+    # one unusual period (of two, the mean takes either's anomaly in half). Models saved
+    # before it load with 0
+    lag_spare: int = 1
 
     def __post_init__(self) -> None:
         if self.relative_to_lag and not self.seasonal_lag:
@@ -83,11 +89,18 @@ class FeatureSpec:
             )
         if self.lag_periods < 1:
             raise ValueError(f"lag_periods must be at least 1, received {self.lag_periods}")
+        if self.lag_spare < 0:
+            raise ValueError(f"lag_spare must be 0 or more, received {self.lag_spare}")
         if self.second_lag < 0:
             raise ValueError(
                 f"second_lag must be 0 (none) or a positive number of steps, received "
                 f"{self.second_lag}"
             )
+
+    @property
+    def spare(self) -> int:
+        """The spare periods the lagged inputs' median reads (none for a single lag)."""
+        return self.lag_spare if self.lag_periods > 1 else 0
 
     @property
     def n_features(self) -> int:
@@ -185,14 +198,15 @@ def build_features(
         lag_val, lag_obs = (
             lag
             if lag is not None
-            else lagged(spec.period, vnorm, observed, cols, cut, spec.lag_periods)
+            else lagged(spec.period, vnorm, observed, cols, cut, spec.lag_periods, spec.spare)
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     if spec.second_lag:
         lag_val, lag_obs = (
             second
             if second is not None
-            else lagged(spec.second_lag, vnorm, observed, cols, cut, spec.lag_periods)
+            else lagged(spec.second_lag, vnorm, observed, cols, cut, spec.lag_periods,
+                        spec.spare)
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)
@@ -222,18 +236,21 @@ def lagged(
     cols: torch.Tensor,
     cut: torch.Tensor | None = None,
     periods: int = 1,
+    spare: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(value, observed) of the point a multiple of ``lag`` steps before each target: one
     ``lag`` back, or with ``cut`` the most recent such point before it (a target ``lag`` or
     more past the cut reads two lags back, ...). 0 / False before the window.
 
     ``periods`` > 1: the median of that many such points, the most recent first (of those
-    observed; the mean of the middle two for an even count), observed when any is."""
+    observed; the mean of the middle two for an even count), observed when any is.
+    ``spare``: up to that many older periods stand in, in order, for unobserved ones (the
+    median is of the ``periods`` most recent observed points among ``periods + spare``)."""
     periods_back = 1
     if cut is not None:
         periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // lag
     vals, obss = [], []
-    for extra in range(periods):
+    for extra in range(periods + (spare if periods > 1 else 0)):
         lag_cols = cols - lag * (periods_back + extra)
         safe = lag_cols.clamp_min(0)
         obss.append(torch.gather(observed, 1, safe) & (lag_cols >= 0))
@@ -241,6 +258,11 @@ def lagged(
     zero = torch.zeros((), dtype=vnorm.dtype)
     if periods == 1:
         return torch.where(obss[0], vals[0], zero), obss[0]
+    if len(obss) > periods:  # a spare is read only where fewer recent ones were observed
+        seen = torch.zeros_like(obss[0], dtype=torch.int32)
+        for i, o in enumerate(obss):
+            obss[i] = o & (seen < periods)
+            seen = seen + o
     obs = torch.stack(obss)  # (P, B, N)
     inf = torch.full((), float("inf"), dtype=vnorm.dtype)
     # the periods sorted elementwise (torch.sort along the short leading axis: 1.45x slower
@@ -248,7 +270,7 @@ def lagged(
     ranked = sorted_columns(torch.where(o, v, inf) for o, v in zip(obss, vals, strict=True))
     count = obs.sum(0)  # (B, N) observed points among the P
     lo = torch.gather(ranked, 0, ((count - 1).clamp_min(0) // 2)[None]).squeeze(0)
-    hi = torch.gather(ranked, 0, (count // 2).clamp_max(periods - 1)[None]).squeeze(0)
+    hi = torch.gather(ranked, 0, (count // 2).clamp_max(len(obss) - 1)[None]).squeeze(0)
     hi = torch.where(count % 2 == 1, lo, hi)
     any_obs = count > 0
     return torch.where(any_obs, (lo + hi) / 2, zero), any_obs

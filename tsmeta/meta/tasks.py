@@ -93,9 +93,9 @@ def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
     out = set(range(-k, horizon)) | set(range(-k - spec.period, -k))
     lags = []
     if spec.seasonal_lag:
-        lags.append((spec.period, spec.lag_periods))
+        lags.append((spec.period, spec.lag_periods + spec.spare))
     if spec.second_lag:
-        lags.append((spec.second_lag, spec.lag_periods))
+        lags.append((spec.second_lag, spec.lag_periods + spec.spare))
     if spec.veto_lag:
         lags.append((spec.veto_lag, 1))
     for lag, periods in lags:
@@ -224,8 +224,8 @@ def make_batch(
             naive = torch.where(other.abs() < naive.abs(), other, naive)
     lag_in_s, lag_in_q = lag_s, lag_q
     if spec.seasonal_lag and spec.lag_periods > 1:  # the input: the median over periods
-        lag_in_s = lagged(spec.period, vnorm, obs, s_cols, t0, spec.lag_periods)
-        lag_in_q = lagged(spec.period, vnorm, obs, q_cols, t0, spec.lag_periods)
+        lag_in_s = lagged(spec.period, vnorm, obs, s_cols, t0, spec.lag_periods, spec.spare)
+        lag_in_q = lagged(spec.period, vnorm, obs, q_cols, t0, spec.lag_periods, spec.spare)
     if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
         base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in

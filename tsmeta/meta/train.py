@@ -166,8 +166,10 @@ class MetaModel:
         rates = state.get("inner_rates")
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
-            # older models: no neighbour test in the veto, the single lag as relative base
-            spec=FeatureSpec(**{"veto_neighbours": False, "median_base": False, **state["spec"]}),
+            # older models: no neighbour test in the veto, the single lag as relative base, no
+            # spare period in the lag medians
+            spec=FeatureSpec(**{"veto_neighbours": False, "median_base": False, "lag_spare": 0,
+                                **state["spec"]}),  # fmt: skip
             config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
