@@ -205,8 +205,7 @@ def build_features(
         lag_val, lag_obs = (
             second
             if second is not None
-            else lagged(spec.second_lag, vnorm, observed, cols, cut, spec.lag_periods,
-                        spec.spare)
+            else lagged(spec.second_lag, vnorm, observed, cols, cut, spec.lag_periods, spec.spare)
         )
         parts += [lag_val[..., None], lag_obs.to(vnorm.dtype)[..., None]]
     return torch.cat(parts, dim=-1)

@@ -168,8 +168,9 @@ class MetaModel:
             params={k: v.detach().clone() for k, v in state["params"].items()},
             # older models: no neighbour test in the veto, the single lag as relative base, no
             # spare period in the lag medians
-            spec=FeatureSpec(**{"veto_neighbours": False, "median_base": False, "lag_spare": 0,
-                                **state["spec"]}),  # fmt: skip
+            spec=FeatureSpec(
+                **{"veto_neighbours": False, "median_base": False, "lag_spare": 0, **state["spec"]}
+            ),  # fmt: skip
             config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
             metrics=dict(state.get("metrics", {})),
