@@ -178,7 +178,8 @@ class Settings(BaseSettings):
         description=(
             "The lagged inputs are the median of the same phase over this many recent periods, "
             "so that one unusual week (a holiday, an outage) is not read as the normal the "
-            "week after; 1: the most recent value alone. Takes effect at `train`."
+            "week after (a period left out, a shared event or a known holiday, is replaced by "
+            "the one before it); 1: the most recent value alone. Takes effect at `train`."
         ),
     )
     inner_steps: int = Field(
