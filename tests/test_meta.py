@@ -529,11 +529,13 @@ def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference()
     assert _spec_for(Settings(freq="h", week_lag_input=False), "p24-0").second_lag == 0
 
 
+@pytest.mark.parametrize("same", [False, True])
 @pytest.mark.parametrize(("periods", "spare"), [(1, 0), (2, 0), (3, 0), (4, 0), (3, 1), (3, 2)])
-def test_lagged_median_matches_a_per_point_loop(periods, spare):
+def test_lagged_median_matches_a_per_point_loop(periods, spare, same):
     """The lagged input over several periods: the median of the observed same-phase points
     (a plain loop per point as the oracle), cut-aware like the single lag; with spare
-    periods, of the ``periods`` most recent observed ones among ``periods + spare``."""
+    periods, of the ``periods`` most recent observed ones among ``periods + spare``; the
+    same whether the rows share their columns (taken as slices) or not (gathered)."""
     from tsmeta.forecaster import lagged
 
     rng = np.random.default_rng(periods)
@@ -542,6 +544,9 @@ def test_lagged_median_matches_a_per_point_loop(periods, spare):
     obs = torch.tensor(rng.random((B, T)) > 0.2)
     cols = torch.tensor(rng.integers(0, T, size=(B, 30)))
     cut = torch.tensor(rng.integers(30, 90, size=B))
+    if same:  # a night's batch: every row's columns and cut the same (column slices)
+        cols, cut = cols[:1].repeat(B, 1), cut[:1].repeat(B)
+        cols[:, 10:] = int(cut[0]) - 20 + torch.arange(20)  # a contiguous run too
     val, ok = lagged(lag, v, obs, cols, cut, periods, spare)
     for b in range(B):
         for j, c in enumerate(cols[b].tolist()):

@@ -35,6 +35,8 @@ __all__ = [
     "build_features",
     "seasonal_lag",
     "lagged",
+    "same_columns",
+    "take_columns",
 ]
 
 
@@ -245,18 +247,26 @@ def lagged(
     observed; the mean of the middle two for an even count), observed when any is.
     ``spare``: up to that many older periods stand in, in order, for unobserved ones (the
     median is of the ``periods`` most recent observed points among ``periods + spare``)."""
+    one = same_columns(cols, cut)  # a night's batch: one cut, the same columns in every row
+    if one is not None:
+        cols = one[None]  # (1, N): the lags below are computed once, then taken as columns
+        cut = None if cut is None else cut[:1]
     periods_back = 1
     if cut is not None:
         periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // lag
     vals, obss = [], []
     for extra in range(periods + (spare if periods > 1 else 0)):
         lag_cols = cols - lag * (periods_back + extra)
-        safe = lag_cols.clamp_min(0)
-        obss.append(torch.gather(observed, 1, safe) & (lag_cols >= 0))
-        vals.append(torch.gather(vnorm, 1, safe))
+        if one is not None:
+            val, ob = take_columns(vnorm, observed, lag_cols[0])
+        else:
+            safe = lag_cols.clamp_min(0)
+            val, ob = torch.gather(vnorm, 1, safe), torch.gather(observed, 1, safe) & (lag_cols >= 0)
+        vals.append(val)
+        obss.append(ob)
     zero = torch.zeros((), dtype=vnorm.dtype)
     if periods == 1:
-        return torch.where(obss[0], vals[0], zero), obss[0]
+        return torch.where(obss[0], vals[0], zero), obss[0].clone()
     if len(obss) > periods:  # a spare is read only where fewer recent ones were observed
         seen = torch.zeros_like(obss[0], dtype=torch.int32)
         for i, o in enumerate(obss):
@@ -273,3 +283,29 @@ def lagged(
     hi = torch.where(count % 2 == 1, lo, hi)
     any_obs = count > 0
     return torch.where(any_obs, (lo + hi) / 2, zero), any_obs
+
+
+def same_columns(cols: torch.Tensor, cut: torch.Tensor | None = None) -> torch.Tensor | None:
+    """cols[0] (N,) where every row of cols (B, N) holds the same columns and every row's
+    ``cut`` (B,) is the same (a night's batch: every series cut at one step), else None."""
+    if cols.dim() != 2 or cols.shape[0] == 0:
+        return None
+    if cut is not None and not bool((cut == cut[0]).all()):
+        return None
+    return cols[0] if bool((cols == cols[0]).all()) else None
+
+
+def take_columns(
+    x: torch.Tensor, observed: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, observed & inside) at the same columns ``cols`` (N,) of every row of x (B, T),
+    a column before the window (negative) unobserved: the slice where the columns are one
+    contiguous run inside the window (no copy, no index read), else ``index_select``; the
+    same values as ``torch.gather`` with the columns repeated in every row."""
+    n = cols.numel()
+    if n:
+        first, last = int(cols[0]), int(cols[-1])
+        if first >= 0 and last - first == n - 1 and bool((cols.diff() == 1).all()):
+            return x[:, first : last + 1], observed[:, first : last + 1]
+    safe = cols.clamp_min(0)
+    return x.index_select(1, safe), observed.index_select(1, safe) & (cols >= 0)

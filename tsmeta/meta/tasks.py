@@ -194,17 +194,28 @@ def make_batch(
     T = v.shape[1]
     s_cols = t0[:, None] - k + torch.arange(k, device=dev)  # (B, K)
     q_cols = t0[:, None] + torch.arange(horizon, device=dev)  # (B, H)
-    ys_raw = torch.gather(v, 1, s_cols)
-    ms = torch.gather(obs, 1, s_cols).to(v.dtype)
+    # a night's batch cuts every row at one step: its support and query are column slices
+    one = int(t0[0]) if len(t0) and bool((t0 == t0[0]).all()) and int(t0[0]) >= k else None
+    if one is not None:
+        ys_raw = v[:, one - k : one].clone()  # v is normalised in place below
+        ms = obs[:, one - k : one].to(v.dtype)
+    else:
+        ys_raw = torch.gather(v, 1, s_cols)
+        ms = torch.gather(obs, 1, s_cols).to(v.dtype)
     loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms, REL_FLOOR)
     # in place on the batch's copy (v is not read again): a (B, T) window, 6,000 columns
     # at 5 minutes, is not allocated four times over
     vnorm = v.sub_(loc[:, None]).div_(scale[:, None]).clamp_(-clip, clip).masked_fill_(~obs, 0.0)
     q_in = q_cols < T
-    q_safe = q_cols.clamp_max(T - 1)
-    ys = torch.gather(vnorm, 1, s_cols)
-    yq = torch.gather(vnorm, 1, q_safe) * q_in
-    mq = torch.gather(obs, 1, q_safe) & q_in  # (B, H) observed query points
+    if one is not None and one + horizon <= T:
+        ys = vnorm[:, one - k : one].clone()
+        yq = vnorm[:, one : one + horizon].clone()
+        mq = obs[:, one : one + horizon].clone()  # (B, H) observed query points
+    else:
+        q_safe = q_cols.clamp_max(T - 1)
+        ys = torch.gather(vnorm, 1, s_cols)
+        yq = torch.gather(vnorm, 1, q_safe) * q_in
+        mq = torch.gather(obs, 1, q_safe) & q_in  # (B, H) observed query points
     base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
