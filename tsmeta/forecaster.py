@@ -261,7 +261,8 @@ def lagged(
             val, ob = take_columns(vnorm, observed, lag_cols[0])
         else:
             safe = lag_cols.clamp_min(0)
-            val, ob = torch.gather(vnorm, 1, safe), torch.gather(observed, 1, safe) & (lag_cols >= 0)
+            val = torch.gather(vnorm, 1, safe)
+            ob = torch.gather(observed, 1, safe) & (lag_cols >= 0)
         vals.append(val)
         obss.append(ob)
     zero = torch.zeros((), dtype=vnorm.dtype)
