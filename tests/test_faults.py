@@ -614,3 +614,5 @@ def test_a_night_too_early_for_every_model_fails_per_cluster_and_writes_nothing(
     assert all("too short" in c["error"] for c in stats["clusters"].values())
     assert frame.height == 0 and dict(frame.schema) == ROW_SCHEMA
     assert jobs.write_night(settings, frame, night, "too-early", stats["scored_clusters"]) == 0
+    scored, _ = jobs.score_night(settings, LAST, "scored")  # a scored night's rows: the same
+    assert scored.height and dict(scored.schema) == ROW_SCHEMA

@@ -535,7 +535,8 @@ def test_lagged_median_matches_a_per_point_loop(periods, spare, same):
     """The lagged input over several periods: the median of the observed same-phase points
     (a plain loop per point as the oracle), cut-aware like the single lag; with spare
     periods, of the ``periods`` most recent observed ones among ``periods + spare``; the
-    same whether the rows share their columns (taken as slices) or not (gathered)."""
+    same whether one row of columns stands for every row (taken as slices) or each row has
+    its own (gathered)."""
     from tsmeta.forecaster import lagged
 
     rng = np.random.default_rng(periods)
@@ -544,15 +545,19 @@ def test_lagged_median_matches_a_per_point_loop(periods, spare, same):
     obs = torch.tensor(rng.random((B, T)) > 0.2)
     cols = torch.tensor(rng.integers(0, T, size=(B, 30)))
     cut = torch.tensor(rng.integers(30, 90, size=B))
-    if same:  # a night's batch: every row's columns and cut the same (column slices)
-        cols, cut = cols[:1].repeat(B, 1), cut[:1].repeat(B)
-        cols[:, 10:] = int(cut[0]) - 20 + torch.arange(20)  # a contiguous run too
-    val, ok = lagged(lag, v, obs, cols, cut, periods, spare)
-    for b in range(B):
-        for j, c in enumerate(cols[b].tolist()):
-            back = 1 + max(c - int(cut[b]), 0) // lag
-            seen = [float(v[b, c - lag * (back + e)]) for e in range(periods + spare)
-                    if c - lag * (back + e) >= 0 and obs[b, c - lag * (back + e)]][:periods]  # fmt: skip
-            assert bool(ok[b, j]) == bool(seen)
-            expect = float(np.median(seen)) if seen else 0.0
-            assert float(val[b, j]) == pytest.approx(expect, abs=1e-6)
+    calls = [(cols, cut)]
+    if same:  # one row of columns and cuts for every row (a night's batch): taken by one
+        # index, or as slices where the lags are a run inside the window
+        run = int(cut[0]) + torch.arange(20)  # first lags cut - 24 .. cut - 5: inside
+        calls = [(cols[:1], cut[:1]), (run[None], cut[:1])]
+    for cols_in, cut_in in calls:
+        val, ok = lagged(lag, v, obs, cols_in, cut_in, periods, spare)
+        for b in range(B):
+            row = 0 if len(cols_in) == 1 else b
+            for j, c in enumerate(cols_in[row].tolist()):
+                back = 1 + max(c - int(cut_in[row]), 0) // lag
+                seen = [float(v[b, c - lag * (back + e)]) for e in range(periods + spare)
+                        if c - lag * (back + e) >= 0 and obs[b, c - lag * (back + e)]][:periods]  # fmt: skip
+                assert bool(ok[b, j]) == bool(seen)
+                expect = float(np.median(seen)) if seen else 0.0
+                assert float(val[b, j]) == pytest.approx(expect, abs=1e-6)

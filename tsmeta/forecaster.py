@@ -35,7 +35,6 @@ __all__ = [
     "build_features",
     "seasonal_lag",
     "lagged",
-    "same_columns",
     "take_columns",
 ]
 
@@ -184,7 +183,8 @@ def build_features(
     """Features for target columns of normalised series.
 
     vnorm (B, T) normalised values (anything where unobserved), observed (B, T) bool,
-    cols (B, N) int target column indices, start_step the global step of column 0.
+    cols (B, N) int target column indices (or (1, N) with ``cut`` (1,): the same in every
+    row, as :func:`lagged` takes them), start_step the global step of column 0.
     ``cut`` (B,) is the forecast origin: the seasonal lag of a target at or after it is
     the most recent same-phase value before it (one period back on the first period of
     the horizon, two on the second, ...), so a horizon longer than a period never reads
@@ -194,8 +194,9 @@ def build_features(
     """
     phase = ((cols + start_step) % spec.period).to(vnorm.dtype) * (2 * math.pi / spec.period)
     k = torch.arange(1, spec.harmonics + 1, dtype=vnorm.dtype, device=vnorm.device)
-    ang = phase[..., None] * k  # (B, N, H)
-    parts = [torch.sin(ang), torch.cos(ang)]
+    ang = phase[..., None] * k  # (B, N, H), or (1, N, H): computed once for every row
+    rows = (vnorm.shape[0], -1, -1)
+    parts = [torch.sin(ang).expand(rows), torch.cos(ang).expand(rows)]
     if spec.seasonal_lag:
         lag_val, lag_obs = (
             lag
@@ -246,18 +247,17 @@ def lagged(
     ``periods`` > 1: the median of that many such points, the most recent first (of those
     observed; the mean of the middle two for an even count), observed when any is.
     ``spare``: up to that many older periods stand in, in order, for unobserved ones (the
-    median is of the ``periods`` most recent observed points among ``periods + spare``)."""
-    one = same_columns(cols, cut)  # a night's batch: one cut, the same columns in every row
-    if one is not None:
-        cols = one[None]  # (1, N): the lags below are computed once, then taken as columns
-        cut = None if cut is None else cut[:1]
+    median is of the ``periods`` most recent observed points among ``periods + spare``).
+
+    ``cols`` (1, N) with ``cut`` (1,) stands for every row of ``vnorm`` (a night's batch,
+    every series cut at one step): its lags are taken as column slices."""
     periods_back = 1
     if cut is not None:
         periods_back = 1 + (cols - cut[:, None]).clamp_min(0) // lag
     vals, obss = [], []
     for extra in range(periods + (spare if periods > 1 else 0)):
         lag_cols = cols - lag * (periods_back + extra)
-        if one is not None:
+        if cols.shape[0] == 1:  # the same columns in every row: slices, or one index
             val, ob = take_columns(vnorm, observed, lag_cols[0])
         else:
             safe = lag_cols.clamp_min(0)
@@ -284,16 +284,6 @@ def lagged(
     hi = torch.where(count % 2 == 1, lo, hi)
     any_obs = count > 0
     return torch.where(any_obs, (lo + hi) / 2, zero), any_obs
-
-
-def same_columns(cols: torch.Tensor, cut: torch.Tensor | None = None) -> torch.Tensor | None:
-    """cols[0] (N,) where every row of cols (B, N) holds the same columns and every row's
-    ``cut`` (B,) is the same (a night's batch: every series cut at one step), else None."""
-    if cols.dim() != 2 or cols.shape[0] == 0:
-        return None
-    if cut is not None and not bool((cut == cut[0]).all()):
-        return None
-    return cols[0] if bool((cols == cols[0]).all()) else None
 
 
 def take_columns(

@@ -58,14 +58,8 @@ def points_frame(
             "cluster_id": np.full(len(rows), cluster_id),
             "model_version": np.full(len(rows), version, dtype=np.int64),
         },
-        schema_overrides={
-            "series_id": pl.String,
-            "direction": pl.String,
-            "cluster_id": pl.String,
-            "severity": pl.String,
-            "basis": pl.String,
-            "alert": pl.Boolean,
-        },  # fmt: skip
+        # the types of ROW_SCHEMA (ts: naive microseconds, then placed in UTC)
+        schema_overrides={c: t for c, t in ROW_SCHEMA.items() if c != "ts"},
     ).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
     if every_point:
         frame = frame.with_columns(pl.Series("flag", day.flag[rows, hours])).with_columns(

@@ -17,6 +17,7 @@ from tsmeta.forecaster import (
     lagged,
     seasonal_lag,
     support_normalisation,
+    take_columns,
 )
 
 __all__ = [
@@ -192,10 +193,12 @@ def make_batch(
     v = values[rows]  # (B, T)
     obs = mask[rows]
     T = v.shape[1]
-    s_cols = t0[:, None] - k + torch.arange(k, device=dev)  # (B, K)
-    q_cols = t0[:, None] + torch.arange(horizon, device=dev)  # (B, H)
-    # a night's batch cuts every row at one step: its support and query are column slices
+    # a night's batch cuts every row at one step: one row of columns (and of cuts) stands
+    # for all (``lagged`` takes them as column slices), the support and query are slices
     one = int(t0[0]) if len(t0) and bool((t0 == t0[0]).all()) and int(t0[0]) >= k else None
+    cut = t0[:1] if one is not None else t0
+    s_cols = cut[:, None] - k + torch.arange(k, device=dev)  # (B, K), or (1, K)
+    q_cols = cut[:, None] + torch.arange(horizon, device=dev)  # (B, H), or (1, H)
     if one is not None:
         ys_raw = v[:, one - k : one].clone()  # v is normalised in place below
         ms = obs[:, one - k : one].to(v.dtype)
@@ -207,26 +210,25 @@ def make_batch(
     # at 5 minutes, is not allocated four times over
     vnorm = v.sub_(loc[:, None]).div_(scale[:, None]).clamp_(-clip, clip).masked_fill_(~obs, 0.0)
     q_in = q_cols < T
-    if one is not None and one + horizon <= T:
+    q_safe = q_cols.clamp_max(T - 1)
+    if one is not None:
         ys = vnorm[:, one - k : one].clone()
-        yq = vnorm[:, one : one + horizon].clone()
-        mq = obs[:, one : one + horizon].clone()  # (B, H) observed query points
+        yq, mq = take_columns(vnorm, obs, q_safe[0])
     else:
-        q_safe = q_cols.clamp_max(T - 1)
         ys = torch.gather(vnorm, 1, s_cols)
-        yq = torch.gather(vnorm, 1, q_safe) * q_in
-        mq = torch.gather(obs, 1, q_safe) & q_in  # (B, H) observed query points
+        yq, mq = torch.gather(vnorm, 1, q_safe), torch.gather(obs, 1, q_safe)
+    yq, mq = yq * q_in, mq & q_in  # (B, H) observed query points
     base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
-        lag_s = seasonal_lag(spec, vnorm, obs, s_cols, t0)
-        lag_q = seasonal_lag(spec, vnorm, obs, q_cols, t0)  # the support's last same phase
+        lag_s = seasonal_lag(spec, vnorm, obs, s_cols, cut)
+        lag_q = seasonal_lag(spec, vnorm, obs, q_cols, cut)  # the support's last same phase
         spread, naive = _naive_deviation(ys, ms, yq, lag_s, lag_q)
         if spec.veto_neighbours:
             naive = _against_neighbours(naive, mq)
         if spec.veto_lag:  # the second reference, in units of the support's own differences
             # at its lag (a week drifts more than a day): the nearer of the two deviations
-            ref_s = lagged(spec.veto_lag, vnorm, obs, s_cols, t0)
-            ref_q = lagged(spec.veto_lag, vnorm, obs, q_cols, t0)
+            ref_s = lagged(spec.veto_lag, vnorm, obs, s_cols, cut)
+            ref_q = lagged(spec.veto_lag, vnorm, obs, q_cols, cut)
             if spec.second_lag == spec.veto_lag and spec.lag_periods == 1:  # an input too
                 week_s, week_q = ref_s, ref_q
             _, other = _naive_deviation(ys, ms, yq, ref_s, ref_q)
@@ -235,16 +237,16 @@ def make_batch(
             naive = torch.where(other.abs() < naive.abs(), other, naive)
     lag_in_s, lag_in_q = lag_s, lag_q
     if spec.seasonal_lag and spec.lag_periods > 1:  # the input: the median over periods
-        lag_in_s = lagged(spec.period, vnorm, obs, s_cols, t0, spec.lag_periods, spec.spare)
-        lag_in_q = lagged(spec.period, vnorm, obs, q_cols, t0, spec.lag_periods, spec.spare)
+        lag_in_s = lagged(spec.period, vnorm, obs, s_cols, cut, spec.lag_periods, spec.spare)
+        lag_in_q = lagged(spec.period, vnorm, obs, q_cols, cut, spec.lag_periods, spec.spare)
     if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
         base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in
     return TaskBatch(
-        xs=build_features(spec, vnorm, obs, s_cols, start_step, t0, lag_in_s, week_s),
+        xs=build_features(spec, vnorm, obs, s_cols, start_step, cut, lag_in_s, week_s),
         ys=ys,
         ms=ms,
-        xq=build_features(spec, vnorm, obs, q_cols, start_step, t0, lag_in_q, week_q),
+        xq=build_features(spec, vnorm, obs, q_cols, start_step, cut, lag_in_q, week_q),
         yq=yq,
         mq=mq.to(v.dtype),
         loc=loc,
