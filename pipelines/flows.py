@@ -18,7 +18,18 @@ from tsmeta import jobs
 from tsmeta.config import Settings, load_settings
 from tsmeta.store.writes import completed_nights, finish_run, start_run
 
-__all__ = ["profile", "meta_train", "nightly", "backfill"]
+__all__ = ["profile", "meta_train", "nightly", "backfill", "RunFailed"]
+
+
+class RunFailed(RuntimeError):
+    """A flow that ran to its end without doing what it was asked (every cluster's
+    training failed; a night of a backfill failed). Raised at its end, so that Prefect
+    records the run as Failed (a schedule's failure shows, and alerts fire) after the
+    work that could be done was done; ``result`` holds what the flow would have returned."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def _run_id() -> str:
@@ -81,10 +92,13 @@ def _recorded(flow_name: str, settings: Settings, params: dict, body) -> dict:  
             settings, run_id, "failed", error="".join(traceback.format_exception_only(exc)).strip()
         )
         raise
-    record_finish(
-        settings, run_id, status, counts=counts, timings={"seconds": counts.get("seconds")}
-    )
-    return {"run_id": run_id, "status": status, **counts}
+    error = counts.pop("error", None) if status == "failed" else None
+    record_finish(settings, run_id, status, counts=counts,
+                  timings={"seconds": counts.get("seconds")}, error=error)  # fmt: skip
+    result = {"run_id": run_id, "status": status, **counts}
+    if status == "failed":  # the body ran to its end, but nothing it was asked for succeeded
+        raise RunFailed(f"{flow_name}: {error or 'nothing succeeded'}", result)
+    return result
 
 
 @flow(name="profile")
@@ -122,7 +136,10 @@ def meta_train(
                            {"algorithm": algorithm, "meta_steps": meta_steps})  # fmt: skip
         failed = sorted(c for c, r in res.items() if "error" in r)
         status = "completed" if not failed else ("failed" if len(failed) == len(res) else "partial")
-        return status, {"clusters": res, "failed": failed}
+        counts = {"clusters": res, "failed": failed}
+        if status == "failed":
+            counts["error"] = f"the training of every cluster failed: {', '.join(failed)}"
+        return status, counts
 
     return _recorded("meta_train", settings, params, body)
 
@@ -164,7 +181,8 @@ def backfill(start: date, end: date, force: bool = False, config: dict | None = 
     """Score the nights ``start..end`` (inclusive) one by one, as ``nightly`` subflows.
 
     Resumable: nights whose latest nightly run completed are skipped unless ``force``; a
-    night that fails is recorded and the next nights still run.
+    night that fails is recorded and the next nights still run, and the backfill then
+    fails (``RunFailed``, its result attached): run it again to retry the failed nights.
     """
     if end < start:
         raise ValueError(f"empty date range: end {end} is before start {start}")
@@ -183,6 +201,8 @@ def backfill(start: date, end: date, force: bool = False, config: dict | None = 
                 outcome[key] = f"failed: {type(exc).__name__}: {exc}"
         night += timedelta(days=1)
     failed = sorted(k for k, v in outcome.items() if v.startswith("failed"))
+    result = {"nights": outcome, "failed": failed, "status": "partial" if failed else "completed"}
     if failed:
-        get_run_logger().error("backfill: %d night(s) failed: %s", len(failed), failed)
-    return {"nights": outcome, "failed": failed, "status": "partial" if failed else "completed"}
+        raise RunFailed(f"backfill: {len(failed)} of {len(outcome)} night(s) failed: "
+                        f"{', '.join(failed)}", result)  # fmt: skip
+    return result

@@ -196,6 +196,56 @@ def test_seven_night_backfill_is_resumable_and_reruns_are_identical(trained):
         backfill(start=LAST, end=start, config=trained)
 
 
+def test_a_backfill_with_a_failed_night_scores_the_others_and_fails(trained, capsys, monkeypatch):
+    """Prefect records the run Failed (a scheduled backfill's failure shows), after every
+    night that could be scored was; the command line prints each night's outcome, exit 1."""
+    from pipelines.flows import RunFailed, backfill
+    from tsmeta.cli import main
+
+    late = LAST + timedelta(days=1)  # no data for it
+    state = backfill(start=LAST - timedelta(days=1), end=late, config=trained, return_state=True)
+    assert state.is_failed() and f"1 of 3 night(s) failed: {late}" in state.message
+    with pytest.raises(RunFailed) as caught:
+        state.result()
+    nights = caught.value.result["nights"]
+    assert caught.value.result["failed"] == [str(late)]
+    assert nights[str(late)].startswith("failed: NightDataMissing")
+    assert all(v in ("completed", "skipped (already completed)") for k, v in nights.items()
+               if k != str(late))  # fmt: skip
+    assert night_rows(trained, LAST).height > 0
+
+    for key, value in trained.items():
+        monkeypatch.setenv(f"TSMETA_{key.upper()}", value)
+    capsys.readouterr()
+    assert main(["backfill", "--start", str(LAST), "--end", str(late)]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["failed"] == [str(late)] and "1 of 2 night(s) failed" in err
+
+
+def test_training_where_every_cluster_fails_fails_the_flow(trained, monkeypatch):
+    from pipelines.flows import RunFailed, meta_train
+    from tsmeta import execution
+
+    def broken(*args):  # shipped to the worker by value
+        raise ValueError("broken training")
+
+    monkeypatch.setattr(execution, "_train_one", broken)
+    state = meta_train(as_of=LAST - timedelta(days=6), meta_steps=5, config=trained,
+                       return_state=True)  # fmt: skip
+    assert state.is_failed() and "the training of every cluster failed" in state.message
+    with pytest.raises(RunFailed) as caught:
+        state.result()
+    assert caught.value.result["status"] == "failed" and caught.value.result["failed"]
+    engine = jobs.engine_for(load_settings(**trained))
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(runs.c.status, runs.c.error)
+            .where(runs.c.flow == "meta_train")
+            .order_by(runs.c.started_at.desc())
+        ).first()
+    assert last.status == "failed" and "the training of every cluster failed" in last.error
+
+
 # the failure in a scoring worker, or in turning its result into rows (the main thread)
 @pytest.mark.parametrize("where", ["_score_batch", "points_frame"])
 def test_one_cluster_failing_in_scoring_leaves_the_others_and_reports_partial(

@@ -150,8 +150,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     _require_dataset(args)
     from pipelines.flows import meta_train
 
-    res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
-                     meta_steps=args.meta_steps, config=_config(args))  # fmt: skip
+    from pipelines.flows import RunFailed
+
+    try:
+        res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
+                         meta_steps=args.meta_steps, config=_config(args))  # fmt: skip
+    except RunFailed as exc:  # every cluster failed: what each one raised is in the result
+        _print_json(exc.result)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     _print_json(res)
     return 0 if res["status"] == "completed" else 1
 
@@ -169,9 +176,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _require_dataset(args)
     from pipelines.flows import backfill
 
-    res = backfill(start=args.start, end=args.end, force=args.force, config=_config(args))
+    from pipelines.flows import RunFailed
+
+    try:
+        res = backfill(start=args.start, end=args.end, force=args.force, config=_config(args))
+    except RunFailed as exc:  # some nights failed (the others were scored): each one's error
+        _print_json(exc.result)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     _print_json(res)
-    return 0 if not res["failed"] else 1
+    return 0
 
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
