@@ -148,9 +148,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _require_dataset(args)
-    from pipelines.flows import meta_train
-
-    from pipelines.flows import RunFailed
+    from pipelines.flows import RunFailed, meta_train
 
     try:
         res = meta_train(as_of=args.as_of, clusters=args.cluster or None, algorithm=args.algorithm,
@@ -174,9 +172,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     _require_dataset(args)
-    from pipelines.flows import backfill
-
-    from pipelines.flows import RunFailed
+    from pipelines.flows import RunFailed, backfill
 
     try:
         res = backfill(start=args.start, end=args.end, force=args.force, config=_config(args))
