@@ -166,8 +166,8 @@ def test_series_with_too_few_support_points_are_reported_unscored(trained):
     values, mask, ids, start, model = trained
     v, m = values[:3].copy(), mask[:3].copy()
     T = v.shape[1]
-    m[0, T - 48 : T - 24] = False  # the whole support day missing
-    v[0, T - 48 : T - 24] = np.nan
+    m[0, T - 72 : T - 24] = False  # the whole support day missing, and the day before it
+    v[0, T - 72 : T - 24] = np.nan
     m[1] = False  # nothing observed at all
     v[1] = np.nan
     day = score_day(v, m, ids[:3], start, model, 1e-3)
@@ -177,6 +177,14 @@ def test_series_with_too_few_support_points_are_reported_unscored(trained):
     assert day.basis_counts() == {
         "adapted": 1, "partial": 0, "fallback": 0, "unscored": 2, "constant": 0
     }  # fmt: skip
+    # the support day alone missing: the series adapts from the day before it instead
+    m[0, T - 72 : T - 48], v[0, T - 72 : T - 48] = (
+        mask[0, T - 72 : T - 48],
+        values[0, T - 72 : T - 48],
+    )
+    day = score_day(v, m, ids[:3], start, model, 1e-3)
+    assert list(day.scored) == [True, False, True] and BASIS[day.basis[0]] == "adapted"
+    assert day.support_points[0] == m[0, T - 72 : T - 48].sum()
 
 
 def test_cold_start_adapts_from_the_points_it_has_and_says_so(trained):

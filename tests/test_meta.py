@@ -107,6 +107,38 @@ def test_make_batch_marks_missing_and_future_points_unobserved():
     assert b.ms[0, 70 - 66] == 0 and b.ms[1].all()
 
 
+@pytest.mark.parametrize("same_cut", [True, False])
+def test_a_support_mostly_unobserved_is_the_one_a_period_earlier(same_cut):
+    """A series that observed under half of its K points before the cut (a gap in its
+    data) adapts from the K points one period earlier where at least half of those were
+    observed: the support of the series cut a period earlier (the same features, targets,
+    normalisation and spread); the query is still tonight's."""
+    spec = FeatureSpec(24, relative_to_lag=True, lag_periods=3, lag_spare=1, second_lag=168,
+                       veto_lag=168)  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    values = 10.0 + torch.randn(4, 700, generator=g, dtype=torch.float64)
+    mask = torch.ones(4, 700, dtype=torch.bool)
+    cut = 650
+    seen = mask.clone()
+    seen[0, cut - 24 : cut - 11] = False  # 11 of 24 observed: under half
+    seen[1, cut - 24 : cut - 12] = False  # 12 of 24: half, its own support
+    seen[2, cut - 24 : cut] = False  # none, and under half of the period before:
+    seen[2, cut - 48 : cut - 35] = False  # no support to move to
+    gappy = torch.where(seen, values, torch.full((), float("nan"), dtype=values.dtype))
+    t0 = torch.full((4,), cut)
+    if not same_cut:
+        t0[3] = cut - 5
+    b = make_batch(gappy, seen, torch.arange(4), t0, spec, 24, 24, 0)
+    early = make_batch(values, mask, torch.tensor([0]), torch.tensor([cut - 24]), spec, 24, 24, 0)
+    for name in ("xs", "ys", "ms", "loc", "scale", "base_s", "spread"):
+        torch.testing.assert_close(getattr(b, name)[:1], getattr(early, name))
+    torch.testing.assert_close(b.forecast(b.yq)[0], values[0, cut : cut + 24])  # tonight's
+    assert int(b.night_step[0]) == cut
+    assert b.ms[1].sum() == 12 and not b.ms[1, :12].any()  # its own support, with its gap
+    assert b.ms[2].sum() == 0  # nothing to adapt from: unscored, as before
+    assert b.ms[3].all()
+
+
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_horizon_longer_than_the_period_never_reads_what_it_forecasts(relative):
     spec = FeatureSpec(24, relative_to_lag=relative)

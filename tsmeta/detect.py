@@ -20,7 +20,9 @@ series repeated from one period, or one week, before).
 
 Every series says how it was forecast (``BASIS``): from all K points, from fewer (cold
 start, gaps), from the base forecast when adaptation failed or diverged, or not at all (fewer than
-``MIN_SUPPORT_POINTS`` recent points). Series of a cluster without a model never reach
+``MIN_SUPPORT_POINTS`` recent points). A series that observed under half of its K recent
+points adapts from the K points one period earlier where it has them
+(``tasks.support_shift``: a day of missing data leaves it scored). Series of a cluster without a model never reach
 this module: the nightly job counts and logs them (``tsmeta.jobs.score_night``)."""
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ BASIS_MEANING = {
     "adapted": "from all K recent points",
     "partial": "cold start or gaps: from fewer than K recent points",
     "fallback": "adaptation failed or diverged: the base forecast (seasonal naive or mean) is used",
-    "unscored": f"fewer than {MIN_SUPPORT_POINTS} of the recent points were observed",
+    "unscored": f"fewer than {MIN_SUPPORT_POINTS} of the recent points (or of the period's "
+    "before them) were observed",
     "constant": "the recent points are stuck at one value after a varying period",
 }
 BASIS = tuple(BASIS_MEANING)

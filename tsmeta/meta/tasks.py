@@ -170,6 +170,29 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     return torch.where(local.abs() > dev.abs(), local, dev)
 
 
+def support_shift(obs: torch.Tensor, t0: torch.Tensor, k: int, period: int,
+                  one: int | None = None) -> torch.Tensor | None:  # fmt: skip
+    """(B,) steps each row's support is moved back, or None where no row's is: one
+    ``period`` for a series that observed under half of the K points before its cut (its
+    data stopped for a day, an outage) and at least half of the K points one period
+    earlier (the same phases): it adapts from those and stays scored, instead of adapting
+    from a few points or going unscored. ``one``: every row's cut."""
+    if one is not None:
+        if one - k - period < 0:
+            return None
+        now = obs[:, one - k : one].sum(1)
+        before = obs[:, one - k - period : one - period].sum(1)
+    else:
+        cols = t0[:, None] - k + torch.arange(k, device=obs.device)
+        now = torch.gather(obs, 1, cols.clamp_min(0)).sum(1)
+        early = cols - period
+        before = (torch.gather(obs, 1, early.clamp_min(0)) & (early >= 0)).sum(1)
+    moved = (2 * now < k) & (2 * before >= k)
+    if not bool(moved.any()):
+        return None
+    return moved.to(torch.int64) * period
+
+
 def make_batch(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -197,25 +220,28 @@ def make_batch(
     # for all (``lagged`` takes them as column slices), the support and query are slices
     one = int(t0[0]) if len(t0) and bool((t0 == t0[0]).all()) and int(t0[0]) >= k else None
     cut = t0[:1] if one is not None else t0
-    s_cols = cut[:, None] - k + torch.arange(k, device=dev)  # (B, K), or (1, K)
+    back = support_shift(obs, t0, k, spec.period, one)
+    s_one = one is not None and back is None  # every support a slice too
+    s_cut = cut if s_one else t0 - (0 if back is None else back)
+    s_cols = s_cut[:, None] - k + torch.arange(k, device=dev)  # (B, K), or (1, K)
     q_cols = cut[:, None] + torch.arange(horizon, device=dev)  # (B, H), or (1, H)
-    if one is not None:
+    s_safe = s_cols if s_one else s_cols.clamp_min(0)
+    if s_one:
         ys_raw = v[:, one - k : one].clone()  # v is normalised in place below
         ms = obs[:, one - k : one].to(v.dtype)
     else:
-        ys_raw = torch.gather(v, 1, s_cols)
-        ms = torch.gather(obs, 1, s_cols).to(v.dtype)
+        ys_raw = torch.gather(v, 1, s_safe)
+        ms = (torch.gather(obs, 1, s_safe) & (s_cols >= 0)).to(v.dtype)
     loc, scale = support_normalisation(torch.nan_to_num(ys_raw), ms, REL_FLOOR)
     # in place on the batch's copy (v is not read again): a (B, T) window, 6,000 columns
     # at 5 minutes, is not allocated four times over
     vnorm = v.sub_(loc[:, None]).div_(scale[:, None]).clamp_(-clip, clip).masked_fill_(~obs, 0.0)
     q_in = q_cols < T
     q_safe = q_cols.clamp_max(T - 1)
+    ys = vnorm[:, one - k : one].clone() if s_one else torch.gather(vnorm, 1, s_safe)
     if one is not None:
-        ys = vnorm[:, one - k : one].clone()
         yq, mq = take_columns(vnorm, obs, q_safe[0])
     else:
-        ys = torch.gather(vnorm, 1, s_cols)
         yq, mq = torch.gather(vnorm, 1, q_safe), torch.gather(obs, 1, q_safe)
     yq, mq = yq * q_in, mq & q_in  # (B, H) observed query points
     base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
