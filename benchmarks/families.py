@@ -21,7 +21,8 @@ Reported per family and method, on the replayed nights:
   flags outside every event is one false alarm), and PR-AUC of the point scores;
 * the flag rate on clean points (outside every label) overall, its worst value over
   weekday x cluster (tsmeta's clusters, the same groups for every method), and the flag
-  rate on the shared holiday and on the 7 days after it (business family).
+  rate on the shared holiday, on the 7 days after it and on the worst of those 7 nights
+  (business family).
 
 Context labels (``holiday``, ``break``) are neither events nor clean points. tsmeta's shared
 events are counted, with the share of the holiday's flags that are their members.
@@ -166,6 +167,11 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
         "cell_rates": {k: round(v, 6) for k, v in rates.items()},
         "holiday_rate": float(raw[hol].mean()) if hol.any() else float("nan"),
         "after_holiday_rate": float(flag[after].mean()) if after.any() else float("nan"),
+        # the worst single night of those 7 (the first, whose support is the holiday)
+        "after_holiday_worst_night": max(
+            (float(flag[:, d * 24 : d * 24 + 24][after[:, d * 24 : d * 24 + 24]].mean())
+             for d in range(flag.shape[1] // 24) if after[:, d * 24 : d * 24 + 24].any()),
+            default=float("nan")),
         "clean_rate_per_night": [
             round(float(flag[:, d * 24 : d * 24 + 24][clean[:, d * 24 : d * 24 + 24]].mean()), 5)
             if clean[:, d * 24 : d * 24 + 24].any() else None
@@ -322,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         for family in args.families:
             results["families"][family] = run_family(family, args, Path(tmp))
     cols = ("best_f1", "f1_at_rate", "pr_auc", "clean_rate", "worst_cell_rate", "worst_cell",
-            "holiday_rate", "after_holiday_rate", "fallback_share")  # fmt: skip
+            "holiday_rate", "after_holiday_rate", "after_holiday_worst_night",
+            "fallback_share")  # fmt: skip
     for family, res in results["families"].items():
         print(f"\n{family}: {res['series']} series, {res['nights']} nights replayed, {res['events']} events "
               f"(configured rate 1e-3; {res['total_seconds']} s)")  # fmt: skip

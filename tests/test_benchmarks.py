@@ -129,6 +129,7 @@ def test_families_small(tmp_path):
             assert 0 <= m["clean_rate"] <= m["worst_cell_rate"] <= 1
     business = res["families"]["business"]["methods"]["tsmeta"]
     assert 0 <= business["holiday_rate"] <= 1 and 0 <= business["after_holiday_rate"] <= 1
+    assert business["after_holiday_rate"] <= business["after_holiday_worst_night"] <= 1
     # the shared holiday is recorded as events holding most of its flags, no clean flag is one
     assert business["shared_events"] >= 1 and business["holiday_flags_in_events"] > 0.5
     assert res["families"]["default"]["methods"]["tsmeta"]["clean_flags_in_events"] < 0.05
