@@ -50,8 +50,13 @@ STEPS = 5
 LR = 0.1
 
 
-def timed(fn, min_seconds: float = 2.0) -> float:
-    """Seconds per call, repeating until ``min_seconds`` have passed (after one warm-up)."""
+MIN_SECONDS = 2.0  # each timing repeats its call at least this long (``--min-seconds``)
+
+
+def timed(fn, min_seconds: float | None = None) -> float:
+    """Seconds per call, repeating until ``min_seconds`` (default ``MIN_SECONDS``) have
+    passed (after one warm-up)."""
+    min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
     fn()
     n, t = 0, time.perf_counter()
     while True:
@@ -154,6 +159,7 @@ def measure_device(device: str, batch, params: dict, loop_series: int, record,  
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MIN_SECONDS
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -170,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         help="devices timed (default: the CPU, and CUDA when torch sees a GPU)",
     )  # fmt: skip
     ap.add_argument("--gpu-chunk", type=int, default=262_144, help="score_day chunk on CUDA")
+    ap.add_argument("--min-seconds", type=float, default=MIN_SECONDS,
+                    help="each timing repeats its call at least this long")  # fmt: skip
     args = ap.parse_args(argv)
+    MIN_SECONDS = args.min_seconds
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.threads:
         torch.set_num_threads(args.threads)

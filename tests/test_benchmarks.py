@@ -34,7 +34,8 @@ def test_sine_quick(tmp_path):
 
 
 def test_adapt_throughput_small(tmp_path):
-    res = run("adapt_throughput", "--series", "512", "--loop-series", "8", tmp_path=tmp_path)
+    res = run("adapt_throughput", "--series", "512", "--loop-series", "8", "--min-seconds", "0.2",
+              tmp_path=tmp_path)  # fmt: skip
     methods = {r["method"] for r in res["rows"]}
     assert {"batched explicit", "batched anil", "batched vmap", "per-series loop", "score_day",
             "score_day, anil"} <= methods  # fmt: skip

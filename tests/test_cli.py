@@ -423,7 +423,7 @@ def test_ingest_puts_irregular_timestamps_on_the_grid(tmp_path, capsys):
 def test_evaluate_runs_a_benchmark_with_its_own_arguments(tmp_path, capsys):
     out = tmp_path / "t.json"
     argv = ["evaluate", "--benchmark", "throughput", "--", "--series", "256", "--loop-series", "4",
-            "--devices", "cpu", "--json", str(out)]  # fmt: skip
+            "--devices", "cpu", "--min-seconds", "0.1", "--json", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert "score_day" in capsys.readouterr().out
     assert {r["method"] for r in json.loads(out.read_text())["rows"]} >= {"score_day"}
