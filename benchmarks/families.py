@@ -154,6 +154,12 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
     worst = max(rates, key=rates.get) if rates else None
     hol = observed & holiday & (event < 0)
     after = clean & after_holiday[None, :]
+    nights = range(flag.shape[1] // 24)
+    night_rate = [float(flag[:, d * 24 : d * 24 + 24][clean[:, d * 24 : d * 24 + 24]].mean())
+                  if clean[:, d * 24 : d * 24 + 24].any() else None for d in nights]  # fmt: skip
+    # the worst single night of the 7 after the holiday (the first, whose support it is)
+    after_nights = [night_rate[d] for d in nights
+                    if after_holiday[d * 24 : d * 24 + 24].all() and night_rate[d] is not None]  # fmt: skip
     return {
         "f1_at_rate": at_rate["f1"],
         "precision_at_rate": at_rate["precision"],
@@ -167,16 +173,8 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
         "cell_rates": {k: round(v, 6) for k, v in rates.items()},
         "holiday_rate": float(raw[hol].mean()) if hol.any() else float("nan"),
         "after_holiday_rate": float(flag[after].mean()) if after.any() else float("nan"),
-        # the worst single night of those 7 (the first, whose support is the holiday)
-        "after_holiday_worst_night": max(
-            (float(flag[:, d * 24 : d * 24 + 24][after[:, d * 24 : d * 24 + 24]].mean())
-             for d in range(flag.shape[1] // 24) if after[:, d * 24 : d * 24 + 24].any()),
-            default=float("nan")),
-        "clean_rate_per_night": [
-            round(float(flag[:, d * 24 : d * 24 + 24][clean[:, d * 24 : d * 24 + 24]].mean()), 5)
-            if clean[:, d * 24 : d * 24 + 24].any() else None
-            for d in range(flag.shape[1] // 24)
-        ],
+        "after_holiday_worst_night": max(after_nights, default=float("nan")),
+        "clean_rate_per_night": [None if r is None else round(r, 5) for r in night_rate],
     }  # fmt: skip
 
 

@@ -222,7 +222,7 @@ def make_batch(
     cut = t0[:1] if one is not None else t0
     back = support_shift(obs, t0, k, spec.period, one)
     s_one = one is not None and back is None  # every support a slice too
-    s_cut = cut if s_one else t0 - (0 if back is None else back)
+    s_cut = cut if s_one else (t0 if back is None else t0 - back)
     s_cols = s_cut[:, None] - k + torch.arange(k, device=dev)  # (B, K), or (1, K)
     q_cols = cut[:, None] + torch.arange(horizon, device=dev)  # (B, H), or (1, H)
     s_safe = s_cols if s_one else s_cols.clamp_min(0)
