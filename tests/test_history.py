@@ -169,6 +169,57 @@ def test_earlier_shared_events_are_left_out_of_what_a_night_adapts_from():
     assert not half.mask[0, 24:48].any() and half.mask[0, :24].all()
 
 
+def test_an_event_that_filled_the_support_is_kept_divided_by_the_series_own_factor():
+    """The night after a day-long shared event (a holiday at 0.6x) adapts from that day
+    divided by each series' own factor over it (its value over the same hour's median of
+    the three periods before): the support looks like an ordinary day at the series' own
+    level, and the lag medians still leave the event out. Series of other signs keep the
+    event as it was; an event that began before the support (a change that went on into
+    a second night) is kept as it was: the new normal is learned by its second night."""
+    from datetime import datetime
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.jobs.history import NightHistory
+
+    start = datetime(2026, 1, 1)  # 5 days: three ordinary, the event, the night scored
+    shape = 10.0 + np.arange(24)
+    day = np.stack([shape, 50.0 + 2 * shape, -shape, shape])  # c: of negative values
+    values = np.tile(day, 5).astype(np.float32)
+    values[3, 48:] *= 2  # d: its level doubled (a break) the day before the event
+    values[:, 72:96] *= np.float32(0.6)
+    values[0, 80] *= np.float32(3.0)  # a spike on the event day stays a spike
+    mask = np.ones_like(values, dtype=bool)
+    panel = Panel(values.copy(), mask.copy(), np.array(["a", "b", "c", "d"]), start, "h")
+    history = NightHistory(events=_events(("p24-0", "2026-01-04T00:00", "2026-01-05T00:00")))
+    out = history.without_events(panel, "p24-0", k=24, horizon=24, period=24)
+    expect = np.tile(day[:2], 5)
+    expect[0, 80] *= 3.0
+    # the break is the series' own: its support comes back at its new level (the event's
+    # 1.2x of its references over the 2x it stood at the day before: 0.6)
+    np.testing.assert_allclose(out.values[3, 72:96], 2 * shape, rtol=1e-5)
+    assert out.mask[:2].all()  # the support is kept: rescaled, not left out
+    np.testing.assert_allclose(out.values[:2, 72:96], expect[:, 72:96], rtol=1e-5)
+    assert (out.values[:2, :72] == values[:2, :72]).all()
+    assert (out.values[:, 96:] == values[:, 96:]).all()
+    assert (out.values[2] == values[2]).all() and out.mask[2].all()  # of another sign: as it was
+    # the event began the day before the support: a change that went on, kept as it was
+    went_on = NightHistory(events=_events(("p24-0", "2026-01-03T12:00", "2026-01-05T00:00")))
+    kept = went_on.without_events(panel, "p24-0", k=24, horizon=24, period=24)
+    assert (kept.values == values).all() and kept.mask.all()
+    # without a period (an aperiodic cluster: a walk's own move cannot be told from the
+    # event's) the support is kept as it was
+    assert (history.without_events(panel, "p24-0", k=24, horizon=24).values == values).all()
+    # with enough series for a shared factor (their median), a series whose own factor is
+    # far from it (a break of its own on the event's day: 1.6 x 0.6) is divided by the
+    # shared one, so that it keeps its break
+    many = np.tile(shape * np.arange(1, 7)[:, None], 5).astype(np.float32)
+    many[5, 72:] *= 1.6
+    many[:, 72:96] *= np.float32(0.6)
+    six = Panel(many.copy(), np.ones_like(many, dtype=bool), np.array(list("uvwxyz")), start, "h")
+    out = history.without_events(six, "p24-0", k=24, horizon=24, period=24)
+    np.testing.assert_allclose(out.values[:, 72:96], many[:, 72:96] / 0.6, rtol=1e-5)
+
+
 def test_shared_events_are_remembered_night_to_night_and_forgotten_after_event_days(tmp_path):
     from datetime import date, timedelta
 
