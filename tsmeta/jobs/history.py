@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +30,7 @@ import polars as pl
 from tsmeta.config import Settings
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.detect import ScoredDay
+from tsmeta.event_windows import without_steps
 from tsmeta.scoring.history import (
     CombineCounts,
     ResidualHistory,
@@ -58,16 +58,6 @@ _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
                    "series": pl.Float64}  # fmt: skip
-# a series' own factor over an event in its support (``_rescaled_support``): the same
-# phase's median over this many periods before is a point's reference; each of its two
-# medians rests on at least this many points
-LAG_PERIODS = 3
-MIN_FACTOR_POINTS = 3
-# ... and is divided out where it is within this factor of the median of the batch's
-# series (the event's shared factor; from at least this many series), else the shared
-# factor is: a series whose own change coincided with the event (a break) keeps its change
-OWN_FACTOR_SPAN = 1.25
-MIN_FACTOR_SERIES = 5
 _EVENT_FILE = re.compile(r"events-night=(\d{4}-\d{2}-\d{2})\.parquet")
 
 
@@ -189,14 +179,10 @@ class NightHistory:
         """The panel with the steps of the cluster's earlier shared events, and of the
         known ``holidays`` (whole UTC days), unobserved before its last ``horizon`` steps
         (the night), so that a holiday or an outage is not what its series adapt from nor
-        what their lag medians, spread and veto read. A series that would keep under half
-        of its K support points keeps them, divided by its factor over the event
-        (``_rescaled_support``: the holiday's 0.6x comes back as an ordinary day at the
-        series' own level) where the cluster has a ``period`` (0: an aperiodic cluster,
-        whose walks' own moves cannot be told from the event's) and the event began within
-        the support; else as they were. An event that began before the support (a change
-        of the whole cluster that went on into a second night) is kept as it was: such a
-        new normal is learned by the second night after it began."""
+        what their lag medians, spread and veto read; a support they would mostly empty is
+        kept with each series' factor over the event divided out where the cluster has a
+        ``period`` (``tsmeta.event_windows``: the holiday's 0.6x comes back as an ordinary
+        day at the series' own level)."""
         night0 = panel.mask.shape[1] - horizon
         step = freq_timedelta(panel.freq)
         drop = np.zeros(panel.mask.shape[1], dtype=bool)
@@ -211,21 +197,7 @@ class NightHistory:
                 drop[a:b] = True
         if not drop.any():
             return panel
-        masked = panel.mask & ~drop
-        first = max(0, night0 - k)
-        support = slice(first, night0)
-        enough = 2 * masked[:, support].sum(1) >= panel.mask[:, support].sum(1)
-        mask = np.where(enough[:, None], masked, panel.mask)
-        values = np.where(mask, panel.values, np.nan).astype(panel.values.dtype)
-        if period and not enough.all() and not (first and drop[first - 1]):
-            rows = np.nonzero(~enough)[0]
-            scaled, ok = _rescaled_support(panel, rows, drop, first, night0, period)
-            keep = rows[ok]
-            mask[keep] = masked[keep]
-            mask[keep, first:night0] |= drop[first:night0] & panel.mask[keep, first:night0]
-            values[keep] = np.where(mask[keep], panel.values[keep], np.nan)
-            values[keep, first:night0] = np.where(mask[keep, first:night0], scaled[ok],
-                                                  np.nan)  # fmt: skip
+        values, mask = without_steps(panel.values, panel.mask, drop, k, horizon, period)
         return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
 
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
@@ -340,54 +312,6 @@ class NightHistory:
                 if d < newest - timedelta(days=KEEP_NIGHTS):
                     p.unlink(missing_ok=True)
         return path
-
-
-def _rescaled_support(panel: Panel, rows: np.ndarray, drop: np.ndarray, first: int,
-                      night0: int, period: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """The support steps ``first:night0`` of ``rows`` with their event points (``drop``)
-    divided by each series' own factor over the event: the median of its event points'
-    ratios to their references over the median of the same ratios on the K points before
-    the support (a reference: the median of the same phase over the ``LAG_PERIODS``
-    periods before, outside events). The ratio before the event carries the series' own
-    recent level (a break since the references, a trend) into what the event is compared
-    with, so that only the event's own effect is divided out. Returns (values (R, K),
-    ok (R,)): ok where both medians rest on at least ``MIN_FACTOR_POINTS`` points with
-    positive values and references (a series of other signs, or with too few references,
-    keeps its support as it was)."""
-    vals = panel.values[rows].astype(np.float64)
-    obs = panel.mask[rows] & ~drop
-    k = night0 - first
-
-    def ratios(lo: int, on: np.ndarray) -> np.ndarray:  # (R, K) value / reference, NaN off ``on``
-        refs = np.full((len(rows), LAG_PERIODS, k), np.nan)
-        for j in range(1, LAG_PERIODS + 1):
-            cols = np.arange(lo - j * period, lo - j * period + k)
-            inside = cols >= 0
-            refs[:, j - 1, inside] = np.where(obs[:, cols[inside]], vals[:, cols[inside]], np.nan)
-        cols = np.arange(lo, lo + k)
-        inside = cols >= 0
-        here = np.full((len(rows), k), np.nan)
-        here[:, inside] = vals[:, cols[inside]]
-        ref = np.nanmedian(refs, axis=1)
-        good = on & (here > 0) & (ref > 0)
-        return np.where(good, here / np.where(good, ref, 1.0), np.nan)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN phases: no reference
-        during = ratios(first, drop[first:night0] & panel.mask[rows, first:night0])
-        cols = np.arange(first - k, first)
-        before_on = np.zeros((len(rows), k), dtype=bool)
-        before_on[:, cols >= 0] = obs[:, cols[cols >= 0]]
-        before = ratios(first - k, before_on)
-        factor = np.nanmedian(during, axis=1) / np.nanmedian(before, axis=1)
-    ok = (~np.isnan(during)).sum(1) >= MIN_FACTOR_POINTS
-    ok &= ((~np.isnan(before)).sum(1) >= MIN_FACTOR_POINTS) & np.isfinite(factor) & (factor > 0)
-    if ok.sum() >= MIN_FACTOR_SERIES:  # the shared part: a series far from it changed too
-        shared = np.median(factor[ok])
-        own = ok & (np.abs(np.log(np.where(ok, factor, 1.0) / shared)) <= np.log(OWN_FACTOR_SPAN))
-        factor = np.where(own, factor, shared)
-    scale = np.where(drop[first:night0], np.where(ok, factor, 1.0)[:, None], 1.0)
-    return (vals[:, first:night0] / scale).astype(panel.values.dtype), ok
 
 
 def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:

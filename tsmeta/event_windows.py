@@ -1,0 +1,90 @@
+"""A night's window without its cluster's earlier shared events (a holiday, an outage).
+
+The steps of those events are unobserved before the night, so that an event is neither
+what a series adapts from nor what its lag medians, spread and veto read. A series that
+would keep under half of its K support points (a one-day holiday before a day's support)
+keeps them instead, with its own factor over the event divided out: the median of its
+event points' ratios to their references (the median of the same phase over the
+``LAG_PERIODS`` periods before, outside events) over the median of the same ratios on the
+K points before the support, so that a break or a trend the series had before the event
+stays its own. Where a series' factor is more than ``OWN_FACTOR_SPAN`` from the batch's
+median (the event's shared factor), the shared one is divided out instead: a break of the
+series' own on the event's day keeps its new level. Kept as they were: the supports of a
+cluster without a period (a walk's own move cannot be told from the event's), of series
+of other signs or with too few references, and of an event that began before the support
+(a change of the whole cluster that goes on: learned as the new normal by its second
+night).
+
+Pure numpy: ``tsmeta.jobs.history`` turns the remembered events into the steps to leave out.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["without_steps", "LAG_PERIODS", "MIN_FACTOR_POINTS", "OWN_FACTOR_SPAN",
+           "MIN_FACTOR_SERIES"]  # fmt: skip
+
+LAG_PERIODS = 3  # a point's reference: the same phase's median over this many periods
+MIN_FACTOR_POINTS = 3  # each of a factor's two medians rests on at least this many points
+OWN_FACTOR_SPAN = 1.25  # a series' own factor is divided out within this of the shared one
+MIN_FACTOR_SERIES = 5  # the shared factor: the median of at least this many series'
+
+
+def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int,
+                  horizon: int, period: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(values, mask) of a window (n, T) with the steps ``drop`` (T,) unobserved before its
+    last ``horizon`` steps, and a support they would mostly empty divided by the event's
+    factor instead (module docstring; ``period`` 0: kept as it was)."""
+    night0 = mask.shape[1] - horizon
+    masked = mask & ~drop
+    first = max(0, night0 - k)
+    enough = 2 * masked[:, first:night0].sum(1) >= mask[:, first:night0].sum(1)
+    out_mask = np.where(enough[:, None], masked, mask)
+    out = np.where(out_mask, values, np.nan).astype(values.dtype)
+    if period and not enough.all() and not (first and drop[first - 1]):
+        rows = np.nonzero(~enough)[0]
+        scaled, ok = _divided(values[rows], mask[rows], drop, first, night0, period)
+        keep = rows[ok]
+        out_mask[keep] = masked[keep]
+        out_mask[keep, first:night0] = mask[keep, first:night0]
+        out[keep] = np.where(out_mask[keep], values[keep], np.nan)
+        out[keep, first:night0] = np.where(out_mask[keep, first:night0], scaled[ok], np.nan)
+    return out, out_mask
+
+
+def _divided(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int, night0: int,
+             period: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The support steps ``first:night0`` of rows (R, T) with their event points divided by
+    the event's factor (module docstring): (values (R, K), ok (R,): a factor was found)."""
+    k = night0 - first
+    vals = values.astype(np.float64)
+    outside = np.where(mask & ~drop, vals, np.nan)  # observed outside events
+    event = np.where(mask & drop, vals, np.nan)
+
+    def cols(x: np.ndarray, lo: int) -> np.ndarray:  # (R, K): columns lo.., NaN before 0
+        out = np.full((len(x), k), np.nan)
+        at = np.arange(lo, lo + k)
+        out[:, at >= 0] = x[:, at[at >= 0]]
+        return out
+
+    def ratios(here: np.ndarray, lo: int) -> np.ndarray:  # here over its references; NaN: none
+        ref = np.nanmedian([cols(outside, lo - j * period) for j in range(1, LAG_PERIODS + 1)], 0)
+        good = (here > 0) & (ref > 0)  # False where either is NaN
+        return np.where(good, here / np.where(good, ref, 1.0), np.nan)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN phases: no reference
+        during = ratios(event[:, first:night0], first)
+        before = ratios(cols(outside, first - k), first - k)
+        factor = np.nanmedian(during, axis=1) / np.nanmedian(before, axis=1)
+    ok = (np.isfinite(during).sum(1) >= MIN_FACTOR_POINTS) & np.isfinite(factor) & (factor > 0)
+    ok &= np.isfinite(before).sum(1) >= MIN_FACTOR_POINTS
+    if ok.sum() >= MIN_FACTOR_SERIES:  # the shared part: a series far from it changed too
+        shared = np.median(factor[ok])
+        own = ok & (np.abs(np.log(np.where(ok, factor, 1.0) / shared)) <= np.log(OWN_FACTOR_SPAN))
+        factor = np.where(own, factor, shared)
+    scale = np.where(drop[first:night0], np.where(ok, factor, 1.0)[:, None], 1.0)
+    return (vals[:, first:night0] / scale).astype(values.dtype), ok
