@@ -188,6 +188,8 @@ VARIANTS = {
     "no-week_input": ({"week_lag_input": False}, {}),
     "no-own_history": ({"own_history": False}, {}),
     "no-warmup": ({"history_warmup_nights": 0}, {}),  # the first night without a history
+    "no-history_clip": ({"history_clip": 0.0}, {}),  # a night's residuals enter as they are
+    "no-hold": ({"hold_flagged": False}, {}),  # the night before's flags stay in the supports
     "k-period": ({"k_rule": "period"}, {}),  # not a part: K = one period (4 weeks' data)
     "level": ({"relative_to_lag": False}, {}),  # not a part: level targets
     "calendar": ({}, {}),  # not a part: the holiday known (``Settings.holidays``; run_family)

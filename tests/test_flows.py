@@ -126,8 +126,8 @@ def test_profile_train_nightly_end_to_end(config, prefect_harness, ray_local):
     # and saved it as that night's state; replays save none
     before = date(2026, 11, 28)
     assert sorted(p.name for p in (Path(config["data_dir"]) / "history").iterdir()) == sorted(
-        f"{kind}night={d.isoformat()}.parquet"  # the history, the clusters' counts, the events
-        for kind in ("", "combine-", "events-") for d in (before, NIGHT)
+        f"{kind}night={d.isoformat()}.parquet"  # the history, the clusters' counts, the events,
+        for kind in ("", "combine-", "events-", "held-") for d in (before, NIGHT)  # held points
     )  # fmt: skip
     ((_, alone, _),) = jobs.replay(settings, NIGHT, NIGHT, "replay-test")
     last = alone.filter("flag").sort("series_id", "ts")

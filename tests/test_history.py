@@ -111,6 +111,7 @@ def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_ra
     last = f"2026-01-{3 + KEEP_NIGHTS:02d}"
     assert names == ["combine-night=2026-01-03.parquet", f"combine-night={last}.parquet",
                      "events-night=2026-01-03.parquet", f"events-night={last}.parquet",
+                     "held-night=2026-01-03.parquet", f"held-night={last}.parquet",
                      "night=2026-01-03.parquet", f"night={last}.parquet"]  # fmt: skip
 
 
@@ -393,7 +394,7 @@ def test_a_shared_events_members_are_left_out_of_their_series_own_history():
 
     import polars as pl
 
-    from tsmeta.jobs.history import NightHistory
+    from tsmeta.jobs.history import HISTORY_CLIP, NightHistory
 
     rng = np.random.default_rng(11)
     n, ids = 50, [f"s{i:02d}" for i in range(50)]
@@ -413,8 +414,87 @@ def test_a_shared_events_members_are_left_out_of_their_series_own_history():
     after = history.state().sort("series_id")
     kept = r.copy()
     kept[:-1, 8:18] = np.nan
-    expect = ResidualHistory.empty(n).merged(first).merged(kept)
+    prior = ResidualHistory.empty(n).merged(first)
+    expect = prior.merged(prior.clipped(kept, HISTORY_CLIP))  # the night as merged
     assert np.allclose(after["count"].to_numpy(), expect.count)
     assert np.allclose(after["mean"].to_numpy(), expect.mean)
     assert np.allclose(after["m2"].to_numpy(), expect.m2)
     assert after["count"][0] == 38.0 and after["count"][-1] == 48.0
+
+
+def test_one_nights_anomaly_enters_the_history_clipped_a_change_that_goes_on_as_it_is():
+    """A level shift of 30 sds for ten hours would widen a series' own scale fivefold for
+    weeks (its later spikes then look ordinary): a night's residuals enter clipped to
+    ``HISTORY_CLIP`` of its standard deviations. A series flagged the night before too is a
+    change that goes on: its residuals enter as they are, and widen its scale."""
+    from tsmeta.jobs.history import HISTORY_CLIP, NightHistory
+
+    rng = np.random.default_rng(5)
+    history = NightHistory()
+    for _ in range(4):
+        history.apply(_day(rng.standard_normal((1, 24)), np.full((1, 24), 0.5), ["a"]), 1e-3)
+        history = history.next()
+    sd = lambda h: math.sqrt(h.prior["m2"][0] / h.prior["count"][0])  # noqa: E731
+    before = sd(history)
+    shift = rng.standard_normal((1, 24))
+    shift[0, 5:15] += 30.0
+    tail = np.full((1, 24), 0.5)
+    tail[0, 5:15] = 1e-9
+    assert history.apply(_day(shift, tail, ["a"]), 1e-3).flag.sum() == 10
+    once = history.next()
+    assert sd(once) < before * 1.7  # clipped: at most 4 sds for those ten hours
+    assert once.prior["flagged"][0] == 10.0
+    wide = ResidualHistory(*(history.prior[c].to_numpy() for c in ("count", "mean", "m2")))
+    assert sd(once) == pytest.approx(math.sqrt(
+        wide.merged(wide.clipped(shift, HISTORY_CLIP)).m2[0] / 120), rel=1e-9)  # fmt: skip
+    once.apply(_day(shift, tail, ["a"]), 1e-3)  # flagged again the next night: as it is
+    twice = once.next()
+    again = ResidualHistory(*(once.prior[c].to_numpy() for c in ("count", "mean", "m2")))
+    assert twice.prior["m2"][0] == pytest.approx(again.merged(shift).m2[0], rel=1e-9)
+    assert sd(twice) > 2 * before
+
+
+def test_points_flagged_the_night_before_are_left_out_of_the_next_nights_support(tmp_path):
+    """A spike or a few hours' shift flagged on one night is not what the next night adapts
+    from: those points are unobserved in its window (``without_held``). Not held: a series
+    flagged on half of the night or more (a break of level: the next night adapts to it),
+    one flagged the night before too (a change that goes on), a shared event's members (the
+    event windows take those) and the night's own points. The held points are saved with
+    the state and read by the next night only."""
+    from datetime import UTC, date, datetime, timedelta
+
+    import polars as pl
+
+    from tsmeta.config import load_settings
+    from tsmeta.data.panel import Panel
+    from tsmeta.jobs.history import NightHistory
+
+    ids = ["a", "b", "c", "d"]
+    quiet = np.full((4, 24), 0.5)
+    history = NightHistory()
+    history.apply(_day(np.zeros((4, 24)), np.where(np.arange(4)[:, None] == 2, 1e-9, quiet),
+                       ids), 1e-3)  # "c" flagged all night  # fmt: skip
+    history = history.next()
+    tail = quiet.copy()
+    tail[0, [5, 6, 7]] = 1e-9  # "a": three hours
+    tail[1, :12] = 1e-9  # "b": half of the night
+    tail[2, 3] = 1e-9  # "c": flagged the night before too
+    tail[3, [2, 9]] = 1e-9  # "d": one of them a shared event's member
+    day = history.apply(_day(np.ones((4, 24)), tail, ids), 1e-3)
+    assert day.flag.sum() == 3 + 12 + 1 + 2
+    start = datetime(2026, 1, 2, tzinfo=UTC)
+    history.forget(pl.DataFrame({"series_id": ["d"], "ts": [start + timedelta(hours=9)]}),
+                   start, timedelta(hours=1))  # fmt: skip
+    assert history.held_next().rows() == [("a", 5), ("a", 6), ("a", 7), ("d", 2)]
+    settings = load_settings(data_dir=tmp_path)
+    history.save(settings, date(2026, 1, 2))
+    tonight = NightHistory.stored(settings, date(2026, 1, 3))
+    assert tonight.held.rows() == history.held_next().rows()
+    assert NightHistory.stored(settings, date(2026, 1, 4)).held.height == 0  # not its night
+    values = np.arange(4 * 72, dtype=np.float32).reshape(4, 72)
+    panel = Panel(values, np.ones((4, 72), dtype=bool), np.array(ids), datetime(2026, 1, 1), "h")
+    out = tonight.without_events(panel, "p24-0", k=24, horizon=24)
+    gone = np.zeros((4, 72), dtype=bool)
+    gone[0, [29, 30, 31]] = gone[3, 26] = True  # the night before is columns 24..47
+    assert (out.mask == ~gone).all() and np.isnan(out.values[gone]).all()
+    assert (out.values[~gone] == values[~gone]).all()

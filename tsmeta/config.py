@@ -273,6 +273,22 @@ class Settings(BaseSettings):
         "the rate this second opinion takes away), and mark alerts (off: nights neither "
         "read nor save it; `alert` is NULL).",
     )
+    history_clip: float = Field(
+        4.0,
+        ge=0,
+        description="A night's residuals enter its series' own history clipped to this many "
+        "of the history's standard deviations, unless the series was flagged the night "
+        "before too: one anomaly does not widen its scale for weeks, a change that goes on "
+        "does. 0: as they are.",
+    )
+    hold_flagged: bool = Field(
+        True,
+        description="With `own_history`, the points a series flagged on a night (fewer than "
+        "half of that night's, the series not flagged the night before) are unobserved in "
+        "what it adapts from the next night (its support, lag medians and veto): a spike or "
+        "a few hours' shift is not its normal. Flagged on more, or two nights running, they "
+        "are kept: a new level is learned.",
+    )
     history_warmup_nights: int = Field(
         7,
         ge=0,

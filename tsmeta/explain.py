@@ -95,7 +95,8 @@ def series_night(
                             panel.series_ids[rows], panel.start_step, model, rate,
                             causal=settings.causal)
                   for end in [T - d * spd for d in warm] + [T]]  # fmt: skip
-        history = prior if not warm else NightHistory()
+        history = prior if not warm else NightHistory(
+            clip=settings.history_clip, hold=settings.hold_flagged)  # fmt: skip
         for earlier in scored[:-1]:  # the nights before it, oldest first
             history.apply(earlier, rate, cid[0])
             history = history.next()

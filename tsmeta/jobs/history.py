@@ -52,8 +52,18 @@ COMBINE_MEMORY = 7.0
 _EVENT_SCHEMA = {"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
                  "end_ts": pl.Datetime("us", "UTC")}  # fmt: skip
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
-           "min_tail": pl.Float64}  # fmt: skip
-_UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0}  # a series never scored
+           "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
+# a series never scored; ``flagged``: its points flagged on the state's night (not counting
+# shared events' members)
+_UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0, "flagged": 0.0}
+_HELD_SCHEMA = {"series_id": pl.String, "step": pl.Int64}
+_HELD_FILE = re.compile(r"held-night=(\d{4}-\d{2}-\d{2})\.parquet")
+# a night's residuals enter a series' history clipped to this many of its standard
+# deviations (``ResidualHistory.clipped``), unless the series was flagged the night before
+# too: one anomaly (a level shift of 30 noise sds for a day) would otherwise widen a busy
+# series' own scale for weeks and hide its later spikes, while a change of regime that
+# goes on (flagged two nights running) still widens it (NAB: 46.0 when every night clips)
+HISTORY_CLIP = 4.0
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
@@ -145,9 +155,11 @@ class NightHistory:
     """
 
     def __init__(self, prior: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
-                 combine: pl.DataFrame | None = None) -> None:  # fmt: skip
-        if prior is not None and "min_tail" not in prior.columns:  # a state saved before alerts
-            prior = prior.with_columns(min_tail=pl.lit(_UNSEEN["min_tail"]))
+                 combine: pl.DataFrame | None = None, held: pl.DataFrame | None = None,
+                 clip: float = HISTORY_CLIP, hold: bool = True) -> None:  # fmt: skip
+        for col in ("min_tail", "flagged"):  # a state saved before alerts, before held points
+            if prior is not None and col not in prior.columns:
+                prior = prior.with_columns(pl.lit(_UNSEEN[col]).alias(col))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
         ids = self.prior["series_id"].to_numpy().astype(str)
         self._order = np.argsort(ids, kind="stable")  # series looked up by binary search
@@ -167,12 +179,21 @@ class NightHistory:
         # those of a shared event's members, left out of the state (``forget``)
         self._flagged: list[pl.DataFrame] = []
         self._forgotten: pl.DataFrame | None = None
+        self._members: pl.DataFrame | None = None  # (series_id, step) of those forgotten
+        # the points flagged on the night before, of series not flagged on the one before
+        # it (series_id, step in that night): left out of what tonight adapts from
+        self.held = (pl.DataFrame(schema=_HELD_SCHEMA) if held is None or not hold
+                     else held.select(list(_HELD_SCHEMA)).cast(_HELD_SCHEMA))  # fmt: skip
+        self.clip, self.hold = clip, hold  # ``Settings.history_clip``, ``.hold_flagged``
 
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
+        held = _stored(history_dir(settings), _HELD_FILE).get(night - timedelta(days=1))
         return cls(_latest_before(settings, night, _FILE), _latest_before(settings, night),
-                   _latest_before(settings, night, _COMBINE_FILE))  # fmt: skip
+                   _latest_before(settings, night, _COMBINE_FILE),
+                   None if held is None else pl.read_parquet(held), settings.history_clip,
+                   settings.hold_flagged)  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
                        holidays: Collection[date] = (), period: int = 0) -> Panel:  # fmt: skip
@@ -183,6 +204,7 @@ class NightHistory:
         kept with each series' factor over the event divided out where the cluster has a
         ``period`` (``tsmeta.event_windows``: the holiday's 0.6x comes back as an ordinary
         day at the series' own level)."""
+        panel = self.without_held(panel, horizon)
         night0 = panel.mask.shape[1] - horizon
         step = freq_timedelta(panel.freq)
         drop = np.zeros(panel.mask.shape[1], dtype=bool)
@@ -198,6 +220,28 @@ class NightHistory:
         if not drop.any():
             return panel
         values, mask = without_steps(panel.values, panel.mask, drop, k, horizon, period)
+        return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
+
+    def without_held(self, panel: Panel, horizon: int) -> Panel:
+        """``panel`` (its last ``horizon`` steps tonight's) with the points ``held`` (flagged
+        the night before, whose series was not flagged on the night before that)
+        unobserved: a day that lost its shape, a level shift or a spike is not what the
+        next night adapts from, nor what its lag medians and veto read (under half of a
+        support left: the period before it, ``tasks.support_shift``). A change that is
+        flagged on two nights running is kept from the second: the new normal is learned."""
+        if not self.held.height:
+            return panel
+        at = pl.DataFrame({"series_id": panel.series_ids.astype(str),
+                           "_row": np.arange(len(panel.series_ids))})  # fmt: skip
+        hit = at.join(self.held, on="series_id", how="inner")
+        if not hit.height:
+            return panel
+        rows = hit["_row"].to_numpy()
+        cols = panel.mask.shape[1] - 2 * horizon + hit["step"].to_numpy()
+        ok = (cols >= 0) & (cols < panel.mask.shape[1] - horizon)
+        mask = panel.mask.copy()
+        mask[rows[ok], cols[ok]] = False
+        values = np.where(mask, panel.values, np.nan).astype(panel.values.dtype)
         return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
 
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
@@ -230,15 +274,22 @@ class NightHistory:
         lowest = np.minimum.accumulate(np.nan_to_num(tail, nan=1.0), axis=1)  # so far tonight
         before = np.minimum(np.concatenate([np.ones((len(ids), 1)), lowest[:, :-1]], axis=1),
                             found["min_tail"][:, None])  # fmt: skip
+        fresh = found["flagged"] == 0  # not flagged the night before: clipped as merged
+        if self.clip:
+            residual = np.where(fresh[:, None], history.clipped(residual, self.clip), residual)
         after = history.merged(residual)
-        rows, steps = np.nonzero(flag & ~np.isnan(residual))
+        flagged = flag & ~np.isnan(residual)
+        rows, steps = np.nonzero(flagged)
         if rows.size:
             self._flagged.append(pl.DataFrame({
                 "series_id": ids[rows], "step": steps.astype(np.int64),
-                "residual": residual[rows, steps].astype(np.float64)}))  # fmt: skip
+                "residual": residual[rows, steps].astype(np.float64),
+                "first": fresh[rows], "night_steps": residual.shape[1]}))  # fmt: skip
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
-                                         "min_tail": lowest[:, -1]}, schema=_SCHEMA))  # fmt: skip
+                                         "min_tail": lowest[:, -1],
+                                         "flagged": flagged.sum(1).astype(np.float64)},
+                                        schema=_SCHEMA))  # fmt: skip
         return replace(day, tail=tail, flag=flag, alert=flag & (tail < before))
 
     @property
@@ -266,6 +317,7 @@ class NightHistory:
         at = members.select(pl.col("series_id").cast(pl.String),
                             (since // (step // timedelta(microseconds=1))).alias("step"))  # fmt: skip
         gone = pl.concat(self._flagged).join(at, on=["series_id", "step"], how="semi")
+        self._members = gone.select(list(_HELD_SCHEMA))
         self._forgotten = gone.group_by("series_id").agg(
             pl.len().cast(pl.Float64).alias("n_b"), pl.col("residual").mean().alias("mean_b"),
             ((pl.col("residual") - pl.col("residual").mean()) ** 2).sum().alias("m2_b"))  # fmt: skip
@@ -277,7 +329,8 @@ class NightHistory:
         tonight = pl.concat(self._parts) if self._parts else pl.DataFrame(schema=_SCHEMA)
         if self._forgotten is not None and self._forgotten.height:
             tonight = _less(tonight, self._forgotten)
-        carried = self.prior.join(tonight.select("series_id"), on="series_id", how="anti")
+        carried = self.prior.join(tonight.select("series_id"), on="series_id",
+                                  how="anti").with_columns(flagged=pl.lit(0.0))  # fmt: skip
         both = pl.concat([tonight, carried]).unique("series_id", keep="first")
         return both.sort("series_id")
 
@@ -294,9 +347,22 @@ class NightHistory:
                 for c, v in sorted(after.items())]  # fmt: skip
         return pl.DataFrame(rows, schema=_COMBINE_SCHEMA)
 
+    def held_next(self) -> pl.DataFrame:
+        """The points the next night leaves out of its supports (``without_held``):
+        tonight's flags of series not flagged the night before, but for shared events'."""
+        if not self._flagged or not self.hold:
+            return pl.DataFrame(schema=_HELD_SCHEMA)
+        held = (pl.concat(self._flagged)
+                .filter(pl.col("first") & (2 * pl.len().over("series_id") < pl.col("night_steps")))
+                .select(list(_HELD_SCHEMA)))  # fmt: skip
+        if self._members is not None:
+            held = held.join(self._members, on=list(_HELD_SCHEMA), how="anti")
+        return held.sort(list(_HELD_SCHEMA))
+
     def next(self) -> NightHistory:
         """The history the next night starts from (replays carry it night to night)."""
-        return NightHistory(self.state(), self.events, self.combine_state())
+        return NightHistory(self.state(), self.events, self.combine_state(), self.held_next(),
+                            self.clip, self.hold)  # fmt: skip
 
     def save(self, settings: Settings, night: date) -> Path:
         """Write the state after ``night`` (replacing its file) and drop old states."""
@@ -305,9 +371,10 @@ class NightHistory:
         path = folder / f"night={night.isoformat()}.parquet"
         _write(self.events, folder / f"events-night={night.isoformat()}.parquet")
         _write(self.combine_state(), folder / f"combine-night={night.isoformat()}.parquet")
+        _write(self.held_next(), folder / f"held-night={night.isoformat()}.parquet")
         _write(self.state(), path)
         newest = max(_stored(folder))
-        for pattern in (_FILE, _EVENT_FILE, _COMBINE_FILE):
+        for pattern in (_FILE, _EVENT_FILE, _COMBINE_FILE, _HELD_FILE):
             for d, p in _stored(folder, pattern).items():
                 if d < newest - timedelta(days=KEEP_NIGHTS):
                     p.unlink(missing_ok=True)
@@ -318,6 +385,7 @@ def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:
     """``state``'s histories without the residuals summarised in ``gone`` (series_id, n_b,
     mean_b, m2_b; ``ResidualHistory.less``)."""
     both = state.join(gone, on="series_id", how="left").fill_null(0.0)
+    both = both.with_columns(pl.col("flagged") - pl.col("n_b"))  # members are not its own
     less = ResidualHistory(both["count"].to_numpy(), both["mean"].to_numpy(),
                            both["m2"].to_numpy()).less(both["n_b"].to_numpy(),
                                                        both["mean_b"].to_numpy(),

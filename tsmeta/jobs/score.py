@@ -111,9 +111,9 @@ def _history_before(settings: Settings, night: date, engine: object, models: dic
     for earlier in warm:
         _score_models(settings, earlier, "flagged", engine, models, time.perf_counter(),
                       score_workers(settings, threads), history)  # fmt: skip
+        if save and earlier == warm[-1]:  # as scored: with the points it holds for the next
+            history.save(settings, earlier)
         history = history.next()
-    if save and warm:
-        history.save(settings, warm[-1])
     return history
 
 

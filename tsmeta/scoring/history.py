@@ -85,6 +85,16 @@ class ResidualHistory:
             m2=self.m2 + m2_b + delta**2 * self.count * share,
         )
 
+    def clipped(self, residual: np.ndarray, c: float) -> np.ndarray:
+        """Residuals (n, H) clipped to c standard deviations of the history around its mean
+        (rows with fewer than MIN_HISTORY residuals as they are)."""
+        r = _floating(residual)
+        known = self.count >= MIN_HISTORY
+        sd = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=known))
+        lo = np.where(known, self.mean - c * sd, -np.inf)[:, None].astype(r.dtype)
+        hi = np.where(known, self.mean + c * sd, np.inf)[:, None].astype(r.dtype)
+        return np.clip(r, lo, hi)
+
     def less(self, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> ResidualHistory:
         """This history without some of the residuals it holds, given as their own count,
         mean and sum of squared deviations per series (``merged`` undone: Chan's update
