@@ -17,7 +17,8 @@ For each frequency among the streams (5 minutes, 10 minutes, 30 minutes, an hour
    new series. Each point gets two tail probabilities: the cluster's alone (calibrated on
    the training corpus) and the nightly job's (``tsmeta.jobs.history.NightHistory``, carried
    from night to night as a replay carries it: the larger of the cluster's tail and the
-   point's tail against the stream's own residuals on earlier nights).
+   point's tail against the stream's own residuals on earlier nights; the points flagged
+   the night before are left out of the next night's support, as the nightly job does).
 4. **Three detectors from them**, each written as NAB result files: ``tsmeta`` (the
    nightly job's alerts, its ``alert`` column: a flagged point more surprising than any
    point of the stream since the start of the night before, so a run of anomalies is
@@ -57,7 +58,7 @@ import polars as pl
 from tsmeta import jobs
 from tsmeta.clustering import period_of_cluster
 from tsmeta.config import load_settings
-from tsmeta.data.panel import build_panel
+from tsmeta.data.panel import Panel, build_panel
 from tsmeta.data.schema import on_grid
 from tsmeta.data.synthetic import write_synthetic_dataset
 from tsmeta.detect import score_day, surprise_of
@@ -184,13 +185,17 @@ def score_stream(
     _, model = models[cid]
     tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "product")}
     alerts = np.zeros(values.shape[1], dtype=bool)
-    history = NightHistory()
+    history = NightHistory(clip=settings.history_clip, hold=settings.hold_flagged)
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
     for c in range(reach_days * spd, values.shape[1] - spd, every):
         lo = max(0, c - reach)
-        day = score_day(values[:, lo : c + spd], mask[:, lo : c + spd], panel.series_ids,
-                        panel.start_step + lo, model, settings.false_alarm_rate, causal=True)  # fmt: skip
+        window = Panel(values[:, lo : c + spd], mask[:, lo : c + spd], panel.series_ids,
+                       panel.start, freq)  # fmt: skip
+        if every == spd:  # the night before's flags leave the support, as the nightly job's
+            window = history.without_held(window, spd)
+        day = score_day(window.values, window.mask, panel.series_ids, panel.start_step + lo,
+                        model, settings.false_alarm_rate, causal=True)  # fmt: skip
         if every < spd:  # the points up to the next origin only
             day = replace(day, **{f: getattr(day, f)[:, :every] for f in _POINTWISE})
         tails["cluster"][c : c + every] = day.tail[0]

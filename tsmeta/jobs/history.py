@@ -1,13 +1,15 @@
 """Each series' residual history between nights: read before a night, saved after it.
 
 The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`` (a row
-per series: ``count``, ``mean``, ``m2`` of its residuals up to d, and ``min_tail``, the
-smallest tail probability of its last scored night, for alerts), and beside it
-``events-night=d.parquet``: the shared events of the last ``EVENT_DAYS`` nights (cluster,
-start, end), whose hours later nights leave out of what they adapt from, and
-``combine-night=d.parquet``: per cluster, the counts its factor is read from
-(``tsmeta.scoring.history.CombineCounts``, older nights weighted down by
-``COMBINE_MEMORY``). A night reads the latest files before it, so re-running a night starts from the same state and
+per series: ``count``, ``mean``, ``m2`` of its residuals up to d, ``min_tail``, the
+smallest tail probability of its last scored night, for alerts, and ``flagged``, its flags
+that night), and beside it ``events-night=d.parquet``: the shared events of the last
+``EVENT_DAYS`` nights (cluster, start, end), whose hours later nights leave out of what
+they adapt from, ``combine-night=d.parquet``: per cluster, the counts its factor is read
+from (``tsmeta.scoring.history.CombineCounts``, older nights weighted down by
+``COMBINE_MEMORY``), and ``held-night=d.parquet``: the points night d flagged that night
+d + 1 alone leaves out of what it adapts from (``NightHistory.without_held``). A night
+reads the latest files before it, so re-running a night starts from the same state and
 replaces its own files (idempotent); files older than ``KEEP_NIGHTS`` before the newest
 are removed. A night's shared events' members are left out of the state
 (``NightHistory.forget``): the nightly job saves it again once its events are known
