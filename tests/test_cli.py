@@ -141,6 +141,29 @@ def _plot_report_evaluate(data_dir, top_series, capsys):
     assert stored.flags.height > 0
     cols = ("ts", "direction", "severity")
     assert again.flags.select(cols).sort("ts").equals(stored.flags.select(cols).sort("ts"))
+    # every flagged series, and those whose night-before flags left their support: the
+    # night's flags and forecasts as the nightly job made them
+    import numpy as np
+    import polars as pl
+
+    from tsmeta import jobs
+    from tsmeta.jobs.history import NightHistory
+
+    flagged = set(jobs.read_night(settings, date.fromisoformat(night))["series_id"])
+    held = set(NightHistory.stored(settings, date.fromisoformat(night)).held["series_id"])
+    assert held and flagged
+    with mock.patch.object(explain, "_night_was_run", return_value=False):
+        recomputed = explain.series_night(settings, sorted(flagged | held),
+                                          date.fromisoformat(night))  # fmt: skip
+    stored_rows = jobs.read_night(settings, date.fromisoformat(night))
+    ((_, every, _),) = jobs.replay(settings, date.fromisoformat(night),
+                                   date.fromisoformat(night), "explain-test")  # fmt: skip
+    for one in recomputed:
+        rows = stored_rows.filter(pl.col("series_id") == one.series_id)
+        assert one.flags.select(cols).sort("ts").equals(rows.select(cols).sort("ts")), one.series_id
+        band = every.filter(pl.col("series_id") == one.series_id)  # the night's forecasts
+        at = np.searchsorted(one.night_ts, band["ts"].dt.replace_time_zone(None).to_numpy())
+        assert np.allclose(band["forecast"].to_numpy(), one.forecast[at], rtol=1e-5)
 
     assert main(["--progress", "evaluate", *dd, "--start", night, "--end", night,
                  "--json", str(data_dir / "ev.json")]) == 0  # fmt: skip

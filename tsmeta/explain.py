@@ -17,9 +17,10 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import polars as pl
 
+from tsmeta.clustering import period_of_cluster
 from tsmeta.config import Settings
 from tsmeta.data.io import dataset_dates, scan_dataset
-from tsmeta.data.panel import freq_timedelta, scatter_panel
+from tsmeta.data.panel import Panel, freq_timedelta, scatter_panel
 from tsmeta.detect import BASIS, score_day
 from tsmeta.jobs import engine_for, night_bounds, points_frame
 from tsmeta.jobs.history import NightHistory, warmup_nights
@@ -91,19 +92,16 @@ def series_night(
     for cid, part in located.group_by("cluster_id", maintain_order=True):
         version, model = models[cid[0]]
         rows = np.array([row_of[s] for s in part.get_column("series_id")])
-        scored = [score_day(panel.values[rows, :end], panel.mask[rows, :end],
-                            panel.series_ids[rows], panel.start_step, model, rate,
-                            causal=settings.causal)
-                  for end in [T - d * spd for d in warm] + [T]]  # fmt: skip
+        H = model.config.horizon
         history = prior if not warm else NightHistory(
             clip=settings.history_clip, hold=settings.hold_flagged)  # fmt: skip
-        for earlier in scored[:-1]:  # the nights before it, oldest first
+        for d in warm:  # the nights before it, oldest first
+            earlier = _scored(settings, panel, rows, T - d * spd, cid[0], model, history)
             history.apply(earlier, rate, cid[0])
             history = history.next()
-        day = scored[-1]
+        day = _scored(settings, panel, rows, T, cid[0], model, history)
         if history is not None:
             day = history.apply(day, rate, cid[0])
-        H = model.config.horizon
         night_ts = ts[-H:]
         # the night's flags: the stored rows when the night was run, else this scoring's,
         # as the nightly job would have written them
@@ -134,6 +132,20 @@ def series_night(
             )
     order = {s: i for i, s in enumerate(ids)}
     return sorted(out, key=lambda v: order[v.series_id])
+
+
+def _scored(settings: Settings, panel: Panel, rows: np.ndarray, end: int, cluster_id: str,
+            model: object, history: NightHistory | None) -> object:  # fmt: skip
+    """The night ending at column ``end`` of ``panel``'s ``rows``, from the window the
+    nightly job reads: the history's shared events and the night before's held flags left
+    out (``NightHistory.without_events``)."""
+    window = Panel(panel.values[rows, :end], panel.mask[rows, :end], panel.series_ids[rows],
+                   panel.start, panel.freq)  # fmt: skip
+    if history is not None:
+        window = history.without_events(window, cluster_id, model.config.k, model.config.horizon,
+                                        settings.holidays, period_of_cluster(cluster_id))  # fmt: skip
+    return score_day(window.values, window.mask, window.series_ids, panel.start_step, model,
+                     settings.false_alarm_rate, causal=settings.causal)  # fmt: skip
 
 
 def _night_was_run(engine, night: date) -> bool:  # noqa: ANN001
