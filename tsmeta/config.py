@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from tsmeta.database_url import normalise_database_url
+from tsmeta.config_places import PlacesSettings
 from tsmeta.frequency import normalise_freq, steps_per_day
 from tsmeta.meta import ALGORITHMS
 
@@ -44,47 +44,11 @@ def _toml_path() -> Path | None:
     return local if local.is_file() else None
 
 
-class Settings(BaseSettings):
+class Settings(PlacesSettings):
     model_config = SettingsConfigDict(env_prefix="TSMETA_", extra="forbid")
 
-    # the descriptions are docs/settings.md (``python -m tsmeta.settings_doc``; tested)
-    # --- where things are
-    data_dir: Path = Field(
-        Path("tsmeta-data"),
-        description=(
-            "Root of everything the embedded setup writes: the dataset, the SQLite database, "
-            "the models, reports."
-        ),
-    )
-    dataset_path: Path | None = Field(
-        None, description=("The date-partitioned Parquet dataset. Unset: `data_dir/dataset`.")
-    )
-    database_url: str | None = Field(
-        None,
-        description=(
-            "SQLAlchemy URL of the anomaly store: SQLite or PostgreSQL "
-            "(`postgresql+psycopg://user:pw@host:5432/db`; `postgres://` URLs use psycopg 3). "
-            "Unset: the SQLite file `data_dir/tsmeta.db`."
-        ),
-    )
-    model_dir: Path | None = Field(
-        None,
-        description="The meta-model store (one file per cluster and version). Unset: `data_dir/models`.",
-    )
-    ray_address: str | None = Field(
-        None,
-        description=(
-            "Ray cluster for meta-training (and scoring with `executor=ray`): `auto`, "
-            "`ray://host:10001`, `host:port`. Unset: a private local Ray instance."
-        ),
-    )
-    executor: Literal["local", "ray"] = Field(
-        "local",
-        description=(
-            "Where nightly scoring runs: `local` (in-process, a thread pool) or `ray` (one Ray "
-            "task per batch). Meta-training always goes through Ray."
-        ),
-    )
+    # the descriptions are docs/settings.md (``python -m tsmeta.settings_doc``; tested);
+    # where things are (paths, the database, Ray): ``tsmeta.config_places``
     # --- the data's step and what derives from it
     freq: str = Field(
         "h",
@@ -341,11 +305,6 @@ class Settings(BaseSettings):
         if self.device != "auto":
             return self.device
         return "cuda" if torch.cuda.is_available() else "cpu"
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, v: str | None) -> str | None:
-        return None if v is None else normalise_database_url(v)
 
     @field_validator("freq", mode="before")
     @classmethod
