@@ -65,7 +65,7 @@ _HELD_FILE = re.compile(r"held-night=(\d{4}-\d{2}-\d{2})\.parquet")
 # too: one anomaly (a level shift of 30 noise sds for a day) would otherwise widen a busy
 # series' own scale for weeks and hide its later spikes, while a change of regime that
 # goes on (flagged two nights running) still widens it (NAB: 46.0 when every night clips)
-HISTORY_CLIP = 4.0
+HISTORY_CLIP: float = Settings.model_fields["history_clip"].default
 _FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
@@ -182,6 +182,7 @@ class NightHistory:
         self._flagged: list[pl.DataFrame] = []
         self._forgotten: pl.DataFrame | None = None
         self._members: pl.DataFrame | None = None  # (series_id, step) of those forgotten
+        self._night_steps = 0  # tonight's points a series (``apply``)
         # the points flagged on the night before, of series not flagged on the one before
         # it (series_id, step in that night): left out of what tonight adapts from
         self.held = (pl.DataFrame(schema=_HELD_SCHEMA) if held is None or not hold
@@ -286,7 +287,8 @@ class NightHistory:
             self._flagged.append(pl.DataFrame({
                 "series_id": ids[rows], "step": steps.astype(np.int64),
                 "residual": residual[rows, steps].astype(np.float64),
-                "first": fresh[rows], "night_steps": residual.shape[1]}))  # fmt: skip
+                "first": fresh[rows]}))  # fmt: skip
+        self._night_steps = residual.shape[1]
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
                                          "min_tail": lowest[:, -1],
@@ -355,7 +357,7 @@ class NightHistory:
         if not self._flagged or not self.hold:
             return pl.DataFrame(schema=_HELD_SCHEMA)
         held = (pl.concat(self._flagged)
-                .filter(pl.col("first") & (2 * pl.len().over("series_id") < pl.col("night_steps")))
+                .filter(pl.col("first") & (2 * pl.len().over("series_id") < self._night_steps))
                 .select(list(_HELD_SCHEMA)))  # fmt: skip
         if self._members is not None:
             held = held.join(self._members, on=list(_HELD_SCHEMA), how="anti")

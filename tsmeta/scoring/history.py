@@ -85,12 +85,17 @@ class ResidualHistory:
             m2=self.m2 + m2_b + delta**2 * self.count * share,
         )
 
+    def _known_sd(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with at least MIN_HISTORY residuals, their standard deviation; 0 elsewhere)."""
+        known = self.count >= MIN_HISTORY
+        return known, np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2),
+                                        where=known))  # fmt: skip
+
     def clipped(self, residual: np.ndarray, c: float) -> np.ndarray:
         """Residuals (n, H) clipped to c standard deviations of the history around its mean
         (rows with fewer than MIN_HISTORY residuals as they are)."""
         r = _floating(residual)
-        known = self.count >= MIN_HISTORY
-        sd = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=known))
+        known, sd = self._known_sd()
         lo = np.where(known, self.mean - c * sd, -np.inf)[:, None].astype(r.dtype)
         hi = np.where(known, self.mean + c * sd, np.inf)[:, None].astype(r.dtype)
         return np.clip(r, lo, hi)
@@ -113,8 +118,7 @@ class ResidualHistory:
         precision; NaN where the series has fewer than MIN_HISTORY earlier residuals. A
         series whose residuals never varied: 0 at its mean, infinite elsewhere."""
         r = _floating(residual)
-        known = self.count >= MIN_HISTORY
-        sd = np.sqrt(np.divide(self.m2, self.count, out=np.zeros_like(self.m2), where=known))
+        known, sd = self._known_sd()
         z = r - self.mean[:, None].astype(r.dtype)  # one array, updated in place
         np.abs(z, out=z)
         with np.errstate(divide="ignore", invalid="ignore"):
