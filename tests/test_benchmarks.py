@@ -128,6 +128,7 @@ def test_families_small(tmp_path):
         for m in fam["methods"].values():
             assert 0 <= m["f1_at_rate"] <= m["best_f1"] + 1e-9 <= 1
             assert 0 <= m["clean_rate"] <= m["worst_cell_rate"] <= 1
+            assert m["clean_rate"] <= m["worst_weekday_rate"] + 1e-12 <= 1 + 1e-12
     business = res["families"]["business"]["methods"]["tsmeta"]
     assert 0 <= business["holiday_rate"] <= 1 and 0 <= business["after_holiday_rate"] <= 1
     assert business["after_holiday_rate"] <= business["after_holiday_worst_night"] <= 1

@@ -221,6 +221,34 @@ def test_an_event_that_filled_the_support_is_kept_divided_by_the_series_own_fact
     np.testing.assert_allclose(out.values[:, 72:96], many[:, 72:96] / 0.6, rtol=1e-5)
 
 
+def test_an_earlier_event_is_read_by_lag_medians_at_the_series_own_level():
+    """A holiday before the support (at 0.6x) stays in the window with each series' factor
+    divided out, so that the lag medians and the veto read an ordinary day of the series'
+    present level (leaving it out made the medians read a period further back: a trending
+    series' reference a period stale on the same weekday after it). Series of other signs,
+    and clusters without a period, leave it out."""
+    from datetime import datetime
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.jobs.history import NightHistory
+
+    start = datetime(2026, 1, 1)  # 6 days: three ordinary, the event, one ordinary, the night
+    shape = 10.0 + np.arange(24)
+    day = np.stack([shape, 50.0 + 2 * shape, -shape])  # c: of negative values
+    values = np.tile(day, 6).astype(np.float32)
+    values[:, 72:96] *= np.float32(0.6)
+    mask = np.ones_like(values, dtype=bool)
+    panel = Panel(values.copy(), mask.copy(), np.array(["a", "b", "c"]), start, "h")
+    history = NightHistory(events=_events(("p24-0", "2026-01-04T00:00", "2026-01-05T00:00")))
+    out = history.without_events(panel, "p24-0", k=24, horizon=24, period=24)
+    assert out.mask[:2].all()
+    np.testing.assert_allclose(out.values[:2, 72:96], np.tile(day[:2], 6)[:, 72:96], rtol=1e-5)
+    assert (out.values[:2, 96:] == values[:2, 96:]).all()
+    assert not out.mask[2, 72:96].any() and out.mask[2, 96:].all()  # another sign: left out
+    plain = history.without_events(panel, "p24-0", k=24, horizon=24)  # no period: left out
+    assert not plain.mask[:, 72:96].any() and plain.mask[:, :72].all()
+
+
 def test_shared_events_are_remembered_night_to_night_and_forgotten_after_event_days(tmp_path):
     from datetime import date, timedelta
 

@@ -1,9 +1,13 @@
 """A night's window without its cluster's earlier shared events (a holiday, an outage).
 
 The steps of those events are unobserved before the night, so that an event is neither
-what a series adapts from nor what its lag medians, spread and veto read. A series that
-would keep under half of its K support points (a one-day holiday before a day's support)
-keeps them instead, with its own factor over the event divided out: the median of its
+what a series adapts from nor what its lag medians, spread and veto read as the series'
+normal. Where the cluster has a period, an event before the support stays in with each
+series' factor over it divided out (below): left out, it made the lag medians read one
+period further back on its phases (a trending series' reference a period stale on the
+same weekday one and two weeks after a holiday). A series that would keep under half of
+its K support points (a one-day holiday before a day's support) keeps them too, divided
+the same way: the median of its
 event points' ratios to their references (the median of the same phase over the
 ``LAG_PERIODS`` periods before, outside events) over the median of the same ratios on the
 K points before the support, so that a break or a trend the series had before the event
@@ -36,8 +40,9 @@ MIN_FACTOR_SERIES = 5  # the shared factor: the median of at least this many ser
 def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int,
                   horizon: int, period: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(values, mask) of a window (n, T) with the steps ``drop`` (T,) unobserved before its
-    last ``horizon`` steps, and a support they would mostly empty divided by the event's
-    factor instead (module docstring; ``period`` 0: kept as it was)."""
+    last ``horizon`` steps, and a support they would mostly empty, and with a ``period``
+    the events before the support, divided by the event's factor instead (module
+    docstring; ``period`` 0: the support kept as it was, earlier events left out)."""
     night0 = mask.shape[1] - horizon
     masked = mask & ~drop
     first = max(0, night0 - k)
@@ -52,7 +57,20 @@ def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int
         out_mask[keep, first:night0] = mask[keep, first:night0]
         out[keep] = np.where(out_mask[keep], values[keep], np.nan)
         out[keep, first:night0] = np.where(out_mask[keep, first:night0], scaled[ok], np.nan)
+    if period:  # earlier events: read by lag medians and the veto at the series' level
+        for a, b in _spans(drop[:first]):
+            scaled, ok = _divided(values, mask, drop, a, b, period)
+            rows = np.nonzero(ok)[0]
+            out_mask[rows, a:b] = mask[rows, a:b]
+            out[rows, a:b] = np.where(mask[rows, a:b], scaled[ok], np.nan)
     return out, out_mask
+
+
+def _spans(flags: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, end) runs of True in ``flags`` (T,)."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()
+    return list(zip(starts, ends, strict=True))
 
 
 def _divided(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int, night0: int,

@@ -203,10 +203,10 @@ class NightHistory:
         """The panel with the steps of the cluster's earlier shared events, and of the
         known ``holidays`` (whole UTC days), unobserved before its last ``horizon`` steps
         (the night), so that a holiday or an outage is not what its series adapt from nor
-        what their lag medians, spread and veto read; a support they would mostly empty is
-        kept with each series' factor over the event divided out where the cluster has a
-        ``period`` (``tsmeta.event_windows``: the holiday's 0.6x comes back as an ordinary
-        day at the series' own level)."""
+        what their lag medians, spread and veto read; where the cluster has a ``period``, a
+        support they would mostly empty and the events before the support are kept with
+        each series' factor over the event divided out (``tsmeta.event_windows``: the
+        holiday's 0.6x comes back as an ordinary day at the series' own level)."""
         panel = self.without_held(panel, horizon)
         night0 = panel.mask.shape[1] - horizon
         step = freq_timedelta(panel.freq)
@@ -242,9 +242,9 @@ class NightHistory:
         rows = hit["_row"].to_numpy()
         cols = panel.mask.shape[1] - 2 * horizon + hit["step"].to_numpy()
         ok = (cols >= 0) & (cols < panel.mask.shape[1] - horizon)
-        mask = panel.mask.copy()
+        mask, values = panel.mask.copy(), panel.values.copy()  # copies: a few points change
         mask[rows[ok], cols[ok]] = False
-        values = np.where(mask, panel.values, np.nan).astype(panel.values.dtype)
+        values[rows[ok], cols[ok]] = np.nan
         return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
 
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
