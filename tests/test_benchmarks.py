@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +158,21 @@ def test_nab_small(tmp_path):
         assert info["flagged_nightly"] < info["points"] / 20
         assert 0 < info["alerts"] < info["flagged_nightly"]
     assert res["scoreboard"]["windowedGaussian"]["standard"] == pytest.approx(39.65, abs=0.01)
+
+
+def test_families_mstl_peer_scores_each_week_from_the_weeks_before():
+    """The MSTL peer: a point far off its seasons gets a large |z|, ordinary points small;
+    nothing before ``first`` is scored and a week is forecast from the 3 weeks before it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import families
+
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * 168)
+    base = 100 + 20 * np.sin(2 * np.pi * t / 24) + 10 * (t % 168 >= 120)
+    values = base + rng.normal(0, 1, (3, len(t)))
+    values[1, 4 * 168 + 30] += 40  # a spike in the second scored week
+    values[2, 3 * 168 + 5 : 3 * 168 + 7] = np.nan  # gaps are filled forward for the fit
+    z = families.mstl_z(values, 3 * 168)
+    assert z.shape == (3, 2 * 168)
+    assert z[1, 168 + 30] > 8 and np.nanmedian(z) < 1.5
+    assert np.isnan(z[2, 5:7]).all() and np.isfinite(z[0]).all()
