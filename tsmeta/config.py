@@ -142,8 +142,10 @@ class Settings(PlacesSettings):
         description=(
             "The lagged inputs are the median of the same phase over this many recent periods, "
             "so that one unusual week (a holiday, an outage) is not read as the normal the "
-            "week after (a period left out, a shared event or a known holiday, is replaced by "
-            "the one before it); 1: the most recent value alone. Takes effect at `train`."
+            "week after (a period left out, a gap or an aperiodic cluster's shared event, is "
+            "replaced by the one before it; a periodic cluster's shared events and known "
+            "holidays are read with each series' factor over them divided out); 1: the most "
+            "recent value alone. Takes effect at `train`."
         ),
     )
     inner_steps: int = Field(
@@ -225,8 +227,9 @@ class Settings(PlacesSettings):
         default_factory=list,
         description=(
             "Known holidays (`TSMETA_HOLIDAYS='[\"2026-12-25\"]'`): shared events on them are "
-            "of kind `holiday` (expected), not `shared`, and with `own_history` their days (UTC) "
-            "are left out of what later nights adapt from."
+            "of kind `holiday` (expected), not `shared`, and with `own_history` later nights "
+            "read their days (UTC) as shared events: with each series' factor over them "
+            "divided out where the cluster has a period, else left out."
         ),
     )
     own_history: bool = Field(
