@@ -191,6 +191,7 @@ def _print_where(settings: object, report: dict, stored: object, data_dir: Path,
     _say(
         f"the night's HTML report (summary, per cluster, plots of the top anomalies): {report['path']}"
     )
+    sid = stored.row(0, named=True)["series_id"] if stored.height else "SERIES_ID"
     _say(f"  one series: {sys.argv[0] if sys.argv[0].endswith('tsmeta') else 'tsmeta'} plot "
-         f"{stored.row(0, named=True)['series_id'] if stored.height else 'SERIES_ID'} "
-         f"--data-dir {data_dir}{'' if freq == 'h' else ' --freq ' + freq} --date {night}")  # fmt: skip
+         f"{sid} --data-dir {data_dir}{'' if freq == 'h' else ' --freq ' + freq} --date {night} "
+         f"--out {Path(data_dir) / 'reports' / f'{sid}.png'}")  # fmt: skip
