@@ -526,3 +526,20 @@ def test_points_flagged_the_night_before_are_left_out_of_the_next_nights_support
     gone[0, [29, 30, 31]] = gone[3, 26] = True  # the night before is columns 24..47
     assert (out.mask == ~gone).all() and np.isnan(out.values[gone]).all()
     assert (out.values[~gone] == values[~gone]).all()
+
+
+def test_the_event_factor_median_equals_numpy_nanmedian():
+    """``event_windows._nanmedian`` (one sort and a count) is numpy's nanmedian, NaN where a
+    slice has no number, on both axes the factor reads."""
+    import warnings
+
+    from tsmeta.event_windows import _nanmedian
+
+    rng = np.random.default_rng(1)
+    for shape, axis in (((3, 40, 24), 0), ((40, 24), 1), ((5, 2), 1)):
+        x = rng.normal(size=shape)
+        x[rng.random(shape) < 0.4] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expect = np.nanmedian(x, axis=axis)
+        np.testing.assert_allclose(_nanmedian(x, axis), expect, equal_nan=True)
