@@ -60,7 +60,6 @@ from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.meta.calibrate import CALIBRATION_PARTS
 from tsmeta.store.writes import read_profile
 
-METHODS = ("tsmeta", "seasonal naive + MAD", "3-week median + MAD")  # and ``--mstl``'s
 WEEK = 168
 
 
@@ -100,8 +99,8 @@ def mstl_z(values: np.ndarray, first: int, every: int = WEEK,
     """|z| of every point from column ``first`` on from statsforecast's MSTL (seasons of a
     day and a week; its trend and remainder by AutoETS), refit every ``every`` hours on the
     ``history`` hours before (gaps filled forward): the point's distance from the forecast
-    over its 95% interval's half-width / 1.96. Refit weekly, not nightly: 35 nights of
-    1,000 series refit nightly would cost 15 minutes a family."""
+    over its 95% interval's half-width / 1.96. Refit weekly, not nightly: at about 0.12 s
+    a fit, 35 nightly refits of 1,000 series would cost over an hour a family."""
     import pandas as pd
     from statsforecast import StatsForecast
     from statsforecast.models import MSTL
@@ -182,8 +181,9 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
                 rates[f"{c} {'MTWTFSS'[d]}{d}"] = float(flag[cell].mean())
     worst = max(rates, key=rates.get) if rates else None
     # the issue's bar: the worst weekday over every cluster (the cell above is stricter)
-    days = {"MTWTFSS"[d] + str(d): float(flag[clean & (dow[None, :] == d)].mean())
-            for d in range(7) if (clean & (dow[None, :] == d)).any()}  # fmt: skip
+    on_day = {d: clean & (dow[None, :] == d) for d in range(7)}
+    days = {"MTWTFSS"[d] + str(d): float(flag[cell].mean()) for d, cell in on_day.items()
+            if cell.any()}  # fmt: skip
     worst_day = max(days, key=days.get) if days else None
     hol = observed & holiday & (event < 0)
     after = clean & after_holiday[None, :]
@@ -370,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tsmeta-families-") as tmp:
         for family in args.families:
             results["families"][family] = run_family(family, args, Path(tmp))
-    cols = ("best_f1", "f1_at_rate", "pr_auc", "clean_rate", "worst_weekday_rate", "worst_cell_rate", "worst_cell",
-            "holiday_rate", "after_holiday_rate", "after_holiday_worst_night",
-            "fallback_share")  # fmt: skip
+    cols = ("best_f1", "f1_at_rate", "pr_auc", "clean_rate", "worst_weekday_rate",
+            "worst_cell_rate", "worst_cell", "holiday_rate", "after_holiday_rate",
+            "after_holiday_worst_night", "fallback_share")  # fmt: skip
     for family, res in results["families"].items():
         print(f"\n{family}: {res['series']} series, {res['nights']} nights replayed, {res['events']} events "
               f"(configured rate 1e-3; {res['total_seconds']} s)")  # fmt: skip
