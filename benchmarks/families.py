@@ -11,9 +11,11 @@ business metrics with multiplicative seasons, count noise, a shared holiday and 
 4. score the same points with the peers, each from the history before the point only:
    ``seasonal naive + MAD`` (the value a week before; z from the median and MAD of the
    previous 7 days' residuals), ``3-week median + MAD`` (the median of the same hour 1,
-   2 and 3 weeks before; the same z) and ``MSTL interval`` (statsforecast's MSTL with
-   daily and weekly seasons, refit every week on the 3 weeks before it: ``mstl_z``;
-   with ``--mstl``: it costs about 0.12 CPU s a series a week).
+   2 and 3 weeks before; the same z), ``matrix profile (STUMPY)`` (the library detector:
+   the left matrix profile's discord distance of the day ending at the point, the same
+   z, one-sided) and ``MSTL interval`` (statsforecast's MSTL with daily and weekly
+   seasons, refit every week on the 3 weeks before it; with ``--mstl``: it costs about
+   0.12 CPU s a series a week). The peers are in ``peers.py``.
 
 Reported per family and method, on the replayed nights:
 
@@ -49,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from peers import WEEK, discord_z, mstl_z, normal_quantile, peer_z
 
 from tsmeta import jobs
 from tsmeta.config import load_settings
@@ -59,66 +62,6 @@ from tsmeta.data.synthetic import read_labels, write_synthetic_dataset
 from tsmeta.evaluation import event_scores, pr_auc
 from tsmeta.meta.calibrate import CALIBRATION_PARTS
 from tsmeta.store.writes import read_profile
-
-WEEK = 168
-
-
-def _normal_quantile(p: float) -> float:
-    """z with two-sided tail probability p (bisection on erfc; no scipy needed)."""
-    lo, hi = 0.0, 40.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if math.erfc(mid / math.sqrt(2)) > p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
-def _rolling_median_mad(resid: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Median and 1.4826 * MAD of the previous ``window`` residuals at every step (NaN-aware)."""
-    n, T = resid.shape
-    windows = np.lib.stride_tricks.sliding_window_view(
-        np.concatenate([np.full((n, window), np.nan), resid], axis=1), window, axis=1
-    )[:, :T]  # (n, T, window): the window steps before t
-    med = np.nanmedian(windows, axis=2)
-    mad = 1.4826 * np.nanmedian(np.abs(windows - med[:, :, None]), axis=2)
-    return med, mad
-
-
-def peer_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """|z| of each point's residual from ``reference`` against the previous 7 days' residuals."""
-    resid = values - reference
-    med, mad = _rolling_median_mad(resid, WEEK)
-    floor = 1e-6 * np.nanmedian(np.abs(values), axis=1, keepdims=True) + 1e-9
-    return np.abs(resid - med) / np.maximum(mad, floor)
-
-
-def mstl_z(values: np.ndarray, first: int, every: int = WEEK,
-           history: int = 3 * WEEK) -> np.ndarray:  # fmt: skip
-    """|z| of every point from column ``first`` on from statsforecast's MSTL (seasons of a
-    day and a week; its trend and remainder by AutoETS), refit every ``every`` hours on the
-    ``history`` hours before (gaps filled forward): the point's distance from the forecast
-    over its 95% interval's half-width / 1.96. Refit weekly, not nightly: at about 0.12 s
-    a fit, 35 nightly refits of 1,000 series would cost over an hour a family."""
-    import pandas as pd
-    from statsforecast import StatsForecast
-    from statsforecast.models import MSTL
-
-    n, total = values.shape
-    out = np.full((n, total - first), np.nan)
-    for t0 in range(first, total, every):
-        h = min(every, total - t0)
-        y = pd.DataFrame(values[:, t0 - history : t0].T).ffill().bfill().fillna(0.0).to_numpy().T
-        df = pd.DataFrame({"unique_id": np.repeat(np.arange(n), history),
-                           "ds": np.tile(np.arange(history), n), "y": y.ravel()})  # fmt: skip
-        fc = (StatsForecast(models=[MSTL(season_length=[24, WEEK])], freq=1, n_jobs=1)
-              .forecast(df=df, h=h, level=[95]).sort_values(["unique_id", "ds"]))  # fmt: skip
-        mean = fc["MSTL"].to_numpy().reshape(n, h)
-        half = (fc["MSTL-hi-95"] - fc["MSTL-lo-95"]).to_numpy().reshape(n, h) / (2 * 1.959964)
-        miss = np.abs(values[:, t0 : t0 + h] - mean)
-        out[:, t0 - first : t0 - first + h] = miss / np.maximum(half, 1e-9)
-    return out
 
 
 def _grid(frame: pl.DataFrame, ids: np.ndarray, start: datetime, T: int, col: str) -> np.ndarray:
@@ -281,7 +224,7 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     lags = np.stack([np.pad(values, ((0, 0), (w * WEEK, 0)), constant_values=np.nan)[:, : values.shape[1]]
                      for w in (1, 2, 3)])  # fmt: skip
     median3 = np.nanmedian(lags, axis=0)
-    z_cut = _normal_quantile(settings.false_alarm_rate)
+    z_cut = normal_quantile(settings.false_alarm_rate)
     peers = {}
     for name, ref in (("seasonal naive + MAD", naive), ("3-week median + MAD", median3)):
         z = peer_z(values, ref)[:, first:]
@@ -291,6 +234,10 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
         z = mstl_z(values, first)
         peers["MSTL interval"] = (z, z > z_cut)
         seconds["MSTL interval"] = round(time.perf_counter() - t_m, 1)
+    t_m = time.perf_counter()
+    z = discord_z(values, first)  # one-sided: its cut leaves the whole rate on one tail
+    peers["matrix profile (STUMPY)"] = (z, z > normal_quantile(2 * settings.false_alarm_rate))
+    seconds["matrix profile (STUMPY)"] = round(time.perf_counter() - t_m, 1)
 
     labels = read_labels(root).with_columns(pl.col("series_id").cast(pl.String))
     event, context, holiday = _label_grids(labels, ids, eval_start, T)

@@ -125,7 +125,8 @@ def test_families_small(tmp_path):
     assert set(res["families"]) == {"default", "business"}
     for fam in res["families"].values():
         assert fam["nights"] == 14 and fam["events"] > 0
-        assert set(fam["methods"]) == {"tsmeta", "seasonal naive + MAD", "3-week median + MAD"}
+        assert set(fam["methods"]) == {"tsmeta", "seasonal naive + MAD", "3-week median + MAD",
+                                       "matrix profile (STUMPY)"}  # fmt: skip
         for m in fam["methods"].values():
             assert 0 <= m["f1_at_rate"] <= m["best_f1"] + 1e-9 <= 1
             assert 0 <= m["clean_rate"] <= m["worst_cell_rate"] <= 1
@@ -164,7 +165,7 @@ def test_families_mstl_peer_scores_each_week_from_the_weeks_before():
     """The MSTL peer: a point far off its seasons gets a large |z|, ordinary points small;
     nothing before ``first`` is scored and a week is forecast from the 3 weeks before it."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import families
+    import peers
 
     rng = np.random.default_rng(0)
     t = np.arange(5 * 168)
@@ -172,7 +173,25 @@ def test_families_mstl_peer_scores_each_week_from_the_weeks_before():
     values = base + rng.normal(0, 1, (3, len(t)))
     values[1, 4 * 168 + 30] += 40  # a spike in the second scored week
     values[2, 3 * 168 + 5 : 3 * 168 + 7] = np.nan  # gaps are filled forward for the fit
-    z = families.mstl_z(values, 3 * 168)
+    z = peers.mstl_z(values, 3 * 168)
     assert z.shape == (3, 2 * 168)
     assert z[1, 168 + 30] > 8 and np.nanmedian(z) < 1.5
     assert np.isnan(z[2, 5:7]).all() and np.isfinite(z[0]).all()
+
+
+def test_families_matrix_profile_peer_scores_a_day_against_earlier_days():
+    """The library peer (STUMPY's left matrix profile): the day ending at a spike is far from
+    every earlier day, ordinary days are not; gaps are filled, nothing before ``first``."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peers
+
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * 168)
+    values = 100 + 20 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 1, (3, len(t)))
+    values[1, 4 * 168 + 30] += 40
+    values[2, 3 * 168 + 5 : 3 * 168 + 7] = np.nan
+    values[0, :3] = np.nan
+    z = peers.discord_z(values, 3 * 168)
+    assert z.shape == (3, 2 * 168) and np.isfinite(z).all() and (z >= 0).all()
+    assert z[1, 168 + 30] > 10 and z[1, 168 + 29] < 3  # the spike, not the hour before it
+    assert np.median(z) < 0.5
