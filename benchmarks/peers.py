@@ -115,9 +115,8 @@ def discord_z(values: np.ndarray, first: int, m: int = 24) -> np.ndarray:
     first_ok = np.argmax(ok, axis=1)[:, None]
     filled = np.take_along_axis(values, np.where(idx >= 0, idx, first_ok), axis=1)
     dist = np.full((n, total), np.nan)
-    for i in range(n):  # a benchmark peer, a series at a time as the library works
-        if not np.isnan(filled[i]).any():
-            dist[i, m - 1 :] = _left_distances(filled[i], m)
+    for i in np.nonzero(ok.any(axis=1))[0]:  # a series at a time, as the library works
+        dist[i, m - 1 :] = _left_distances(filled[i], m)
     med, mad = _rolling_median_mad(dist, WEEK)
     z = np.maximum(dist - med, 0.0) / np.maximum(mad, 1e-9)
     return z[:, first:]
