@@ -221,6 +221,43 @@ def test_an_event_that_filled_the_support_is_kept_divided_by_the_series_own_fact
     np.testing.assert_allclose(out.values[:, 72:96], many[:, 72:96] / 0.6, rtol=1e-5)
 
 
+def test_a_weekly_clusters_holiday_support_is_divided_from_the_days_a_night_reads():
+    """A weekly cluster adapting from K = 24 reads the day before the support but not that
+    day's references a week apart (``steps_read``). The night after a one-day holiday
+    (0.6x) must still divide its support by each series' factor, the "before" ratios taken
+    from the same day a week earlier: without references the factor was missing and the
+    weekly cluster adapted to the holiday's level (its next night forecast at 0.6x)."""
+    from datetime import datetime, timedelta
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.forecaster import FeatureSpec
+    from tsmeta.jobs.history import NightHistory
+    from tsmeta.meta.tasks import steps_read
+
+    week = 168
+    shape = 10.0 + np.arange(week) % 24 + 5.0 * (np.arange(week) // 24 == 5)  # a busy Saturday
+    levels = np.arange(1, 7, dtype=np.float64)[:, None]
+    T = 5 * week  # the night scored is the last day; the holiday the day before
+    values = (levels * np.tile(shape, 5)).astype(np.float32)
+    night0 = T - 24
+    values[:, night0 - 24 : night0] *= np.float32(0.6)
+    spec = FeatureSpec(period=week, relative_to_lag=True, lag_periods=3)
+    read = np.array(sorted(steps_read(spec, 24, 24))) + night0
+    mask = np.zeros_like(values, dtype=bool)
+    mask[:, read[read >= 0]] = True  # what a night loads: the rest of the window is never read
+    # the references of the day before the support are not read
+    assert not mask[:, night0 - 48 - week : night0 - 24 - week].any()
+    panel = Panel(np.where(mask, values, np.nan).astype(np.float32), mask,
+                  np.array(list("uvwxyz")), datetime(2026, 1, 5), "h")  # fmt: skip
+    holiday = datetime(2026, 1, 5) + timedelta(hours=night0 - 24)
+    history = NightHistory(events=_events(
+        ("p168-0", holiday.isoformat(), (holiday + timedelta(days=1)).isoformat())))  # fmt: skip
+    out = history.without_events(panel, "p168-0", k=24, horizon=24, period=week)
+    support = slice(night0 - 24, night0)
+    assert out.mask[:, support].all()
+    np.testing.assert_allclose(out.values[:, support], values[:, support] / 0.6, rtol=1e-5)
+
+
 def test_an_earlier_event_is_read_by_lag_medians_at_the_series_own_level():
     """A holiday before the support (at 0.6x) stays in the window with each series' factor
     divided out, so that the lag medians and the veto read an ordinary day of the series'

@@ -10,8 +10,9 @@ its K support points (a one-day holiday before a day's support) keeps them too, 
 the same way: the median of its
 event points' ratios to their references (the median of the same phase over the
 ``LAG_PERIODS`` periods before, outside events) over the median of the same ratios on the
-K points before the support, so that a break or a trend the series had before the event
-stays its own. Where a series' factor is more than ``OWN_FACTOR_SPAN`` from the batch's
+K points before the support (where a night did not read their references, as in a weekly
+cluster with K = 24: on the same phases whole periods back, ``before_offset``), so that a
+break or a trend the series had before the event stays its own. Where a series' factor is more than ``OWN_FACTOR_SPAN`` from the batch's
 median (the event's shared factor), the shared one is divided out instead: a break of the
 series' own on the event's day keeps its new level. Kept as they were: the supports of a
 cluster without a period (a walk's own move cannot be told from the event's), of series
@@ -59,7 +60,8 @@ def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int
         out[keep, first:night0] = np.where(out_mask[keep, first:night0], scaled[ok], np.nan)
     if period:  # earlier events: read by lag medians and the veto at the series' level
         for a, b in _spans(drop[:first]):
-            lo = max(0, a - (b - a) - LAG_PERIODS * period)  # the columns _divided reads
+            # the columns _divided reads
+            lo = max(0, a - before_offset(b - a, period) - LAG_PERIODS * period)
             scaled, ok = _divided(values[:, lo:b], mask[:, lo:b], drop[lo:b], a - lo, b - lo,
                                   period)  # fmt: skip
             rows = np.nonzero(ok)[0]
@@ -95,10 +97,14 @@ def _divided(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int,
         good = (here > 0) & (ref > 0)  # False where either is NaN
         return np.where(good, here / np.where(good, ref, 1.0), np.nan)
 
+    back = before_offset(k, period)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN phases: no reference
         during = ratios(cols(first, True), first)
         before = ratios(cols(first - k, False), first - k)
+        short = np.isfinite(before).sum(1) < MIN_FACTOR_POINTS
+        if back != k and short.any():  # not read: the same phases whole periods back
+            before[short] = ratios(cols(first - back, False), first - back)[short]
         factor = _nanmedian(during, 1) / _nanmedian(before, 1)
     ok = (np.isfinite(during).sum(1) >= MIN_FACTOR_POINTS) & np.isfinite(factor) & (factor > 0)
     ok &= np.isfinite(before).sum(1) >= MIN_FACTOR_POINTS
@@ -108,6 +114,15 @@ def _divided(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int,
         factor = np.where(own, factor, shared)
     scale = np.where(drop[first:night0], np.where(ok, factor, 1.0)[:, None], 1.0)
     return (values[:, first:night0].astype(np.float64) / scale).astype(values.dtype), ok
+
+
+def before_offset(k: int, period: int) -> int:
+    """Where a factor's "before" ratios are read where the K points just before the support
+    have too few references: the same phases the smallest whole number of periods (at least
+    K) back. A night reads only the support's lags (``tsmeta.meta.tasks.steps_read``): in a
+    weekly cluster adapting from K = 24 the day before the support is read but not its
+    references a week apart, the same day a week before and its references are."""
+    return period * -(-k // period)
 
 
 def _nanmedian(x: np.ndarray, axis: int) -> np.ndarray:
