@@ -99,18 +99,30 @@ def _label_grids(labels: pl.DataFrame, ids: np.ndarray, start: datetime, T: int)
     return event, context, holiday
 
 
-def best_event_f1(score: np.ndarray, event: np.ndarray, observed: np.ndarray) -> float:
+def best_event_f1(
+    score: np.ndarray, event: np.ndarray, observed: np.ndarray
+) -> tuple[float, float]:
+    """The best event F1 over thresholds of ``score``, and that threshold."""
     s = np.where(np.isnan(score), -np.inf, score)
     finite = s[np.isfinite(s)]
     if not finite.size:
-        return 0.0
+        return 0.0, np.inf
     qs = np.quantile(finite, 1 - np.geomspace(1e-4, 0.05, 30))
-    return max(event_scores(s >= q, event, observed)["f1"] for q in qs)
+    f1 = [event_scores(s >= q, event, observed)["f1"] for q in qs]
+    return max(f1), float(qs[int(np.argmax(f1))])
+
+
+def recall_by_kind(flag: np.ndarray, event: np.ndarray, observed: np.ndarray,
+                   kinds: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """The share of each anomaly kind's events (``kinds[event id]``) with a flag inside."""
+    seen = np.unique(event[(event >= 0) & observed])
+    hit = np.isin(seen, np.unique(event[flag & (event >= 0)]))
+    return {str(k): round(float(hit[kinds[seen] == k].mean()), 3) for k in np.unique(kinds[seen])}
 
 
 def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np.ndarray,
              holiday: np.ndarray, observed: np.ndarray, dow: np.ndarray, cluster: np.ndarray,
-             after_holiday: np.ndarray) -> dict:  # fmt: skip
+             after_holiday: np.ndarray, kinds: np.ndarray) -> dict:  # fmt: skip
     usable = observed & ~context
     raw, flag = flag, flag & usable
     score = np.where(usable, score, np.nan)
@@ -136,12 +148,15 @@ def evaluate(score: np.ndarray, flag: np.ndarray, event: np.ndarray, context: np
     # the worst single night of the 7 after the holiday (the first, whose support it is)
     after_nights = [night_rate[d] for d in nights
                     if after_holiday[d * 24 : d * 24 + 24].all() and night_rate[d] is not None]  # fmt: skip
+    best, cut = best_event_f1(score, event, observed)
     return {
         "f1_at_rate": at_rate["f1"],
         "precision_at_rate": at_rate["precision"],
         "recall_at_rate": at_rate["recall"],
         # the best over score thresholds and the method's own flags (an operating point too)
-        "best_f1": max(best_event_f1(score, event, observed), at_rate["f1"]),
+        "best_f1": max(best, at_rate["f1"]),
+        # which kinds of anomaly the method finds at its best threshold
+        "recall_by_kind": recall_by_kind(np.nan_to_num(score, nan=-np.inf) >= cut, event, observed, kinds),
         "pr_auc": pr_auc(np.where(clean | (event >= 0), score, np.nan), event >= 0),
         "clean_rate": float(flag[clean].mean()),
         "worst_cell": worst,
@@ -256,7 +271,8 @@ def run_family(family: str, args: argparse.Namespace, work: Path) -> dict:
     out = {"series": len(ids), "nights": (last - as_of).days + 1, "events": int(np.unique(event[event >= 0]).size),
            "seconds": seconds, "total_seconds": round(time.perf_counter() - t, 1),
            "clusters": sorted(set(cluster.tolist())), "methods": {}, "ablation": {}}  # fmt: skip
-    common = (event, context, holiday, observed, dow, cluster, after_holiday)
+    kinds = labels.get_column("kind").to_numpy().astype(str)
+    common = (event, context, holiday, observed, dow, cluster, after_holiday, kinds)
     for name in variants:
         frame = scored[name]
         res = evaluate(_grid(frame, ids, eval_start, T, "surprise"),
@@ -328,6 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = {**res["methods"], **{f"tsmeta {v}": m for v, m in res["ablation"].items()}}
         for name, m in rows.items():
             print(f"| {name} | " + " | ".join(_fmt(m.get(c, "")) for c in cols) + " |")
+        kinds = sorted({k for m in rows.values() for k in m["recall_by_kind"]})
+        print("\nrecall by kind at each method's best threshold")
+        print("| method | " + " | ".join(kinds) + " |")
+        print("|---|" + "---:|" * len(kinds))
+        for name, m in rows.items():
+            print(
+                f"| {name} | "
+                + " | ".join(_fmt(m["recall_by_kind"].get(k, float("nan"))) for k in kinds)
+                + " |"
+            )
         m = res["methods"]["tsmeta"]
         print(
             f"tsmeta's forecasts that fell back to the base forecast: {_fmt(m['fallback_share'])} of "
