@@ -12,13 +12,13 @@ event points' ratios to their references (the median of the same phase over the
 ``LAG_PERIODS`` periods before, outside events) over the median of the same ratios on the
 K points before the support (where a night did not read their references, as in a weekly
 cluster with K = 24: on the same phases whole periods back, ``before_offset``), so that a
-break or a trend the series had before the event stays its own. Where a series' factor is more than ``OWN_FACTOR_SPAN`` from the batch's
-median (the event's shared factor), the shared one is divided out instead: a break of the
-series' own on the event's day keeps its new level. Kept as they were: the supports of a
-cluster without a period (a walk's own move cannot be told from the event's), of series
-of other signs or with too few references, and of an event that began before the support
-(a change of the whole cluster that goes on: learned as the new normal by its second
-night).
+break or a trend the series had before the event stays its own. Where a series' factor is
+more than ``OWN_FACTOR_SPAN`` from the batch's median (the event's shared factor), the
+shared one is divided out instead: a break of the series' own on the event's day keeps
+its new level. Kept as they were: the supports of a cluster without a period (a walk's
+own move cannot be told from the event's), of series of other signs or with too few
+references, and of an event that began before the support (a change of the whole cluster
+that goes on: learned as the new normal by its second night).
 
 Pure numpy: ``tsmeta.jobs.history`` turns the remembered events into the steps to leave out.
 """
@@ -29,8 +29,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["without_steps", "LAG_PERIODS", "MIN_FACTOR_POINTS", "OWN_FACTOR_SPAN",
-           "MIN_FACTOR_SERIES"]  # fmt: skip
+__all__ = ["without_steps", "before_offset", "LAG_PERIODS", "MIN_FACTOR_POINTS",
+           "OWN_FACTOR_SPAN", "MIN_FACTOR_SERIES"]  # fmt: skip
 
 LAG_PERIODS = 3  # a point's reference: the same phase's median over this many periods
 MIN_FACTOR_POINTS = 3  # each of a factor's two medians rests on at least this many points
