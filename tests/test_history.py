@@ -563,6 +563,11 @@ def test_points_flagged_the_night_before_are_left_out_of_the_next_nights_support
     gone[0, [29, 30, 31]] = gone[3, 26] = True  # the night before is columns 24..47
     assert (out.mask == ~gone).all() and np.isnan(out.values[gone]).all()
     assert (out.values[~gone] == values[~gone]).all()
+    assert panel.mask.all() and not np.isnan(values).any()  # the caller's panel unchanged
+    # the nightly job's own batches: the same points, out of the batch's own arrays
+    same = tonight.without_events(panel, "p24-0", k=24, horizon=24, in_place=True)
+    assert same.values is values and (same.mask == out.mask).all()
+    assert np.array_equal(values, out.values, equal_nan=True)
 
 
 def test_the_event_factor_median_equals_numpy_nanmedian():

@@ -199,15 +199,18 @@ class NightHistory:
                    settings.hold_flagged)  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
-                       holidays: Collection[date] = (), period: int = 0) -> Panel:  # fmt: skip
+                       holidays: Collection[date] = (), period: int = 0,
+                       in_place: bool = False) -> Panel:  # fmt: skip
         """The panel with the steps of the cluster's earlier shared events, and of the
         known ``holidays`` (whole UTC days), unobserved before its last ``horizon`` steps
         (the night), so that a holiday or an outage is not what its series adapt from nor
         what their lag medians, spread and veto read; where the cluster has a ``period``, a
         support they would mostly empty and the events before the support are kept with
         each series' factor over the event divided out (``tsmeta.event_windows``: the
-        holiday's 0.6x comes back as an ordinary day at the series' own level)."""
-        panel = self.without_held(panel, horizon)
+        holiday's 0.6x comes back as an ordinary day at the series' own level).
+        ``in_place``: the held points are taken out of ``panel``'s own arrays (a batch the
+        caller owns), not out of copies."""
+        panel = self.without_held(panel, horizon, in_place)
         night0 = panel.mask.shape[1] - horizon
         step = freq_timedelta(panel.freq)
         drop = np.zeros(panel.mask.shape[1], dtype=bool)
@@ -225,13 +228,14 @@ class NightHistory:
         values, mask = without_steps(panel.values, panel.mask, drop, k, horizon, period)
         return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
 
-    def without_held(self, panel: Panel, horizon: int) -> Panel:
+    def without_held(self, panel: Panel, horizon: int, in_place: bool = False) -> Panel:
         """``panel`` (its last ``horizon`` steps tonight's) with the points ``held`` (flagged
         the night before, whose series was not flagged on the night before that)
         unobserved: a day that lost its shape, a level shift or a spike is not what the
         next night adapts from, nor what its lag medians and veto read (under half of a
         support left: the period before it, ``tasks.support_shift``). A change that is
-        flagged on two nights running is kept from the second: the new normal is learned."""
+        flagged on two nights running is kept from the second: the new normal is learned.
+        ``in_place``: out of ``panel``'s own arrays (a batch the caller owns)."""
         if not self.held.height:
             return panel
         at = pl.DataFrame({"series_id": panel.series_ids.astype(str),
@@ -242,10 +246,12 @@ class NightHistory:
         rows = hit["_row"].to_numpy()
         cols = panel.mask.shape[1] - 2 * horizon + hit["step"].to_numpy()
         ok = (cols >= 0) & (cols < panel.mask.shape[1] - horizon)
-        mask, values = panel.mask.copy(), panel.values.copy()  # copies: a few points change
-        mask[rows[ok], cols[ok]] = False
-        values[rows[ok], cols[ok]] = np.nan
-        return Panel(values, mask, panel.series_ids, panel.start, panel.freq)
+        if not in_place:  # copies: a few points change
+            panel = Panel(panel.values.copy(), panel.mask.copy(), panel.series_ids, panel.start,
+                          panel.freq)  # fmt: skip
+        panel.mask[rows[ok], cols[ok]] = False
+        panel.values[rows[ok], cols[ok]] = np.nan
+        return panel
 
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
         """Remember a night's shared events (``tsmeta.events.shared_events``'s frame) for
