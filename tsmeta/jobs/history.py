@@ -19,11 +19,9 @@ are removed. A night's shared events' members are left out of the state
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Collection
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,21 @@ from tsmeta.config import Settings
 from tsmeta.data.panel import Panel, freq_timedelta
 from tsmeta.detect import ScoredDay
 from tsmeta.event_windows import without_steps
+from tsmeta.jobs.history_files import (
+    COMBINE,
+    EVENT_DAYS,
+    EVENT_SCHEMA,
+    EVENTS,
+    HELD,
+    KEEP_NIGHTS,
+    STATE,
+    held_of,
+    history_dir,
+    latest_before,
+    record_events,
+    with_events,
+    write_night,
+)
 from tsmeta.scoring.history import (
     CombineCounts,
     ResidualHistory,
@@ -44,37 +57,23 @@ from tsmeta.scoring.history import (
 __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEEP_NIGHTS",
            "EVENT_DAYS", "COMBINE_MEMORY"]  # fmt: skip
 
-KEEP_NIGHTS = 14  # states kept before the newest: re-runs and backfills of recent nights
-# shared events are remembered this long: longer than any window a night reads (a weekly
-# cluster's lag medians reach 3 weeks back, its K = one period another week)
-EVENT_DAYS = 35
 # a cluster's factor counts its earlier nights with weights 1, 1 - 1/7, (1 - 1/7)^2, ...: a
 # week's memory, so a retrained model's tails take over within days
 COMBINE_MEMORY = 7.0
-_EVENT_SCHEMA = {"cluster_id": pl.String, "start_ts": pl.Datetime("us", "UTC"),
-                 "end_ts": pl.Datetime("us", "UTC")}  # fmt: skip
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
            "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
 # a series never scored; ``flagged``: its points flagged on the state's night (not counting
 # shared events' members)
 _UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0, "flagged": 0.0}
 _HELD_SCHEMA = {"series_id": pl.String, "step": pl.Int64}
-_HELD_FILE = re.compile(r"held-night=(\d{4}-\d{2}-\d{2})\.parquet")
 # a night's residuals enter a series' history clipped to this many of its standard
 # deviations (``ResidualHistory.clipped``), unless the series was flagged the night before
 # too: one anomaly (a level shift of 30 noise sds for a day) would otherwise widen a busy
 # series' own scale for weeks and hide its later spikes, while a change of regime that
 # goes on (flagged two nights running) still widens it (NAB: 46.0 when every night clips)
 HISTORY_CLIP: float = Settings.model_fields["history_clip"].default
-_FILE = re.compile(r"night=(\d{4}-\d{2}-\d{2})\.parquet")
-_COMBINE_FILE = re.compile(r"combine-night=(\d{4}-\d{2}-\d{2})\.parquet")
 _COMBINE_SCHEMA = {"cluster_id": pl.String, "below": pl.Float64, "kept": pl.Float64,
                    "series": pl.Float64}  # fmt: skip
-_EVENT_FILE = re.compile(r"events-night=(\d{4}-\d{2}-\d{2})\.parquet")
-
-
-def history_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "history"
 
 
 def warmup_nights(settings: Settings, night: date, dates: list[date]) -> list[date]:
@@ -83,37 +82,6 @@ def warmup_nights(settings: Settings, night: date, dates: list[date]) -> list[da
     known = set(dates)
     before = (night - timedelta(days=d) for d in range(settings.history_warmup_nights, 0, -1))
     return [d for d in before if d in known]
-
-
-def _stored(folder: Path, pattern: re.Pattern = _FILE) -> dict[date, Path]:
-    if not folder.is_dir():
-        return {}
-    found = (pattern.fullmatch(p.name) for p in folder.iterdir())
-    return {date.fromisoformat(m.group(1)): folder / m.group(0) for m in found if m}
-
-
-def _latest_before(settings: Settings, night: date,
-                   pattern: re.Pattern = _EVENT_FILE) -> pl.DataFrame | None:  # fmt: skip
-    """The shared events (or with ``_FILE`` the residual state, with ``_COMBINE_FILE`` the
-    clusters' combination counts) saved with the latest night before ``night`` (None if
-    none)."""
-    before = {d: p for d, p in _stored(history_dir(settings), pattern).items() if d < night}
-    return pl.read_parquet(before[max(before)]) if before else None
-
-
-def _write(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)  # never half-written
-
-
-def _with_events(events: pl.DataFrame | None, shared: pl.DataFrame, night: date) -> pl.DataFrame:
-    """Earlier ``events`` and a night's ``shared`` ones (``tsmeta.events.shared_events``'s
-    frame), each once, without those that ended more than ``EVENT_DAYS`` before it."""
-    horizon = datetime(night.year, night.month, night.day, tzinfo=UTC) - timedelta(EVENT_DAYS)
-    frames = [f.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA)
-              for f in (events, shared) if f is not None]  # fmt: skip
-    return pl.concat(frames).unique(maintain_order=True).filter(pl.col("end_ts") > horizon)
 
 
 # the nightly job's stored history of its latest night, until that night's shared events
@@ -131,15 +99,6 @@ def hold_stored(settings: Settings, night: date, history: NightHistory) -> None:
 def take_stored(settings: Settings, night: date) -> NightHistory | None:
     """The stored history ``hold_stored`` kept for ``night`` (None if another night's)."""
     return _PENDING.pop((str(settings.data_dir), night), None)
-
-
-def record_events(settings: Settings, night: date, shared: pl.DataFrame) -> None:
-    """Save a night's shared events with those of earlier nights (a night scored with
-    the stored history: ``NightHistory.save`` wrote its state before its events were
-    known)."""
-    history_dir(settings).mkdir(parents=True, exist_ok=True)
-    _write(_with_events(_latest_before(settings, night), shared, night),
-           history_dir(settings) / f"events-night={night.isoformat()}.parquet")  # fmt: skip
 
 
 class NightHistory:
@@ -169,8 +128,8 @@ class NightHistory:
         self._cols = {c: self.prior[c].to_numpy() for c in _UNSEEN}
         self._parts: list[pl.DataFrame] = []
         # shared events of earlier nights (cluster_id, start_ts, end_ts)
-        self.events = pl.DataFrame(schema=_EVENT_SCHEMA) if events is None else (
-            events.select(list(_EVENT_SCHEMA)).cast(_EVENT_SCHEMA))  # fmt: skip
+        self.events = pl.DataFrame(schema=EVENT_SCHEMA) if events is None else (
+            events.select(list(EVENT_SCHEMA)).cast(EVENT_SCHEMA))  # fmt: skip
         # each cluster's combination counts of earlier nights, its factor, and tonight's counts
         self.combine = {} if combine is None else {
             r["cluster_id"]: CombineCounts(r["below"], r["kept"], r["series"])
@@ -192,11 +151,9 @@ class NightHistory:
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
-        held = _stored(history_dir(settings), _HELD_FILE).get(night - timedelta(days=1))
-        return cls(_latest_before(settings, night, _FILE), _latest_before(settings, night),
-                   _latest_before(settings, night, _COMBINE_FILE),
-                   None if held is None else pl.read_parquet(held), settings.history_clip,
-                   settings.hold_flagged)  # fmt: skip
+        return cls(latest_before(settings, night, STATE), latest_before(settings, night, EVENTS),
+                   latest_before(settings, night, COMBINE), held_of(settings, night),
+                   settings.history_clip, settings.hold_flagged)  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
                        holidays: Collection[date] = (), period: int = 0,
@@ -256,7 +213,7 @@ class NightHistory:
     def add_events(self, shared: pl.DataFrame, night: date) -> None:
         """Remember a night's shared events (``tsmeta.events.shared_events``'s frame) for
         the nights after it; those ending more than ``EVENT_DAYS`` before it are dropped."""
-        self.events = _with_events(self.events, shared, night)
+        self.events = with_events(self.events, shared, night)
 
     def factor(self, cluster: str, rate: float) -> float:
         """The cluster's factor tonight at the configured rate ``rate`` (``combine_factor``
@@ -376,19 +333,16 @@ class NightHistory:
 
     def save(self, settings: Settings, night: date) -> Path:
         """Write the state after ``night`` (replacing its file) and drop old states."""
-        folder = history_dir(settings)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"night={night.isoformat()}.parquet"
-        _write(self.events, folder / f"events-night={night.isoformat()}.parquet")
-        _write(self.combine_state(), folder / f"combine-night={night.isoformat()}.parquet")
-        _write(self.held_next(), folder / f"held-night={night.isoformat()}.parquet")
-        _write(self.state(), path)
-        newest = max(_stored(folder))
-        for pattern in (_FILE, _EVENT_FILE, _COMBINE_FILE, _HELD_FILE):
-            for d, p in _stored(folder, pattern).items():
-                if d < newest - timedelta(days=KEEP_NIGHTS):
-                    p.unlink(missing_ok=True)
-        return path
+        return write_night(
+            settings,
+            night,
+            {
+                EVENTS: self.events,
+                COMBINE: self.combine_state(),
+                HELD: self.held_next(),
+                STATE: self.state(),
+            },
+        )
 
 
 def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:

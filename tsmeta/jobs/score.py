@@ -262,7 +262,7 @@ class _NightScoring:
         if self.history is not None:  # earlier nights' shared events are not the normal
             batch = self.history.without_events(batch, cid, model.config.k, model.config.horizon,
                                                 self.settings.holidays, period_of_cluster(cid),
-                                                in_place=True)  # fmt: skip
+                                                in_place=True)  # route's own copy  # fmt: skip
         if self.ray_scorer is not None:
             for done_cid, _, day in self.ray_scorer.submit(cid, model.state(), batch):
                 self.collect(done_cid, day)
