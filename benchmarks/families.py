@@ -1,7 +1,8 @@
 """Detection across data families, through the product's own path, against simple peers.
 
 For each generated family (``default``: the generator's corpus; ``business``: hourly
-business metrics with multiplicative seasons, count noise, a shared holiday and breaks):
+business metrics with multiplicative seasons, count noise, a shared holiday and breaks;
+``heavy``: the generator's corpus with Student's t noise of 2.5-6 degrees of freedom):
 
 1. write ``--weeks`` weeks of ``--series`` hourly series as the partitioned dataset;
 2. ``profile`` and meta-train on the first ``--train-weeks`` weeks (``tsmeta.jobs``, the
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--families", nargs="+", default=["default", "business"])
+    ap.add_argument("--families", nargs="+", default=["default", "business", "heavy"])
     ap.add_argument("--series", type=int, default=1000)
     ap.add_argument("--weeks", type=int, default=8)
     ap.add_argument("--train-weeks", type=int, default=3)

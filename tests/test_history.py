@@ -37,6 +37,51 @@ def test_own_tail_is_the_normal_tail_against_the_series_own_scale_and_needs_hist
     assert own_tail(np.array([[0.0, 1e-3]]), flat).tolist() == [[1.0, 0.0]]
 
 
+def _nights(history: ResidualHistory, nights: np.ndarray) -> ResidualHistory:
+    for night in nights:  # (nights, series, steps)
+        history = history.merged(night)
+    return history
+
+
+def test_a_series_whose_nights_are_often_wild_gets_a_heavy_tail_of_its_own():
+    """Bursty residuals (a t of 4 degrees of freedom, unit variance) leave a normal night's
+    band on about a fifth of their nights: their own tail becomes a t (``tail_dof``), and
+    each kind of series then flags about the configured share of its clean points at 1e-3,
+    where a normal own tail flags the bursty ones 10x too often."""
+    from tsmeta.scoring.history import MIN_TAIL_HISTORY, wild_z
+
+    rng = np.random.default_rng(8)
+    n, steps = 300, 24
+    normal = rng.standard_normal((60, n, steps))  # two months of nights
+    bursty = rng.standard_t(4, size=(60, n, steps)) / math.sqrt(2.0)
+    hist = _nights(ResidualHistory.empty(2 * n), np.concatenate([normal, bursty], axis=1))
+    # nights count once judged against MIN_TAIL_HISTORY residuals: from the tenth
+    assert hist.nights.max() == 60 - math.ceil(MIN_TAIL_HISTORY / steps)
+    assert 0.03 < hist.wild[:n].mean() / hist.nights[0] < 0.06  # wild after calm: ~0.0475
+    dof = hist.tail_dof(steps)
+    assert np.isinf(dof[:n]).mean() > 0.95 and np.isfinite(dof[n:]).mean() > 0.6
+    fresh = np.vstack([rng.standard_normal((n, 240)), rng.standard_t(4, size=(n, 240)) / 2**0.5])
+    nights = [fresh[:, c : c + steps] for c in range(0, 240, steps)]
+    rate = np.mean([(own_tail(x, hist) < 1e-3).reshape(2, -1).mean(axis=1) for x in nights], 0)
+    assert 0.5e-3 < rate[0] < 2e-3 and 0.5e-3 < rate[1] < 3e-3, rate
+    plain = ResidualHistory(hist.count[n:], hist.mean[n:], hist.m2[n:])  # no tail weight
+    assert np.mean([(own_tail(x[n:], plain) < 1e-3).mean() for x in nights]) > 3 * rate[1]
+    assert wild_z(24) == pytest.approx(3.07, abs=0.01)
+
+
+def test_one_wild_episode_does_not_make_a_series_heavy_tailed():
+    """How often, not how far: an anomaly of 30 sds over two nights running is one episode,
+    and leaves the tail normal: the series' next spike is as surprising as before."""
+    rng = np.random.default_rng(9)
+    nights = rng.standard_normal((30, 1, 24))
+    nights[10, 0, 5] += 30.0
+    nights[11, 0, 3:9] += 30.0
+    hist = _nights(ResidualHistory.empty(1), nights)
+    assert hist.wild[0] >= 1 and np.isinf(hist.tail_dof(24)[0])
+    z = (8.0 - hist.mean[0]) / math.sqrt(hist.m2[0] / hist.count[0])
+    assert own_tail(np.array([[8.0]]), hist)[0, 0] == pytest.approx(2 * norm.sf(z))
+
+
 def test_history_rejects_rows_of_other_series():
     with pytest.raises(ValueError, match="one row per series"):
         ResidualHistory.empty(2).merged(np.zeros((3, 5)))
@@ -59,7 +104,7 @@ def test_a_busy_hour_and_a_quiet_one_are_compared_with_the_past_at_one_level(by_
     """Counts: residuals twice as wide in the busy hours (level factor 2) as a scale of one
     and half as wide in the quiet ones. With the level factors (``ScoredDay.level``) the
     history holds residuals at one level: a quiet-hour residual 5 of its widths out is
-    rare, a busy-hour one 2.5 widths out is not. Without them, one pooled scale inverts both."""
+    rare, a busy-hour one 2.5 widths out is not. Without them, one pooled scale misses it."""
     from tsmeta.jobs.history import NightHistory
 
     level = np.where((np.arange(24) >= 8) & (np.arange(24) < 20), 2.0, 0.5)[None, :]
@@ -72,7 +117,10 @@ def test_a_busy_hour_and_a_quiet_one_are_compared_with_the_past_at_one_level(by_
     res = np.zeros((1, 24))
     res[0, 2], res[0, 12] = 0.5 * 5.0, 2.0 * 2.5  # a quiet hour, a busy one
     day = history.apply(_day(res, np.full((1, 24), 1e-6), ["a"], level if by_level else None), 1e-3)
-    assert day.flag[0, [2, 12]].tolist() == ([True, False] if by_level else [False, True])
+    if by_level:
+        assert day.flag[0, [2, 12]].tolist() == [True, False]
+    else:  # one pooled scale misses the quiet hour's (and its nights look heavy-tailed)
+        assert not day.flag[0, 2]
 
 
 def test_a_night_keeps_a_flag_only_where_the_series_own_history_also_calls_it_rare(tmp_path):
@@ -585,3 +633,30 @@ def test_the_event_factor_median_equals_numpy_nanmedian():
             warnings.simplefilter("ignore", RuntimeWarning)
             expect = np.nanmedian(x, axis=axis)
         np.testing.assert_allclose(_nanmedian(x, axis), expect, equal_nan=True)
+
+
+def test_the_tail_weight_travels_night_to_night_in_the_saved_state(tmp_path):
+    """A bursty series' wild nights are counted night by night through the saved state
+    (``NightHistory.save`` / ``stored``), so its own tail turns heavy, a quiet one's stays
+    normal; a state saved before the tail weight existed reads as none counted."""
+    from datetime import date, timedelta
+
+    from tsmeta.config import load_settings
+    from tsmeta.jobs.history import NightHistory
+
+    settings = load_settings(data_dir=str(tmp_path))
+    rng = np.random.default_rng(12)
+    night = date(2026, 10, 1)
+    for d in range(40):
+        history = NightHistory.stored(settings, night + timedelta(days=d))
+        r = np.vstack([rng.standard_normal(24), rng.standard_t(2.5, 24)])
+        history.apply(_day(r, np.full((2, 24), 0.5), ["quiet", "bursty"]), 1e-3, "c")
+        history.save(settings, night + timedelta(days=d))
+    state = NightHistory.stored(settings, night + timedelta(days=40)).prior.sort("series_id")
+    assert state["nights"].to_list() == [40.0 - 9, 40.0 - 9]  # from the tenth: 200 residuals
+    h = ResidualHistory(*(state[c].to_numpy() for c in ("count", "mean", "m2", "nights",
+                                                         "wild", "last")))  # fmt: skip
+    dof = h.tail_dof(24)  # rows: bursty, quiet
+    assert np.isfinite(dof[0]) and np.isinf(dof[1])
+    old = NightHistory(state.drop("nights", "wild", "last"))
+    assert old.prior["nights"].to_list() == [0.0, 0.0]

@@ -1,6 +1,7 @@
 import json
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -138,3 +139,18 @@ def test_business_family_phenomena():
     assert 0.002 < 1 - frame.height / (300 * 42 * 24) < 0.01
     with pytest.raises(ValueError, match="hourly"):
         generate_frame(10, "d", 42, family="business")
+
+
+def test_heavy_family_is_the_default_corpus_with_heavy_tailed_noise():
+    """The same seasons, anomalies and labels as the default family; only the noise is a
+    Student's t: its standardised seasonal differences have a far heavier tail."""
+    frame, labels, meta = generate_frame(200, "h", 21, "2026-09-07", seed=5, family="heavy")
+    base, base_labels, base_meta = generate_frame(200, "h", 21, "2026-09-07", seed=5)
+    assert labels.equals(base_labels) and meta.equals(base_meta)
+
+    # the two differ by the two noises: the t's tail dominates their difference
+    both = frame.join(base, on=["series_id", "ts"])
+    d = both.group_by("series_id").agg((pl.col("value") - pl.col("value_right")).alias("d"))
+    kurt = [float(np.mean((x - x.mean()) ** 4) / np.var(x) ** 2)
+            for x in (np.asarray(v) for v in d["d"])]  # fmt: skip
+    assert np.median(kurt) > 3.6  # two normals: 3 (+- 0.2 over 504 points)

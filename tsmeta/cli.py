@@ -126,9 +126,10 @@ def _data_commands(add) -> None:  # noqa: ANN001 - build_parser's add
     g.add_argument("--start", type=_iso_date, default=date(2026, 11, 1))
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--anomaly-rate", type=float, default=0.02, help="anomalies per series and day")
-    g.add_argument("--family", choices=["default", "business"], default="default",
+    g.add_argument("--family", choices=["default", "business", "heavy"], default="default",
                    help="default: the generator's corpus; business: hourly business metrics "
-                        "(multiplicative seasons, count noise, a shared holiday, breaks)")  # fmt: skip
+                        "(multiplicative seasons, count noise, a shared holiday, breaks); heavy: "
+                        "the generator's corpus with Student's t noise")  # fmt: skip
     g.add_argument(
         "--out", type=Path, default=None, help="dataset folder (default: settings.dataset_path)"
     )

@@ -95,7 +95,7 @@ def _season_for(g: np.ndarray, spd: int, periods: np.ndarray, coef: np.ndarray) 
 
 def _generate_block(
     block: int, first: int, n: int, g: np.ndarray, freq: str, seed: int,
-    anomaly_rate: float, width: int, start: datetime,
+    anomaly_rate: float, width: int, start: datetime, heavy: bool = False,
 ) -> GeneratedBlock:  # fmt: skip
     rng = np.random.default_rng([seed, block])
     T = len(g)
@@ -120,6 +120,11 @@ def _generate_block(
 
     noise_sd = rng.uniform(0.05, 0.4, size=n)
     noise = rng.normal(size=(n, T)) * noise_sd[:, None]
+    if heavy:  # the heavy family: Student's t noise of the same sd (its own stream: the rest
+        # of the corpus is the default family's)
+        h_rng = np.random.default_rng([seed, block, 1])
+        dof = h_rng.uniform(*HEAVY_DOF, size=n)[:, None]
+        noise = h_rng.standard_t(dof, size=(n, T)) / np.sqrt(dof / (dof - 2)) * noise_sd[:, None]
     trend = rng.normal(0, 0.02, size=n)[:, None] * (np.arange(T) / spd)[None, :]
     clean_unit = season + trend  # signal without noise, in units of the seasonal amplitude
     y = clean_unit + noise
@@ -205,7 +210,10 @@ def _start(start: date | str) -> tuple[date, datetime]:
     return start_d, datetime(start_d.year, start_d.month, start_d.day)
 
 
-FAMILIES = ("default", "business")
+FAMILIES = ("default", "business", "heavy")
+# the heavy family's noise: a Student's t of this many degrees of freedom, drawn per series
+# (unit variance: the default family's noise sd; bursts a normal tail calls impossible)
+HEAVY_DOF = (2.5, 6.0)
 
 
 def generate_blocks(
@@ -219,8 +227,9 @@ def generate_blocks(
 ) -> Iterator[GeneratedBlock]:
     """Yield the corpus block by block (``BLOCK`` series each, the last one shorter).
 
-    ``family``: ``default`` (this module's corpus) or ``business`` (hourly business
-    metrics, ``tsmeta.data.business``)."""
+    ``family``: ``default`` (this module's corpus), ``business`` (hourly business
+    metrics, ``tsmeta.data.business``) or ``heavy`` (the default corpus with heavy-tailed
+    noise, ``HEAVY_DOF``)."""
     freq = normalise_freq(freq)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, received {family!r}")
@@ -248,7 +257,8 @@ def generate_blocks(
             )
             yield GeneratedBlock(block, ids, values, periods, levels, labels)
         else:
-            yield _generate_block(block, first, n, g, freq, seed, anomaly_rate, width, start_dt)
+            yield _generate_block(block, first, n, g, freq, seed, anomaly_rate, width, start_dt,
+                                  heavy=family == "heavy")  # fmt: skip
 
 
 def _block_long(b: GeneratedBlock, start: datetime, freq: str) -> pl.DataFrame:

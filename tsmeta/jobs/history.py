@@ -1,7 +1,8 @@
 """Each series' residual history between nights: read before a night, saved after it.
 
 The state after night d is one Parquet file, ``data_dir/history/night=d.parquet`` (a row
-per series: ``count``, ``mean``, ``m2`` of its residuals up to d, ``min_tail``, the
+per series: ``count``, ``mean``, ``m2`` of its residuals up to d, ``nights``, ``wild``,
+``last``, its tail weight's counts, ``min_tail``, the
 smallest tail probability of its last scored night, for alerts, and ``flagged``, its flags
 that night), and beside it ``events-night=d.parquet``: the shared events of the last
 ``EVENT_DAYS`` nights (cluster, start, end), whose hours later nights leave out of what
@@ -51,7 +52,7 @@ from tsmeta.scoring.history import (
     ResidualHistory,
     combine_factor,
     combined_tail,
-    own_tail,
+    own_tail_and_wild,
 )
 
 __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEEP_NIGHTS",
@@ -61,10 +62,12 @@ __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEE
 # week's memory, so a retrained model's tails take over within days
 COMBINE_MEMORY = 7.0
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
-           "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
+           "nights": pl.Float64, "wild": pl.Float64, "last": pl.Float64, "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
+_MOMENTS = ("count", "mean", "m2", "nights", "wild", "last")
 # a series never scored; ``flagged``: its points flagged on the state's night (not counting
 # shared events' members)
-_UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "min_tail": 1.0, "flagged": 0.0}
+_UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "nights": 0.0, "wild": 0.0, "last": 0.0,
+           "min_tail": 1.0, "flagged": 0.0}  # fmt: skip
 _HELD_SCHEMA = {"series_id": pl.String, "step": pl.Int64}
 # a night's residuals enter a series' history clipped to this many of its standard
 # deviations (``ResidualHistory.clipped``), unless the series was flagged the night before
@@ -118,7 +121,8 @@ class NightHistory:
     def __init__(self, prior: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
                  combine: pl.DataFrame | None = None, held: pl.DataFrame | None = None,
                  clip: float = HISTORY_CLIP, hold: bool = True) -> None:  # fmt: skip
-        for col in ("min_tail", "flagged"):  # a state saved before alerts, before held points
+        # a state saved before alerts, held points, the tail weight
+        for col in ("min_tail", "flagged", "nights", "wild", "last"):
             if prior is not None and col not in prior.columns:
                 prior = prior.with_columns(pl.lit(_UNSEEN[col]).alias(col))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
@@ -227,12 +231,12 @@ class NightHistory:
     def apply(self, day: ScoredDay, false_alarm_rate: float, cluster: str = "") -> ScoredDay:
         ids = day.series_ids.astype(str)
         found = self._lookup(ids)
-        history = ResidualHistory(found["count"], found["mean"], found["m2"])
+        history = ResidualHistory(*(found[c] for c in _MOMENTS))
         observed = day.observed & day.scored[:, None]
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         if day.level is not None:  # compared at one level (noise that grows with it)
             residual /= day.level
-        own = own_tail(residual, history)
+        own, wild = own_tail_and_wild(residual, history)  # wild: before the clip below
         # not scored: NaN
         tail = combined_tail(day.tail, own, self.factor(cluster, false_alarm_rate))
         flag = tail < false_alarm_rate
@@ -243,7 +247,7 @@ class NightHistory:
         fresh = found["flagged"] == 0  # not flagged the night before: clipped as merged
         if self.clip:
             residual = np.where(fresh[:, None], history.clipped(residual, self.clip), residual)
-        after = history.merged(residual)
+        after = history.merged(residual, wild)
         flagged = flag & ~np.isnan(residual)
         rows, steps = np.nonzero(flagged)
         if rows.size:
@@ -254,6 +258,8 @@ class NightHistory:
         self._night_steps = residual.shape[1]
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
+                                         "nights": after.nights, "wild": after.wild,
+                                         "last": after.last,
                                          "min_tail": lowest[:, -1],
                                          "flagged": flagged.sum(1).astype(np.float64)},
                                         schema=_SCHEMA))  # fmt: skip
@@ -350,8 +356,7 @@ def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:
     mean_b, m2_b; ``ResidualHistory.less``)."""
     both = state.join(gone, on="series_id", how="left").fill_null(0.0)
     both = both.with_columns(pl.col("flagged") - pl.col("n_b"))  # members are not its own
-    less = ResidualHistory(both["count"].to_numpy(), both["mean"].to_numpy(),
-                           both["m2"].to_numpy()).less(both["n_b"].to_numpy(),
+    less = ResidualHistory(*(both[c].to_numpy() for c in _MOMENTS)).less(both["n_b"].to_numpy(),
                                                        both["mean_b"].to_numpy(),
                                                        both["m2_b"].to_numpy())  # fmt: skip
     return both.with_columns(pl.Series("count", less.count), pl.Series("mean", less.mean),
