@@ -62,7 +62,8 @@ __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEE
 # week's memory, so a retrained model's tails take over within days
 COMBINE_MEMORY = 7.0
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
-           "nights": pl.Float64, "wild": pl.Float64, "last": pl.Float64, "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
+           "nights": pl.Float64, "wild": pl.Float64, "last": pl.Float64,
+           "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
 _MOMENTS = ("count", "mean", "m2", "nights", "wild", "last")
 # a series never scored; ``flagged``: its points flagged on the state's night (not counting
 # shared events' members)
