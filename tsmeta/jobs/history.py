@@ -357,8 +357,7 @@ def _less(state: pl.DataFrame, gone: pl.DataFrame) -> pl.DataFrame:
     mean_b, m2_b; ``ResidualHistory.less``)."""
     both = state.join(gone, on="series_id", how="left").fill_null(0.0)
     both = both.with_columns(pl.col("flagged") - pl.col("n_b"))  # members are not its own
-    less = ResidualHistory(*(both[c].to_numpy() for c in _MOMENTS)).less(both["n_b"].to_numpy(),
-                                                       both["mean_b"].to_numpy(),
-                                                       both["m2_b"].to_numpy())  # fmt: skip
+    less = ResidualHistory(*(both[c].to_numpy() for c in _MOMENTS)).less(
+        *(both[c].to_numpy() for c in ("n_b", "mean_b", "m2_b")))  # fmt: skip
     return both.with_columns(pl.Series("count", less.count), pl.Series("mean", less.mean),
                              pl.Series("m2", less.m2)).select(list(_SCHEMA))  # fmt: skip

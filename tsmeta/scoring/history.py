@@ -224,9 +224,8 @@ def _dof_ratios(steps: int) -> tuple[np.ndarray, np.ndarray]:
 def _wild_of(z: np.ndarray, count: np.ndarray) -> np.ndarray:
     """``ResidualHistory.wild_night`` of a night's |z| (n, H) against a history of ``count``
     residuals (n,)."""
-    seen = ~np.isnan(z)
-    wild = np.any(seen & (z > wild_z(z.shape[1])), axis=1).astype(np.float64)
-    wild[~seen.any(axis=1) | (count < MIN_TAIL_HISTORY)] = np.nan
+    wild = (z > wild_z(z.shape[1])).any(axis=1).astype(np.float64)  # NaN is never beyond
+    wild[np.isnan(z).all(axis=1) | (count < MIN_TAIL_HISTORY)] = np.nan
     return wild
 
 
