@@ -185,7 +185,8 @@ def score_stream(
     _, model = models[cid]
     tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "product")}
     alerts = np.zeros(values.shape[1], dtype=bool)
-    history = NightHistory(clip=settings.history_clip, hold=settings.hold_flagged)
+    # causal: no own jumps (they read the next point)
+    history = NightHistory(clip=settings.history_clip, hold=settings.hold_flagged, jumps=False)
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
     for c in range(reach_days * spd, values.shape[1] - spd, every):

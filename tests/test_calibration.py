@@ -423,10 +423,11 @@ def test_the_veto_factor_gives_back_what_contamination_hides():
 
 
 def _isolation_loop(z, obs):
-    """The isolation statistic point by point: the observed neighbours' jumps."""
+    """The isolation statistic point by point: the observed neighbours' jumps (one where
+    the other is missing; none at the horizon's ends, whose neighbour is not in it)."""
     out = np.zeros(z.shape)
     for i in range(z.shape[0]):
-        for t in range(z.shape[1]):
+        for t in range(1, z.shape[1] - 1):  # the horizon's ends: a neighbour unseen, 0
             if not obs[i, t]:
                 continue
             jumps = [z[i, t] - z[i, u] for u in (t - 1, t + 1) if 0 <= u < z.shape[1] and obs[i, u]]

@@ -654,9 +654,48 @@ def test_the_tail_weight_travels_night_to_night_in_the_saved_state(tmp_path):
         history.save(settings, night + timedelta(days=d))
     state = NightHistory.stored(settings, night + timedelta(days=40)).prior.sort("series_id")
     assert state["nights"].to_list() == [40.0 - 9, 40.0 - 9]  # from the tenth: 200 residuals
+    assert state["jumps"].to_list() == [40.0 * 22, 40.0 * 22]  # each night's 22 inner points
     h = ResidualHistory(*(state[c].to_numpy() for c in ("count", "mean", "m2", "nights",
                                                          "wild", "last")))  # fmt: skip
     dof = h.tail_dof(24)  # rows: bursty, quiet
     assert np.isfinite(dof[0]) and np.isinf(dof[1])
     old = NightHistory(state.drop("nights", "wild", "last"))
     assert old.prior["nights"].to_list() == [0.0, 0.0]
+
+
+def test_a_spike_on_a_wandering_series_is_rare_against_its_own_jumps():
+    """A series whose residuals wander for hours (AR(1), phi 0.95) has a wide own scale: a
+    spike of 4 of its sds is ordinary as a point, but far beyond its own jumps (a point
+    minus the mean of its neighbours; ``contrast``); the smaller of the two tails is read as
+    one (Sidak), so white-noise series still flag about the configured share at 1e-3."""
+    from tsmeta.scoring.history import MIN_JUMPS, contrast, own_tail_and_wild
+
+    rng = np.random.default_rng(14)
+    n, steps, phi = 200, 24, 0.95
+
+    def wander(nights):
+        x = np.zeros((n, nights * steps))
+        e = rng.standard_normal(x.shape) * math.sqrt(1 - phi**2)
+        for t in range(1, x.shape[1]):
+            x[:, t] = phi * x[:, t - 1] + e[:, t]
+        return x + 0.1 * rng.standard_normal(x.shape)
+
+    past = np.vstack([wander(20), rng.standard_normal((n, 20 * steps))])
+    hist = _nights(ResidualHistory.empty(2 * n), past.reshape(2 * n, 20, steps).transpose(1, 0, 2))
+    assert (hist.jumps >= MIN_JUMPS).all() and (hist.jumps == 20 * (steps - 2)).all()
+    night = np.vstack([wander(1), rng.standard_normal((n, steps))])
+    spiked = night.copy()
+    spiked[:n, 12] += 2.5
+    with_jumps, _ = own_tail_and_wild(spiked, hist)
+    points_only, _ = own_tail_and_wild(spiked, hist, jumps=False)
+    assert np.median(points_only[:n, 12]) > 1e-3 and np.median(with_jumps[:n, 12]) < 1e-6
+    c, peak = contrast(spiked)
+    assert np.isnan(c[:, [0, -1]]).all() and peak[:n, 12].all()
+    fresh = (np.vstack([wander(30), rng.standard_normal((n, 30 * steps))])
+             .reshape(2 * n, 30, steps).transpose(1, 0, 2))  # fmt: skip
+    rate = {j: np.mean([own_tail_and_wild(x, hist, j)[0] < 1e-3 for x in fresh],
+                       axis=(0, 2)).reshape(2, n).mean(axis=1) for j in (True, False)}  # fmt: skip
+    assert 0.3e-3 < rate[True][1] < 2e-3, rate  # white noise: about the rate
+    # the wandering series' own scale from 20 nights is itself uncertain (its point tail
+    # alone flags about 5x the rate); its jumps add no more
+    assert rate[True][0] <= rate[False][0], rate

@@ -94,7 +94,8 @@ def series_night(
         rows = np.array([row_of[s] for s in part.get_column("series_id")])
         H = model.config.horizon
         history = prior if not warm else NightHistory(
-            clip=settings.history_clip, hold=settings.hold_flagged)  # fmt: skip
+            clip=settings.history_clip, hold=settings.hold_flagged,
+            jumps=not settings.causal)  # fmt: skip
         for d in warm:  # the nights before it, oldest first
             earlier = _scored(settings, panel, rows, T - d * spd, cid[0], model, history)
             history.apply(earlier, rate, cid[0])

@@ -62,13 +62,13 @@ __all__ = ["NightHistory", "history_dir", "record_events", "warmup_nights", "KEE
 # week's memory, so a retrained model's tails take over within days
 COMBINE_MEMORY = 7.0
 _SCHEMA = {"series_id": pl.String, "count": pl.Float64, "mean": pl.Float64, "m2": pl.Float64,
-           "nights": pl.Float64, "wild": pl.Float64, "last": pl.Float64,
-           "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
-_MOMENTS = ("count", "mean", "m2", "nights", "wild", "last")
+           "nights": pl.Float64, "wild": pl.Float64, "last": pl.Float64, "jumps": pl.Float64,
+           "j2": pl.Float64, "min_tail": pl.Float64, "flagged": pl.Float64}  # fmt: skip
+_MOMENTS = ("count", "mean", "m2", "nights", "wild", "last", "jumps", "j2")
 # a series never scored; ``flagged``: its points flagged on the state's night (not counting
 # shared events' members)
 _UNSEEN = {"count": 0.0, "mean": 0.0, "m2": 0.0, "nights": 0.0, "wild": 0.0, "last": 0.0,
-           "min_tail": 1.0, "flagged": 0.0}  # fmt: skip
+           "jumps": 0.0, "j2": 0.0, "min_tail": 1.0, "flagged": 0.0}  # fmt: skip
 _HELD_SCHEMA = {"series_id": pl.String, "step": pl.Int64}
 # a night's residuals enter a series' history clipped to this many of its standard
 # deviations (``ResidualHistory.clipped``), unless the series was flagged the night before
@@ -121,9 +121,10 @@ class NightHistory:
 
     def __init__(self, prior: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
                  combine: pl.DataFrame | None = None, held: pl.DataFrame | None = None,
-                 clip: float = HISTORY_CLIP, hold: bool = True) -> None:  # fmt: skip
+                 clip: float = HISTORY_CLIP, hold: bool = True,
+                 jumps: bool = True) -> None:  # fmt: skip
         # a state saved before alerts, held points, the tail weight
-        for col in ("min_tail", "flagged", "nights", "wild", "last"):
+        for col in ("min_tail", "flagged", "nights", "wild", "last", "jumps", "j2"):
             if prior is not None and col not in prior.columns:
                 prior = prior.with_columns(pl.lit(_UNSEEN[col]).alias(col))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
@@ -152,13 +153,14 @@ class NightHistory:
         self.held = (pl.DataFrame(schema=_HELD_SCHEMA) if held is None or not hold
                      else held.select(list(_HELD_SCHEMA)).cast(_HELD_SCHEMA))  # fmt: skip
         self.clip, self.hold = clip, hold  # ``Settings.history_clip``, ``.hold_flagged``
+        self.jumps = jumps  # own jumps judged too (not causal: they read the next point)
 
     @classmethod
     def stored(cls, settings: Settings, night: date) -> NightHistory:
         """The state saved after the latest night before ``night`` (empty if none)."""
         return cls(latest_before(settings, night, STATE), latest_before(settings, night, EVENTS),
                    latest_before(settings, night, COMBINE), held_of(settings, night),
-                   settings.history_clip, settings.hold_flagged)  # fmt: skip
+                   settings.history_clip, settings.hold_flagged, not settings.causal)  # fmt: skip
 
     def without_events(self, panel: Panel, cluster_id: str, k: int, horizon: int,
                        holidays: Collection[date] = (), period: int = 0,
@@ -237,7 +239,7 @@ class NightHistory:
         residual = np.where(observed, day.residual, np.nan)  # the residuals' precision
         if day.level is not None:  # compared at one level (noise that grows with it)
             residual /= day.level
-        own, wild = own_tail_and_wild(residual, history)  # wild: before the clip below
+        own, wild = own_tail_and_wild(residual, history, self.jumps)  # wild: before the clip
         # not scored: NaN
         tail = combined_tail(day.tail, own, self.factor(cluster, false_alarm_rate))
         flag = tail < false_alarm_rate
@@ -260,7 +262,8 @@ class NightHistory:
         self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
                                          "mean": after.mean, "m2": after.m2,
                                          "nights": after.nights, "wild": after.wild,
-                                         "last": after.last,
+                                         "last": after.last, "jumps": after.jumps,
+                                         "j2": after.j2,
                                          "min_tail": lowest[:, -1],
                                          "flagged": flagged.sum(1).astype(np.float64)},
                                         schema=_SCHEMA))  # fmt: skip
@@ -336,7 +339,7 @@ class NightHistory:
     def next(self) -> NightHistory:
         """The history the next night starts from (replays carry it night to night)."""
         return NightHistory(self.state(), self.events, self.combine_state(), self.held_next(),
-                            self.clip, self.hold)  # fmt: skip
+                            self.clip, self.hold, self.jumps)  # fmt: skip
 
     def save(self, settings: Settings, night: date) -> Path:
         """Write the state after ``night`` (replacing its file) and drop old states."""

@@ -79,6 +79,13 @@ def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) ->
     return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
 
 
+def _jump_unit(pred_s: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """(B,) the unit of isolation and onset: the series' own jumps over days
+    (``TaskBatch.jump``), or the support residuals' (``contrast_sigma``) where the batch
+    has none."""
+    return batch.jump if batch.jump is not None else contrast_sigma(pred_s - batch.ys, batch.ms)
+
+
 @dataclass
 class _Sample:
     """A calibration sample's z-scores: signed (B, H, torch, cpu) and |z| (numpy), both
@@ -101,7 +108,7 @@ def _sample(
     support, divided by the level factor, then by the per-weekday scales."""
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = residual_sigma(ps, batch)
-    rel = (sigma / contrast_sigma(ps - batch.ys, batch.ms)).detach().cpu() if jumps else None
+    rel = (sigma / _jump_unit(ps, batch)).detach().cpu() if jumps else None
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()

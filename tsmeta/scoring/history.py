@@ -66,6 +66,24 @@ MIN_TAIL_HISTORY = 200
 MIN_NIGHTS = 5
 WILD_SIGMAS = 3.0
 MIN_DOF = 4.0
+# a series' own jumps (``contrast``): read from MIN_JUMPS of them, each clipped at JUMP_CLIP
+# of their root mean square as merged
+MIN_JUMPS = 48
+JUMP_CLIP = 4.0
+
+
+def contrast(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of a night's residuals (n, H): each point's local contrast, r_t minus the mean
+    of its observed neighbours (its one jump where only one is observed; NaN where none is
+    or the point is unobserved), and whether it is a peak or a trough (both jumps the same
+    way; a spike's neighbours, or a step, jump one way only)."""
+    nan = np.full((r.shape[0], 1), np.nan, dtype=r.dtype)
+    a = r - np.concatenate([nan, r[:, :-1]], axis=1)
+    b = r - np.concatenate([r[:, 1:], nan], axis=1)
+    a, b = np.where(np.isnan(a), b, a), np.where(np.isnan(b), a, b)
+    c = 0.5 * (a + b)
+    c[:, [0, -1]] = np.nan  # the night's ends: a neighbour is unseen, not missing
+    return c, np.sign(a) == np.sign(b)
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,11 @@ class ResidualHistory:
     nights: np.ndarray | None = None  # (n,)
     wild: np.ndarray | None = None  # (n,)
     last: np.ndarray | None = None  # (n,) 1: the last counted night was wild
+    jumps: np.ndarray | None = None  # (n,) how many local contrasts (``contrast``)
+    j2: np.ndarray | None = None  # (n,) their sum of squares
 
     def __post_init__(self) -> None:
-        for name in ("nights", "wild", "last"):
+        for name in ("nights", "wild", "last", "jumps", "j2"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, np.zeros_like(self.count, dtype=np.float64))
 
@@ -122,6 +142,11 @@ class ResidualHistory:
         n = self.count + n_b
         delta = mean_b - self.mean
         share = np.divide(n_b, n, out=np.zeros_like(n), where=n > 0)
+        c = contrast(r)[0]
+        known, sd = self._jump_sd()
+        c2 = np.square(c)
+        cap = np.where(known, (JUMP_CLIP * sd) ** 2, np.inf)[:, None]
+        np.minimum(c2, cap.astype(c2.dtype), out=c2)
         return ResidualHistory(
             count=n,
             mean=self.mean + delta * share,
@@ -129,7 +154,15 @@ class ResidualHistory:
             nights=self.nights + counted,
             wild=self.wild + np.where(counted, wild * (1.0 - self.last), 0.0),
             last=np.where(counted, wild, self.last),
+            jumps=self.jumps + np.count_nonzero(~np.isnan(c), axis=1),
+            j2=self.j2 + np.nansum(c2, axis=1, dtype=np.float64),
         )
+
+    def _jump_sd(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with at least MIN_JUMPS local contrasts, their root mean square; 0 elsewhere)."""
+        known = self.jumps >= MIN_JUMPS
+        return known, np.sqrt(np.divide(self.j2, self.jumps, out=np.zeros_like(self.j2),
+                                        where=known))  # fmt: skip
 
     def tail_dof(self, steps: int) -> np.ndarray:
         """Each series' tail weight for a night of ``steps`` points: the degrees of freedom
@@ -178,7 +211,7 @@ class ResidualHistory:
         m2_rest = self.m2 - m2 - delta**2 * count * n / np.where(left, self.count, 1.0)
         return ResidualHistory(np.where(left, n, 0.0), rest,
                                np.where(left, np.maximum(m2_rest, 0.0), 0.0),
-                               self.nights, self.wild, self.last)  # fmt: skip
+                               self.nights, self.wild, self.last, self.jumps, self.j2)  # fmt: skip
 
     def z(self, residual: np.ndarray) -> np.ndarray:
         """|residual - mean| / standard deviation, per series row, in the residuals'
@@ -238,12 +271,20 @@ def own_tail(residual: np.ndarray, history: ResidualHistory) -> np.ndarray:
     return own_tail_and_wild(residual, history)[0]
 
 
-def own_tail_and_wild(residual: np.ndarray,
-                      history: ResidualHistory) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def own_tail_and_wild(residual: np.ndarray, history: ResidualHistory,
+                      jumps: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """``own_tail`` and the night's ``ResidualHistory.wild_night``, from one pass of z."""
     z = history.z(residual)
     wild = _wild_of(z, history.count)
     dof = history.tail_dof(z.shape[1])
+    known, sd = history._jump_sd()
+    two = None  # the points also judged by their jumps
+    if jumps and known.any():  # a peak or trough against the series' own jumps too
+        c, peak = contrast(_floating(residual))
+        two = known[:, None] & ~np.isnan(c) & ~np.isnan(z)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            j = np.where(peak & two, np.abs(c), 0.0) / sd[:, None].astype(c.dtype)
+        z = np.fmax(z, np.where(two, j, z))
     heavy = np.flatnonzero(np.isfinite(dof))
     t = z[heavy] if heavy.size else None
     np.negative(z, out=z)
@@ -252,6 +293,8 @@ def own_tail_and_wild(residual: np.ndarray,
     if t is not None:
         df = dof[heavy, None]
         z[heavy] = 2.0 * stdtr(df, -t * np.sqrt(df / (df - 2.0)))
+    if two is not None:  # the smaller of two tails, as rare as one (Sidak): 1 - (1 - p)^2
+        z[two] *= 2.0 - z[two]
     return z, wild
 
 

@@ -111,7 +111,9 @@ def isolation(z, observed):  # noqa: ANN001, ANN201 - torch tensors
     a, b = x - before, x - after  # the jumps from the point before and from the one after
     a, b = torch.where(a.isnan(), b, a), torch.where(b.isnan(), a, b)
     out = torch.where(a.sign() == b.sign(), a.sign() * torch.minimum(a.abs(), b.abs()), 0.0)
-    return torch.nan_to_num(out, nan=0.0)
+    out = torch.nan_to_num(out, nan=0.0)
+    out[:, [0, -1]] = 0.0  # the horizon's ends: a neighbour is unseen, not missing
+    return out
 
 
 def _pair(a, b):  # noqa: ANN001, ANN202 - torch tensors
