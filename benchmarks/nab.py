@@ -104,9 +104,9 @@ def train_models(
 ) -> tuple[object, dict]:
     """Profile and meta-train on a generated corpus of ``freq``; (settings, models).
     ``ablate``: ``MetaConfig`` overrides (the ablation: a part left out)."""
-    settings = load_settings(data_dir=work / freq, freq=freq, seed=seed)
+    settings = load_settings(data_dir=work / freq, freq=freq, seed=seed, causal=True)
     done = work / freq / "trained.json"
-    key = [n_series, seed, meta_steps, *([ablate] if ablate else [])]
+    key = [n_series, seed, meta_steps, "causal", *([ablate] if ablate else [])]
     if done.is_file() and json.loads(done.read_text()) == key:
         return settings, load_latest_models(jobs.engine_for(settings), settings.model_dir)
     write_synthetic_dataset(settings.dataset_path, n_series, freq, TRAIN_DAYS, TRAIN_START, seed)

@@ -78,6 +78,10 @@ def test_the_meta_learner_is_a_setting(monkeypatch):
     assert s.algorithm == "anil" and meta_config(s).algorithm == "anil"
     assert meta_config(s, algorithm="fomaml").algorithm == "fomaml"  # a flow's argument wins
     assert meta_config(s, algorithm=None).algorithm == "anil"
+    # a causal deployment is calibrated as it scores: without isolation and onsets
+    assert meta_config(load_settings()).without == ()
+    causal = meta_config(load_settings(causal=True), without=("veto",))
+    assert causal.without == ("veto", "isolation", "onsets")
 
 
 def test_postgres_urls_without_a_driver_use_psycopg(monkeypatch, pg_url):

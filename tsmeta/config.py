@@ -269,7 +269,8 @@ class Settings(PlacesSettings):
         False,
         description=(
             "Each point's score reads no later point of the night (NAB's rule; runs during the "
-            "day): window medians trail the point, isolation and onset are left out."
+            "day): window medians trail the point, isolation and onset are left out (and the "
+            "models trained with it are calibrated without them)."
         ),
     )
     score_threads: int | None = Field(

@@ -7,6 +7,7 @@ it is used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -136,26 +137,29 @@ def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> t
     return (1.4826 * med).clamp_min(floor)
 
 
-def _jump_scale(
-    vnorm: torch.Tensor, obs: torch.Tensor, cut: torch.Tensor, one: int | None, span: int
-) -> torch.Tensor:
-    """(B,) ``TaskBatch.jump``: 1.4826 * the median |v_t - (v_(t-1) + v_(t+1)) / 2| over the
-    ``span`` steps before each cut (or fewer where the window starts later) where all three
-    points are observed, floored like ``robust_sigma``. Read over days, not over the K
+def _jump_scale(vnorm: torch.Tensor, obs: torch.Tensor, cut: torch.Tensor, one: int | None,
+                span: int, period: int) -> torch.Tensor:  # fmt: skip
+    """(B,) ``TaskBatch.jump``: 1.4826 * the median |c_t - c_(t-period)| / sqrt(2) over the
+    ``span`` steps before each cut (or fewer where the window starts later), where c_t =
+    v_t - (v_(t-1) + v_(t+1)) / 2 is a point's local contrast and all six points are
+    observed, floored like ``robust_sigma``: the series' own jumps, its season's shape
+    differenced away (a sharp daily ramp is no jump). Read over days, not over the K
     support points: 23 contrasts leave a spike's isolation in units that vary from night
     to night by a third (the default family's aperiodic series: best event F1 of isolation
     alone 0.23 over 24 points, 0.48 over a week)."""
     dev = vnorm.device
+    width = span + period + 2
     if one is not None:
-        lo = max(one - span, 0)
+        lo = max(one - width, 0)
         v, m = vnorm[:, lo:one], obs[:, lo:one]
     else:
-        cols = (cut[:, None] - span + torch.arange(span, device=dev)).clamp_min(0)
-        v, m = torch.gather(vnorm, 1, cols), torch.gather(obs, 1, cols)
-        m = m & (cut[:, None] - span + torch.arange(span, device=dev) >= 0)
+        at = cut[:, None] - width + torch.arange(width, device=dev)
+        cols = at.clamp_min(0)
+        v, m = torch.gather(vnorm, 1, cols), torch.gather(obs, 1, cols) & (at >= 0)
     c = v[:, 1:-1] - 0.5 * (v[:, :-2] + v[:, 2:])
     ok = m[:, 1:-1] & m[:, :-2] & m[:, 2:]
-    return robust_sigma(c, ok.to(v.dtype))
+    d = (c[:, period:] - c[:, :-period]) / math.sqrt(2.0)
+    return robust_sigma(d, (ok[:, period:] & ok[:, :-period]).to(v.dtype))
 
 
 def _naive_deviation(
@@ -298,7 +302,7 @@ def make_batch(
     if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
         base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in
-    jump = _jump_scale(vnorm, obs, cut, one, min(JUMP_SPAN * k, MAX_JUMP_SPAN))
+    jump = _jump_scale(vnorm, obs, cut, one, min(JUMP_SPAN * k, MAX_JUMP_SPAN), spec.period)
     return TaskBatch(
         xs=build_features(spec, vnorm, obs, s_cols, start_step, cut, lag_in_s, week_s),
         ys=ys,
