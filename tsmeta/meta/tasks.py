@@ -34,10 +34,8 @@ __all__ = [
 
 CLIP = 10.0  # normalised values are winsorised at +-CLIP
 REL_FLOOR = 0.01  # scale >= REL_FLOOR * |location|
-# ``TaskBatch.jump`` reads the JUMP_SPAN * K steps before the cut (a week of hours at K =
-# 24), at most MAX_JUMP_SPAN (four weeks of hours; 2.3 days at 5 minutes)
-JUMP_SPAN = 7
-MAX_JUMP_SPAN = 672
+# ``TaskBatch.jump`` reads the JUMP_SPAN supports before the cut (``jump_width``)
+JUMP_SPAN = 4
 # recorded in every checkpoint: how inputs and targets were normalised
 NORMALISATION = {"location": "mean of observed support points", "scale": "std of observed support points",
                  "scale_rel_floor": REL_FLOOR, "clip": CLIP}  # fmt: skip
@@ -101,6 +99,7 @@ def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
     lagged inputs' median, the veto's reference) and the period before the support that
     the stuck-support check compares with. Everything else in a window is never read."""
     out = set(range(-k, horizon)) | set(range(-k - spec.period, -k))
+    out.update(range(-jump_width(spec, k), 0))  # the series' own jumps (``TaskBatch.jump``)
     lags = []
     if spec.seasonal_lag:
         lags.append((spec.period, spec.lag_periods + spec.spare))
@@ -113,6 +112,18 @@ def steps_read(spec: FeatureSpec, k: int, horizon: int) -> set[int]:
         for back in range(1, periods + (horizon - 1) // lag + 1):
             out.update(range(-k - back * lag, horizon - back * lag))
     return out
+
+
+def jump_lag(spec: FeatureSpec, k: int) -> int:
+    """The lag ``TaskBatch.jump`` differences the season away at: the period, or K where
+    the period is longer (a weekly cluster's days)."""
+    return min(spec.period, k) if spec.period else k
+
+
+def jump_width(spec: FeatureSpec, k: int) -> int:
+    """Steps before the cut that ``TaskBatch.jump`` reads: ``JUMP_SPAN`` supports and one
+    lag more (within what the lag medians read anyway: no day more is read)."""
+    return JUMP_SPAN * k + jump_lag(spec, k)
 
 
 def window_reach(spec: FeatureSpec, k: int, horizon: int) -> int:
@@ -138,9 +149,9 @@ def robust_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) -> t
 
 
 def _jump_scale(vnorm: torch.Tensor, obs: torch.Tensor, cut: torch.Tensor, one: int | None,
-                span: int, period: int) -> torch.Tensor:  # fmt: skip
-    """(B,) ``TaskBatch.jump``: 1.4826 * the median |c_t - c_(t-period)| / sqrt(2) over the
-    ``span`` steps before each cut (or fewer where the window starts later), where c_t =
+                width: int, lag: int) -> torch.Tensor:  # fmt: skip
+    """(B,) ``TaskBatch.jump``: 1.4826 * the median |c_t - c_(t-lag)| / sqrt(2) over the
+    ``width`` steps before each cut (or fewer where the window starts later), where c_t =
     v_t - (v_(t-1) + v_(t+1)) / 2 is a point's local contrast and all six points are
     observed, floored like ``robust_sigma``: the series' own jumps, its season's shape
     differenced away (a sharp daily ramp is no jump). Read over days, not over the K
@@ -148,7 +159,6 @@ def _jump_scale(vnorm: torch.Tensor, obs: torch.Tensor, cut: torch.Tensor, one: 
     to night by a third (the default family's aperiodic series: best event F1 of isolation
     alone 0.23 over 24 points, 0.48 over a week)."""
     dev = vnorm.device
-    width = span + period + 2
     if one is not None:
         lo = max(one - width, 0)
         v, m = vnorm[:, lo:one], obs[:, lo:one]
@@ -158,8 +168,8 @@ def _jump_scale(vnorm: torch.Tensor, obs: torch.Tensor, cut: torch.Tensor, one: 
         v, m = torch.gather(vnorm, 1, cols), torch.gather(obs, 1, cols) & (at >= 0)
     c = v[:, 1:-1] - 0.5 * (v[:, :-2] + v[:, 2:])
     ok = m[:, 1:-1] & m[:, :-2] & m[:, 2:]
-    d = (c[:, period:] - c[:, :-period]) / math.sqrt(2.0)
-    return robust_sigma(d, (ok[:, period:] & ok[:, :-period]).to(v.dtype))
+    d = (c[:, lag:] - c[:, :-lag]) / math.sqrt(2.0)
+    return robust_sigma(d, (ok[:, lag:] & ok[:, :-lag]).to(v.dtype))
 
 
 def _naive_deviation(
@@ -302,7 +312,7 @@ def make_batch(
     if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
         base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in
-    jump = _jump_scale(vnorm, obs, cut, one, min(JUMP_SPAN * k, MAX_JUMP_SPAN), spec.period)
+    jump = _jump_scale(vnorm, obs, cut, one, jump_width(spec, k), jump_lag(spec, k))
     return TaskBatch(
         xs=build_features(spec, vnorm, obs, s_cols, start_step, cut, lag_in_s, week_s),
         ys=ys,
