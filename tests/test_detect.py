@@ -61,8 +61,12 @@ def test_batched_scoring_equals_per_series_loop(trained):
 def test_a_longer_window_than_the_model_reads_scores_the_same(trained):
     """A night's window is as long as its longest-reaching model needs (a weekly lag reads
     a week): the columns before what this model reads change nothing."""
+    from tsmeta.meta.tasks import window_reach
+
     values, mask, ids, start, model = trained
-    need = 24 + 24 + 24  # K, the seasonal lag and the scored day
+    # K, the seasonal lag, the series' own jumps (4 supports and a period) and the scored day
+    need = window_reach(model.spec, model.config.k, model.config.horizon) + model.config.horizon
+    assert need == 24 * 4 + 24 + 24
     values, mask, start = values[:50, 5:], mask[:50, 5:], start + 5  # not whole days long
     long = score_day(values, mask, ids[:50], start, model, 1e-3)
     cut = values.shape[1] - need
