@@ -186,7 +186,8 @@ def score_stream(
     tails = {k: np.full(values.shape[1], np.nan) for k in ("cluster", "product")}
     alerts = np.zeros(values.shape[1], dtype=bool)
     # causal: no own jumps (they read the next point)
-    history = NightHistory(clip=settings.history_clip, hold=settings.hold_flagged, jumps=False)
+    history = NightHistory(clip=settings.history_clip, hold=settings.hold_flagged,
+                           jumps=not settings.causal)  # fmt: skip
     every = recut or spd
     reach = window_reach(model.spec, model.config.k, spd)
     for c in range(reach_days * spd, values.shape[1] - spd, every):

@@ -595,7 +595,7 @@ def test_lagged_median_matches_a_per_point_loop(periods, spare, same):
                 assert float(val[b, j]) == pytest.approx(expect, abs=1e-6)
 
 
-def test_a_tasks_jump_unit_is_its_series_own_contrast_over_the_week_before_the_cut():
+def test_a_tasks_jump_unit_is_its_series_own_contrast_over_the_days_before_the_cut():
     """``TaskBatch.jump``: 1.4826 * median |c_t - c_(t-period)| / sqrt(2), c a point's local
     contrast v_t - mean(v_(t-1), v_(t+1)), over the 120 steps before the cut (K = 24) where
     all six points are observed, in normalised units; a season's shape differences away;
@@ -605,7 +605,7 @@ def test_a_tasks_jump_unit_is_its_series_own_contrast_over_the_week_before_the_c
 
     rng = np.random.default_rng(15)
     sd = np.array([[1.0], [5.0], [2.0]])
-    season = 10.0 * np.abs(np.sin(np.arange(400) * np.pi / 24))[None, :]  # a sharp daily shape
+    season = 20.0 * (np.arange(400) % 2)[None, :]  # a daily shape that zigzags every hour
     values = torch.as_tensor(rng.normal(size=(3, 400)) * sd + season)
     flat = torch.as_tensor(rng.normal(size=(3, 400)) * sd)  # the same noise's, no season
     mask = torch.as_tensor(rng.random((3, 400)) > 0.1)

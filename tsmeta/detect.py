@@ -34,7 +34,7 @@ import torch
 
 from tsmeta.forecaster import masked_mean_std
 from tsmeta.meta.baselines import Adapted
-from tsmeta.meta.calibrate import _jump_unit, residual_sigma
+from tsmeta.meta.calibrate import jump_unit, residual_sigma
 from tsmeta.meta.tasks import earliest_cut, make_batch, window_reach
 from tsmeta.meta.train import MetaModel
 from tsmeta.scoring import tail_probability, weekday_of
@@ -276,7 +276,7 @@ class _ChunkScorer:
         n_support = batch.ms.sum(1).to(torch.int32)
         sigma = residual_sigma(pred_s, batch)  # (B,) normalised units
         # (B,) the unit of isolation and onset, where a tail has either (older ones do not)
-        rel = sigma / _jump_unit(pred_s, batch) if self.jumps else None
+        rel = sigma / jump_unit(pred_s, batch) if self.jumps else None
         flat = _constant_support(vals_t, mask_t, t_in, k, spec.period if spec.seasonal_lag else 0)
         ok_series = (n_support >= MIN_SUPPORT_POINTS) & ~flat
         partial = (n_support < k)[:, None]

@@ -123,8 +123,7 @@ class NightHistory:
                  combine: pl.DataFrame | None = None, held: pl.DataFrame | None = None,
                  clip: float = HISTORY_CLIP, hold: bool = True,
                  jumps: bool = True) -> None:  # fmt: skip
-        # a state saved before alerts, held points, the tail weight
-        for col in ("min_tail", "flagged", "nights", "wild", "last", "jumps", "j2"):
+        for col in _UNSEEN:  # a state saved before alerts, held points, the tail weight, jumps
             if prior is not None and col not in prior.columns:
                 prior = prior.with_columns(pl.lit(_UNSEEN[col]).alias(col))
         self.prior = pl.DataFrame(schema=_SCHEMA) if prior is None else prior.cast(_SCHEMA)
@@ -259,11 +258,8 @@ class NightHistory:
                 "residual": residual[rows, steps].astype(np.float64),
                 "first": fresh[rows]}))  # fmt: skip
         self._night_steps = residual.shape[1]
-        self._parts.append(pl.DataFrame({"series_id": ids, "count": after.count,
-                                         "mean": after.mean, "m2": after.m2,
-                                         "nights": after.nights, "wild": after.wild,
-                                         "last": after.last, "jumps": after.jumps,
-                                         "j2": after.j2,
+        self._parts.append(pl.DataFrame({"series_id": ids,
+                                         **{c: getattr(after, c) for c in _MOMENTS},
                                          "min_tail": lowest[:, -1],
                                          "flagged": flagged.sum(1).astype(np.float64)},
                                         schema=_SCHEMA))  # fmt: skip

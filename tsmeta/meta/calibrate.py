@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from tsmeta.meta.train import MetaConfig
 
 __all__ = ["CALIBRATION_PARTS", "adapted_predictions", "calibrate", "calibrate_partial",
-           "contrast_sigma", "residual_sigma"]  # fmt: skip
+           "contrast_sigma", "jump_unit", "residual_sigma"]  # fmt: skip
 
 # the parts of the residual calibration that an ablation can leave out (``calibrate``'s
 # keywords; ``MetaConfig.without``)
@@ -79,7 +79,7 @@ def contrast_sigma(resid: torch.Tensor, m: torch.Tensor, floor: float = 0.05) ->
     return robust_sigma(torch.nan_to_num(c), ok.to(resid.dtype), floor)
 
 
-def _jump_unit(pred_s: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+def jump_unit(pred_s: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """(B,) the unit of isolation and onset: the series' own jumps over days
     (``TaskBatch.jump``), or the support residuals' (``contrast_sigma``) where the batch
     has none."""
@@ -108,7 +108,7 @@ def _sample(
     support, divided by the level factor, then by the per-weekday scales."""
     ps, pq = adapted_predictions(params, batch, steps, rates, trim)
     sigma = residual_sigma(ps, batch)
-    rel = (sigma / _jump_unit(ps, batch)).detach().cpu() if jumps else None
+    rel = (sigma / jump_unit(ps, batch)).detach().cpu() if jumps else None
     signed = ((pq - batch.yq) / sigma[:, None]).detach().cpu()
     z = signed.abs().numpy()
     observed = (batch.mq > 0).cpu().numpy()
