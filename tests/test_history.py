@@ -218,6 +218,45 @@ def test_earlier_shared_events_are_left_out_of_what_a_night_adapts_from():
     assert not half.mask[0, 24:48].any() and half.mask[0, :24].all()
 
 
+def test_without_a_period_a_filled_support_is_divided_by_the_shared_factor():
+    """An aperiodic cluster (walks): the night after a day-long shared event (at 0.6x)
+    adapts from that day divided by the event's shared factor, the median over the series
+    of their median over the event over their median over the K points before it: each
+    walk keeps its own move, the event's is divided out (its forecast no longer starts at
+    the holiday's level). Under MIN_FACTOR_SERIES series with both medians it is kept."""
+    from datetime import datetime
+
+    from tsmeta.data.panel import Panel
+    from tsmeta.event_windows import MIN_FACTOR_SERIES
+    from tsmeta.jobs.history import NightHistory
+
+    g = np.random.default_rng(3)
+    n = 8  # 4 days: two ordinary, the event, the night scored
+    walk = np.exp(np.cumsum(g.normal(0, 0.01, (n, 96)), 1))
+    values = (100 * np.arange(1, n + 1)[:, None] * walk).astype(np.float32)
+    values[:, 48:72] *= np.float32(0.6)
+    mask = np.ones_like(values, dtype=bool)
+    history = NightHistory(events=_events(("aperiodic-0", "2026-01-03T00:00", "2026-01-04T00:00")))
+    panel = Panel(values.copy(), mask.copy(), np.array(list("abcdefgh")), datetime(2026, 1, 1), "h")
+    out = history.without_events(panel, "aperiodic-0", k=24, horizon=24)
+    ratios = np.median(values[:, 48:72], 1) / np.median(values[:, 24:48], 1)
+    shared = np.median(ratios)
+    assert 0.55 < shared < 0.65
+    np.testing.assert_allclose(out.values[:, 48:72], values[:, 48:72] / shared, rtol=1e-5)
+    assert out.mask.all()  # kept, rescaled
+    assert (out.values[:, :48] == values[:, :48]).all() and (
+        out.values[:, 72:] == values[:, 72:]
+    ).all()
+    # each walk keeps its own move over the event: the support's ratios to the day before
+    # are the series' own ratios over the shared one
+    back = np.median(out.values[:, 48:72], 1) / np.median(values[:, 24:48], 1)
+    np.testing.assert_allclose(back, ratios / shared, rtol=1e-5)
+    few = Panel(values[: MIN_FACTOR_SERIES - 1].copy(), mask[: MIN_FACTOR_SERIES - 1].copy(),
+                np.array(list("abcd")), datetime(2026, 1, 1), "h")  # fmt: skip
+    kept = history.without_events(few, "aperiodic-0", k=24, horizon=24)
+    assert (kept.values == values[: MIN_FACTOR_SERIES - 1]).all() and kept.mask.all()
+
+
 def test_an_event_that_filled_the_support_is_kept_divided_by_the_series_own_factor():
     """The night after a day-long shared event (a holiday at 0.6x) adapts from that day
     divided by each series' own factor over it (its value over the same hour's median of
@@ -255,8 +294,8 @@ def test_an_event_that_filled_the_support_is_kept_divided_by_the_series_own_fact
     went_on = NightHistory(events=_events(("p24-0", "2026-01-03T12:00", "2026-01-05T00:00")))
     kept = went_on.without_events(panel, "p24-0", k=24, horizon=24, period=24)
     assert (kept.values == values).all() and kept.mask.all()
-    # without a period (an aperiodic cluster: a walk's own move cannot be told from the
-    # event's) the support is kept as it was
+    # without a period and under MIN_FACTOR_SERIES series with a factor (a, b, d) the
+    # support is kept as it was
     assert (history.without_events(panel, "p24-0", k=24, horizon=24).values == values).all()
     # with enough series for a shared factor (their median), a series whose own factor is
     # far from it (a break of its own on the event's day: 1.6 x 0.6) is divided by the

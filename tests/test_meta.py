@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -11,6 +12,7 @@ from tsmeta.meta.maml import adapt, adapt_batch, maml_loss, predict_batch
 from tsmeta.meta.tasks import earliest_cut, make_batch, sample_tasks
 from tsmeta.meta.train import MetaConfig, MetaModel, meta_train
 from tsmeta.scoring import TailModel
+from tsmeta.scoring.combine import NAIVE_VETO_SCALE
 
 
 def tiny_batch(dtype=torch.float64, B=3, K=6, H=4, F=4, seed=0):
@@ -525,6 +527,8 @@ def test_the_veto_measures_each_deviation_against_its_neighbours():
     assert own.naive[1, 10].abs() < 1e-9  # by its own deviation the spike repeats ...
     assert b.naive[1, 10] > 0.5 * own.naive[1, 9].abs()  # ... against its neighbours it does not
     d, mq = own.naive.numpy(), own.mq.numpy() > 0
+    # the local part in the series' own jumps: sqrt 2 jumps over the veto's scale
+    ratio = (b.spread / (b.jump * math.sqrt(2.0) / NAIVE_VETO_SCALE)).numpy()
     for i in range(3):
         for t in range(24):
             around = [d[i, u] for u in (t - 2, t - 1, t + 1, t + 2)
@@ -533,7 +537,7 @@ def test_the_veto_measures_each_deviation_against_its_neighbours():
                 want = d[i, t]
             else:
                 s = np.sort(around)
-                local = d[i, t] - s[(len(s) - 1) // 2]  # the lower middle, as torch's
+                local = (d[i, t] - s[(len(s) - 1) // 2]) * ratio[i]  # the lower middle
                 want = local if abs(local) > abs(d[i, t]) else d[i, t]
             assert b.naive[i, t].item() == pytest.approx(want, abs=1e-9)
     from tsmeta.scoring import TailModel
@@ -543,6 +547,34 @@ def test_the_veto_measures_each_deviation_against_its_neighbours():
     assert MetaModel.from_state(state).spec.veto_neighbours
     state["spec"].pop("veto_neighbours")
     assert not MetaModel.from_state(state).spec.veto_neighbours
+
+
+def test_the_veto_measures_a_point_against_its_neighbours_in_the_series_own_jumps():
+    """FeatureSpec.veto_jumps: in a series whose days differ by a level offset (up to 40
+    noise sds from one day to the next), a dip of 8 noise sds is 2 spreads of its support's
+    differences from the day before, but further in the series' own jumps: the veto
+    explains it less. A day that repeats the day before stays explained. Models saved
+    before it load without it."""
+    g = np.random.default_rng(1)
+    T, t0 = 24 * 7, 24 * 6
+    offset = np.repeat(np.array([0.0, 25, -5, 30, 0, 20, -20]), 24)
+    season = 10 * np.sin(2 * np.pi * np.arange(T) / 24)
+    values = torch.as_tensor(100 + offset + season + g.normal(0, 1.0, (3, T)), dtype=torch.float64)
+    values[1, t0 + 10] -= 8.0  # the dip
+    values[2, t0:] = values[2, t0 - 24 : t0]  # the night repeats the day before
+    mask = torch.ones(3, T, dtype=torch.bool)
+    rows, cut = torch.arange(3), torch.full((3,), t0)
+    old = make_batch(values, mask, rows, cut, FeatureSpec(24, veto_jumps=False), 24, 24, 0)
+    b = make_batch(values, mask, rows, cut, FeatureSpec(24), 24, 24, 0)
+    assert (b.naive[2].abs() < 1e-9).all()  # a repeated day stays explained
+    assert old.naive[1, 10].abs() < 2.0 < b.naive[1, 10].abs()
+    assert b.naive[1, 10].abs() > 1.5 * old.naive[1, 10].abs()
+    assert b.jump[1] * 10 < b.spread[1]  # the series' jumps are a tenth of its days' moves
+    model = MetaModel(init_params(8, 4), FeatureSpec(24), MetaConfig(), TailModel(1.0, 5.0))
+    state = model.state()
+    assert MetaModel.from_state(state).spec.veto_jumps
+    state["spec"].pop("veto_jumps")
+    assert not MetaModel.from_state(state).spec.veto_jumps
 
 
 def test_hourly_daily_period_models_get_the_week_as_the_vetos_second_reference():

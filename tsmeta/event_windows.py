@@ -50,9 +50,12 @@ def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int
     enough = 2 * masked[:, first:night0].sum(1) >= mask[:, first:night0].sum(1)
     out_mask = np.where(enough[:, None], masked, mask)
     out = np.where(out_mask, values, np.nan).astype(values.dtype)
-    if period and not enough.all() and not (first and drop[first - 1]):
+    if not enough.all() and not (first and drop[first - 1]):
         rows = np.nonzero(~enough)[0]
-        scaled, ok = _divided(values[rows], mask[rows], drop, first, night0, period)
+        if period:
+            scaled, ok = _divided(values[rows], mask[rows], drop, first, night0, period)
+        else:
+            scaled, ok = _divided_shared(values[rows], mask[rows], drop, first, night0)
         keep = rows[ok]
         out_mask[keep] = masked[keep]
         out_mask[keep, first:night0] = mask[keep, first:night0]
@@ -114,6 +117,34 @@ def _divided(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int,
         factor = np.where(own, factor, shared)
     scale = np.where(drop[first:night0], np.where(ok, factor, 1.0)[:, None], 1.0)
     return (values[:, first:night0].astype(np.float64) / scale).astype(values.dtype), ok
+
+
+def _divided_shared(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, first: int,
+                    night0: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Without a period: the support steps ``first:night0`` of rows (R, T) with their event
+    points divided by the event's shared factor, the median over the rows of each one's
+    median over its event points to its median over the K points before the support
+    (outside events): a walk's own move stays its own, the event's shared move is divided
+    out. (values (R, K), ok (R,): both medians positive, on ``MIN_FACTOR_POINTS`` or more,
+    and ``MIN_FACTOR_SERIES`` such rows.)"""
+    k = night0 - first
+    lo = max(first - k, 0)
+    support = values[:, first:night0]
+    if lo == first:  # nothing before the support to compare with
+        return support, np.zeros(len(values), dtype=bool)
+    inside = mask[:, first:night0] & drop[first:night0]
+    outside = mask[:, lo:first] & ~drop[lo:first]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        during = _nanmedian(np.where(inside, values[:, first:night0], np.nan), 1)
+        before = _nanmedian(np.where(outside, values[:, lo:first], np.nan), 1)
+    ok = (inside.sum(1) >= MIN_FACTOR_POINTS) & (outside.sum(1) >= MIN_FACTOR_POINTS)
+    ok &= (during > 0) & (before > 0)  # False where either is NaN
+    if ok.sum() < MIN_FACTOR_SERIES:
+        return support, np.zeros(len(values), dtype=bool)
+    shared = float(np.median(during[ok] / before[ok]))
+    scale = np.where(drop[first:night0], shared, 1.0)
+    return (support.astype(np.float64) / scale).astype(values.dtype), ok
 
 
 def before_offset(k: int, period: int) -> int:

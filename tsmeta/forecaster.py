@@ -61,6 +61,11 @@ class FeatureSpec:
     # reference only when its neighbours repeat theirs the same way; ``TaskBatch.naive``).
     # Models saved before it load with False and score as they were calibrated
     veto_neighbours: bool = True
+    # with ``veto_neighbours``, a deviation less its neighbours' is in the series' own
+    # jumps (``TaskBatch.jump``), not in the spread of the support's differences: a dip
+    # of a few jumps is not explained by a reference whose days differ by far more.
+    # Models saved before it load with False and score as they were calibrated
+    veto_jumps: bool = True
     # a second lagged input: the value this many steps before each target (the most recent
     # such one known at the cut, as the seasonal lag) and its observed flag; 0: none.
     # Hourly models of a daily period take the week (168): from K = 48 points of a weekend

@@ -191,13 +191,30 @@ def _naive_deviation(
     return spread, torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None], inf)
 
 
-def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
+def _in_jumps(spread: torch.Tensor, jump: torch.Tensor, on: bool = True) -> torch.Tensor:
+    """(B,) what turns a deviation in units of ``spread`` into one in the series' own
+    jumps (``_against_neighbours``): sqrt 2 jumps, the spread of a point's contrast less
+    its reference's, times the veto's ``NAIVE_VETO_SCALE``, which the veto divides every
+    deviation by (there a real tail, not a deliberately light one); 1 where there is no
+    spread (no reference), or everywhere when not ``on`` (``FeatureSpec.veto_jumps``)."""
+    from tsmeta.scoring.combine import NAIVE_VETO_SCALE
+
+    if not on:
+        return torch.ones_like(spread)
+    unit = jump * (math.sqrt(2.0) / NAIVE_VETO_SCALE)
+    return torch.where(spread > 0, spread / unit, torch.ones_like(spread))
+
+
+def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
     """Seasonal-naive deviations (B, H) of the query points observed in ``mq``, each also
     measured against its neighbours': the larger of the point's own deviation and its
     deviation minus the median of those of the (observed, finite) points up to two steps
-    either side. A point repeats its reference only when its neighbours repeat theirs the
-    same way: a spike that lands on last week's value after the day moved away from last
-    week is a spike, not a repeat; a day that repeats its reference stays explained.
+    either side, the latter in the series' own jumps (times ``ratio`` (B,): the spread over
+    ``TaskBatch.jump`` * sqrt 2, the spread of a point's difference from its reference less
+    its neighbours'). A point repeats its reference only when its neighbours repeat theirs
+    the same way: a spike that lands on last week's value after the day moved away from
+    last week is a spike, not a repeat, and a dip of a few jumps in a series whose days
+    differ by far more is a dip; a day that repeats its reference stays explained.
     Infinite deviations (no reference) stay infinite; without neighbours, the point's own."""
     from tsmeta.scoring import lower_median
 
@@ -210,7 +227,7 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor) -> torch.Tensor:
     cols = [xp[:, j : j + H] for j in (0, 1, 3, 4)]
     count = sum((c < inf).to(torch.int64) for c in cols)
     offset = lower_median(cols, count)
-    local = torch.where(count > 0, dev - offset, dev)
+    local = torch.where(count > 0, (dev - offset) * ratio[:, None], dev)
     return torch.where(local.abs() > dev.abs(), local, dev)
 
 
@@ -289,21 +306,24 @@ def make_batch(
         yq, mq = torch.gather(vnorm, 1, q_safe), torch.gather(obs, 1, q_safe)
     yq, mq = yq * q_in, mq & q_in  # (B, H) observed query points
     base_s = base_q = lag_s = lag_q = spread = naive = week_s = week_q = None
+    jump = _jump_scale(vnorm, obs, cut, one, jump_width(spec, k), jump_lag(spec, k))
     if spec.seasonal_lag:  # a feature, the spread's reference, maybe the targets' base
         lag_s = seasonal_lag(spec, vnorm, obs, s_cols, cut)
         lag_q = seasonal_lag(spec, vnorm, obs, q_cols, cut)  # the support's last same phase
         spread, naive = _naive_deviation(ys, ms, yq, lag_s, lag_q)
         if spec.veto_neighbours:
-            naive = _against_neighbours(naive, mq)
+            naive = _against_neighbours(naive, mq, _in_jumps(spread, jump, spec.veto_jumps))
         if spec.veto_lag:  # the second reference, in units of the support's own differences
             # at its lag (a week drifts more than a day): the nearer of the two deviations
             ref_s = lagged(spec.veto_lag, vnorm, obs, s_cols, cut)
             ref_q = lagged(spec.veto_lag, vnorm, obs, q_cols, cut)
             if spec.second_lag == spec.veto_lag and spec.lag_periods == 1:  # an input too
                 week_s, week_q = ref_s, ref_q
-            _, other = _naive_deviation(ys, ms, yq, ref_s, ref_q)
+            other_spread, other = _naive_deviation(ys, ms, yq, ref_s, ref_q)
             if spec.veto_neighbours:
-                other = _against_neighbours(other, mq)
+                other = _against_neighbours(
+                    other, mq, _in_jumps(other_spread, jump, spec.veto_jumps)
+                )
             naive = torch.where(other.abs() < naive.abs(), other, naive)
     lag_in_s, lag_in_q = lag_s, lag_q
     if spec.seasonal_lag and spec.lag_periods > 1:  # the input: the median over periods
@@ -312,7 +332,6 @@ def make_batch(
     if spec.relative_to_lag:  # the lag input is both a feature and the targets' base
         base_s, base_q = (lag_in_s[0], lag_in_q[0]) if spec.median_base else (lag_s[0], lag_q[0])
         ys, yq = ys - base_s, (yq - base_q) * q_in
-    jump = _jump_scale(vnorm, obs, cut, one, jump_width(spec, k), jump_lag(spec, k))
     return TaskBatch(
         xs=build_features(spec, vnorm, obs, s_cols, start_step, cut, lag_in_s, week_s),
         ys=ys,

@@ -166,10 +166,16 @@ class MetaModel:
         rates = state.get("inner_rates")
         return cls(
             params={k: v.detach().clone() for k, v in state["params"].items()},
-            # older models: no neighbour test in the veto, the single lag as relative base, no
-            # spare period in the lag medians
+            # older models: no neighbour test in the veto (nor in jumps), the single lag as
+            # relative base, no spare period in the lag medians
             spec=FeatureSpec(
-                **{"veto_neighbours": False, "median_base": False, "lag_spare": 0, **state["spec"]}
+                **{
+                    "veto_neighbours": False,
+                    "veto_jumps": False,
+                    "median_base": False,
+                    "lag_spare": 0,
+                    **state["spec"],
+                }
             ),  # fmt: skip
             config=MetaConfig(**{"trim": None, **state["config"]}),  # older: no trim
             calibration=TailModel.from_dict(state["calibration"]),
