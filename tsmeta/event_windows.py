@@ -15,10 +15,11 @@ cluster with K = 24: on the same phases whole periods back, ``before_offset``), 
 break or a trend the series had before the event stays its own. Where a series' factor is
 more than ``OWN_FACTOR_SPAN`` from the batch's median (the event's shared factor), the
 shared one is divided out instead: a break of the series' own on the event's day keeps
-its new level. Kept as they were: the supports of a cluster without a period (a walk's
-own move cannot be told from the event's), of series of other signs or with too few
-references, and of an event that began before the support (a change of the whole cluster
-that goes on: learned as the new normal by its second night).
+its new level. Without a period (walks) such a support is divided by the event's shared
+factor alone (``_divided_shared``: a walk's own move cannot be told from the event's, so
+each keeps its own). Kept as they were: the supports of series of other signs or with too
+few references, and of an event that began before the support (a change of the whole
+cluster that goes on: learned as the new normal by its second night).
 
 Pure numpy: ``tsmeta.jobs.history`` turns the remembered events into the steps to leave out.
 """
@@ -43,7 +44,8 @@ def without_steps(values: np.ndarray, mask: np.ndarray, drop: np.ndarray, k: int
     """(values, mask) of a window (n, T) with the steps ``drop`` (T,) unobserved before its
     last ``horizon`` steps, and a support they would mostly empty, and with a ``period``
     the events before the support, divided by the event's factor instead (module
-    docstring; ``period`` 0: the support kept as it was, earlier events left out)."""
+    docstring; ``period`` 0: the support divided by the shared factor, earlier events
+    left out)."""
     night0 = mask.shape[1] - horizon
     masked = mask & ~drop
     first = max(0, night0 - k)
