@@ -191,27 +191,27 @@ def _naive_deviation(
     return spread, torch.where(ok, (yq - lag_q[0]) / spread.clamp_min(1e-30)[:, None], inf)
 
 
-def _in_jumps(spread: torch.Tensor, jump: torch.Tensor, on: bool = True) -> torch.Tensor:
+def _in_jumps(spread: torch.Tensor, jump: torch.Tensor, on: bool = True) -> torch.Tensor | None:
     """(B,) what turns a deviation in units of ``spread`` into one in the series' own
     jumps (``_against_neighbours``): sqrt 2 jumps, the spread of a point's contrast less
     its reference's, times the veto's ``NAIVE_VETO_SCALE``, which the veto divides every
     deviation by (there a real tail, not a deliberately light one); 1 where there is no
-    spread (no reference), or everywhere when not ``on`` (``FeatureSpec.veto_jumps``)."""
+    spread (no reference). None when not ``on`` (``FeatureSpec.veto_jumps``)."""
     from tsmeta.scoring.combine import NAIVE_VETO_SCALE
 
     if not on:
-        return torch.ones_like(spread)
+        return None
     unit = jump * (math.sqrt(2.0) / NAIVE_VETO_SCALE)
     return torch.where(spread > 0, spread / unit, torch.ones_like(spread))
 
 
-def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor,
+                        ratio: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Seasonal-naive deviations (B, H) of the query points observed in ``mq``, each also
     measured against its neighbours': the larger of the point's own deviation and its
     deviation minus the median of those of the (observed, finite) points up to two steps
-    either side, the latter in the series' own jumps (times ``ratio`` (B,): the spread over
-    ``TaskBatch.jump`` * sqrt 2, the spread of a point's difference from its reference less
-    its neighbours'). A point repeats its reference only when its neighbours repeat theirs
+    either side, the latter in the series' own jumps (times ``ratio`` (B,), ``_in_jumps``;
+    None: in the spread's units, as models saved before it). A point repeats its reference only when its neighbours repeat theirs
     the same way: a spike that lands on last week's value after the day moved away from
     last week is a spike, not a repeat, and a dip of a few jumps in a series whose days
     differ by far more is a dip; a day that repeats its reference stays explained.
@@ -227,7 +227,8 @@ def _against_neighbours(dev: torch.Tensor, mq: torch.Tensor, ratio: torch.Tensor
     cols = [xp[:, j : j + H] for j in (0, 1, 3, 4)]
     count = sum((c < inf).to(torch.int64) for c in cols)
     offset = lower_median(cols, count)
-    local = torch.where(count > 0, (dev - offset) * ratio[:, None], dev)
+    local = dev - offset if ratio is None else (dev - offset) * ratio[:, None]
+    local = torch.where(count > 0, local, dev)
     return torch.where(local.abs() > dev.abs(), local, dev)
 
 
